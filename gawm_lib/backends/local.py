@@ -1,0 +1,88 @@
+"""Replicas as local processes: ``python -m gawm_lib.server`` on free loopback ports, logs in the run directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from gawm_lib import processes
+from gawm_lib.backends import BackendError, Replica
+from gawm_lib.config import BackendConfig, WorkloadConfig
+
+
+class LocalBackend:
+    """Start ``backend.replicas`` servers for one workload; wait until each is ready; stop them all on exit."""
+
+    def __init__(self, workload: WorkloadConfig, backend: BackendConfig, logs_dir: Path):
+        self.workload = workload
+        self.backend = backend
+        self.logs_dir = Path(logs_dir)
+        self.replicas: list[Replica] = []
+        self._procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "LocalBackend":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> list[Replica]:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        port_files = []
+        for index in range(self.backend.replicas):
+            stem = f"{self.workload.name}-{index}"
+            port_file = self.logs_dir / f"{stem}.port"
+            port_file.unlink(missing_ok=True)
+            cmd = [sys.executable, "-m", "gawm_lib.server", "--workload", self.workload.name,
+                   "--settings", json.dumps(self.workload.model_dump(exclude={"name"})), "--host", self.backend.host,
+                   "--port", "0", "--port-file", str(port_file), "--exit-with-parent"]
+            threads = str(self.workload.threads)
+            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+            self._procs.append(processes.spawn(cmd, self.logs_dir / f"{stem}.log", env=env))
+            port_files.append(port_file)
+        deadline = time.monotonic() + self.backend.startup_timeout_s
+        for index, (proc, port_file) in enumerate(zip(self._procs, port_files)):
+            port = self._wait_ready(index, proc, port_file, deadline)
+            self.replicas.append(Replica(self.workload.name, index, self.backend.host, port, proc.pid,
+                                         self.logs_dir / f"{self.workload.name}-{index}.log"))
+        return self.replicas
+
+    def _wait_ready(self, index: int, proc: subprocess.Popen, port_file: Path, deadline: float) -> int:
+        log_path = self.logs_dir / f"{self.workload.name}-{index}.log"
+
+        def fail(why: str) -> BackendError:
+            return BackendError(f"{self.workload.name} replica {index}: {why}\n--- {log_path} (last lines) ---\n"
+                                f"{processes.log_tail(log_path)}")
+
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if proc.poll() is not None:
+                    raise fail(f"server exited with code {proc.returncode} before it was ready")
+                if time.monotonic() > deadline:
+                    raise fail(f"not ready after {self.backend.startup_timeout_s:g} s (backend.startup_timeout_s)")
+                if port_file.is_file():
+                    port = int(port_file.read_text())
+                    try:
+                        answer = client.get(f"http://{self.backend.host}:{port}/v2/health/ready")
+                    except httpx.TransportError:
+                        answer = None
+                    if answer is not None and answer.status_code == 200:
+                        return port
+                    if answer is not None and answer.status_code == 503 and answer.json().get("error"):
+                        raise fail(f"model failed to load: {answer.json()['error']}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            processes.stop(proc)
+        self._procs.clear()

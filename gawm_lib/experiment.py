@@ -1,0 +1,101 @@
+"""One experiment: for each workload, start its replicas, drive the load sweep, record everything in the run directory.
+
+Prometheus (when enabled) is started once for the experiment, scrapes every replica while it lives, and is queried for
+each load phase at the end; if that fails the load records are kept and the error is written to the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from gawm_lib import runs, summary
+from gawm_lib.backends import open_backend
+from gawm_lib.config import ExperimentConfig
+from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
+from gawm_lib.workloads import build_workload
+
+log = logging.getLogger("gawm.experiment")
+
+
+def _prometheus(cfg: ExperimentConfig, run: runs.Run):
+    if not cfg.prometheus.enabled:
+        return contextlib.nullcontext(None)
+    from gawm_lib import prom
+
+    return prom.LocalPrometheus(workdir=run.path / "prometheus", scrape_interval_s=cfg.prometheus.scrape_interval_s,
+                                binary=cfg.prometheus.binary)
+
+
+def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.DataFrame:
+    """Run the load sweep of every workload into ``run``; return the per-step summary (also in ``summary.csv``)."""
+    load_dir = run.path / "load"
+    results: list[dict[str, Any]] = []
+    with _prometheus(cfg, run) as prometheus:
+        if prometheus is not None:
+            run.update(prometheus={"url": prometheus.url, "version": prometheus.version,
+                                   "config": prometheus.config_text})
+        for workload_cfg in cfg.workloads:
+            workload = build_workload(workload_cfg)
+            items = workload.sample_items(cfg.load.payload_count, cfg.load.payload_seed)
+            bodies = write_bodies(load_dir / f"{workload.name}-bodies.jsonl", [workload.request_body([i]) for i in items])
+            with open_backend(workload_cfg, cfg.backend, run.logs_dir) as backend:
+                replicas = backend.replicas
+                meta = httpx.get(f"{replicas[0].url}/v2/models/{workload.name}", timeout=10).json()
+                run.update(workloads={workload.name: {"replicas": [r.address for r in replicas],
+                                                      "weights": meta["parameters"]["weights"]}})
+                if prometheus is not None:
+                    prometheus.set_targets([(r.address, {"workload": r.workload, "replica": str(r.index)})
+                                            for r in replicas])
+                    prometheus.wait_for_targets(len(replicas))
+                spec = LoadSpec(workload=workload.name, model=workload.name, targets=[r.url for r in replicas],
+                                bodies_path=str(bodies), out_dir=str(run.requests_path),
+                                load=cfg.load.model_dump())
+                result = run_load(spec, load_dir, progress=progress)
+                results.append(result)
+                if prometheus is not None:  # let the last step be scraped before the replicas go
+                    time.sleep(2 * cfg.prometheus.scrape_interval_s)
+            if result["interrupted"]:
+                raise KeyboardInterrupt(f"load of {workload.name} was interrupted")
+        run.update(phases={r["workload"]: r["phases"] for r in results})
+        if prometheus is not None:
+            _save_metrics(prometheus, run, results, cfg)
+    return summarise_run(run)
+
+
+def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg: ExperimentConfig) -> None:
+    from gawm_lib import prom
+
+    try:
+        frame = prom.query_run_phases(prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s)
+        prom.save_run_metrics(run.path, frame)
+        run.update(metrics={"rows": len(frame), "queries": sorted(frame["query"].unique()) if len(frame) else []})
+    except prom.PrometheusQueryError as exc:  # keep the load records whatever happens to the metrics
+        log.error("metrics not saved: %s", exc)
+        run.update(metrics={"error": str(exc)})
+
+
+def summarise_run(run: runs.Run, slo_ms: float | None = None) -> pd.DataFrame:
+    """Per-step summary of a run's request records; writes ``summary.csv`` and records totals in ``results.json``."""
+    requests = summary.read_requests(run.requests_path)
+    table = summary.summarise(requests, slo_ms=slo_ms)
+    table.to_csv(run.path / "summary.csv", index=False)
+    run.record(requests=len(requests), errors=summary.errors_by_kind(requests),
+               steps=table.to_dict(orient="records"))
+    return table
+
+
+def run_experiment(cfg: ExperimentConfig, requested: dict | None = None, run_dir: str | Path = "",
+                   progress: bool = True) -> tuple[runs.Run, pd.DataFrame]:
+    """Measure into ``run_dir`` (a run created by ``gawm run``, which finalises it) or into a new run of its own."""
+    if run_dir:
+        run = runs.load_run(run_dir)
+        return run, measure(cfg, run, progress)
+    with runs.started_run(cfg.name, requested or cfg.model_dump(mode="json"), cfg.model_dump(mode="json")) as run:
+        return run, measure(cfg, run, progress)

@@ -1,0 +1,58 @@
+"""Child processes that never outlive gawm: each gets its own session (so a terminal's Ctrl-C reaches gawm, which then
+stops them in order) and a parent-death signal (so even a killed gawm leaves no orphan)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+          stdout: int | None = None) -> subprocess.Popen:
+    """Start ``cmd`` with stderr (and stdout unless given) appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed by our handle's finaliser
+    try:
+        return subprocess.Popen(
+            list(cmd), stdout=log if stdout is None else stdout, stderr=log, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, preexec_fn=_child_setup, close_fds=True,
+        )
+    finally:
+        log.close()
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 10.0) -> int | None:
+    """SIGTERM the child's process group, SIGKILL it after ``timeout_s``; returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    # children the child left behind in its group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

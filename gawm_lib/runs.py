@@ -1,0 +1,314 @@
+"""Run directories: one per run, created exclusively, never overwritten, with a provenance manifest.
+
+``data/raw/<UTC time>-<experiment>-<git short sha>[-dirty]/`` holds ``manifest.json`` (schema version, git, package
+versions, host, GPU, settings requested and effective, start/end, status), ``params.yaml``, the raw per-request records,
+metrics, server logs and the executed notebooks. The manifest is replaced atomically, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gawm_lib import paths
+
+SCHEMA_VERSION = 1
+STATUSES = ("RUNNING", "COMPLETED", "FAILED", "INTERRUPTED")
+MANIFEST = "manifest.json"
+_PACKAGES = (
+    "gawm", "torch", "torchvision", "transformers", "openai-whisper", "numpy", "pandas", "pyarrow", "fastapi", "uvicorn",
+    "httpx", "prometheus-client", "prometheus-api-client", "kubernetes", "papermill", "pydantic", "matplotlib", "seaborn",
+)
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be created or read."""
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def git_info(root: Path | None = None) -> dict[str, Any]:
+    """Commit, short sha and dirty flag of the checkout (``None`` values outside a git checkout)."""
+    root = root or paths.project_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": commit,
+        "short": commit[:7] if commit else None,
+        "dirty": None if status is None else bool(status),
+        "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def host_info() -> dict[str, Any]:
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model,
+        "memory_bytes": memory,
+        "user": getpass.getuser(),
+    }
+
+
+def thread_settings() -> dict[str, Any]:
+    settings: dict[str, Any] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    if "torch" in sys.modules:  # never import torch just to ask
+        settings["torch_num_threads"] = sys.modules["torch"].get_num_threads()
+    return settings
+
+
+def gpu_info() -> dict[str, Any]:
+    """GPUs seen by NVML (``nvidia-ml-py``); an empty list with the reason where there is none."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return {"devices": [], "reason": "nvidia-ml-py not installed"}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return {"devices": [], "reason": f"NVML unavailable: {exc}"}
+    try:
+        devices = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            devices.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle), "uuid": pynvml.nvmlDeviceGetUUID(handle),
+                            "memory_total_bytes": memory.total})
+        return {"devices": devices, "driver": pynvml.nvmlSystemGetDriverVersion()}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def make_run_id(experiment: str, when: dt.datetime, git: dict[str, Any]) -> str:
+    sha = git.get("short") or "nogit"
+    return f"{when:%Y%m%dT%H%M%SZ}-{experiment}-{sha}{'-dirty' if git.get('dirty') else ''}"
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    """An existing run directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.manifest["run_id"]
+
+    @property
+    def status(self) -> str:
+        return self.manifest["status"]
+
+    @property
+    def requests_path(self) -> Path:
+        """Per-request records: a parquet dataset (a folder of part files, each complete on its own)."""
+        return self.path / "requests.parquet"
+
+    @property
+    def logs_dir(self) -> Path:
+        folder = self.path / "logs"
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def update(self, **fields: Any) -> None:
+        """Merge top-level manifest fields (dicts are merged one level deep) and write the manifest atomically.
+
+        The manifest is re-read first: the notebook kernel and the ``gawm`` command both write to it.
+        """
+        manifest_path = self.path / MANIFEST
+        if manifest_path.exists():
+            self.manifest = json.loads(manifest_path.read_text())
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(self.manifest.get(key), dict):
+                self.manifest[key] = {**self.manifest[key], **value}
+            else:
+                self.manifest[key] = value
+        _write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if status not in STATUSES[1:]:
+            raise ValueError(f"final status must be one of {STATUSES[1:]}, got {status!r}")
+        fields: dict[str, Any] = {"status": status, "end_utc": utc_now().isoformat()}
+        if error:
+            fields["error"] = error
+        self.update(**fields)
+
+    def record(self, **values: Any) -> dict[str, Any]:
+        """Add values to ``results.json`` (the numbers a notebook reports) and return all of them."""
+        path = self.path / "results.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results.update(values)
+        _write_json_atomic(path, results)
+        return results
+
+    def results(self) -> dict[str, Any]:
+        path = self.path / "results.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def process_alive(self) -> bool:
+        """Whether the process that wrote a RUNNING manifest still exists on this host."""
+        pid = self.manifest.get("pid")
+        if not pid or self.manifest.get("host", {}).get("hostname") != socket.gethostname():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def create_run(experiment: str, requested: dict, effective: dict, raw_dir: Path | None = None) -> Run:
+    """Create a new run directory (never an existing one) with its manifest in status RUNNING."""
+    raw_dir = Path(raw_dir or paths.raw_dir())
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    started = utc_now()
+    git = git_info()
+    base = make_run_id(experiment, started, git)
+    for attempt in range(100):
+        run_id = base if attempt == 0 else f"{base}-{attempt}"
+        try:
+            (raw_dir / run_id).mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RunError(f"{raw_dir}: could not find a free run directory name for {base}")
+    path = raw_dir / run_id
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "experiment": experiment,
+        "status": "RUNNING",
+        "start_utc": started.isoformat(),
+        "end_utc": None,
+        "pid": os.getpid(),
+        "git": git,
+        "python": {"version": platform.python_version(), "executable": sys.executable},
+        "packages": package_versions(),
+        "host": host_info(),
+        "threads": thread_settings(),
+        "gpu": gpu_info(),
+        "params": {"requested": requested, "effective": effective},
+    }
+    (path / "params.yaml").write_text(yaml.safe_dump(requested, sort_keys=False))
+    run = Run(path=path, manifest=manifest)
+    run.update()
+    return run
+
+
+@contextlib.contextmanager
+def started_run(experiment: str, requested: dict, effective: dict, raw_dir: Path | None = None) -> Iterator[Run]:
+    """Create a run and always give it a final status: COMPLETED, FAILED (with the error) or INTERRUPTED (Ctrl-C)."""
+    run = create_run(experiment, requested, effective, raw_dir)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        run.finish("INTERRUPTED")
+        raise
+    except BaseException as exc:
+        run.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        run.finish("COMPLETED")
+
+
+def load_run(ref: str | Path, raw_dir: Path | None = None) -> Run:
+    """Open a run by id or path; refuses manifests of a schema version this gawm does not know."""
+    path = Path(ref)
+    if not path.is_dir():
+        path = Path(raw_dir or paths.raw_dir()) / str(ref)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise RunError(f"{path}: no {MANIFEST}: not a gawm run directory (runs live in {raw_dir or paths.raw_dir()})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{manifest_path}: not valid JSON ({exc})") from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RunError(
+            f"{manifest_path}: schema_version {version!r} is not one this gawm reads (it reads {SCHEMA_VERSION}); "
+            "use the gawm version that wrote it"
+        )
+    return Run(path=path, manifest=manifest)
+
+
+def list_runs(raw_dir: Path | None = None) -> list[Run]:
+    """All readable runs, oldest first. Unreadable folders are skipped (``gawm runs`` reports them)."""
+    raw_dir = Path(raw_dir or paths.raw_dir())
+    if not raw_dir.is_dir():
+        return []
+    runs = []
+    for folder in sorted(p for p in raw_dir.iterdir() if p.is_dir()):
+        with contextlib.suppress(RunError):
+            runs.append(load_run(folder))
+    return runs
+
+
+def display_status(run: Run) -> str:
+    """The status as a person should read it: a RUNNING run whose process is gone is shown as such."""
+    if run.status == "RUNNING" and not run.process_alive():
+        return "RUNNING? (process gone)"
+    return run.status
+
+
+def latest_run(status: str | None = "COMPLETED", with_requests: bool = True, raw_dir: Path | None = None) -> Run:
+    """The newest run (by id, which starts with its UTC start time) with that status and request records."""
+    for run in reversed(list_runs(raw_dir)):
+        if (status is None or run.status == status) and (not with_requests or run.requests_path.exists()):
+            return run
+    raise RunError(f"no {status or ''} run with request records in {raw_dir or paths.raw_dir()}: "
+                   "run a measurement first (gawm demo, or notebooks/01_measure_load_sweep.ipynb)")

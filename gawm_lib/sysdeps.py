@@ -1,0 +1,61 @@
+"""System programs gawm needs besides Python packages, and installing them (Debian/Ubuntu, as root).
+
+Runs with the system Python before the virtual environment exists (standard library only)::
+
+    python3 -m gawm_lib.sysdeps --install     # install what is missing (apt-get, as root), else say how
+    python3 -m gawm_lib.sysdeps               # only check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+# program -> (Debian package, what gawm uses it for)
+PROGRAMS = {
+    "prometheus": ("prometheus", "metrics server for local runs"),
+    "ffmpeg": ("ffmpeg", "decoding FLAC/MP3 audio for Whisper"),
+    "espeak-ng": ("espeak-ng", "speech samples with known transcripts"),
+    "git": ("git", "provenance of every run"),
+}
+
+
+def missing() -> dict[str, tuple[str, str]]:
+    return {prog: info for prog, info in PROGRAMS.items() if shutil.which(prog) is None}
+
+
+def install(packages: list[str]) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="check (and install) the system programs gawm needs")
+    parser.add_argument("--install", action="store_true", help="install missing ones with apt-get when running as root")
+    args = parser.parse_args(argv)
+    absent = missing()
+    if not absent:
+        print("gawm: system programs present: " + ", ".join(PROGRAMS))
+        return 0
+    packages = sorted({pkg for pkg, _ in absent.values()})
+    can_apt = shutil.which("apt-get") is not None and os.geteuid() == 0
+    if args.install and can_apt:
+        print(f"gawm: installing {' '.join(packages)} with apt-get", flush=True)
+        install(packages)
+        still = missing()
+        if not still:
+            return 0
+        absent = still
+    print("gawm: missing system programs:", file=sys.stderr)
+    for prog, (pkg, why) in absent.items():
+        print(f"  {prog:<12} ({why}): Debian/Ubuntu package '{pkg}'", file=sys.stderr)
+    print(f"install them with: sudo apt-get install -y {' '.join(packages)}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

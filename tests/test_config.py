@@ -1,0 +1,100 @@
+"""Settings: unknown keys, wrong types and out-of-range values are refused with the file, key path and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gawm_lib.config import ConfigError, ExperimentConfig, apply_override, load_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_file_key_and_close_match(tmp_path):
+    path = write(tmp_path, "load:\n  levls: [1, 2]\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert f"{path}: load.levls: unknown key 'levls' (did you mean 'levels'?)" in message
+    assert "allowed keys: arrival_seed, levels" in message
+
+
+def test_wrong_type_names_the_key_and_the_value(tmp_path):
+    path = write(tmp_path, "backend:\n  replicas: two\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml: backend.replicas: Input should be a valid integer.*got 'two'"):
+        load_params(path)
+
+
+def test_out_of_range_values_in_nested_lists(tmp_path):
+    path = write(tmp_path, "workloads:\n  - name: whisper\n    max_batch_size: 0\nload:\n  levels: [1, -3]\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert "2 problems" in message
+    assert "workloads.0.max_batch_size: Input should be greater than or equal to 1 (got 0)" in message
+    assert "load.levels.1: Input should be greater than 0 (got -3" in message
+
+
+def test_unknown_workload_and_non_loopback_host(tmp_path):
+    path = write(tmp_path, "workloads: [resnet51]\nbackend:\n  host: 10.0.0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert "workloads.0.name: Input should be 'resnet50', 'distilbert' or 'whisper' (got 'resnet51')" in str(err.value)
+    assert "backend.host: Value error, expected a loopback address" in str(err.value)
+
+
+def test_yaml_syntax_and_top_level_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="exp.yaml: not valid YAML"):
+        load_params(write(tmp_path, "load: [1,\n"))
+    with pytest.raises(ConfigError, match="exp.yaml: expected a mapping of settings at the top level, got list"):
+        load_params(write(tmp_path, "- 1\n"))
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read the params file"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_precedence_defaults_then_file_then_overrides(tmp_path):
+    path = write(tmp_path, "name: sweep\nload:\n  step_duration_s: 10\n  levels: [1, 2]\n")
+    cfg, requested = load_params(path, ["load.levels=[4, 8]", "backend.replicas=3"])
+    assert cfg.name == "sweep"  # from the file
+    assert cfg.load.step_duration_s == 10  # from the file
+    assert cfg.load.levels == [4.0, 8.0]  # override beats file
+    assert cfg.backend.replicas == 3  # override beats default
+    assert cfg.load.warmup_s == ExperimentConfig().load.warmup_s  # default
+    assert requested == {"name": "sweep", "load": {"step_duration_s": 10, "levels": [4, 8]}, "backend": {"replicas": 3}}
+
+
+def test_override_errors_name_the_override(tmp_path):
+    path = write(tmp_path, "workloads: [resnet50]\n")
+    with pytest.raises(ConfigError, match=r"-p load.step_duration_s=-1: load.step_duration_s: Input should be greater"):
+        load_params(path, ["load.step_duration_s=-1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_params(path, ["load.step_duration_s"])
+    with pytest.raises(ConfigError, match=r"workloads.5: expected an index below 1"):
+        load_params(path, ["workloads.5.threads=2"])
+
+
+def test_override_into_a_list_item():
+    tree = apply_override({"workloads": [{"name": "resnet50"}]}, "workloads.0.max_batch_size=16")
+    assert tree == {"workloads": [{"name": "resnet50", "max_batch_size": 16}]}
+
+
+def test_closed_loop_levels_are_whole_users_and_workloads_unique(tmp_path):
+    with pytest.raises(ConfigError, match="closed_loop levels are numbers of concurrent users"):
+        load_params(write(tmp_path, "load:\n  levels: [1.5]\n"))
+    with pytest.raises(ConfigError, match="each workload may appear once"):
+        load_params(write(tmp_path, "workloads: [resnet50, resnet50]\n"))
+
+
+def test_every_shipped_params_file_is_valid():
+    files = sorted((ROOT / "params").glob("*.yaml"))
+    assert files, "params/ has no files"
+    for path in files:
+        cfg, _ = load_params(path)
+        assert (ROOT / cfg.notebook).is_file(), f"{path}: notebook {cfg.notebook} missing"

@@ -1,0 +1,50 @@
+"""The conda environment and pyproject list the same dependencies; the console script and layout exist."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(s): s for s in project["dependencies"] + project["optional-dependencies"]["test"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = {_name(s): s for s in pip_section if not s.startswith("-e")}
+    assert sorted(set(wanted) - set(listed)) == [], "in pyproject.toml, missing from environment.yml"
+    assert sorted(set(listed) - set(wanted)) == [], "in environment.yml, missing from pyproject.toml"
+    drifted = {n: (wanted[n], listed[n]) for n in wanted if wanted[n].replace(" ", "") != listed[n].replace(" ", "")}
+    assert drifted == {}, "version specifiers differ"
+
+
+def test_console_script_and_layout():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["gawm"] == "gawm_lib.cli:main"
+    assert set(project["optional-dependencies"]) >= {"test", "gpu"}
+    for name in ("notebooks", "gawm_lib", "k8s", "params", "data", "tests", "environment.yml", "README.md",
+                 "JOURNAL.md", "Makefile", ".ci/run"):
+        assert (ROOT / name).exists(), name
+
+
+def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "python3", path
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path} has outputs"
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path}: expected one cell tagged 'parameters'"
+        for line in tagged[0].source.splitlines():
+            assert re.match(r"^\w+: \w+ = .+  # .+$", line), f"{path}: parameter line not 'NAME: type = value  # meaning'"
