@@ -47,7 +47,8 @@ def latency_cdf(requests: pd.DataFrame, ax=None):
         _, axes = figure()
         ax = axes[0, 0]
     measured = requests[(requests["phase"] == "step") & (requests["error"] == "")]
-    for workload, group in measured.groupby("workload", sort=True):
+    for workload in _ordered(measured["workload"].unique()):
+        group = measured[measured["workload"] == workload]
         values = np.sort(group["latency_ms"].to_numpy())
         ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
                 label=f"{WORKLOAD_LABEL.get(workload, workload)} (n={len(values)})")
@@ -59,21 +60,31 @@ def latency_cdf(requests: pd.DataFrame, ax=None):
     return ax.figure
 
 
+def _ordered(workloads) -> list[str]:
+    known = [w for w in WORKLOAD_LABEL if w in set(workloads)]
+    return known + sorted(set(workloads) - set(known))
+
+
 def latency_vs_throughput(table: pd.DataFrame, slo_ms: dict[str, float] | None = None):
-    """p50 and p95 latency [ms] against achieved throughput [req/s], one panel per workload, steps joined in order."""
-    workloads = sorted(table["workload"].unique())
-    fig, axes = figure(aspect=0.38, ncols=len(workloads))
+    """p50 and p95 latency [ms] against achieved throughput [req/s], one panel per workload; each point is one load
+    step, labelled with its level (users or req/s), joined in step order."""
+    workloads = _ordered(table["workload"].unique())
+    fig, axes = figure(aspect=0.4, ncols=len(workloads))
     for ax, workload in zip(axes[0], workloads):
         steps = table[table["workload"] == workload].sort_values("step")
         ax.plot(steps["throughput_rps"], steps["p50_ms"], marker="o", label="p50")
         ax.plot(steps["throughput_rps"], steps["p95_ms"], marker="s", label="p95")
+        for _, step in steps.iterrows():
+            ax.annotate(f"{step['level']:g}", (step["throughput_rps"], step["p95_ms"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="0.35")
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle="--", linewidth=0.8, label="SLO")
         ax.set_title(WORKLOAD_LABEL.get(workload, workload))
         ax.set_xlabel("throughput [req/s]")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, steps["p95_ms"].max() * 1.2)
     axes[0, 0].set_ylabel("latency [ms]")
-    axes[0, -1].legend(loc="upper left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
     return fig
 
 
