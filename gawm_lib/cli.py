@@ -47,7 +47,10 @@ def run_params(params_file: str | Path, overrides: list[str]) -> int:
     try:
         for output, notebook, kind in notebooks:
             print(f"  executing {notebook.relative_to(root)} -> {output}", flush=True)
-            parameters = {"run_ids": [run.id]} if kind == "figures" else {"run_dir": str(run.path), "params": effective}
+            if kind == "figures":  # figure ids start with the experiment's name
+                parameters = {"run_ids": [run.id], "fig_prefix": cfg.name}
+            else:
+                parameters = {"run_dir": str(run.path), "params": effective}
             _execute(notebook, run.path / output, parameters)
     except KeyboardInterrupt:
         run.finish("INTERRUPTED")

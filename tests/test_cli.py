@@ -64,7 +64,7 @@ def test_demo_with_tiny_parameters_records_all_three_workloads(env, tmp_path):
     assert set(metrics["workload"]) == {"resnet50", "distilbert", "whisper"}
     assert (run.path / "notebook.ipynb").is_file() and (run.path / "figures.ipynb").is_file()
     assert {p.name for p in (run.path / "logs").glob("*.log")} >= {"resnet50-0.log", "distilbert-0.log", "whisper-0.log"}
-    for fig_id in ("load_sweep_latency_cdf", "load_sweep_latency_vs_throughput"):
+    for fig_id in ("demo_latency_cdf", "demo_latency_vs_throughput"):  # figure ids start with the experiment
         sidecar = json.loads((tmp_path / "figures" / f"{fig_id}.json").read_text())
         assert sidecar["run_ids"] == [run.id] and sidecar["notebook"].endswith("02_figures_load_sweep.ipynb")
         assert (tmp_path / "figures" / f"{fig_id}.pdf").stat().st_size > 1000
