@@ -72,8 +72,11 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
 def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg: ExperimentConfig) -> None:
     from gawm_lib import prom
 
+    on_gpu = any(w.device == "cuda" for w in cfg.workloads)
+    names = [n for n in prom.RUN_QUERIES if on_gpu or prom.CATALOGUE[n].source != "nvml"]  # no GPU, no NVML series
     try:
-        frame = prom.query_run_phases(prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s)
+        frame = prom.query_run_phases(prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s,
+                                      query_names=names)
         prom.save_run_metrics(run.path, frame)
         run.update(metrics={"rows": len(frame), "queries": sorted(frame["query"].unique()) if len(frame) else []})
     except prom.PrometheusQueryError as exc:  # keep the load records whatever happens to the metrics

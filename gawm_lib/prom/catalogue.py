@@ -141,6 +141,9 @@ _ENTRIES = [
     # --- our model server (gawm_*) ---
     _Q("throughput", 'sum by ($by) (rate(gawm_requests_total{status="ok",$sel}[$window]))', "requests/s",
        "Successful requests per second.", "gawm", False, ("workload",)),
+    _Q("requests_total", 'sum by ($by) (gawm_requests_total{status="ok",$sel})', "requests",
+       "Successful requests counted so far (the counter as scraped; resets when a replica restarts).", "gawm", None,
+       ("workload",)),
     _Q("error_rate", 'sum by ($by) (rate(gawm_requests_total{status="error",$sel}[$window])) / sum by ($by) (rate(gawm_requests_total{$sel}[$window]))',
        "ratio", "Share of requests that failed.", "gawm", True, ("workload",)),
     _mean("latency_mean", "gawm_request_duration_seconds", "seconds", "server-side request latency", True),
