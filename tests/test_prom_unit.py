@@ -224,3 +224,14 @@ def test_missing_binary_says_how_to_install(tmp_path):
     assert "apt-get install prometheus" in msg and "prometheus.io" in msg and "prometheus.binary" in msg
     with pytest.raises(PrometheusNotInstalled):
         LocalPrometheus(tmp_path, binary="no-such-prometheus-binary-xyz").start()
+
+
+def test_shipped_grafana_dashboard_is_generated_from_the_catalogue():
+    import json
+    from pathlib import Path
+
+    from gawm_lib.prom.grafana import shipped_dashboard
+
+    shipped = Path(__file__).resolve().parent.parent / "k8s" / "monitoring" / "dashboards" / "gawm.json"
+    assert json.loads(shipped.read_text()) == shipped_dashboard(), (
+        "k8s/monitoring/dashboards/gawm.json is stale: python -m gawm_lib.prom.grafana")

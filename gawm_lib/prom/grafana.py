@@ -43,3 +43,21 @@ def grafana_dashboard(query_names: Iterable[str], *, title: str = "gawm", uid: s
                                  "query": "prometheus", "current": {}, "hide": 0}]},
         "panels": panels,
     }
+
+
+def shipped_dashboard() -> dict:
+    """The dashboard shipped under ``k8s/monitoring/dashboards/``: every catalogue query, in catalogue order."""
+    from .catalogue import CATALOGUE
+
+    return grafana_dashboard(list(CATALOGUE), title="gawm: inference workloads", uid="gawm-workloads")
+
+
+if __name__ == "__main__":  # python -m gawm_lib.prom.grafana PATH: regenerate the shipped dashboard
+    import json
+    import sys
+    from pathlib import Path
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "k8s/monitoring/dashboards/gawm.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(shipped_dashboard(), indent=2) + "\n")
+    print(f"wrote {out}")
