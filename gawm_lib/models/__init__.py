@@ -1,0 +1,35 @@
+"""Workload models: the math core that turns measurements into predictions.
+
+Units throughout: times in seconds, rates in requests/s (items/s for batch throughput). Modules:
+
+* ``service``: batch latency ``max(floor, alpha*b + beta)`` fit with standard errors;
+* ``scaling``: Universal Scalability Law fit and exact Mean Value Analysis (closed loop);
+* ``queueing``: open-loop M/M/1, M/D/1, M/G/1, M/M/c, M/G/c means and quantiles;
+* ``batching``: dynamic-batching server latency (mean, p50, p95) from an embedded Markov chain;
+* ``simulate``: seeded discrete-event simulation (the ground truth the models are tested against);
+* ``capacity``: fewest replicas meeting a p95 SLO, with an uncertainty range;
+* ``validation``: MAPE and fit/holdout comparison tables;
+* ``traces``: summary, autocorrelation and KS comparison of metric time series.
+
+Importing has no side effects (no I/O, no global state).
+"""
+
+from .batching import BatchingPrediction, predict_batching
+from .capacity import CapacityPlan, plan_capacity
+from .queueing import QueuePrediction, UnstableSystemError, erlang_c, md1, mg1, mgc, mm1, mmc, sweep
+from .scaling import MVAResult, USLModel, fit_usl, mva
+from .service import BatchLatencyModel, fit_batch_latency
+from .simulate import LatencySummary, simulate_batching, simulate_queue, summarize_latencies
+from .traces import TraceComparison, TraceSummary, autocorrelation, compare_traces, summarize_trace
+from .validation import ValidationReport, mape, validate
+
+__all__ = [
+    "BatchLatencyModel", "fit_batch_latency",
+    "USLModel", "fit_usl", "MVAResult", "mva",
+    "UnstableSystemError", "QueuePrediction", "erlang_c", "mm1", "md1", "mg1", "mmc", "mgc", "sweep",
+    "BatchingPrediction", "predict_batching",
+    "LatencySummary", "simulate_queue", "simulate_batching", "summarize_latencies",
+    "CapacityPlan", "plan_capacity",
+    "ValidationReport", "mape", "validate",
+    "TraceSummary", "summarize_trace", "autocorrelation", "TraceComparison", "compare_traces",
+]
