@@ -54,7 +54,7 @@ def latency_cdf(requests: pd.DataFrame, ax=None):
                 label=f"{WORKLOAD_LABEL.get(workload, workload)} (n={len(values)})")
     ax.set_xscale("log")
     ax.set_xlabel("latency [ms]")
-    ax.set_ylabel("fraction of requests")
+    ax.set_ylabel("fraction of requests [-]")
     ax.set_ylim(0, 1.01)
     ax.legend(loc="lower right")
     return ax.figure
@@ -85,6 +85,139 @@ def latency_vs_throughput(table: pd.DataFrame, slo_ms: dict[str, float] | None =
     axes[0, 0].set_ylabel("latency [ms]")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
+    return fig
+
+
+def percentiles_vs_load(table: pd.DataFrame, percentiles=("p50", "p95", "p99"), slo_ms: dict | None = None):
+    """Latency percentiles [ms] against offered load [req/s], one panel per workload (open-loop sweeps)."""
+    workloads = _ordered(table["workload"].unique())
+    fig, axes = figure(aspect=0.4, ncols=len(workloads))
+    for ax, workload in zip(axes[0], workloads):
+        steps = table[table["workload"] == workload].sort_values("offered_rps")
+        for name, marker in zip(percentiles, "osD^"):
+            ax.plot(steps["offered_rps"], steps[f"{name}_ms"], marker=marker, label=name)
+        if slo_ms and workload in slo_ms:
+            ax.axhline(slo_ms[workload], color="k", linestyle="--", linewidth=0.8, label="SLO")
+        ax.set_title(WORKLOAD_LABEL.get(workload, workload))
+        ax.set_xlabel("offered load [req/s]")
+        ax.set_yscale("log")
+    axes[0, 0].set_ylabel("latency [ms]")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
+    return fig
+
+
+def throughput_vs_batch(points: pd.DataFrame, model=None, ax=None):
+    """Throughput [items/s] against batch size (points: ``batch_size``, ``throughput``) with the fitted curve
+    ``model.throughput(b)`` of a :class:`gawm_lib.models.BatchLatencyModel` where given."""
+    if ax is None:
+        _, axes = figure(width="half", aspect=0.75)
+        ax = axes[0, 0]
+    ax.plot(points["batch_size"], points["throughput"], "o", label="measured")
+    if model is not None:
+        b = np.linspace(points["batch_size"].min(), points["batch_size"].max(), 200)
+        ax.plot(b, [model.throughput(x) for x in b], "-", label="fit")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size [items]")
+    ax.set_ylabel("throughput [items/s]")
+    ax.legend()
+    return ax.figure
+
+
+def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = None):
+    """Throughput [req/s] and mean latency [ms] against replicas (columns ``replicas``, ``throughput_rps``,
+    ``mean_ms``), with a model's ``predicted`` frame (same columns) drawn as lines."""
+    fig, axes = figure(aspect=0.38, ncols=2)
+    left, right = axes[0]
+    left.plot(table["replicas"], table["throughput_rps"], "o", label="measured")
+    right.plot(table["replicas"], table["mean_ms"], "o", label="measured")
+    if predicted is not None:
+        left.plot(predicted["replicas"], predicted["throughput_rps"], "-", label="model")
+        right.plot(predicted["replicas"], predicted["mean_ms"], "-", label="model")
+    left.set_ylabel("throughput [req/s]")
+    right.set_ylabel("mean latency [ms]")
+    for ax in (left, right):
+        ax.set_xlabel("replicas [count]")
+        ax.set_ylim(bottom=0)
+    left.legend()
+    return fig
+
+
+def metric_timeline(metrics: pd.DataFrame, queries: list[str], phases: list[dict] | None = None,
+                    units: dict[str, str] | None = None):
+    """Time series of Prometheus queries (tidy frame: ``time``, ``query``, ``value``, ``unit``), one panel per query,
+    with the load phases shaded (``phases``: dicts with ``start_unix_ns``, ``end_unix_ns``, ``level``)."""
+    import matplotlib.pyplot as plt
+
+    thesis_style()
+    fig, axes = plt.subplots(len(queries), 1, figsize=(WIDTH_IN["single"], 1.3 * len(queries) + 0.4), sharex=True,
+                             squeeze=False, layout="constrained")
+    for ax, name in zip(axes[:, 0], queries):
+        series = metrics[metrics["query"] == name].sort_values("time")
+        for labels, group in series.groupby("labels", sort=True):
+            ax.plot(group["time"], group["value"], linewidth=1)
+        unit = (units or {}).get(name) or (series["unit"].iloc[0] if len(series) else "")
+        ax.set_ylabel(f"{name}\n[{unit}]")
+        for i, phase in enumerate(phases or []):
+            start = pd.Timestamp(phase["start_unix_ns"], unit="ns", tz="UTC")
+            end = pd.Timestamp(phase["end_unix_ns"], unit="ns", tz="UTC")
+            ax.axvspan(start, end, color=OKABE_ITO[i % 2 + 5], alpha=0.12, linewidth=0)
+    axes[-1, 0].set_xlabel("time [UTC]")
+    return fig
+
+
+def energy_per_inference(table: pd.DataFrame):
+    """Energy per inference [J] per workload and configuration (columns ``workload``, ``config``, ``joules``)."""
+    fig, axes = figure(width="half", aspect=0.8)
+    ax = axes[0, 0]
+    labels = [f"{WORKLOAD_LABEL.get(w, w)}\n{c}" for w, c in zip(table["workload"], table["config"])]
+    ax.bar(labels, table["joules"], color=[OKABE_ITO[i % len(OKABE_ITO)] for i in range(len(table))])
+    ax.set_ylabel("energy per inference [J]")
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float] | None = None):
+    """Predicted against measured per metric (a :class:`gawm_lib.models.ValidationReport` table: ``metric``,
+    ``measured``, ``predicted``), with the identity line and the +/-10 % band. Latencies are shown in ms."""
+    metrics = list(dict.fromkeys(validation["metric"]))
+    fig, axes = figure(aspect=0.36, ncols=len(metrics))
+    scale = {"throughput": 1.0, **(unit_scale or {})}
+    for ax, metric in zip(axes[0], metrics):
+        rows = validation[validation["metric"] == metric]
+        k = scale.get(metric, 1e3)  # seconds -> ms unless told otherwise
+        unit = "req/s" if metric == "throughput" else "ms"
+        lo = min(rows["measured"].min(), rows["predicted"].min()) * k * 0.8
+        hi = max(rows["measured"].max(), rows["predicted"].max()) * k * 1.2
+        line = np.array([lo, hi])
+        ax.fill_between(line, line * 0.9, line * 1.1, color="0.85", label="±10 %")
+        ax.plot(line, line, "k-", linewidth=0.8)
+        groups = rows.groupby("workload") if "workload" in rows else [("", rows)]
+        for name, group in groups:
+            ax.plot(group["measured"] * k, group["predicted"] * k, "o", label=WORKLOAD_LABEL.get(name, name) or None)
+        ax.set_xlabel(f"measured {metric} [{unit}]")
+        ax.set_ylabel(f"predicted [{unit}]")
+        ax.set_title(metric)
+    axes[0, -1].legend(loc="upper left")
+    return fig
+
+
+def capacity_plan(plans: pd.DataFrame, slo_ms: float | None = None):
+    """Replicas needed (with the model's uncertainty range) against offered load [req/s]; columns ``arrival_rate``,
+    ``replicas``, ``replicas_low``, ``replicas_high`` and optionally ``workload``."""
+    fig, axes = figure(width="half", aspect=0.8)
+    ax = axes[0, 0]
+    groups = plans.groupby("workload") if "workload" in plans else [("", plans)]
+    for name, group in groups:
+        group = group.sort_values("arrival_rate")
+        ax.step(group["arrival_rate"], group["replicas"], where="post", label=WORKLOAD_LABEL.get(name, name) or None)
+        ax.fill_between(group["arrival_rate"], group["replicas_low"], group["replicas_high"], step="post", alpha=0.2)
+    ax.set_xlabel("offered load [req/s]")
+    ax.set_ylabel("replicas needed [count]")
+    if slo_ms is not None:
+        ax.set_title(f"p95 <= {slo_ms:g} ms")
+    if "workload" in plans:
+        ax.legend()
     return fig
 
 
