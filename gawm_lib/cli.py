@@ -1,8 +1,9 @@
-"""The ``gawm`` command: ``demo``, ``run``, ``runs``, ``serve``.
+"""The ``gawm`` command: ``demo``, ``run``, ``runs``, ``report``, ``serve``.
 
 ``gawm run params/X.yaml [-p key=value ...]`` validates the settings (nothing starts if they are wrong), creates the run
 directory, executes the measurement notebook named in the file with papermill (the executed copy is saved in the run
-directory), then the figures notebook on that run, and gives the run its final status.
+directory), then the figures notebook on that run, and gives the run its final status. A suite file
+(``suite:`` at its top) runs several params files and grids, resumably (:mod:`gawm_lib.suite`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,23 @@ def _execute(notebook: Path, output: Path, parameters: dict) -> None:
 
 
 def run_params(params_file: str | Path, overrides: list[str]) -> int:
+    """``gawm run``: a suite file runs as a suite, any other params file as one experiment."""
+    from gawm_lib import suite
+
+    if suite.is_suite_file(params_file):
+        return run_suite(params_file, overrides)
+    return run_experiment(params_file, overrides)[0]
+
+
+def run_experiment(params_file: str | Path, overrides: list[str]):
+    """Validate, create the run, execute the notebooks; returns (exit code, run or None)."""
     from gawm_lib import config, plots, runs
 
     try:
         cfg, requested = config.load_params(params_file, overrides)
     except config.ConfigError as exc:
         print(f"gawm: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_CONFIG, None
     root = paths.project_root()
     notebooks = [("notebook.ipynb", root / cfg.notebook, None)]
     if cfg.figures_notebook:
@@ -40,7 +51,7 @@ def run_params(params_file: str | Path, overrides: list[str]) -> int:
     for _, path, _ in notebooks:
         if not path.is_file():
             print(f"gawm: {params_file}: notebook {path} does not exist", file=sys.stderr)
-            return EXIT_CONFIG
+            return EXIT_CONFIG, None
     effective = cfg.model_dump(mode="json")
     run = runs.create_run(cfg.name, requested, effective)
     print(f"run {run.id}\n  directory: {run.path}", flush=True)
@@ -55,11 +66,11 @@ def run_params(params_file: str | Path, overrides: list[str]) -> int:
     except KeyboardInterrupt:
         run.finish("INTERRUPTED")
         print(f"gawm: interrupted; what was recorded is kept in {run.path}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, run
     except Exception as exc:
         run.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
         print(f"gawm: run failed ({type(exc).__name__}); see {run.path}\n{exc}", file=sys.stderr)
-        return 1
+        return 1, run
     run.finish("COMPLETED")
     print(f"run {run.id} COMPLETED\n  directory: {run.path}")
     figures = plots.figures_for_run(run.id)
@@ -67,6 +78,55 @@ def run_params(params_file: str | Path, overrides: list[str]) -> int:
         print("  figures:")
         for figure in figures:
             print(f"    {figure}")
+    return 0, run
+
+
+def run_suite(suite_file: str | Path, overrides: list[str]) -> int:
+    """Run every point of a suite that has not completed yet, then its report notebooks on all its runs."""
+    from gawm_lib import config, suite
+
+    try:
+        spec = suite.load_suite(suite_file)
+        points = suite.expand(spec, overrides)
+        suite.validate_points(points)
+    except config.ConfigError as exc:
+        print(f"gawm: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    state = suite.read_state(spec.suite)
+    print(f"suite {spec.suite}: {len(points)} runs; progress in {suite.state_path(spec.suite)}", flush=True)
+    failed = 0
+    for number, (key, params, point_overrides) in enumerate(points, 1):
+        done = suite.completed_run(state, key)
+        if done:
+            print(f"[{number}/{len(points)}] done before: {key} -> {done}", flush=True)
+            continue
+        print(f"[{number}/{len(points)}] {key}", flush=True)
+        code, run = run_experiment(paths.project_root() / params, point_overrides)
+        if run is not None:
+            state["points"][key] = {"run_id": run.id, "status": run.status}
+            suite.write_state(state)
+        if code == EXIT_INTERRUPTED:
+            print(f"gawm: suite interrupted; run it again to resume from [{number}/{len(points)}]", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        failed += code != 0
+    run_ids = [state["points"][key]["run_id"] for key, _, _ in points if suite.completed_run(state, key)]
+    for notebook in spec.report:
+        report(run_ids, notebook, prefix=spec.suite)
+    print(f"suite {spec.suite}: {len(run_ids)}/{len(points)} runs completed")
+    return 1 if failed else 0
+
+
+def report(run_ids: list[str], notebook: str, prefix: str) -> int:
+    """Rebuild figures from run ids (no cluster touched); the executed notebook is saved beside the figures."""
+    from gawm_lib import runs
+
+    for run_id in run_ids:
+        runs.load_run(run_id)  # a clear error for an unknown id before any kernel starts
+    path = paths.project_root() / notebook
+    output = paths.figures_dir() / f"{prefix}_{path.stem}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    print(f"report: {notebook} on {len(run_ids)} run(s) -> {output}", flush=True)
+    _execute(path, output, {"run_ids": run_ids, "fig_prefix": prefix})
     return 0
 
 
@@ -93,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting, e.g. -p load.levels=[1,2] -p backend.replicas=2")
     sub.add_parser("runs", help="list runs with their status")
+    rep = sub.add_parser("report", help="rebuild figures from run ids with a figures notebook (no cluster needed)")
+    rep.add_argument("run_ids", nargs="+")
+    rep.add_argument("--notebook", default="notebooks/02_figures_load_sweep.ipynb")
+    rep.add_argument("--prefix", default="report", help="figure ids start with this")
     serve = sub.add_parser("serve", help="serve one workload (OIP v2 HTTP); options as python -m gawm_lib.server")
     serve.add_argument("server_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -103,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_params(args.params_file, args.param)
     if args.command == "runs":
         return list_runs_command()
+    if args.command == "report":
+        from gawm_lib import runs
+
+        try:
+            return report(args.run_ids, args.notebook, args.prefix)
+        except runs.RunError as exc:
+            print(f"gawm: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.command == "serve":
         from gawm_lib import server
 

@@ -153,6 +153,8 @@ def apply_override(tree: dict, assignment: str) -> dict:
         if last:
             node[index] = value
         else:
+            if isinstance(node, list) and isinstance(node[index], str) and parts[depth - 1] == "workloads":
+                node[index] = {"name": node[index]}  # `workloads: [resnet50]` shorthand, opened for a setting
             if isinstance(node, dict) and not isinstance(node.get(index), (dict, list)):
                 node[index] = {}
             node = node[index]

@@ -1,0 +1,93 @@
+"""Suites: grids expand to one run per point, every point is validated first, and a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gawm_lib import runs, suite
+from gawm_lib.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_grid_expands_to_the_cartesian_product_in_order():
+    spec = suite.SuiteConfig.model_validate({"suite": "s", "runs": [
+        {"params": "params/quick.yaml", "overrides": ["load.warmup_s=0"],
+         "grid": {"backend.replicas": [1, 2], "load.levels": [[1], [1, 2]]}},
+        {"params": "params/demo.yaml"}]})
+    points = suite.expand(spec, ["load.step_duration_s=1"])
+    assert [p[2] for p in points] == [
+        ["load.warmup_s=0", "backend.replicas=1", "load.levels=[1]", "load.step_duration_s=1"],
+        ["load.warmup_s=0", "backend.replicas=1", "load.levels=[1, 2]", "load.step_duration_s=1"],
+        ["load.warmup_s=0", "backend.replicas=2", "load.levels=[1]", "load.step_duration_s=1"],
+        ["load.warmup_s=0", "backend.replicas=2", "load.levels=[1, 2]", "load.step_duration_s=1"],
+        ["load.step_duration_s=1"],
+    ]
+    assert len({p[0] for p in points}) == 5  # keys are unique
+
+
+def test_every_point_is_validated_before_anything_runs():
+    spec = suite.SuiteConfig.model_validate({"suite": "s", "runs": [
+        {"params": "params/quick.yaml", "grid": {"backend.replicas": [1, 0]}},
+        {"params": "params/quick.yaml", "overrides": ["load.sceanrio=poisson"]}]})
+    with pytest.raises(ConfigError) as err:
+        suite.validate_points(suite.expand(spec))
+    assert "-p backend.replicas=0: backend.replicas: Input should be greater than or equal to 1" in str(err.value)
+    assert "unknown key 'sceanrio' (did you mean 'scenario'?)" in str(err.value)
+
+
+def test_suite_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("suite: Bad Name\nruns: []\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: suite: String should match pattern"):
+        suite.load_suite(path)
+
+
+@pytest.mark.integration
+def test_a_suite_runs_resumes_and_reports(tmp_path):
+    env = {**os.environ, "GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(tmp_path / "figures")}
+    spec = tmp_path / "suite.yaml"
+    spec.write_text(
+        "suite: tiny\nruns:\n  - params: params/quick.yaml\n"
+        "    overrides: ['load.levels=[1]', 'load.step_duration_s=1', 'load.warmup_s=0', 'figures_notebook=null']\n"
+        "    grid:\n      workloads.0.max_batch_size: [1, 2]\n"
+        "report:\n  - notebooks/02_figures_load_sweep.ipynb\n")
+
+    def gawm(*args):
+        return subprocess.run([sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    first = gawm("run", str(spec))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "suite tiny: 2/2 runs completed" in first.stdout
+    state = json.loads((tmp_path / "suites" / "tiny.json").read_text())
+    run_ids = [p["run_id"] for p in state["points"].values()]
+    assert len(run_ids) == 2
+    batch_sizes = sorted(runs.load_run(r, tmp_path / "raw").manifest["params"]["effective"]["workloads"][0]
+                         ["max_batch_size"] for r in run_ids)
+    assert batch_sizes == [1, 2]
+    sidecar = json.loads((tmp_path / "figures" / "tiny_latency_cdf.json").read_text())
+    assert sorted(sidecar["run_ids"]) == sorted(run_ids)
+
+    # a run that did not complete is redone on the next call; the completed one is skipped
+    broken = runs.load_run(run_ids[1], tmp_path / "raw")
+    broken.update(status="FAILED")
+    second = gawm("run", str(spec))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("done before") == 1 and f"-> {run_ids[0]}" in second.stdout
+    state = json.loads((tmp_path / "suites" / "tiny.json").read_text())
+    assert run_ids[0] in [p["run_id"] for p in state["points"].values()]
+    assert run_ids[1] not in [p["run_id"] for p in state["points"].values()]
+    assert len(runs.list_runs(tmp_path / "raw")) == 3
+
+    report = gawm("report", run_ids[0], "--prefix", "again")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (tmp_path / "figures" / "again_latency_vs_throughput.pdf").is_file()
+    unknown = gawm("report", "no-such-run")
+    assert unknown.returncode == 2 and "no-such-run" in unknown.stderr
