@@ -195,6 +195,9 @@ def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float]
         groups = rows.groupby("workload") if "workload" in rows else [("", rows)]
         for name, group in groups:
             ax.plot(group["measured"] * k, group["predicted"] * k, "o", label=WORKLOAD_LABEL.get(name, name) or None)
+        if metric != "throughput" and hi / max(lo, 1e-9) > 20:  # latencies spanning decades read better on log axes
+            ax.set_xscale("log")
+            ax.set_yscale("log")
         ax.set_xlabel(f"measured {metric} [{unit}]")
         ax.set_ylabel(f"predicted [{unit}]")
         ax.set_title(metric)
@@ -255,3 +258,17 @@ def figures_for_run(run_id: str, out_dir: Path | None = None) -> list[Path]:
         if run_id in meta.get("run_ids", []):
             found += [sidecar.with_suffix(f".{ext}") for ext in ("pdf", "png")]
     return found
+
+
+def save_table(frame: pd.DataFrame, table_id: str, run_ids: list[str], notebook: str,
+               parameters: dict[str, Any] | None = None, out_dir: Path | None = None) -> dict[str, Path]:
+    """Write a result table as ``<table_id>.csv`` with the same provenance sidecar as figures (``.json``)."""
+    out_dir = Path(out_dir or paths.figures_dir())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"csv": out_dir / f"{table_id}.csv", "json": out_dir / f"{table_id}.json"}
+    frame.to_csv(written["csv"], index=False)
+    sidecar = {"table_id": table_id, "run_ids": list(run_ids), "notebook": notebook, "git": runs.git_info(),
+               "parameters": parameters or {}, "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
+               "files": {"csv": written["csv"].name}, "rows": len(frame)}
+    written["json"].write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+    return written
