@@ -155,7 +155,13 @@ def metric_timeline(metrics: pd.DataFrame, queries: list[str], phases: list[dict
     for ax, name in zip(axes[:, 0], queries):
         series = metrics[metrics["query"] == name].sort_values("time")
         for labels, group in series.groupby("labels", sort=True):
-            ax.plot(group["time"], group["value"], linewidth=1)
+            tags = json.loads(labels) if labels else {}
+            workload = tags.get("workload") or (group["workload"].iloc[0] if "workload" in group else "")
+            order = list(WORKLOAD_LABEL).index(workload) if workload in WORKLOAD_LABEL else 3
+            legend = " ".join([WORKLOAD_LABEL.get(workload, workload)] + [f"{k}={v}" for k, v in sorted(tags.items())
+                                                                           if k not in ("workload", "job")])
+            ax.plot(group["time"], group["value"], linewidth=1, color=OKABE_ITO[order % len(OKABE_ITO)],
+                    label=legend.strip() or None)
         unit = (units or {}).get(name) or (series["unit"].iloc[0] if len(series) else "")
         ax.set_ylabel(f"{name}\n[{unit}]")
         for i, phase in enumerate(phases or []):
@@ -163,6 +169,9 @@ def metric_timeline(metrics: pd.DataFrame, queries: list[str], phases: list[dict
             end = pd.Timestamp(phase["end_unix_ns"], unit="ns", tz="UTC")
             ax.axvspan(start, end, color=OKABE_ITO[i % 2 + 5], alpha=0.12, linewidth=0)
     axes[-1, 0].set_xlabel("time [UTC]")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(4, len(labels)), frameon=False)
     return fig
 
 

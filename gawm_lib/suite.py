@@ -126,3 +126,11 @@ def completed_run(state: dict[str, Any], key: str) -> str | None:
         return run_id if runs.load_run(run_id).status == "COMPLETED" else None
     except runs.RunError:
         return None
+
+
+def suite_run_ids(name: str) -> list[str]:
+    """The completed runs of a suite, in the suite's order (for analysis notebooks that take a suite name)."""
+    state = read_state(name)
+    if not state["points"]:
+        raise runs.RunError(f"suite {name!r} has no runs recorded in {state_path(name)}: run it with gawm run first")
+    return [p["run_id"] for key, p in state["points"].items() if completed_run(state, key)]
