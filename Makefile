@@ -6,12 +6,12 @@ STAMP := $(VENV)/.gawm-installed
 TEST_DATA ?= build/test-data
 PYTEST_ARGS ?=
 
-.PHONY: demo test env sysdeps lab runs clean-test-data
+.PHONY: demo test env sysdeps test-sysdeps lab runs clean-test-data
 
 demo: env  ## all three workloads on the CPU, a short load sweep each, figures in data/figures/
 	$(BIN)/gawm demo
 
-test: env clean-test-data  ## the whole suite: unit, integration (real servers, Prometheus, notebooks), nbval
+test: env test-sysdeps clean-test-data  ## the whole suite: unit, integration (real servers, Prometheus, notebooks), nbval
 	GAWM_RAW_DIR=$(abspath $(TEST_DATA))/raw GAWM_FIGURES_DIR=$(abspath $(TEST_DATA))/figures \
 	  $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS); \
 	  status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
@@ -21,6 +21,9 @@ env: sysdeps $(STAMP)
 
 sysdeps:
 	$(PYTHON) -m gawm_lib.sysdeps --install
+
+test-sysdeps:
+	$(PYTHON) -m gawm_lib.sysdeps --install --tests
 
 # torch and torchvision are pinned to the pair that imports together here; pip takes them from a local wheel store
 # where the machine has one (see README: Install).

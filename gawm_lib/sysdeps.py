@@ -3,6 +3,7 @@
 Runs with the system Python before the virtual environment exists (standard library only)::
 
     python3 -m gawm_lib.sysdeps --install     # install what is missing (apt-get, as root), else say how
+    python3 -m gawm_lib.sysdeps --install --tests   # and what the test suite needs
     python3 -m gawm_lib.sysdeps               # only check
 """
 
@@ -21,10 +22,15 @@ PROGRAMS = {
     "espeak-ng": ("espeak-ng", "speech samples with known transcripts"),
     "git": ("git", "provenance of every run"),
 }
+# what only the test suite needs
+TEST_PROGRAMS = {
+    "shellcheck": ("shellcheck", "checking the cluster scripts in k8s/cluster/"),
+}
 
 
-def missing() -> dict[str, tuple[str, str]]:
-    return {prog: info for prog, info in PROGRAMS.items() if shutil.which(prog) is None}
+def missing(tests: bool = False) -> dict[str, tuple[str, str]]:
+    wanted = {**PROGRAMS, **(TEST_PROGRAMS if tests else {})}
+    return {prog: info for prog, info in wanted.items() if shutil.which(prog) is None}
 
 
 def install(packages: list[str]) -> None:
@@ -36,17 +42,18 @@ def install(packages: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="check (and install) the system programs gawm needs")
     parser.add_argument("--install", action="store_true", help="install missing ones with apt-get when running as root")
+    parser.add_argument("--tests", action="store_true", help="also what the test suite needs")
     args = parser.parse_args(argv)
-    absent = missing()
+    absent = missing(args.tests)
     if not absent:
-        print("gawm: system programs present: " + ", ".join(PROGRAMS))
+        print("gawm: system programs present: " + ", ".join({**PROGRAMS, **(TEST_PROGRAMS if args.tests else {})}))
         return 0
     packages = sorted({pkg for pkg, _ in absent.values()})
     can_apt = shutil.which("apt-get") is not None and os.geteuid() == 0
     if args.install and can_apt:
         print(f"gawm: installing {' '.join(packages)} with apt-get", flush=True)
         install(packages)
-        still = missing()
+        still = missing(args.tests)
         if not still:
             return 0
         absent = still
