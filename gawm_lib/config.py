@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 import difflib
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 WorkloadName = Literal["resnet50", "distilbert", "whisper"]
 
@@ -24,20 +25,38 @@ class _Settings(BaseModel):
 
 
 class WorkloadConfig(_Settings):
-    """One served model and how the server runs it."""
+    """One served model and how the server runs it (units in the field names; sizes in bytes)."""
 
     name: WorkloadName
     weights: str = Field("random", description="'random' (same compute, recorded as such), 'pretrained', or a local path")
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per replica")
+    channels_last: bool = Field(False, description="ResNet50: NHWC memory format (faster convolutions on GPUs)")
+    compile: bool = Field(False, description="torch.compile the model (Whisper: its encoder); batches are padded to "
+                                             "powers of two so that warm-up compiles every shape before ready")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     max_batch_size: int = Field(8, ge=1, le=4096, description="dynamic batching: most items in one forward pass")
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="dynamic batching: longest wait for a batch to fill")
+    max_queue_size: int = Field(256, ge=1, le=1_000_000, description="backpressure: requests admitted and not yet in a "
+                                                                      "batch; one more is answered 503")
+    max_body_bytes: int = Field(64 << 20, ge=1024, le=2 << 30, description="largest request body; larger ones get 413")
+    decode_workers: int = Field(4, ge=1, le=256, description="threads that parse and decode requests (JPEG, audio, text)")
+    top_k: int = Field(5, ge=1, le=1000, description="ResNet50: classes returned per image")
     max_seq_len: int = Field(128, ge=8, le=512, description="DistilBERT: tokens after truncation")
+    max_text_chars: int = Field(20_000, ge=1, le=10_000_000, description="DistilBERT: longer texts are refused (400)")
     model_size: Literal["tiny", "tiny.en", "base", "base.en", "small", "medium", "large-v3"] = Field(
         "tiny", description="Whisper model size"
     )
-    decode_tokens: int = Field(8, ge=1, le=448, description="Whisper: tokens decoded per clip (fixed for benchmarks)")
+    decode_tokens: int = Field(8, ge=1, le=224, description="Whisper: most tokens decoded per clip (random weights "
+                                                           "never stop early, so this fixes the decode length)")
+    temperatures: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.0], min_length=1, max_length=10,
+        description="Whisper: decoding temperatures; more than one turns on openai-whisper's fallback (retry a clip at "
+                    "the next temperature when its text is too repetitive or too unlikely)",
+    )
+    timestamps: bool = Field(False, description="Whisper: predict timestamp tokens and return timed segments")
+    max_audio_s: float = Field(30.0, gt=0, le=30, description="Whisper: longest clip accepted (one 30 s window)")
     warmup_batches: int = Field(1, ge=0, le=100, description="forward passes before the server reports ready")
 
     @field_validator("weights")
@@ -47,14 +66,42 @@ class WorkloadConfig(_Settings):
             return value
         raise ValueError(f"expected 'random', 'pretrained' or an existing path, got {value!r}")
 
+    @field_validator("temperatures")
+    @classmethod
+    def _ascending(cls, value: list[float]) -> list[float]:
+        if value != sorted(value):
+            raise ValueError(f"expected temperatures in ascending order (the fallback ladder), got {value}")
+        return value
+
 
 class BackendConfig(_Settings):
-    """Where replicas run: ``local`` child processes (default) or ``kubernetes``."""
+    """Where replicas run: ``local`` child processes (default) or ``kubernetes`` (a Deployment + Service per workload).
+
+    Fields after ``startup_timeout_s`` are read by the ``kubernetes`` backend only. ``cpu`` and ``memory`` are Kubernetes
+    quantities ("500m", "2", "3Gi"); requests equal limits, so replicas get the Guaranteed QoS class and steady timings.
+    """
 
     kind: Literal["local", "kubernetes"] = "local"
     replicas: int = Field(1, ge=1, le=64)
     host: str = Field("127.0.0.1", description="local backend: loopback address the replicas listen on")
-    startup_timeout_s: float = Field(180.0, gt=0, le=3600)
+    startup_timeout_s: float = Field(180.0, gt=0, le=3600, description="until every replica is ready (rollout) [s]")
+    namespace: str = Field("gawm", description="kubernetes: namespace of the replicas; it must exist (k8s/base makes it)")
+    kubeconfig: str | None = Field(None, description="kubernetes: kubeconfig file; unset: $KUBECONFIG or ~/.kube/config, "
+                                                     "else the in-cluster service account")
+    context: str | None = Field(None, description="kubernetes: kubeconfig context; unset: its current context")
+    image: str = Field("gawm-model-server:0.1.0", description="kubernetes: model-server image (k8s/Dockerfile)")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str = Field("gawm", description="kubernetes: ServiceAccount of the pods (no API token is mounted)")
+    gpu: int = Field(0, ge=0, le=16, description="kubernetes: nvidia.com/gpu per replica; 0 runs on CPU")
+    runtime_class: str | None = Field("nvidia", description="kubernetes: RuntimeClass of GPU pods; null where the "
+                                                            "default runtime already exposes GPUs")
+    cpu: str | None = Field(None, description="kubernetes: CPU request = limit per replica; unset: the workload's threads")
+    memory: str = Field("3Gi", description="kubernetes: memory request = limit per replica")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="kubernetes: node labels replicas need")
+    tolerations: list[dict[str, str | int]] = Field(
+        default_factory=list, description="kubernetes: extra pod tolerations (GPU replicas tolerate nvidia.com/gpu)")
+    port: int = Field(8000, ge=1, le=65535, description="kubernetes: container and Service port of the model server")
+    teardown_timeout_s: float = Field(120.0, gt=0, le=3600, description="kubernetes: until the pods are gone [s]")
 
     @field_validator("host")
     @classmethod
@@ -67,30 +114,200 @@ class BackendConfig(_Settings):
             raise ValueError(f"expected a loopback address such as 127.0.0.1, got {value!r}")
         return value
 
+    @field_validator("namespace", "service_account")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise ValueError(f"expected a DNS-1123 label (lower-case letters, digits, '-'; at most 63), got {value!r}")
+        return value
 
-class LoadConfig(_Settings):
-    """A load sweep: one step per level, each at least ``step_duration_s`` long and ``min_requests_per_step`` big."""
+    @field_validator("runtime_class")
+    @classmethod
+    def _dns_subdomain(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+            raise ValueError(f"expected a RuntimeClass name (DNS-1123 subdomain), got {value!r}")
+        return value
 
-    scenario: Literal["closed_loop", "poisson"] = Field(
-        "closed_loop", description="closed_loop: levels are concurrent users; poisson: levels are arrival rates [req/s]"
-    )
-    levels: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 2.0], min_length=1)
-    step_duration_s: float = Field(3.0, gt=0, le=86_400)
-    min_requests_per_step: int = Field(1, ge=1)
-    max_step_duration_s: float = Field(120.0, gt=0, le=86_400)
-    warmup_s: float = Field(1.0, ge=0, le=3600, description="load before the first step, recorded as phase 'warmup'")
-    request_timeout_s: float = Field(60.0, gt=0, le=3600)
-    arrival_seed: int = 1
-    payload_seed: int = 2
-    payload_count: int = Field(16, ge=1, le=100_000, description="distinct sample payloads drawn from real data")
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not value or value != value.strip() or any(c.isspace() or c.isupper() for c in value.split(":")[0]):
+            raise ValueError(f"expected an image reference such as registry.example/gawm/model-server:0.1.0, got {value!r}")
+        return value
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None, info) -> str | None:
+        # Kubernetes resource.Quantity: a positive decimal with an optional SI, binary or exponent suffix.
+        pattern = r"\+?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[mkMGTPE]|[KMGTPE]i)?"
+        if value is not None and (not re.fullmatch(pattern, value) or not float(re.sub(r"[^\d.]", "", value) or 0)):
+            example = "'500m' or '2'" if info.field_name == "cpu" else "'512Mi' or '3Gi'"
+            raise ValueError(f"expected a positive Kubernetes quantity such as {example}, got {value!r}")
+        return value
+
+    @field_validator("kubeconfig")
+    @classmethod
+    def _kubeconfig(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"expected an existing kubeconfig file, got {value!r}")
+        return value
+
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations(cls, value: list[dict[str, str | int]]) -> list[dict[str, str | int]]:
+        allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+        for toleration in value:
+            if not set(toleration) <= allowed:
+                raise ValueError(f"toleration keys are {sorted(allowed)}, got {sorted(toleration)}")
+        return value
+
+class LoadStage(_Settings):
+    """One stage of a ``stages`` load: ``users`` (closed loop) or ``rate_rps`` (open loop) for ``duration_s``, ramping
+    linearly to ``end_users`` / ``end_rate_rps`` when given (a step when not)."""
+
+    duration_s: float = Field(gt=0, le=86_400)
+    users: int | None = Field(None, ge=1, le=100_000, description="closed loop: concurrent users at the stage's start")
+    end_users: int | None = Field(None, ge=0, le=100_000, description="closed loop: users at the end (a linear ramp)")
+    rate_rps: float | None = Field(None, gt=0, le=1e6, description="open loop: arrival rate at the start [req/s]")
+    end_rate_rps: float | None = Field(None, ge=0, le=1e6,
+                                       description="open loop: rate at the end (a linear ramp) [req/s]")
+    arrival: Literal["poisson", "constant"] = Field("poisson",
+                                                    description="open loop: Poisson or evenly spaced arrivals")
 
     @model_validator(mode="after")
-    def _durations(self) -> "LoadConfig":
-        if self.max_step_duration_s < self.step_duration_s:
-            raise ValueError("max_step_duration_s must be >= step_duration_s")
-        if self.scenario == "closed_loop" and any(level != int(level) for level in self.levels):
-            raise ValueError("closed_loop levels are numbers of concurrent users: whole numbers")
+    def _one_kind(self) -> "LoadStage":
+        if (self.users is None) == (self.rate_rps is None):
+            raise ValueError("give either users (closed loop) or rate_rps (open loop)")
+        if self.end_users is not None and self.users is None:
+            raise ValueError("end_users ramps users: give users too (or use end_rate_rps with rate_rps)")
+        if self.end_rate_rps is not None and self.rate_rps is None:
+            raise ValueError("end_rate_rps ramps rate_rps: give rate_rps too (or use end_users with users)")
         return self
+
+
+LoadScenario = Literal["single_stream", "closed_loop", "poisson", "constant_rate", "offline", "stages", "trace"]
+_OPEN_LOOP = ("poisson", "constant_rate", "offline", "trace")
+
+
+class LoadConfig(_Settings):
+    """How the load generator drives the servers (``gawm_lib.loadgen``); units are in the field names.
+
+    Scenarios: ``single_stream`` (one request outstanding, the next sent when the last is answered: MLPerf
+    SingleStream); ``closed_loop`` (``levels`` are numbers of concurrent users, each pausing ``think_time_s`` between an
+    answer and its next request); ``poisson`` and ``constant_rate`` (open loop: ``levels`` are arrival rates [req/s],
+    independent of the answers); ``offline`` (``levels`` requests queued at once, each of ``payloads_per_request``
+    inputs, queued again until the step is long enough: MLPerf Offline); ``stages`` (the ``stages`` list: steps and
+    ramps of users or rates, one continuous load); ``trace`` (arrival times and payload ids replayed from
+    ``trace_path``). A sweep (``levels``) runs one step per level; each step lasts at least ``step_duration_s`` AND
+    ``min_requests_per_step`` requests, at most ``max_step_duration_s``. A ``warmup_s`` phase at the first level comes
+    first, recorded with phase ``warmup`` (for a trace: its first ``warmup_s`` seconds).
+    """
+
+    scenario: LoadScenario = Field("closed_loop", description="see the class docstring")
+    levels: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1.0, 2.0], min_length=1,
+        description="one step each: users (closed_loop), arrival rates [req/s] (poisson, constant_rate) or requests "
+                    "queued at once (offline)")
+    step_duration_s: float = Field(3.0, gt=0, le=86_400, description="shortest step [s]")
+    min_requests_per_step: int = Field(1, ge=1, le=100_000_000, description="fewest requests a step sends")
+    max_step_duration_s: float = Field(120.0, gt=0, le=86_400, description="a step ends here whatever its count [s]")
+    warmup_s: float = Field(1.0, ge=0, le=3600, description="load before the first step, recorded as phase 'warmup'")
+    stages: list[LoadStage] = Field(default_factory=list, validate_default=True,
+                                    description="scenario stages: the load profile, in order")
+    think_time_s: float = Field(0.0, ge=0, le=3600, description="closed loop: mean pause between an answer and the "
+                                                              "user's next request [s]")
+    think_time_distribution: Literal["exponential", "constant"] = "exponential"
+    request_timeout_s: float = Field(60.0, gt=0, le=3600, description="a request unanswered this long is a 'timeout'")
+    max_connections: int = Field(512, ge=1, le=16_384, description="most requests in flight per load process; more wait "
+                                                                   "in the generator, which shows as schedule lag")
+    transport: Literal["http1", "aiohttp"] = Field("http1", description="HTTP client: gawm's lean HTTP/1.1 client "
+                                                                        "(fastest) or aiohttp (a general client)")
+    wake_early_ms: float = Field(1.1, ge=0, le=10, description="open loop: stop sleeping this long before a due time "
+                                 "and poll the loop until it comes (timers wake up to 1 ms late); this keeps the core "
+                                 "busy between close arrivals, so set 0 where the generator shares a core with a "
+                                 "server, at the cost of sends up to ~1 ms late")
+    arrival_seed: int = Field(1, description="seed of the arrival schedule (and think times)")
+    payload_seed: int = Field(2, description="seed of the payload sampling, independent of the arrivals")
+    payload_count: int = Field(16, ge=1, le=100_000, description="distinct sample payloads drawn from real data")
+    payloads_per_request: int = Field(1, ge=1, le=4096, description="inputs per request: sampled payloads joined "
+                                                                    "along the first dimension (offline batches)")
+    trace_path: str = Field("", validate_default=True, description="scenario trace: CSV or parquet with arrival_s "
+                                                                   "[s from the trace's start] and optional payload_id")
+    trace_time_scale: float = Field(1.0, gt=0, le=1e6, description="multiplies trace times (0.5 replays twice as fast)")
+    slo_ms: float | None = Field(None, gt=0, le=3_600_000, description="latency objective for goodput [ms]")
+    processes: int = Field(1, ge=1, le=64, description="load processes sharing the load (more cores)")
+    process_cpus: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="CPU cores for the load processes (process i on process_cpus[i % n]); "
+                                          "empty: not pinned")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        scenario = info.data.get("scenario")
+        if scenario in ("closed_loop", "offline") and any(level != int(level) for level in value):
+            what = "concurrent users" if scenario == "closed_loop" else "requests queued at once"
+            raise ValueError(f"{scenario} levels are numbers of {what}: whole numbers")
+        if scenario in ("single_stream", "stages", "trace") and value not in ([1.0, 2.0], [1.0]):
+            raise ValueError(f"scenario {scenario} does not use levels; leave them out")
+        return value
+
+    @field_validator("max_step_duration_s")
+    @classmethod
+    def _longest(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("step_duration_s", 0):
+            raise ValueError("max_step_duration_s must be >= step_duration_s")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: list[LoadStage], info: ValidationInfo) -> list[LoadStage]:
+        scenario = info.data.get("scenario")
+        if scenario == "stages" and not value:
+            raise ValueError("scenario stages needs at least one stage, e.g. [{duration_s: 10, rate_rps: 5}]")
+        if scenario != "stages" and value:
+            raise ValueError(f"stages are used by scenario stages only (scenario is {scenario})")
+        return value
+
+    @field_validator("think_time_s")
+    @classmethod
+    def _think(cls, value: float, info: ValidationInfo) -> float:
+        scenario = info.data.get("scenario")
+        if value > 0 and scenario in _OPEN_LOOP + ("single_stream",):
+            raise ValueError(f"think time is for closed loops (closed_loop, or stages with users), not {scenario}")
+        return value
+
+    @field_validator("trace_path")
+    @classmethod
+    def _trace(cls, value: str, info: ValidationInfo) -> str:
+        scenario = info.data.get("scenario")
+        if scenario != "trace":
+            if value:
+                raise ValueError(f"trace_path is used by scenario trace only (scenario is {scenario})")
+            return value
+        if not value:
+            raise ValueError("scenario trace needs trace_path: a CSV or parquet file with a column arrival_s")
+        from gawm_lib.loadgen.schedule import read_trace  # the one reader, also used by the load process
+
+        read_trace(value, info.data.get("payload_count", 1))  # raises ValueError saying what is wrong
+        return value
+
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("scenario") == "single_stream":
+            raise ValueError("single_stream keeps one request outstanding: one process")
+        return value
+
+    @field_validator("process_cpus")
+    @classmethod
+    def _cpus(cls, value: list[int]) -> list[int]:
+        import os
+
+        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        missing = [cpu for cpu in value if available and cpu not in available]
+        if missing:
+            raise ValueError(f"CPU cores {missing} are not available here (available: {available})")
+        return value
 
 
 class PrometheusConfig(_Settings):

@@ -1,14 +1,21 @@
 """One model server for any workload: Open Inference Protocol v2 over HTTP, dynamic batching, Prometheus ``/metrics``.
 
 Routes (KServe / Triton REST): ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}``,
-``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``, ``GET /metrics``.
+``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer`` (also under ``/versions/1``), ``GET /metrics``. Inference
+requests are JSON tensors or use the binary tensor data extension (see :mod:`gawm_lib.workloads.oip`), so a stock OIP v2
+client (``tritonclient.http``) can call it.
 
-Requests are decoded in a thread pool, queued, and gathered into batches of at most ``max_batch_size`` items, waiting
-at most ``max_queue_delay_ms`` after the first one for the batch to fill; one worker thread runs the model. Each answer
-carries ``parameters.queue_ns`` (arrival to batch start), ``compute_ns`` (the batch's forward pass) and ``batch_size``.
+A request is admitted only while fewer than ``max_queue_size`` requests wait (else 503 with ``Retry-After``: the queue
+never grows without bound), its body is read up to ``max_body_bytes`` (else 413), then parsed and decoded on a pool of
+``decode_workers`` threads. Items are gathered into batches of at most ``max_batch_size``, waiting at most
+``max_queue_delay_ms`` after the first; one thread collates (and copies to the GPU) the next batch while another runs
+the current one. Every answer carries ``parameters``: ``queue_ns`` (enqueued to its batch's forward pass), ``compute_ns``
+(the forward pass), ``decode_ns`` (arrival to enqueued: body, parsing, decoding), ``prepare_ns`` (collation and copy),
+``batch_size``, and workload totals (``tokens``; ``audio_s`` and ``rtf`` = compute time / audio time for Whisper).
+Bad input gets a 4xx with ``{"error", "field", "expected"}``; the server stays ready.
 
 Run ``python -m gawm_lib.server --workload resnet50 --port 8000`` (``--port 0`` picks a free port and writes it to
-``--port-file``).
+``--port-file``; ``--replica`` labels the metrics).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -31,101 +39,171 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gawm_lib.config import WorkloadConfig
 from gawm_lib.workloads import InferenceError, Workload, build_workload
+from gawm_lib.workloads.device import GpuCollector
+from gawm_lib.prom.catalogue import GAWM_BUCKETS_S
+from gawm_lib.workloads.oip import HEADER_LENGTH, encode_response, parse_request
 
 log = logging.getLogger("gawm.server")
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
+LATENCY_BUCKETS_S = GAWM_BUCKETS_S  # defined once, with the query catalogue that reads them
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class Metrics:
-    """The server's Prometheus metrics (names are the contract with ``gawm_lib.prom``)."""
+    """The server's Prometheus metrics (names are the contract with ``gawm_lib.prom``), labelled model and replica."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("gawm_requests", "Inference requests answered", ["model", "status"], registry=r)
-        self.items = Counter("gawm_items", "Items (images, texts, clips) inferred", ["model"], registry=r)
-        self.request_duration = Histogram("gawm_request_duration_seconds", "Request arrival to response",
-                                          ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.queue_duration = Histogram("gawm_queue_duration_seconds", "Request arrival to its batch's start",
-                                        ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.compute_duration = Histogram("gawm_compute_duration_seconds", "Forward pass of one batch",
-                                          ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.batch_size = Histogram("gawm_batch_size", "Items per executed batch", ["model"], buckets=BATCH_BUCKETS,
-                                    registry=r)
-        self.inflight = Gauge("gawm_inflight_requests", "Requests received and not yet answered", ["model"], registry=r)
+    def __init__(self, model: str, replica: str) -> None:
+        self.registry = r = CollectorRegistry()
+        lab = ["model", "replica"]
+        self.requests = Counter("gawm_requests", "Inference requests answered, ok or error", [*lab, "status"], registry=r)
+        self.responses = Counter("gawm_responses", "Inference responses by HTTP status code", [*lab, "code"], registry=r)
+        self.items = Counter("gawm_items", "Items (images, texts, clips) inferred", lab, registry=r)
+        self.tokens = Counter("gawm_tokens", "Tokens processed (DistilBERT input, Whisper output)", lab, registry=r)
+        self.audio = Counter("gawm_audio_seconds", "Seconds of audio transcribed", lab, registry=r)
+
+        def hist(name: str, doc: str, buckets=LATENCY_BUCKETS_S) -> Histogram:
+            return Histogram(name, doc, lab, buckets=buckets, registry=r)
+
+        self.request_duration = hist("gawm_request_duration_seconds", "Request arrival to response")
+        self.decode_duration = hist("gawm_decode_duration_seconds", "Request arrival to enqueued (read, parse, decode)")
+        self.queue_duration = hist("gawm_queue_duration_seconds", "Enqueued to its batch's forward pass")
+        self.compute_duration = hist("gawm_compute_duration_seconds", "Forward pass of one batch")
+        self.batch_size = hist("gawm_batch_size", "Items per executed batch", BATCH_BUCKETS)
+        self.inflight = Gauge("gawm_inflight_requests", "Requests received and not yet answered", lab, registry=r)
+        self.queue_depth = Gauge("gawm_queue_depth", "Requests admitted and not yet in a forward pass", lab, registry=r)
+        self.queue_limit = Gauge("gawm_queue_limit", "max_queue_size: admitted requests beyond it get 503", lab,
+                                 registry=r)
+        self.load_seconds = Gauge("gawm_model_load_seconds", "Model build and warm-up time", lab, registry=r)
+        self.ready = Gauge("gawm_model_ready", "1 once the model is loaded and warmed up", lab, registry=r)
+        self.info = Gauge("gawm_server_info", "The served configuration (value 1)",
+                          [*lab, "weights", "device", "precision", "compile", "max_batch_size"], registry=r)
+        self.labels = (model, replica)
+        for status in ("ok", "error"):  # both series exist from the start: an error rate of 0 is a value, not absent
+            self.requests.labels(model, replica, status)
 
 
 @dataclass
 class _Pending:
     items: list[Any]
-    arrival_ns: int
+    enqueued_ns: int
     future: asyncio.Future = field(repr=False)
 
 
 class Batcher:
-    """Gathers queued requests into batches and runs them on one worker thread."""
+    """Admission (the bounded queue), batching, and a two-stage pipeline: collate/copy, then the forward pass."""
 
     def __init__(self, workload: Workload, metrics: Metrics):
-        self.workload = workload
-        self.metrics = metrics
+        self.workload, self.metrics = workload, metrics
         self.max_batch = workload.cfg.max_batch_size
-        self.max_delay_s = workload.cfg.max_queue_delay_ms / 1000
+        self.max_delay_ns = int(workload.cfg.max_queue_delay_ms * 1e6)
+        self.max_queue = workload.cfg.max_queue_size
+        self.depth = 0  # admitted and not yet in a forward pass (decoding, queued, or collated)
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gawm-batch")
+        self.prepared: asyncio.Queue = asyncio.Queue(maxsize=1)  # one batch collated ahead of the running one
+        self.idle = asyncio.Event()  # the model waits for a batch
+        self.prepare_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gawm-prepare")
+        self.compute_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gawm-compute")
         self._carry: _Pending | None = None
 
+    def admit(self) -> bool:
+        if self.depth >= self.max_queue:
+            return False
+        self.depth += 1
+        self.metrics.queue_depth.labels(*self.metrics.labels).set(self.depth)
+        return True
+
+    def release(self, count: int = 1) -> None:
+        self.depth -= count
+        self.metrics.queue_depth.labels(*self.metrics.labels).set(self.depth)
+
     async def submit(self, items: list[Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Queue an admitted request's items; its answers and timing once its batch has run."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(items, time.monotonic_ns(), future))
+        self.queue.put_nowait(_Pending(items, time.monotonic_ns(), future))
         return await future
 
     async def run(self) -> None:
+        await asyncio.gather(self._collate(), self._compute())
+
+    async def _collate(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
             start = time.monotonic_ns()
             flat = [item for p in batch for item in p.items]
             try:
-                answers = await loop.run_in_executor(self.executor, self.workload.predict, flat)
+                prepared = await loop.run_in_executor(self.prepare_pool, self.workload.prepare, flat)
+            except Exception as exc:
+                self.release(len(batch))
+                self._fail(batch, exc)
+                continue
+            await self.prepared.put((batch, flat, prepared, time.monotonic_ns() - start))
+
+    async def _compute(self) -> None:
+        loop = asyncio.get_running_loop()
+        m, labels = self.metrics, self.metrics.labels
+        while True:
+            if self.prepared.empty():
+                self.idle.set()
+            batch, flat, prepared, prepare_ns = await self.prepared.get()
+            self.idle.clear()
+            start = time.monotonic_ns()
+            self.release(len(batch))
+            try:
+                answers = await loop.run_in_executor(self.compute_pool, self.workload.forward, prepared, len(flat))
             except Exception as exc:  # a failed batch fails its requests, not the server
-                log.exception("batch of %d failed", len(flat))
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                self._fail(batch, exc)
                 continue
             compute_ns = time.monotonic_ns() - start
-            name = self.workload.name
-            self.metrics.compute_duration.labels(name).observe(compute_ns / 1e9)
-            self.metrics.batch_size.labels(name).observe(len(flat))
+            m.compute_duration.labels(*labels).observe(compute_ns / 1e9)
+            m.batch_size.labels(*labels).observe(len(flat))
             offset = 0
             for p in batch:
-                timing = {"queue_ns": start - p.arrival_ns, "compute_ns": compute_ns, "batch_size": len(flat)}
-                self.metrics.queue_duration.labels(name).observe(timing["queue_ns"] / 1e9)
+                timing = {"queue_ns": start - p.enqueued_ns, "compute_ns": compute_ns, "prepare_ns": prepare_ns,
+                          "batch_size": len(flat)}
+                m.queue_duration.labels(*labels).observe(timing["queue_ns"] / 1e9)
                 if not p.future.done():
                     p.future.set_result((answers[offset:offset + len(p.items)], timing))
                 offset += len(p.items)
 
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        log.error("batch of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
     async def _gather(self) -> list[_Pending]:
+        """A batch: full, or closed once the oldest request has waited ``max_queue_delay_ms`` and the model is idle.
+
+        While the model is busy, waiting costs nothing: the batch keeps filling (as in Triton, where a batch is formed
+        when a model instance is free), and a full one is collated ahead, overlapping the running batch."""
         first = self._carry or await self.queue.get()
         self._carry = None
         batch, size = [first], len(first.items)
-        deadline = first.arrival_ns / 1e9 + self.max_delay_s
+        deadline = first.enqueued_ns + self.max_delay_ns
         while size < self.max_batch:
             try:
                 nxt = self.queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - time.monotonic_ns() / 1e9
-                if remaining <= 0:
+                remaining = (deadline - time.monotonic_ns()) / 1e9
+                if remaining <= 0 and self.idle.is_set():
                     break
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
+                getter = asyncio.ensure_future(self.queue.get())
+                idle = asyncio.ensure_future(self.idle.wait())
+                await asyncio.wait({getter, idle}, timeout=remaining if remaining > 0 else None,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                idle.cancel()
+                if not getter.done():
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                if getter.cancelled():
+                    continue
+                nxt = getter.result()
             if size + len(nxt.items) > self.max_batch:
                 self._carry = nxt  # never split a request across batches
                 break
@@ -134,27 +212,49 @@ class Batcher:
         return batch
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, field_name: str = "", expected: str = "", **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field_name, "expected": expected}, status_code=status,
+                        headers=headers or None)
 
 
-def create_app(cfg: WorkloadConfig) -> FastAPI:
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not re.fullmatch(r"[0-9]{1,18}", declared) or int(declared) > limit):
+        raise InferenceError("Content-Length", f"a body of at most {limit} bytes (max_body_bytes)", declared, 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InferenceError("body", f"at most {limit} bytes (max_body_bytes)", f"more than {limit}", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     """The ASGI app; the model loads in the background after start, and ``/v2/health/ready`` turns 200 when it has."""
     workload = build_workload(cfg)
-    metrics = Metrics()
+    metrics = Metrics(workload.name, replica)
+    labels = metrics.labels
+    metrics.queue_limit.labels(*labels).set(cfg.max_queue_size)
+    metrics.info.labels(*labels, cfg.weights if cfg.weights in ("random", "pretrained") else "path", cfg.device,
+                        cfg.precision, str(cfg.compile).lower(), str(cfg.max_batch_size)).set(1)
     state: dict[str, Any] = {"ready": False, "error": None}
+    decode_pool = concurrent.futures.ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="gawm-decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async def load() -> None:
             try:
                 await asyncio.to_thread(workload.load)
+                metrics.registry.register(GpuCollector(workload.name, replica).start())
             except Exception as exc:
                 state["error"] = f"{type(exc).__name__}: {exc}"
                 log.exception("model failed to load")
                 return
             state["batcher"] = Batcher(workload, metrics)
             state["batch_task"] = asyncio.create_task(state["batcher"].run())
+            metrics.load_seconds.labels(*labels).set(workload.load_s)
+            metrics.ready.labels(*labels).set(1)
             state["ready"] = True
             log.info("ready: %s %s", cfg.name, json.dumps(workload.weights_info))
 
@@ -163,8 +263,23 @@ def create_app(cfg: WorkloadConfig) -> FastAPI:
         loader.cancel()
         if "batch_task" in state:
             state["batch_task"].cancel()
+        decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gawm model server", lifespan=lifespan)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        # Unknown routes and methods answer in the same JSON shape as every other error.
+        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", "path",
+                      "an OIP v2 route: /v2/health/live|ready, /v2/models/{name}[/ready|/infer], /metrics")
+
+    def unknown(name: str, version: str | None) -> JSONResponse | None:
+        if name != workload.name:
+            return _error(404, f"unknown model {name!r}; this server serves {workload.name!r}", "model_name",
+                          repr(workload.name))
+        if version not in (None, "1"):
+            return _error(404, f"unknown version {version!r} of {name!r}", "model_version", "'1'")
+        return None
 
     @app.get("/v2/health/live")
     async def live():
@@ -180,59 +295,82 @@ def create_app(cfg: WorkloadConfig) -> FastAPI:
     async def server_metadata():
         from gawm_lib import __version__
 
-        return {"name": "gawm", "version": __version__, "extensions": []}
+        return {"name": "gawm", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/models/{name}")
-    async def model_metadata(name: str):
-        if name != workload.name:
-            return _error(404, f"unknown model {name!r}; this server serves {workload.name!r}")
-        return workload.metadata()
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None):
+        return unknown(name, version) or workload.metadata()
 
     @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
-        if name != workload.name:
-            return _error(404, f"unknown model {name!r}; this server serves {workload.name!r}")
-        return JSONResponse({"name": name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None):
+        return unknown(name, version) or JSONResponse({"name": name, "ready": state["ready"]},
+                                                      status_code=200 if state["ready"] else 503)
+
+    def decode(body: bytes, header: str | None) -> tuple[Any, list[Any]]:
+        parsed = parse_request(body, header, workload.output_names)
+        return parsed, workload.decode_request(parsed)
 
     @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request):
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None):
         arrival = time.monotonic_ns()
-        if name != workload.name:
-            return _error(404, f"unknown model {name!r}; this server serves {workload.name!r}")
-        if not state["ready"]:
-            return _error(503, "model is not ready")
-        metrics.inflight.labels(name).inc()
-        status = "error"
+        if (missing := unknown(name, version)) is not None:
+            metrics.responses.labels(*labels, "404").inc()
+            return missing
+        code, admitted = 500, False
+        batcher: Batcher | None = state.get("batcher")
+        metrics.inflight.labels(*labels).inc()
         try:
-            try:
-                body = json.loads(await request.body())
-                raw = workload.items_from_request(body)
-                items = await run_in_threadpool(lambda: [workload.decode(r) for r in raw])
-            except json.JSONDecodeError as exc:
-                return _error(400, f"request body is not JSON: {exc}")
-            except InferenceError as exc:
-                return _error(400, str(exc))
-            try:
-                answers, timing = await state["batcher"].submit(items)
-            except Exception as exc:
-                return _error(500, f"inference failed: {type(exc).__name__}: {exc}")
-            metrics.items.labels(name).inc(len(items))
-            status = "ok"
-            response = {"model_name": name, "model_version": "1", "outputs": workload.response_outputs(answers),
-                        "parameters": timing}
-            if isinstance(body, dict) and "id" in body:
-                response["id"] = body["id"]
-            return response
+            if not state["ready"] or batcher is None:
+                code = 503
+                return _error(503, "model is not ready", "model", "a ready model (poll /v2/health/ready)")
+            if not batcher.admit():
+                code = 503
+                return _error(503, f"queue full: {cfg.max_queue_size} requests waiting (max_queue_size); retry later",
+                              "queue", f"fewer than {cfg.max_queue_size} waiting requests", **{"retry-after": "1"})
+            admitted = True
+            body = await _read_body(request, cfg.max_body_bytes)
+            loop = asyncio.get_running_loop()
+            parsed, items = await loop.run_in_executor(decode_pool, decode, body, request.headers.get(HEADER_LENGTH))
+            decode_ns = time.monotonic_ns() - arrival
+            metrics.decode_duration.labels(*labels).observe(decode_ns / 1e9)
+            admitted = False  # from here on the batcher releases the admission, when the batch starts
+            answers, timing = await batcher.submit(items)
+            stats = workload.request_stats(answers)
+            parameters: dict[str, Any] = {**timing, "decode_ns": decode_ns, **stats}
+            if stats.get("audio_s"):
+                parameters["rtf"] = timing["compute_ns"] / 1e9 / stats["audio_s"]
+            content, headers = encode_response(name, parsed, workload.response_outputs(answers), parameters)
+            metrics.items.labels(*labels).inc(len(items))
+            metrics.tokens.labels(*labels).inc(stats.get("tokens", 0))
+            metrics.audio.labels(*labels).inc(stats.get("audio_s", 0))
+            code = 200
+            return Response(content, headers=headers)
+        except InferenceError as exc:
+            code = exc.status
+            return JSONResponse(exc.as_json(), status_code=exc.status)
+        except ClientDisconnect:
+            code = 499  # the client went away while sending; nobody reads an answer
+            return Response(status_code=499)
+        except Exception as exc:  # a bug or a failed batch: still a JSON answer, and the server carries on
+            log.exception("request failed")
+            return _error(500, f"inference failed: {type(exc).__name__}: {exc}", "model", "a working model")
         finally:
-            metrics.inflight.labels(name).dec()
-            metrics.requests.labels(name, status).inc()
-            metrics.request_duration.labels(name).observe((time.monotonic_ns() - arrival) / 1e9)
+            if admitted:
+                batcher.release()
+            metrics.inflight.labels(*labels).dec()
+            metrics.requests.labels(*labels, "ok" if code == 200 else "error").inc()
+            metrics.responses.labels(*labels, str(code)).inc()
+            metrics.request_duration.labels(*labels).observe((time.monotonic_ns() - arrival) / 1e9)
 
     @app.get("/metrics")
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.workload = workload
+    app.state.metrics = metrics
     return app
 
 
@@ -259,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    parser.add_argument("--replica", default="0", help="replica label on the metrics")
     parser.add_argument("--exit-with-parent", action="store_true")
     args = parser.parse_args(argv)
 
@@ -277,7 +416,9 @@ def main(argv: list[str] | None = None) -> None:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(str(sock.getsockname()[1]))
         tmp.replace(args.port_file)
-    config = uvicorn.Config(create_app(cfg), log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    # A deep accept backlog: a burst of clients is queued by the kernel, then answered (503 when over the queue).
+    config = uvicorn.Config(create_app(cfg, args.replica), log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5, backlog=2048)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -45,7 +45,7 @@ class LocalBackend:
             port_file.unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "gawm_lib.server", "--workload", self.workload.name,
                    "--settings", json.dumps(self.workload.model_dump(exclude={"name"})), "--host", self.backend.host,
-                   "--port", "0", "--port-file", str(port_file), "--exit-with-parent"]
+                   "--port", "0", "--port-file", str(port_file), "--replica", str(index), "--exit-with-parent"]
             threads = str(self.workload.threads)
             env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
             self._procs.append(processes.spawn(cmd, self.logs_dir / f"{stem}.log", env=env))

@@ -1,9 +1,15 @@
-"""The three workloads behind one interface: build the model, decode a request, run a batch, make sample requests."""
+"""The three workloads behind one interface: build the model, decode a request, run a batch, make sample requests.
+
+Modules: ``base`` (the interface), ``oip`` (Open Inference Protocol v2 tensors), ``device`` (threads, precision,
+compile, GPU staging and metrics), ``resnet50``, ``distilbert``, ``whisper``, ``whisper_ct2`` (real Whisper weights
+from CTranslate2 files), ``samples`` (payloads from real data).
+"""
 
 from __future__ import annotations
 
 from gawm_lib.config import WorkloadConfig
-from gawm_lib.workloads.base import InferenceError, Workload
+from gawm_lib.workloads.base import Workload
+from gawm_lib.workloads.oip import InferenceError
 
 
 def build_workload(cfg: WorkloadConfig) -> Workload:

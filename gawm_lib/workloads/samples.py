@@ -3,8 +3,8 @@
 - photos: real photographs shipped with matplotlib (``grace_hopper.jpg``) and other sample images, randomly cropped and
   rescaled (short side 128-640 px) and encoded as JPEG;
 - sentences: real English sentences (``data/sentences.txt``), cut or joined for a spread of lengths;
-- speech: sentences with known transcripts (``data/transcripts.txt``) spoken by espeak-ng, resampled to 16 kHz WAV,
-  cached under ``~/.cache/gawm/speech``.
+- speech: one to three sentences with known transcripts (``data/transcripts.txt``) spoken by espeak-ng at a random
+  speed, resampled to 16 kHz WAV, cached under ``~/.cache/gawm/speech``.
 """
 
 from __future__ import annotations
@@ -67,13 +67,14 @@ def sentences(count: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(pool, size=int(rng.integers(1, 4)), replace=False)) for _ in range(count)]
 
 
-def speech(count: int, seed: int) -> list[tuple[bytes, str]]:
-    """``count`` (16 kHz mono WAV, transcript) pairs spoken by espeak-ng at a random speed (130-190 words/min)."""
+def speech(count: int, seed: int, max_sentences: int = 3) -> list[tuple[bytes, str]]:
+    """``count`` (16 kHz mono WAV, transcript) pairs: one to ``max_sentences`` known sentences spoken by espeak-ng at
+    a random speed (130-190 words/min), about 2 to 15 s each."""
     rng = np.random.default_rng(seed)
     pool = _lines("transcripts.txt")
     out = []
     for _ in range(count):
-        text = str(rng.choice(pool))
+        text = " ".join(rng.choice(pool, size=int(rng.integers(1, max_sentences + 1)), replace=False))
         words_per_min = int(rng.integers(130, 191))
         out.append((synthesise(text, words_per_min), text))
     return out

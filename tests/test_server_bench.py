@@ -1,0 +1,42 @@
+"""The server benchmark's load driver: its window arithmetic, and a short closed-loop and Poisson run against a real
+server process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gawm_lib.bench.server_load import FIELDS, Plan, drive, summarise
+
+
+def test_throughput_counts_answers_in_the_window_and_latency_the_requests_due_in_it():
+    s = 1_000_000_000
+    rows = {f: np.zeros(4, dtype=np.int64) for f in FIELDS}
+    rows["due_ns"][:] = [0, 2 * s, 3 * s, 11 * s + 1]
+    rows["done_ns"][:] = [3 * s, 2 * s + 5_000_000, 12 * s, 12 * s]  # the third is due inside, done after the end
+    rows["status"][:] = [200, 200, 200, 200]
+    rows["items"][:] = [4, 4, 4, 4]
+    result = summarise(rows, 1 * s, 11 * s)
+    assert result["window_s"] == 10 and result["requests"] == 2  # due in [1 s, 11 s]: the second and the third
+    assert result["items_per_s"] == 0.8  # done in the window: the first and the second
+    assert result["latency_ms"]["p50"] == pytest.approx((5 + 9000) / 2)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_driver_saturates_a_real_server_and_keeps_a_poisson_rate(tmp_path):
+    from gawm_lib.backends import open_backend
+    from gawm_lib.config import BackendConfig, WorkloadConfig
+    from gawm_lib.workloads.oip import encode_request
+
+    cfg = WorkloadConfig(name="distilbert", max_batch_size=4, max_queue_delay_ms=2, max_seq_len=16)
+    body, headers = encode_request([("text", "BYTES", [2], ["a short text", "another one"])], binary=True)
+    with open_backend(cfg, BackendConfig(), tmp_path) as backend:
+        r = backend.replicas[0]
+        plan = Plan(r.host, r.port, "/v2/models/distilbert/infer", [body], [headers], [2], connections=4,
+                    warmup_s=0.5, duration_s=2.0)
+        closed = drive(plan)
+        assert closed["statuses"] == {"200": closed["requests"]} and closed["items_per_s"] > 5
+        assert 1 < closed["batch_size_mean"] <= 4
+        poisson = drive(Plan(**{**plan.__dict__, "mode": "poisson", "rate_rps": 20.0}), processes=2)
+        assert 10 <= poisson["requests"] <= 70 and poisson["latency_ms"]["p50"] > 0
