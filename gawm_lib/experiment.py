@@ -48,8 +48,11 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
             with open_backend(workload_cfg, cfg.backend, run.logs_dir) as backend:
                 replicas = backend.replicas
                 meta = httpx.get(f"{replicas[0].url}/v2/models/{workload.name}", timeout=10).json()
-                run.update(workloads={workload.name: {"replicas": [r.address for r in replicas],
-                                                      "weights": meta["parameters"]["weights"]}})
+                record = {"replicas": [r.address for r in replicas], "weights": meta["parameters"]["weights"]}
+                if getattr(backend, "placement", None):  # the kubernetes backend knows pods, nodes and GPUs
+                    record["placement"] = [p.to_dict() for p in backend.placement]
+                    record["cluster"] = backend.facts
+                run.update(workloads={workload.name: record})
                 if prometheus is not None:
                     prometheus.set_targets([(r.address, {"workload": r.workload, "replica": str(r.index)})
                                             for r in replicas])
@@ -66,7 +69,7 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
         run.update(phases={r["workload"]: r["phases"] for r in results})
         if prometheus is not None:
             _save_metrics(prometheus, run, results, cfg)
-    return summarise_run(run)
+    return summarise_run(run, slo_ms=cfg.load.slo_ms)
 
 
 def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg: ExperimentConfig) -> None:
