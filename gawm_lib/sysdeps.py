@@ -25,6 +25,8 @@ PROGRAMS = {
 # what only the test suite needs
 TEST_PROGRAMS = {
     "shellcheck": ("shellcheck", "checking the cluster scripts in k8s/cluster/"),
+    "etcd": ("etcd-server", "the test Kubernetes control plane (k8s/testenv/)"),
+    "openssl": ("openssl", "certificates of the test Kubernetes control plane"),
 }
 
 

@@ -16,6 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# One Kubernetes control plane for the whole session, shared by every test module that asks for it (started lazily).
+from k8s_env import cluster, namespace  # noqa: E402,F401  (pytest fixtures)
+
 
 @pytest.fixture
 def raw_dir(tmp_path: Path) -> Path:

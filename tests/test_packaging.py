@@ -17,7 +17,8 @@ def _name(spec: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(s): s for s in project["dependencies"] + project["optional-dependencies"]["test"]}
+    extras = [spec for group in project["optional-dependencies"].values() for spec in group]
+    wanted = {_name(s): s for s in project["dependencies"] + extras}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {_name(s): s for s in pip_section if not s.startswith("-e")}
@@ -30,7 +31,7 @@ def test_environment_yml_matches_pyproject():
 def test_console_script_and_layout():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["gawm"] == "gawm_lib.cli:main"
-    assert set(project["optional-dependencies"]) >= {"test", "gpu"}
+    assert set(project["optional-dependencies"]) >= {"test", "gpu", "bench"}
     for name in ("notebooks", "gawm_lib", "k8s", "params", "data", "tests", "environment.yml", "README.md",
                  "JOURNAL.md", "Makefile", ".ci/run"):
         assert (ROOT / name).exists(), name

@@ -42,7 +42,11 @@ def open_backend(workload: WorkloadConfig, backend: BackendConfig, logs_dir: Pat
         from gawm_lib.backends.local import LocalBackend
 
         return LocalBackend(workload, backend, logs_dir)
-    raise BackendError(f"backend.kind {backend.kind!r} is not available yet: use 'local'")
+    if backend.kind == "kubernetes":
+        from gawm_lib.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(workload, backend, logs_dir)
+    raise BackendError(f"backend.kind {backend.kind!r} is not available: use 'local' or 'kubernetes'")
 
 
 __all__ = ["BackendError", "Replica", "open_backend"]
