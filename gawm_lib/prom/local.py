@@ -116,6 +116,9 @@ class LocalPrometheus:
 
     Files in ``workdir``: ``prometheus.yml`` (config), ``targets.json`` (file_sd),
     ``prometheus.log``, ``data/`` (TSDB, kept after exit for later queries by a new instance).
+    ``scrape_configs``: further Prometheus scrape configs (dicts as in ``prometheus.yml``, each with its own
+    ``job_name``) appended after the file_sd job, e.g. ``kubernetes_sd_configs`` (needs Prometheus built with it:
+    Debian 12's 2.42 is not; ``k8s/testenv/fetch-prometheus3.sh`` fetches 3.x).
     The process is stopped in ``__exit__`` on every path (SIGTERM, then SIGKILL after
     ``stop_timeout_s``), and gets SIGTERM from the kernel if our process dies first
     (PR_SET_PDEATHSIG: tied to the *thread* that entered the block; enter it from the main
@@ -124,12 +127,17 @@ class LocalPrometheus:
 
     def __init__(self, workdir: str | os.PathLike, targets: Iterable[Any] = (), *, scrape_interval_s: float = 1.0,
                  binary: str = "prometheus", job: str = "gawm", ready_timeout_s: float = 20.0,
-                 stop_timeout_s: float = 10.0, extra_args: Iterable[str] = ()) -> None:
+                 stop_timeout_s: float = 10.0, extra_args: Iterable[str] = (),
+                 scrape_configs: Iterable[Mapping[str, Any]] = ()) -> None:
         self.workdir = Path(workdir)
         self.scrape_interval_s = float(scrape_interval_s)
         self.binary, self.job = binary, job
         self.ready_timeout_s, self.stop_timeout_s = ready_timeout_s, stop_timeout_s
         self.extra_args = list(extra_args)
+        self.scrape_configs = [dict(c) for c in scrape_configs]
+        names = [self.job, *(c.get("job_name") for c in self.scrape_configs)]
+        if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"each scrape config needs its own job_name, other than {self.job!r}; got {names[1:]!r}")
         self.targets: list[Target] = [_as_target(t) for t in targets]
         self.config_path = self.workdir / "prometheus.yml"
         self.targets_path = self.workdir / "targets.json"
@@ -153,7 +161,7 @@ class LocalPrometheus:
             "scrape_configs": [{
                 "job_name": self.job,
                 "file_sd_configs": [{"files": [str(self.targets_path.resolve())], "refresh_interval": "5s"}],
-            }],
+            }, *self.scrape_configs],
         }
         return yaml.safe_dump(config, sort_keys=False)
 
