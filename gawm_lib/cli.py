@@ -137,9 +137,9 @@ def list_runs_command() -> int:
     if not found:
         print(f"no runs in {paths.raw_dir()}")
         return 0
-    print(f"{'run id':<52} {'status':<24} {'requests':>8}")
+    print(f"{'run id':<52} {'status':<44} {'requests':>8}")
     for run in found:
-        print(f"{run.id:<52} {runs.display_status(run):<24} {run.results().get('requests', ''):>8}")
+        print(f"{run.id:<52} {runs.display_status(run):<44} {run.results().get('requests', ''):>8}")
     return 0
 
 

@@ -301,7 +301,7 @@ def list_runs(raw_dir: Path | None = None) -> list[Run]:
 def display_status(run: Run) -> str:
     """The status as a person should read it: a RUNNING run whose process is gone is shown as such."""
     if run.status == "RUNNING" and not run.process_alive():
-        return "RUNNING? (process gone)"
+        return "DEAD (marked RUNNING, its process is gone)"
     return run.status
 
 

@@ -93,8 +93,16 @@ def test_closed_loop_levels_are_whole_users_and_workloads_unique(tmp_path):
 
 
 def test_every_shipped_params_file_is_valid():
+    from gawm_lib import suite
+
     files = sorted((ROOT / "params").glob("*.yaml"))
     assert files, "params/ has no files"
     for path in files:
-        cfg, _ = load_params(path)
-        assert (ROOT / cfg.notebook).is_file(), f"{path}: notebook {cfg.notebook} missing"
+        if suite.is_suite_file(path):  # a suite: every point of it must be valid
+            spec = suite.load_suite(path)
+            configs = suite.validate_points(suite.expand(spec))
+            assert all((ROOT / nb).is_file() for nb in spec.report), f"{path}: report notebook missing"
+        else:
+            configs = [load_params(path)[0]]
+        for cfg in configs:
+            assert (ROOT / cfg.notebook).is_file(), f"{path}: notebook {cfg.notebook} missing"

@@ -108,7 +108,7 @@ def test_running_run_of_a_dead_process_is_shown_as_such(raw_dir):
     run = runs.create_run("stale", {}, {}, raw_dir)
     assert runs.display_status(run) == "RUNNING"
     run.update(pid=2**22 + 12345)  # above the default pid_max: no such process
-    assert runs.display_status(runs.load_run(run.path)) == "RUNNING? (process gone)"
+    assert runs.display_status(runs.load_run(run.path)) == "DEAD (marked RUNNING, its process is gone)"
 
 
 def test_finish_rejects_unknown_status(raw_dir):
