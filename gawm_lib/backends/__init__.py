@@ -19,6 +19,30 @@ class BackendError(RuntimeError):
     """Replicas that could not be started; the message carries the server's own log."""
 
 
+class Backend:
+    """The context-manager shape every backend has: ``start()`` on enter (``stop()`` too if it fails), ``stop()`` on
+    exit, also after an exception or Ctrl-C; ``replicas`` once started."""
+
+    replicas: list["Replica"]
+
+    def start(self) -> list["Replica"]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 @dataclass(frozen=True)
 class Replica:
     workload: str
@@ -49,4 +73,4 @@ def open_backend(workload: WorkloadConfig, backend: BackendConfig, logs_dir: Pat
     raise BackendError(f"backend.kind {backend.kind!r} is not available: use 'local' or 'kubernetes'")
 
 
-__all__ = ["BackendError", "Replica", "open_backend"]
+__all__ = ["Backend", "BackendError", "Replica", "open_backend"]

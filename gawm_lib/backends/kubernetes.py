@@ -23,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gawm_lib import cluster
-from gawm_lib.backends import BackendError, Replica
+from gawm_lib.backends import Backend, BackendError, Replica
 from gawm_lib.cluster.manifests import MANAGED_BY
 from gawm_lib.config import BackendConfig, WorkloadConfig
 
@@ -31,7 +31,7 @@ log = logging.getLogger("gawm.backends.kubernetes")
 OWNER = (MANAGED_BY, "gawm")
 
 
-class KubernetesBackend:
+class KubernetesBackend(Backend):
     """``backend.replicas`` model-server pods of one workload; ``.replicas`` holds the ready ones, ``.placement`` says
     where they run, ``.facts`` what the cluster is."""
 
@@ -52,17 +52,6 @@ class KubernetesBackend:
         self.wanted = backend.replicas  # replicas asked for, after any scale()
 
     # -- life ----------------------------------------------------------------------------------------------------------
-    def __enter__(self) -> "KubernetesBackend":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     @property
     def api(self) -> client.ApiClient:
         if self._api is None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 
 from gawm_lib import processes
-from gawm_lib.backends import BackendError, Replica
+from gawm_lib.backends import Backend, BackendError, Replica
 from gawm_lib.config import BackendConfig, WorkloadConfig
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Start ``backend.replicas`` servers for one workload; wait until each is ready; stop them all on exit."""
 
     def __init__(self, workload: WorkloadConfig, backend: BackendConfig, logs_dir: Path):
@@ -24,17 +24,6 @@ class LocalBackend:
         self.logs_dir = Path(logs_dir)
         self.replicas: list[Replica] = []
         self._procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> "LocalBackend":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def start(self) -> list[Replica]:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
