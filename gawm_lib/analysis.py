@@ -14,6 +14,7 @@ Times are seconds in the models and milliseconds in the tables (``_ms`` columns)
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,17 @@ def fit_service(requests: pd.DataFrame) -> tuple[BatchLatencyModel, float]:
     ok = requests[(requests["error"] == "") & (requests["server_compute_ns"] > 0)]
     if ok.empty:
         raise ValueError("no successful requests with server-reported compute times: cannot fit a service model")
-    model = fit_batch_latency(ok["batch_size"].to_numpy(), ok["server_compute_ns"].to_numpy() / 1e9)
+    compute_s = ok["server_compute_ns"].to_numpy() / 1e9
+    if ok["batch_size"].nunique() < 2:
+        # One batch size says nothing about the slope. Assume no batching gain, s(b) = b * s(b0) / b0, which is what
+        # one CPU thread gives; runs with several batch sizes (more users, a longer max_queue_delay_ms) fit it instead.
+        size = int(ok["batch_size"].iloc[0])
+        per_item = float(np.median(compute_s)) / size
+        warnings.warn(f"only batch size {size} was observed: assuming s(b) = b x {per_item * 1e3:.2f} ms "
+                      "(no batching gain); measure with more users to fit the slope", stacklevel=2)
+        model = BatchLatencyModel(alpha=per_item, beta=0.0, n_points=len(ok))
+    else:
+        model = fit_batch_latency(ok["batch_size"].to_numpy(), compute_s)
     quiet = ok[ok["level"] == ok["level"].min()]
     overhead = (quiet["done_ns"] - quiet["sent_ns"] - quiet["server_queue_ns"] - quiet["server_compute_ns"]) / 1e9
     return model, max(0.0, float(np.median(overhead)))

@@ -44,3 +44,9 @@ def test_validation_table_has_one_row_per_metric_and_step():
     assert len(table) == 6
     assert table.loc[table["metric"] == "throughput", "ape_pct"].tolist() == pytest.approx([10.0, 0.0])
     assert table.loc[table["metric"] == "p50", "ape_pct"].tolist() == pytest.approx([0.0, 20.0])
+
+
+def test_one_batch_size_gives_a_stated_no_gain_model():
+    with pytest.warns(UserWarning, match="only batch size 1 was observed"):
+        model, _ = analysis.fit_service(rows([1, 1, 1]))
+    assert model.predict(1) == pytest.approx(0.015) and model.predict(4) == pytest.approx(0.060)
