@@ -8,16 +8,28 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup() -> None:
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _child_setup(parent: int):
+    """preexec_fn: a new session, and SIGTERM when the spawning thread dies (Linux); prctl is resolved before fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+
+    def setup() -> None:
+        os.setsid()
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
 
 
 def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
@@ -28,7 +40,7 @@ def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
     try:
         return subprocess.Popen(
             list(cmd), stdout=log if stdout is None else stdout, stderr=log, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, preexec_fn=_child_setup, close_fds=True,
+            env={**os.environ, **(env or {})}, preexec_fn=_child_setup(os.getpid()), close_fds=True,
         )
     finally:
         log.close()
@@ -41,10 +53,12 @@ def stop(proc: subprocess.Popen, timeout_s: float = 10.0) -> int | None:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        except BaseException:  # a timeout, or Ctrl-C while waiting: still no orphan
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                raise
     # children the child left behind in its group
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

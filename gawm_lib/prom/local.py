@@ -17,10 +17,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +26,12 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from gawm_lib import processes
+
 from .common import PrometheusNotInstalled, PrometheusStartError, connect
 from .promql import check_label_name, format_duration
 
 _ADDRESS = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})\Z")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -94,23 +93,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pdeathsig_preexec():
-    """preexec_fn: the child gets SIGTERM when the thread that spawned it dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
 class LocalPrometheus:
     """Run ``prometheus`` on 127.0.0.1 for the duration of a ``with`` block.
 
@@ -147,7 +129,6 @@ class LocalPrometheus:
         self.url: str | None = None
         self.version: str | None = None
         self._proc: subprocess.Popen | None = None
-        self._log = None
 
     @property
     def pid(self) -> int | None:
@@ -200,12 +181,10 @@ class LocalPrometheus:
     def _launch(self, path: str, port: int) -> bool:
         """Start on ``port``; True when ready, False when the port was taken meanwhile."""
         self.stop()
-        self._log = open(self.log_path, "ab")
-        offset = self._log.tell()
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         args = [path, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.data_dir}",
                 f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", *self.extra_args]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                      preexec_fn=_pdeathsig_preexec(), start_new_session=True, close_fds=True)
+        self._proc = processes.spawn(args, self.log_path)  # own session, dies with its parent
         self.url = f"http://127.0.0.1:{port}"
         import requests
 
@@ -235,24 +214,10 @@ class LocalPrometheus:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        """SIGTERM, wait ``stop_timeout_s``, then SIGKILL. Idempotent."""
+        """SIGTERM, wait ``stop_timeout_s``, then SIGKILL (also on Ctrl-C while waiting). Idempotent."""
         proc, self._proc = self._proc, None
-        try:
-            if proc is not None and proc.poll() is None:
-                try:
-                    proc.terminate()
-                    proc.wait(timeout=self.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                except BaseException:  # e.g. KeyboardInterrupt while waiting: still no orphan
-                    proc.kill()
-                    proc.wait()
-                    raise
-        finally:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+        if proc is not None:
+            processes.stop(proc, timeout_s=self.stop_timeout_s)
 
     def wait_for_targets(self, n: int | None = None, timeout_s: float = 30.0) -> list[dict]:
         """Wait until at least ``n`` (default: all) of the targets last given to :meth:`set_targets`
