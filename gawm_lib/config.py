@@ -36,6 +36,13 @@ class WorkloadConfig(_Settings):
     compile: bool = Field(False, description="torch.compile the model (Whisper: its encoder); batches are padded to "
                                              "powers of two so that warm-up compiles every shape before ready")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    cuda_graphs: bool = Field(False, description="GPU: capture the model's forward pass once per padded batch size as a "
+                                                 "CUDA graph and replay it (one launch instead of hundreds, and far "
+                                                 "less time holding Python's GIL); ResNet50 and DistilBERT")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        None, min_length=1, max_length=32,
+        description="padded batch sizes on a GPU or with compile (each is warmed up, compiled and captured before "
+                    "ready); unset: powers of two up to max_batch_size, which is always added")
     max_batch_size: int = Field(8, ge=1, le=4096, description="dynamic batching: most items in one forward pass")
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="dynamic batching: longest wait for a batch to fill")
     max_queue_size: int = Field(256, ge=1, le=1_000_000, description="backpressure: requests admitted and not yet in a "
@@ -65,6 +72,22 @@ class WorkloadConfig(_Settings):
         if value in ("random", "pretrained") or Path(value).expanduser().exists():
             return value
         raise ValueError(f"expected 'random', 'pretrained' or an existing path, got {value!r}")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _increasing(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"expected strictly increasing batch sizes, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _batch_sizes_fit(self) -> "WorkloadConfig":
+        if self.batch_sizes and self.batch_sizes[-1] > self.max_batch_size:
+            raise ValueError(f"batch_sizes: expected sizes up to max_batch_size ({self.max_batch_size}), "
+                             f"got {self.batch_sizes[-1]}")
+        if self.cuda_graphs and self.device != "cuda":
+            raise ValueError("cuda_graphs: expected device 'cuda' (CUDA graphs need a GPU)")
+        return self
 
     @field_validator("temperatures")
     @classmethod

@@ -81,11 +81,12 @@ class Workload(abc.ABC):
         return self.cfg.compile or (self.cfg.device == "cuda" and self.pad_on_cuda)
 
     def batch_buckets(self) -> list[int]:
-        """The batch sizes a padded batch is rounded up to: powers of two below ``max_batch_size``, and it."""
-        sizes, size = [], 1
-        while size < self.cfg.max_batch_size:
-            sizes.append(size)
-            size *= 2
+        """The batch sizes a padded batch is rounded up to: ``batch_sizes`` or the powers of two below
+        ``max_batch_size``, and ``max_batch_size`` itself."""
+        if self.cfg.batch_sizes:
+            sizes = [b for b in self.cfg.batch_sizes if b < self.cfg.max_batch_size]
+        else:
+            sizes = [2 ** i for i in range(self.cfg.max_batch_size.bit_length()) if 2 ** i < self.cfg.max_batch_size]
         return [*sizes, self.cfg.max_batch_size]
 
     def padded_size(self, n: int) -> int:
