@@ -87,6 +87,9 @@ class WorkloadConfig(_Settings):
                              f"got {self.batch_sizes[-1]}")
         if self.cuda_graphs and self.device != "cuda":
             raise ValueError("cuda_graphs: expected device 'cuda' (CUDA graphs need a GPU)")
+        if self.cuda_graphs and self.name == "whisper":
+            raise ValueError("cuda_graphs: expected workload resnet50 or distilbert (Whisper's decode loop is no fixed "
+                             "graph)")
         return self
 
     @field_validator("temperatures")
@@ -100,13 +103,26 @@ class WorkloadConfig(_Settings):
 class BackendConfig(_Settings):
     """Where replicas run: ``local`` child processes (default) or ``kubernetes`` (a Deployment + Service per workload).
 
-    Fields after ``startup_timeout_s`` are read by the ``kubernetes`` backend only. ``cpu`` and ``memory`` are Kubernetes
-    quantities ("500m", "2", "3Gi"); requests equal limits, so replicas get the Guaranteed QoS class and steady timings.
+    ``placement``, ``cpus`` and ``gpus`` place local replicas (``gawm_lib.backends.placement``): ``exclusive`` gives
+    replica i its own cores (``threads`` of them) or its own GPU, ``shared`` puts every replica on the same ones (time-
+    slicing them, like replicas on one time-sliced GPU), ``none`` leaves it to the OS. Fields after ``startup_timeout_s``
+    are read by the ``kubernetes`` backend only, where the device plugin places replicas (``k8s/overlays/gpu`` vs
+    ``gpu-time-slicing``). ``cpu`` and ``memory`` are Kubernetes quantities ("500m", "2", "3Gi"); requests equal limits,
+    so replicas get the Guaranteed QoS class and steady timings.
     """
 
     kind: Literal["local", "kubernetes"] = "local"
     replicas: int = Field(1, ge=1, le=64)
     host: str = Field("127.0.0.1", description="local backend: loopback address the replicas listen on")
+    placement: Literal["none", "shared", "exclusive"] = Field(
+        "none", description="local: 'exclusive' (each replica alone on its own cores or GPU), 'shared' (all replicas on "
+                            "the same ones) or 'none' (not pinned)")
+    cpus: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="local placement: CPU cores replicas are placed on; empty: every core this "
+                                          "process may use")
+    gpus: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="local placement, device cuda: GPUs (indices of the visible ones) replicas "
+                                          "are placed on; empty: every visible GPU")
     startup_timeout_s: float = Field(180.0, gt=0, le=3600, description="until every replica is ready (rollout) [s]")
     namespace: str = Field("gawm", description="kubernetes: namespace of the replicas; it must exist (k8s/base makes it)")
     kubeconfig: str | None = Field(None, description="kubernetes: kubeconfig file; unset: $KUBECONFIG or ~/.kube/config, "
@@ -183,6 +199,27 @@ class BackendConfig(_Settings):
             if not set(toleration) <= allowed:
                 raise ValueError(f"toleration keys are {sorted(allowed)}, got {sorted(toleration)}")
         return value
+
+    @field_validator("cpus", "gpus")
+    @classmethod
+    def _unique_devices(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"expected each {'core' if info.field_name == 'cpus' else 'GPU'} once, got {value}")
+        if info.field_name == "cpus":
+            from gawm_lib.backends.placement import available_cpus
+
+            missing = [cpu for cpu in value if cpu not in available_cpus()]
+            if missing:
+                raise ValueError(f"CPU cores {missing} are not available here (available: {available_cpus()})")
+        return value
+
+    @model_validator(mode="after")
+    def _local_placement(self) -> "BackendConfig":
+        if self.kind == "kubernetes" and (self.placement != "none" or self.cpus or self.gpus):
+            raise ValueError("placement, cpus and gpus place local replicas; on kubernetes the device plugin places "
+                             "them: gpu: 1 per replica, whole GPUs (k8s/overlays/gpu) or time-sliced ones "
+                             "(k8s/overlays/gpu-time-slicing)")
+        return self
 
 class LoadStage(_Settings):
     """One stage of a ``stages`` load: ``users`` (closed loop) or ``rate_rps`` (open loop) for ``duration_s``, ramping
@@ -364,6 +401,20 @@ class ExperimentConfig(_Settings):
         names = [w.name for w in self.workloads]
         if len(names) != len(set(names)):
             raise ValueError(f"each workload may appear once, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _placeable(self) -> "ExperimentConfig":
+        # Cores are known before anything starts; GPUs are counted when the replicas start (no driver call here).
+        if self.backend.kind == "local" and self.backend.placement != "none":
+            from gawm_lib.backends.placement import PlacementError, plan_for
+
+            for workload in self.workloads:
+                if workload.device == "cpu":
+                    try:
+                        plan_for(workload, self.backend)
+                    except PlacementError as exc:
+                        raise ValueError(f"{exc} (workload {workload.name})") from None
         return self
 
 

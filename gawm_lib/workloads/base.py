@@ -68,7 +68,10 @@ class Workload(abc.ABC):
         devices.setup_torch(self.cfg)
         self.stager = devices.Stager(self.cfg.device)
         self.model, self.weights_info = self._build()
-        self.weights_info["build_s"] = round(time.perf_counter() - started, 3)
+        self.device_forward = self.compute
+        if self.cfg.cuda_graphs:
+            self.device_forward = devices.GraphedForward(self.compute)
+        self.weights_info.update(build_s=round(time.perf_counter() - started, 3), cuda_graphs=self.cfg.cuda_graphs)
         if self.cfg.warmup_batches:
             item = self.decode_item(self.warmup_item())
             for size in self.batch_buckets() if self.padded else [1]:
@@ -108,6 +111,12 @@ class Workload(abc.ABC):
     @abc.abstractmethod
     def prepare(self, items: list[Any]) -> Any:
         """Collate a batch (padded to :meth:`padded_size`) and start its copy to the device."""
+
+    def compute(self, **tensors: Any) -> Any:
+        """The batch's device-side computation, from input tensors on the device to output tensors (static shapes:
+        captured as a CUDA graph with ``cuda_graphs``). Workloads whose work is no fixed graph (Whisper's decode loop)
+        do not have one."""
+        raise NotImplementedError(f"{self.name} has no fixed device graph (cuda_graphs is for resnet50, distilbert)")
 
     @abc.abstractmethod
     def forward(self, batch: Any, count: int) -> list[dict[str, Any]]:

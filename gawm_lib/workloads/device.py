@@ -1,5 +1,9 @@
 """Device set-up shared by the workloads: threads and precision, torch.compile, host-to-GPU staging, GPU metrics.
 
+With ``cuda_graphs``, :class:`GraphedForward` captures a workload's device-side computation once per padded batch size
+and replays it: one launch per batch instead of hundreds of kernel launches, each of which had to take Python's GIL back
+from the threads parsing requests (on a busy server that, not the GPU, set the pace).
+
 The server collates the next batch while the current one runs. On a GPU, :class:`Stager` copies it from pinned memory
 on a side CUDA stream, so the copy overlaps the running batch; the forward pass waits for the copy's event only.
 
@@ -57,6 +61,53 @@ def stack(arrays: list[Any], rows: int, device: str) -> Any:
     np.stack(arrays, out=view[:len(arrays)])
     view[len(arrays):] = first
     return out
+
+
+class GraphedForward:
+    """``fn(**tensors)`` captured as one CUDA graph per input signature (names, shapes, dtypes) and replayed.
+
+    A call copies its inputs into the graph's static inputs, replays, and returns the graph's static outputs: they are
+    overwritten by the next replay, so the caller reads them (``.cpu()``) before calling again, as the server's single
+    compute thread does. Graphs are captured on first use of a signature (the warm-up visits every padded size), after
+    two eager calls on a side stream (``torch.compile`` compiles there), in capture mode ``thread_local`` so that the
+    staging thread's copies may go on meanwhile. All graphs share one memory pool: they never run at the same time.
+    """
+
+    def __init__(self, fn: Any):
+        import torch
+
+        self.fn = fn
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple, tuple[Any, dict[str, Any], Any]] = {}
+
+    @staticmethod
+    def signature(tensors: dict[str, Any]) -> tuple:
+        return tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(tensors.items()))
+
+    def capture(self, tensors: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+        import torch
+
+        static = {k: v.clone() for k, v in tensors.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(**static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = self.fn(**static)
+        entry = self.graphs[self.signature(tensors)] = (graph, static, out)
+        log.info("captured a CUDA graph for %s", {k: tuple(v.shape) for k, v in tensors.items()})
+        return entry
+
+    def __call__(self, **tensors: Any) -> Any:
+        entry = self.graphs.get(self.signature(tensors)) or self.capture(tensors)
+        graph, static, out = entry
+        for key, value in tensors.items():
+            static[key].copy_(value, non_blocking=True)
+        graph.replay()
+        return out
 
 
 class Staged:

@@ -1,8 +1,9 @@
 """DistilBERT sequence classification (transformers) with real uncased WordPiece tokenisation.
 
 Input ``text`` (BYTES, ``[n]``): UTF-8 strings of at most ``max_text_chars`` characters. Each is tokenised on arrival
-(truncated to ``max_seq_len`` tokens, [CLS] and [SEP] included); a batch is padded to its longest sequence (to
-``max_seq_len`` when compiled, for one static shape). Answers: label, score and the tokens processed (padding not counted).
+(truncated to ``max_seq_len`` tokens, [CLS] and [SEP] included); a request's texts are tokenised together (the Rust
+tokenizer, off the GIL). A batch is padded to its longest sequence (to ``max_seq_len`` when compiled or graphed, for
+one static shape). Answers: label, score and the tokens processed (padding not counted).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class DistilBert(Workload):
     # -- request side -------------------------------------------------------------------------------------------------
     def decode_item(self, raw: bytes | str, where: str = "text") -> list[int]:
         """A text to its token ids (truncated to ``max_seq_len``)."""
+        return self.tokenize([self.check_text(raw, where)])[0]
+
+    def check_text(self, raw: bytes | str, where: str) -> str:
         try:
             # JSON strings may hold lone surrogates, which are no text (and which the Rust tokenizer refuses).
             raw = raw.decode("utf-8") if isinstance(raw, bytes) else raw.encode("utf-8") and raw
@@ -61,33 +65,48 @@ class DistilBert(Workload):
         if len(raw) > self.cfg.max_text_chars:
             raise InferenceError(where, f"at most {self.cfg.max_text_chars} characters (max_text_chars)",
                                  f"{len(raw)} characters")
-        return self.tokenizer(raw, truncation=True, max_length=self.cfg.max_seq_len)["input_ids"]
+        return raw
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=self.cfg.max_seq_len)["input_ids"]
 
     def decode_tensor(self, tensor: Tensor) -> list[Any]:
-        return [self.decode_item(raw, f"{tensor.field}.data[{i}]") for i, raw in enumerate(tensor.data)]
+        return self.tokenize([self.check_text(raw, f"{tensor.field}.data[{i}]") for i, raw in enumerate(tensor.data)])
 
     # -- batch side ---------------------------------------------------------------------------------------------------
     def prepare(self, items: list[list[int]]):
+        import numpy as np
         import torch
 
-        length = self.cfg.max_seq_len if self.cfg.compile else max(len(ids) for ids in items)
+        static = self.cfg.compile or self.cfg.cuda_graphs
+        lengths = np.fromiter((len(ids) for ids in items), dtype=np.int64, count=len(items))
+        width = self.cfg.max_seq_len if static else int(lengths.max())
         rows = self.padded_size(len(items))
-        input_ids = torch.full((rows, length), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((rows, length), dtype=torch.int64)
-        for row, ids in enumerate(items + [items[0]] * (rows - len(items))):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            mask[row, :len(ids)] = 1
-        return self.stager({"input_ids": input_ids, "attention_mask": mask}), mask.sum(dim=1).tolist()
+        input_ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+        input_ids[:len(items)][np.arange(width) < lengths[:, None]] = np.concatenate(items)
+        input_ids[len(items):] = input_ids[0]  # padding rows repeat the first
+        mask = np.zeros((rows, width), dtype=np.int64)
+        mask[:len(items)] = np.arange(width) < lengths[:, None]
+        mask[len(items):] = mask[0]
+        tensors = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        return self.stager(tensors), lengths.tolist()
+
+    def compute(self, input_ids, attention_mask):
+        """Token ids and mask to class probabilities, on the device."""
+        import torch
+
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return torch.softmax(logits.float(), dim=1)
 
     def forward(self, batch, count: int) -> list[dict[str, Any]]:
         import torch
 
         staged, tokens = batch
         with torch.inference_mode():
-            logits = self.model(**staged.get()).logits[:count].float()
-            probs = torch.softmax(logits, dim=1).cpu()
-        return [{"label": self.id2label[int(p.argmax())], "score": float(p.max()), "tokens": int(n)}
-                for p, n in zip(probs, tokens)]
+            probs = self.device_forward(**staged.get())[:count].cpu().numpy()
+        labels, scores = probs.argmax(axis=1), probs.max(axis=1)
+        return [{"label": self.id2label[int(k)], "score": float(p), "tokens": int(n)}
+                for k, p, n in zip(labels, scores, tokens)]
 
     def request_stats(self, answers: list[dict[str, Any]]) -> dict[str, float]:
         return {"tokens": sum(a["tokens"] for a in answers)}

@@ -105,22 +105,25 @@ class ResNet50(Workload):
             mean = np.array(MEAN, dtype=np.float32).reshape(3, 1, 1) * 255
             std = np.array(STD, dtype=np.float32).reshape(3, 1, 1) * 255
             items = [((i - mean) / std if i.dtype == np.uint8 else i).astype(np.float32, copy=False) for i in items]
-        pixels = stack(items, self.padded_size(len(items)), self.cfg.device)
-        return self.stager({"pixels": pixels}), items[0].dtype == np.uint8
+        return self.stager({"pixels": stack(items, self.padded_size(len(items)), self.cfg.device)})
+
+    def compute(self, pixels):
+        """Pixels (uint8 RGB, or normalised floats) to the top-k scores and class indices, all on the device."""
+        import torch
+
+        x = ((pixels.float() - self.mean) / self.std) if pixels.dtype == torch.uint8 else pixels
+        x = x.to(self.torch_dtype)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        probs = torch.softmax(self.model(x).float(), dim=1)
+        return probs.topk(self.cfg.top_k, dim=1)
 
     def forward(self, batch, count: int) -> list[dict[str, Any]]:
         import torch
 
-        staged, raw = batch
-        x = staged.get()["pixels"]
         with torch.inference_mode():
-            x = ((x.float() - self.mean) / self.std) if raw else x
-            x = x.to(self.torch_dtype)
-            if self.cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            probs = torch.softmax(self.model(x)[:count].float(), dim=1)
-            scores, indices = probs.topk(self.cfg.top_k, dim=1)
-        scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
+            scores, indices = self.device_forward(**batch.get())
+            scores, indices = scores[:count].cpu().numpy(), indices[:count].cpu().numpy()
         return [
             {"label": self.categories[int(idx[0])], "score": float(sc[0]),
              "top_k_labels": [self.categories[int(i)] for i in idx], "top_k_scores": sc.tolist(),

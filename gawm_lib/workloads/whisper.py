@@ -64,8 +64,9 @@ class Whisper(Workload):
                                    n_audio_layer=layers, n_vocab=vocab, n_text_ctx=448, n_text_state=state,
                                    n_text_head=heads, n_text_layer=layers)
             torch.manual_seed(0)
-            model = whisper.model.Whisper(dims)
-            info = {"weights": "random", "seed": 0, "model_size": size}
+            with torch.device(self.cfg.device):  # initialised where it runs: large-v3's 1.5 B on a CPU take a minute
+                model = whisper.model.Whisper(dims)
+            info = {"weights": "random", "seed": 0, "model_size": size, "initialised_on": self.cfg.device}
         else:
             checkpoint = load_checkpoint(self.cfg.weights)
             model = whisper.model.Whisper(ModelDimensions(**checkpoint["dims"]))
