@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from gawm_lib.models import (BatchLatencyModel, md1, mm1, mmc, simulate_batching, simulate_queue,
+from gawm_lib.models import (BatchLatencyModel, md1, mm1, mmc, replay_batching, simulate_batching, simulate_queue,
                              summarize_latencies)
 
 
@@ -118,3 +118,33 @@ def test_quantile_approximations_close_to_simulation(lam, scv, servers):
     assert pred.p95_s == pytest.approx(sim.p95, rel=0.10)
     if servers == 1:  # Pollaczek-Khinchine mean is exact
         assert inside(pred.mean_response_s, sim.mean_ci), (pred.mean_response_s, sim.mean_ci)
+
+
+def test_replay_of_poisson_arrivals_is_the_simulation():
+    service = BatchLatencyModel(alpha=0.004, beta=0.002, floor=0.0)
+    arrivals = np.cumsum(np.random.default_rng(9).exponential(1 / 150.0, size=3_000))
+    lat, size = replay_batching(arrivals, service, 4, 0.003)
+    np.testing.assert_array_equal(lat, simulate_batching(150.0, service, 4, 0.003, n_requests=3_000, seed=9))
+    assert size.min() >= 1 and size.max() <= 4
+
+
+def test_replay_hand_checked():
+    service = BatchLatencyModel(alpha=1.0, beta=0.0, floor=0.0)  # s(b) = b seconds
+    # 0: alone after the 0.5 s delay, done 1.5. 1.0, 1.2 and 1.3 wait for the busy server and go at 1.5 as one full
+    # batch (B = 3): s(3) = 3 s, done 4.5. 10.0: alone again.
+    lat, size = replay_batching([0.0, 1.0, 1.2, 1.3, 10.0], service, 3, 0.5)
+    np.testing.assert_allclose(lat, [1.5, 3.5, 3.3, 3.2, 1.5])
+    np.testing.assert_array_equal(size, [1, 3, 3, 3, 1])
+
+
+def test_replay_service_factors_scale_batch_times():
+    service = BatchLatencyModel(alpha=0.01, beta=0.0, floor=0.0)
+    arrivals = np.arange(100) * 1.0  # far apart: every batch is one request, latency = delay + s(1) * factor
+    lat, _ = replay_batching(arrivals, service, 4, 0.0, service_factors=[0.5, 2.0], seed=1)
+    assert set(np.round(lat, 9)) == {0.005, 0.02}
+    again, _ = replay_batching(arrivals, service, 4, 0.0, service_factors=[0.5, 2.0], seed=1)
+    np.testing.assert_array_equal(lat, again)
+    with pytest.raises(ValueError, match="sorted"):
+        replay_batching([1.0, 0.5], service, 4, 0.0)
+    with pytest.raises(ValueError, match="positive"):
+        replay_batching(arrivals, service, 4, 0.0, service_factors=[0.0])

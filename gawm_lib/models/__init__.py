@@ -19,7 +19,7 @@ from .capacity import CapacityPlan, plan_capacity
 from .queueing import QueuePrediction, UnstableSystemError, erlang_c, md1, mg1, mgc, mm1, mmc, sweep
 from .scaling import MVAResult, USLModel, fit_usl, mva
 from .service import BatchLatencyModel, fit_batch_latency
-from .simulate import LatencySummary, simulate_batching, simulate_queue, summarize_latencies
+from .simulate import LatencySummary, replay_batching, simulate_batching, simulate_queue, summarize_latencies
 from .traces import TraceComparison, TraceSummary, autocorrelation, compare_traces, summarize_trace
 from .validation import ValidationReport, mape, validate
 
@@ -28,7 +28,7 @@ __all__ = [
     "USLModel", "fit_usl", "MVAResult", "mva",
     "UnstableSystemError", "QueuePrediction", "erlang_c", "mm1", "md1", "mg1", "mmc", "mgc", "sweep",
     "BatchingPrediction", "predict_batching",
-    "LatencySummary", "simulate_queue", "simulate_batching", "summarize_latencies",
+    "LatencySummary", "simulate_queue", "simulate_batching", "replay_batching", "summarize_latencies",
     "CapacityPlan", "plan_capacity",
     "ValidationReport", "mape", "validate",
     "TraceSummary", "summarize_trace", "autocorrelation", "TraceComparison", "compare_traces",

@@ -15,7 +15,7 @@ from scipy import stats
 
 from .service import BatchLatencyModel
 
-__all__ = ["LatencySummary", "simulate_queue", "simulate_batching", "summarize_latencies"]
+__all__ = ["LatencySummary", "simulate_queue", "simulate_batching", "replay_batching", "summarize_latencies"]
 
 
 def _check(arrival_rate: float, n_requests: int) -> None:
@@ -87,7 +87,7 @@ def simulate_batching(arrival_rate: float, service: BatchLatencyModel, max_batch
 
     When the server is free and requests wait, it dispatches at ``max(free, min(oldest + max_delay_s, arrival of the
     max_batch-th waiting request))`` the (up to ``max_batch``) requests queued by then, FIFO. The loop runs once per
-    batch; arrivals are found with ``searchsorted``.
+    batch; arrivals are found with ``searchsorted``. Poisson arrivals; :func:`replay_batching` takes given ones.
     """
     _check(arrival_rate, n_requests)
     if int(max_batch) < 1:
@@ -95,19 +95,54 @@ def simulate_batching(arrival_rate: float, service: BatchLatencyModel, max_batch
     if not max_delay_s >= 0:
         raise ValueError(f"max_delay_s must be >= 0 seconds, got {max_delay_s}")
     rng = np.random.default_rng(seed)
-    n, big = int(n_requests), int(max_batch)
-    arrivals = np.cumsum(rng.exponential(1.0 / arrival_rate, size=n))
-    batch_time = np.asarray(service.predict(np.arange(1, big + 1)), dtype=float)
+    arrivals = np.cumsum(rng.exponential(1.0 / arrival_rate, size=int(n_requests)))
+    return _batching(arrivals, np.asarray(service.predict(np.arange(1, int(max_batch) + 1)), dtype=float),
+                     int(max_batch), float(max_delay_s), None, rng)[0]
+
+
+def replay_batching(arrivals_s, service: BatchLatencyModel, max_batch: int, max_delay_s: float, *,
+                    service_factors=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The same server as :func:`simulate_batching` driven by given arrival times [s] (sorted): a trace replay.
+
+    ``service_factors`` (optional, positive): batch times are ``service.predict(b)`` times a factor drawn for each batch
+    (with replacement, seeded) from these, e.g. the measured batch times divided by the fitted ones, so the replay
+    carries the measured service-time variability; without them batch times are deterministic. Returns the latency
+    [s] and the size of the batch that served it, per request, in arrival order.
+    """
+    arrivals = np.asarray(arrivals_s, dtype=float).ravel()
+    if arrivals.size < 1 or not np.all(np.isfinite(arrivals)):
+        raise ValueError("arrivals_s must be one or more finite arrival times [s]")
+    if np.any(np.diff(arrivals) < 0):
+        raise ValueError("arrivals_s must be sorted (arrival order)")
+    if int(max_batch) < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if not max_delay_s >= 0:
+        raise ValueError(f"max_delay_s must be >= 0 seconds, got {max_delay_s}")
+    factors = None
+    if service_factors is not None:
+        factors = np.asarray(service_factors, dtype=float).ravel()
+        if factors.size < 1 or not np.all(np.isfinite(factors) & (factors > 0)):
+            raise ValueError("service_factors must be one or more positive finite numbers")
+    return _batching(arrivals, np.asarray(service.predict(np.arange(1, int(max_batch) + 1)), dtype=float),
+                     int(max_batch), float(max_delay_s), factors, np.random.default_rng(seed))
+
+
+def _batching(arrivals: np.ndarray, batch_time: np.ndarray, big: int, max_delay_s: float, factors: np.ndarray | None,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n = arrivals.size
     done = np.empty(n)
-    free, i = 0.0, 0
+    size = np.empty(n, dtype=np.int64)
+    noise = rng.choice(factors, size=n) if factors is not None else None  # at most n batches
+    free, i, k = 0.0, 0, 0
     while i < n:
         fill = arrivals[i + big - 1] if i + big - 1 < n else math.inf
         dispatch = max(free, min(arrivals[i] + max_delay_s, fill))
         j = min(i + big, int(np.searchsorted(arrivals, dispatch, side="right")))
-        free = dispatch + batch_time[j - i - 1]
+        free = dispatch + batch_time[j - i - 1] * (noise[k] if noise is not None else 1.0)
         done[i:j] = free
-        i = j
-    return done - arrivals
+        size[i:j] = j - i
+        i, k = j, k + 1
+    return done - arrivals, size
 
 
 @dataclass(frozen=True)
