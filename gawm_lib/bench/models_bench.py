@@ -3,18 +3,36 @@
 For each workload, on the local CPU backend (one replica, one torch thread):
 
 1. *fit runs*: closed-loop steps at 1, B and 2B users; the server reports each batch's size and compute time, which
-   give the batch service-time model ``s(b) = max(floor, alpha*b + beta)`` (:func:`gawm_lib.models.fit_batch_latency`),
-   and the client-side overhead (latency minus server queue and compute) at one user;
-2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``;
-3. *prediction*: :func:`gawm_lib.models.predict_batching` at each held-out rate, plus the measured overhead;
-   MAPE of throughput, p50 and p95 against the held-out records.
+   give the batch service-time model ``s(b) = max(floor, alpha*b + beta)`` (:func:`gawm_lib.models.fit_batch_latency`,
+   one point per batch), the service-time variability (each batch's time over ``s(b)``), and the client-side overhead
+   (latency minus server queue and compute) at one user;
+2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``, each
+   step at least ``requests`` requests (:class:`Plan`);
+3. *predictions*, two per step, each plus the measured overhead:
+
+   - *steady state*: :func:`gawm_lib.models.predict_batching` at the step's rate (the goal's number);
+   - *same schedule*: :func:`gawm_lib.models.replay_batching` of the step's own planned arrival times (a pure function
+     of the rate and the arrival seed, fixed before the step runs: no measurement of the held-out run is used) through
+     the fitted server, with batch times scaled by factors drawn from the fit's measured variability.
+
+   A finite run's p95 scatters around the steady state, far more at high load (long busy periods): the *noise floor*
+   of each step is the p95 error a perfect steady-state model would show for a step of that many requests, from
+   simulated runs of the fitted model. Steady-state MAPE well above the noise floor is a modelling problem; MAPE within
+   it is what the step length allows. The same-schedule comparison removes the arrival noise and isolates the model.
+
+MAPE of throughput, p50 and p95 against the held-out records, per prediction, with per-step diagnostics: measured
+batch times over the fitted ones (service drift), load average and the CPU other processes used during the step.
 
 Then 10 million synthetic request records go through :func:`gawm_lib.summary.summarise` and
-:func:`gawm_lib.plots.latency_cdf`, timed. Everything is written to ``data/benchmarks/models.json`` (and the
-predicted-vs-measured figure next to it). Run it on a quiet machine::
+:func:`gawm_lib.plots.latency_cdf`, timed. Results are merged per workload into ``data/benchmarks/models.json``: a run
+replaces the entries of the workloads it ran (the replaced ones move to ``superseded``), keeps the others, and
+records its command with each entry; the predicted-vs-measured figures are drawn from every current entry. Run it on a
+quiet machine::
 
-    python -m gawm_lib.bench.models_bench                # all three workloads, about 15 minutes on 2 cores
-    python -m gawm_lib.bench.models_bench --quick        # shorter steps, a smoke test
+    python -m gawm_lib.bench.models_bench                        # all three, about 45 minutes on 2 cores
+    python -m gawm_lib.bench.models_bench --workloads whisper    # about 31 minutes (capacity ~2 clips/s)
+    python -m gawm_lib.bench.models_bench --quick                # shorter steps, a smoke test
+    python -m gawm_lib.bench.models_bench --merge other.json     # merge an earlier report's entries, run nothing
 """
 
 from __future__ import annotations
@@ -22,8 +40,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +55,62 @@ from gawm_lib import paths, plots, runs, summary
 from gawm_lib.backends import open_backend
 from gawm_lib.config import BackendConfig, LoadConfig, WorkloadConfig
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
-from gawm_lib.models import fit_batch_latency, mape, predict_batching
-from gawm_lib.workloads import build_workload
+from gawm_lib.models import fit_batch_latency, mape, predict_batching, replay_batching
+from gawm_lib.workloads import build_workload, samples
 
 UTILISATIONS = (0.1, 0.3, 0.5, 0.7, 0.85)
-# Batching settings per workload: what a user of the CPU backend would pick (a few items, a short delay).
-SETTINGS = {
+WORKLOADS = ("resnet50", "distilbert", "whisper")
+METRICS = ("throughput_rps", "p50_ms", "p95_ms")
+GOAL_MAPE_PCT = 10.0
+# Batching settings per workload: what a user of the CPU backend would pick (a few items, a short delay). Whisper:
+# random weights never emit end-of-text, so every clip decodes exactly decode_tokens tokens, and the server pads every
+# clip to the 30 s window, so a clip costs the same (~0.5 s on one core) whatever its length; one temperature, so no
+# fallback re-decodes.
+SETTINGS: dict[str, dict[str, Any]] = {
     "resnet50": {"max_batch_size": 4, "max_queue_delay_ms": 5},
     "distilbert": {"max_batch_size": 8, "max_queue_delay_ms": 5},
-    "whisper": {"max_batch_size": 4, "max_queue_delay_ms": 5, "decode_tokens": 8},
+    "whisper": {"max_batch_size": 4, "max_queue_delay_ms": 5, "decode_tokens": 8, "temperatures": [0.0],
+                "timestamps": False, "model_size": "tiny"},
 }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long to measure. ``fit_s``: each closed-loop fit level [s]; a held-out step lasts at least ``min_step_s``
+    and at least ``requests`` requests; ``replays``: replications of the same-schedule replay (service-time noise);
+    ``noise_runs``: simulated runs per step for the noise floor."""
+
+    fit_s: float
+    requests: int
+    min_step_s: float
+    utilisations: tuple[float, ...] = UTILISATIONS
+    warmup_s: float = 2.0
+    replays: int = 20
+    noise_runs: int = 200
+
+
+PLANS = {
+    "full": Plan(fit_s=12.0, requests=200, min_step_s=30.0),
+    # ~2 clips/s: 200 requests take 16 minutes at 10 % utilisation; the fit levels run longer to see enough batches
+    # (steps at high load are cheap in time and their p95 is the noisiest: at least 150 s each)
+    "full-whisper": Plan(fit_s=20.0, requests=200, min_step_s=150.0),
+    "quick": Plan(fit_s=4.0, requests=40, min_step_s=10.0),
+    "quick-whisper": Plan(fit_s=8.0, requests=20, min_step_s=10.0),
+}
+
+
+def plan_for(name: str, quick: bool) -> Plan:
+    key = "quick" if quick else "full"
+    return PLANS.get(f"{key}-{name}", PLANS[key])
+
+
+def payload_items(workload, name: str, count: int = 32, seed: int = 11) -> list[Any]:
+    """Sample inputs for the request bodies. Whisper: one sentence each (2-5 s of speech, ~100-150 kB WAV): the
+    compute does not depend on the length (see SETTINGS), and short clips keep the request parsing, which shares the
+    cores with the model, small."""
+    if name == "whisper":
+        return [clip for clip, _text in samples.speech(count, seed, max_sentences=1)]
+    return workload.sample_items(count, seed=seed)
 
 
 def _load(workload: str, backend, bodies: Path, out: Path, work: Path, **load: Any) -> tuple[pd.DataFrame, dict]:
@@ -53,52 +120,184 @@ def _load(workload: str, backend, bodies: Path, out: Path, work: Path, **load: A
     return summary.read_requests(out), result
 
 
-def validate_workload(name: str, work: Path, quick: bool) -> dict[str, Any]:
-    settings = SETTINGS[name]
-    cfg = WorkloadConfig(name=name, threads=1, warmup_batches=2, **settings)
+class CpuMeter:
+    """Load average and CPU use over a span: the machine's busy cores, and how many of them went to processes other
+    than this benchmark, its model server and its load generators (other people's work, which slows the server)."""
+
+    def __init__(self, server_pid: int | None):
+        import psutil
+
+        self._psutil = psutil
+        self._server = psutil.Process(server_pid) if server_pid else None
+        self._start = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, float, float, float]:
+        times = self._psutil.cpu_times()
+        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        mine = self._psutil.Process().cpu_times()
+        ours = mine.user + mine.system + mine.children_user + mine.children_system
+        if self._server is not None:
+            with_server = self._server.cpu_times()
+            ours += with_server.user + with_server.system
+        return time.monotonic(), busy, ours, os.getloadavg()[0]
+
+    def read(self) -> dict[str, float]:
+        wall0, busy0, ours0, load0 = self._start
+        wall1, busy1, ours1, load1 = self._snapshot()
+        span = max(wall1 - wall0, 1e-9)
+        return {"seconds": round(span, 1), "busy_cores": round((busy1 - busy0) / span, 3),
+                "other_processes_cores": round(max(0.0, (busy1 - busy0) - (ours1 - ours0)) / span, 3),
+                "load_average_1m_start": load0, "load_average_1m_end": load1}
+
+
+def _batches(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per server batch: the requests of a batch share its size and compute time."""
+    ok = rows[(rows["error"] == "") & (rows["batch_size"] > 0) & (rows["server_compute_ns"] > 0)]
+    return ok.drop_duplicates(["batch_size", "server_compute_ns"])
+
+
+def _fit(fit_rows: pd.DataFrame) -> tuple[Any, np.ndarray, dict[str, Any], float]:
+    batches = _batches(fit_rows)
+    seconds = batches["server_compute_ns"].to_numpy() / 1e9
+    sizes = batches["batch_size"].to_numpy()
+    service = fit_batch_latency(sizes, seconds)
+    factors = seconds / np.asarray(service.predict(sizes))
+    per_size = {int(b): {"batches": int((sizes == b).sum()), "mean_s": float(seconds[sizes == b].mean()),
+                         "cv": float(seconds[sizes == b].std(ddof=1) / seconds[sizes == b].mean())
+                         if (sizes == b).sum() > 1 else None}
+                for b in np.unique(sizes)}
+    single = fit_rows[(fit_rows["level"] == 1) & (fit_rows["error"] == "")]
+    overhead_s = float(np.median((single["done_ns"] - single["sent_ns"] - single["server_queue_ns"]
+                                  - single["server_compute_ns"]) / 1e9))
+    variability = {"factor_cv": float(factors.std(ddof=1)), "factor_p05": float(np.quantile(factors, 0.05)),
+                   "factor_p95": float(np.quantile(factors, 0.95)), "per_batch_size": per_size}
+    return service, factors, variability, overhead_s
+
+
+def _step_stats(latency_s: np.ndarray, start_s: float, done_s: np.ndarray) -> dict[str, float]:
+    """The measured numbers as :func:`gawm_lib.summary.summarise` computes them: ok / (last done - first due)."""
+    return {"throughput_rps": len(latency_s) / (done_s.max() - start_s),
+            "p50_ms": float(np.percentile(latency_s, 50)) * 1e3, "p95_ms": float(np.percentile(latency_s, 95)) * 1e3}
+
+
+def replay_step(rows: pd.DataFrame, service, factors: np.ndarray, max_batch: int, delay_s: float, overhead_s: float,
+                replays: int, seed: int = 0) -> dict[str, Any]:
+    """Prediction of one held-out step for its own schedule: the due times of its requests (warm-up included, so the
+    step starts from the same state) replayed through the fitted server, ``replays`` times with batch-time factors
+    drawn from ``factors``; p50/p95 pooled over the replays, throughput and batch size averaged."""
+    due = rows["scheduled_ns"].to_numpy()
+    order = np.argsort(due, kind="stable")
+    arrivals = (due[order] - due[order[0]]) / 1e9
+    in_step = (rows["phase"].to_numpy() == "step")[order]
+    start = arrivals[in_step].min()
+    latencies, throughput, batch = [], [], []
+    for r in range(replays):
+        lat, size = replay_batching(arrivals, service, max_batch, delay_s, service_factors=factors, seed=seed + r)
+        lat = lat[in_step] + overhead_s
+        latencies.append(lat)
+        throughput.append(_step_stats(lat, start, arrivals[in_step] + lat)["throughput_rps"])
+        batch.append(size[in_step].mean())
+    pooled = np.concatenate(latencies)
+    return {"throughput_rps": float(np.mean(throughput)), "p50_ms": float(np.percentile(pooled, 50)) * 1e3,
+            "p95_ms": float(np.percentile(pooled, 95)) * 1e3, "mean_batch_size": float(np.mean(batch))}
+
+
+def noise_floor(rate: float, n_requests: int, n_warmup: int, service, factors: np.ndarray, max_batch: int,
+                delay_s: float, p95_s: float, runs_: int, seed: int = 1000) -> dict[str, float]:
+    """Relative error of a step's measured p95 against the steady-state p95 ``p95_s`` when the model is exact: simulated
+    Poisson runs of ``n_warmup`` + ``n_requests`` requests of the fitted server (with its service-time variability)."""
+    rng = np.random.default_rng(seed)
+    errors = np.empty(runs_)
+    for r in range(runs_):
+        arrivals = np.cumsum(rng.exponential(1.0 / rate, n_warmup + n_requests))
+        lat, _ = replay_batching(arrivals, service, max_batch, delay_s, service_factors=factors, seed=seed + r)
+        errors[r] = np.percentile(lat[n_warmup:], 95) / p95_s - 1.0
+    return {"p95_mean_abs_error_pct": float(np.abs(errors).mean() * 100), "p95_sd_pct": float(errors.std() * 100),
+            "p95_bias_pct": float(errors.mean() * 100)}
+
+
+def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | None = None,
+                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit, run the held-out steps and compare (see the module docstring). ``plan`` and ``settings`` override the
+    defaults (tests use tiny ones)."""
+    plan = plan or plan_for(name, quick)
+    cfg = WorkloadConfig(name=name, threads=1, warmup_batches=2, **(SETTINGS[name] | (settings or {})))
     workload = build_workload(cfg)
-    items = workload.sample_items(32, seed=11)
-    bodies = write_bodies(work / f"{name}-bodies.jsonl", [workload.request_body([i]) for i in items])
+    bodies = write_bodies(work / f"{name}-bodies.jsonl",
+                          [workload.request_body([i]) for i in payload_items(workload, name)])
     big = cfg.max_batch_size
     delay_s = cfg.max_queue_delay_ms / 1e3
-    fit_s = 4.0 if quick else 12.0
     with open_backend(cfg, BackendConfig(replicas=1), work / f"{name}-logs") as backend:
+        pid = backend.replicas[0].pid
+        meter = CpuMeter(pid)
         fit_rows, _ = _load(name, backend, bodies, work / f"{name}-fit.parquet", work, scenario="closed_loop",
-                            levels=[1, big, 2 * big], step_duration_s=fit_s, min_requests_per_step=8, warmup_s=2)
+                            levels=[1, big, 2 * big], step_duration_s=plan.fit_s, min_requests_per_step=8,
+                            warmup_s=plan.warmup_s)
+        fit_cpu = meter.read()
         fit_rows = fit_rows[(fit_rows["phase"] == "step") & (fit_rows["error"] == "")]
-        service = fit_batch_latency(fit_rows["batch_size"], fit_rows["server_compute_ns"] / 1e9)
-        single = fit_rows[fit_rows["level"] == 1]
-        overhead_s = float(np.median((single["done_ns"] - single["sent_ns"] - single["server_queue_ns"]
-                                      - single["server_compute_ns"]) / 1e9))
+        service, factors, variability, overhead_s = _fit(fit_rows)
         capacity = big / service.predict(big)
         held_out = []
-        for i, u in enumerate(UTILISATIONS):
+        for i, u in enumerate(plan.utilisations):
             rate = u * capacity
-            duration = max(10.0 if quick else 30.0, (40 if quick else 200) / rate)
+            meter = CpuMeter(pid)
             rows, _ = _load(name, backend, bodies, work / f"{name}-rate{i}.parquet", work, scenario="poisson",
-                            levels=[rate], step_duration_s=min(duration, 40 if quick else 120), warmup_s=2,
-                            min_requests_per_step=1, arrival_seed=100 + i, max_step_duration_s=180)
+                            levels=[rate], step_duration_s=plan.min_step_s, min_requests_per_step=plan.requests,
+                            max_step_duration_s=max(plan.min_step_s, 3.0 * plan.requests / rate) + 60.0,
+                            warmup_s=plan.warmup_s, arrival_seed=100 + i)
+            cpu = meter.read()
             step = summary.summarise(rows).iloc[0]
+            in_step = rows[rows["phase"] == "step"]
             predicted = predict_batching(rate, service, big, delay_s)
+            same = replay_step(rows, service, factors, big, delay_s, overhead_s, plan.replays)
+            step_batches = _batches(in_step)
+            drift = (step_batches["server_compute_ns"].to_numpy() / 1e9
+                     / np.asarray(service.predict(step_batches["batch_size"].to_numpy())))
             held_out.append({
                 "utilisation": u, "rate_rps": rate, "requests": int(step["sent"]), "errors": int(step["errors"]),
-                "measured": {"throughput_rps": step["throughput_rps"], "p50_ms": step["p50_ms"],
-                             "p95_ms": step["p95_ms"]},
+                "duration_s": float(step["duration_s"]),
+                "measured": {m: float(step[m]) for m in METRICS},
                 "predicted": {"throughput_rps": rate, "p50_ms": (predicted.p50_s + overhead_s) * 1e3,
                               "p95_ms": (predicted.p95_s + overhead_s) * 1e3},
-                "mean_batch_size": {"measured": float(rows[rows["phase"] == "step"]["batch_size"].mean()),
-                                    "predicted": predicted.mean_batch_size},
+                "predicted_same_schedule": {m: same[m] for m in METRICS},
+                "mean_batch_size": {"measured": float(in_step["batch_size"].mean()),
+                                    "predicted": predicted.mean_batch_size,
+                                    "predicted_same_schedule": same["mean_batch_size"]},
+                "service_drift": {"batches": int(len(drift)), "mean": float(drift.mean()),
+                                  "median": float(np.median(drift))},
+                "noise_floor": noise_floor(rate, int(step["sent"]), int((rows["phase"] == "warmup").sum()), service,
+                                           factors, big, delay_s, predicted.p95_s, plan.noise_runs),
+                "cpu": cpu,
             })
-    errors = {m: mape([h["measured"][m] for h in held_out], [h["predicted"][m] for h in held_out])
-              for m in ("throughput_rps", "p50_ms", "p95_ms")}
-    return {
-        "workload": name, "settings": cfg.model_dump(), "weights": "random",
+    return summarise_workload({
+        "workload": name, "settings": cfg.model_dump(), "weights": cfg.weights, "plan": asdict(plan),
         "service_model": {"alpha_s": service.alpha, "beta_s": service.beta, "floor_s": service.floor,
                           "alpha_se_s": service.alpha_se, "beta_se_s": service.beta_se, "knee": service.knee,
-                          "fit_points": int(len(fit_rows))},
+                          "rmse_s": service.rmse_s, "fit_points": int(service.n_points), "fit_points_are": "batches"},
+        "service_variability": variability, "fit_cpu": fit_cpu,
         "client_overhead_ms": overhead_s * 1e3, "capacity_rps": capacity, "held_out": held_out,
-        "mape_pct": errors,
-    }
+    })
+
+
+def summarise_workload(entry: dict[str, Any]) -> dict[str, Any]:
+    """Add MAPE per metric (steady state and, where recorded, same schedule), the noise floor and the worst points."""
+    held = entry["held_out"]
+    entry["mape_pct"] = {m: mape([h["measured"][m] for h in held], [h["predicted"][m] for h in held]) for m in METRICS}
+    worst = max(held, key=lambda h: abs(h["predicted"]["p95_ms"] / h["measured"]["p95_ms"] - 1))
+    entry["worst_p95_point"] = {"utilisation": worst["utilisation"], "measured_ms": worst["measured"]["p95_ms"],
+                                "predicted_ms": worst["predicted"]["p95_ms"],
+                                "error_pct": 100 * (worst["predicted"]["p95_ms"] / worst["measured"]["p95_ms"] - 1)}
+    if all("predicted_same_schedule" in h for h in held):
+        entry["mape_pct_same_schedule"] = {m: mape([h["measured"][m] for h in held],
+                                                   [h["predicted_same_schedule"][m] for h in held]) for m in METRICS}
+        worst = max(held, key=lambda h: abs(h["predicted_same_schedule"]["p95_ms"] / h["measured"]["p95_ms"] - 1))
+        entry["worst_p95_point_same_schedule"] = {
+            "utilisation": worst["utilisation"], "measured_ms": worst["measured"]["p95_ms"],
+            "predicted_ms": worst["predicted_same_schedule"]["p95_ms"],
+            "error_pct": 100 * (worst["predicted_same_schedule"]["p95_ms"] / worst["measured"]["p95_ms"] - 1)}
+    if all("noise_floor" in h for h in held):
+        entry["p95_noise_floor_mape_pct"] = float(np.mean([h["noise_floor"]["p95_mean_abs_error_pct"] for h in held]))
+    return entry
 
 
 def analysis_speed(n: int = 10_000_000, seed: int = 0) -> dict[str, Any]:
@@ -122,40 +321,121 @@ def analysis_speed(n: int = 10_000_000, seed: int = 0) -> dict[str, Any]:
             "table_rows": len(table), "synthesis_seconds": round(made, 2)}
 
 
+# -- the report: one file, merged per workload ------------------------------------------------------------------------
+_RUN_KEYS = ("command", "quick", "started_utc", "finished_utc", "git", "host", "packages", "threads")
+
+
+def _entries(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A report's workload entries, each carrying its ``run`` (schema 1 kept the run at the top: lift it)."""
+    out = []
+    for entry in report.get("workloads", []):
+        entry = dict(entry)
+        if "run" not in entry:
+            entry["run"] = {**{k: report.get(k) for k in _RUN_KEYS},
+                            "command_note": "schema 1 recorded the command without its options"}
+        out.append(summarise_workload(entry) if "worst_p95_point" not in entry else entry)
+    return out
+
+
+def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_speed: bool = True) -> dict[str, Any]:
+    """``existing`` with the workload entries of ``new`` in place of its own for the same workloads; the replaced ones
+    move to ``superseded`` (nothing recorded is dropped). ``analysis_speed``: the new one when ``replace_speed`` (a
+    fresh measurement), else the one over more records."""
+    existing = existing or {}
+    current = {e["workload"]: e for e in _entries(existing)}
+    superseded = list(existing.get("superseded", []))
+    for entry in _entries(new):
+        if entry["workload"] in current:
+            superseded.append(current[entry["workload"]])
+        current[entry["workload"]] = entry
+    speeds = [s for s in (existing.get("analysis_speed"), new.get("analysis_speed")) if s]
+    if new.get("analysis_speed") and replace_speed:
+        speed = new["analysis_speed"]
+    else:
+        speed = max(speeds, key=lambda s: s.get("records", 0)) if speeds else None
+    ordered = [current[w] for w in WORKLOADS if w in current] + [e for w, e in current.items() if w not in WORKLOADS]
+    return {
+        "benchmark": "models", "schema_version": 2, "updated_utc": runs.utc_now().isoformat(),
+        "goal": f"held-out p95 MAPE <= {GOAL_MAPE_PCT:g} % from 10 % to 85 % utilisation, per workload, on the local "
+                "CPU backend",
+        "commands": list(dict.fromkeys(e["run"]["command"] for e in ordered if e["run"].get("command"))),
+        "mape_pct": {e["workload"]: e["mape_pct"] for e in ordered},
+        "mape_pct_same_schedule": {e["workload"]: e["mape_pct_same_schedule"] for e in ordered
+                                   if "mape_pct_same_schedule" in e},
+        "p95_noise_floor_mape_pct": {e["workload"]: e["p95_noise_floor_mape_pct"] for e in ordered
+                                     if "p95_noise_floor_mape_pct" in e},
+        "p95_goal_met": {e["workload"]: e["mape_pct"]["p95_ms"] <= GOAL_MAPE_PCT for e in ordered},
+        "p95_goal_met_same_schedule": {e["workload"]: e["mape_pct_same_schedule"]["p95_ms"] <= GOAL_MAPE_PCT
+                                       for e in ordered if "mape_pct_same_schedule" in e},
+        "workloads": ordered, "analysis_speed": speed, "superseded": superseded,
+    }
+
+
+def draw_figures(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    """Predicted (steady state; and same schedule where recorded) against measured, every current workload."""
+    written = []
+    for key, suffix in (("predicted", ""), ("predicted_same_schedule", "_same_schedule")):
+        rows = [{"workload": e["workload"], "metric": m.removesuffix("_ms").removesuffix("_rps"),
+                 "measured": h["measured"][m] / (1e3 if m.endswith("_ms") else 1),
+                 "predicted": h[key][m] / (1e3 if m.endswith("_ms") else 1)}
+                for e in report["workloads"] for h in e["held_out"] if key in h for m in METRICS]
+        if not rows:
+            continue
+        fig = plots.predicted_vs_measured(pd.DataFrame(rows))
+        files = plots.save_figure(fig, f"{stem}_predicted_vs_measured{suffix}", [], "gawm_lib/bench/models_bench.py",
+                                  {"prediction": key, "commands": report["commands"]}, out_dir=out_dir)
+        written.append(files["png"])
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS,
+                        help="workloads to run (default: all three, or none with --merge)")
     parser.add_argument("--quick", action="store_true", help="short steps: a smoke test, not a measurement")
-    parser.add_argument("--out", type=Path, default=paths.benchmarks_dir() / "models.json")
-    parser.add_argument("--records", type=int, default=10_000_000)
+    parser.add_argument("--out", type=Path, default=paths.benchmarks_dir() / "models.json",
+                        help="report to merge into (created if absent)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier reports whose entries to merge in")
+    parser.add_argument("--records", type=int, default=None,
+                        help="analysis-speed records (default: 10 million when the report has no measurement yet)")
     args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m gawm_lib.bench.models_bench", *map(shlex.quote, words)])
+    workloads = args.workloads if args.workloads is not None else ([] if args.merge else list(WORKLOADS))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    started = runs.utc_now()
-    with tempfile.TemporaryDirectory(prefix="gawm-models-bench-") as tmp:
-        results = [validate_workload(name, Path(tmp), args.quick) for name in args.workloads]
-    speed = analysis_speed(args.records)
-    report = {
-        "benchmark": "models", "schema_version": 1, "quick": args.quick, "started_utc": started.isoformat(),
-        "finished_utc": runs.utc_now().isoformat(), "git": runs.git_info(), "host": runs.host_info(),
-        "packages": runs.package_versions(), "threads": {"torch_per_server": 1, **runs.thread_settings()},
-        "command": "python -m gawm_lib.bench.models_bench" + (" --quick" if args.quick else ""),
-        "goal": "held-out p95 MAPE <= 10 % from 10 % to 85 % utilisation, per workload",
-        "workloads": results, "analysis_speed": speed,
-        "p95_goal_met": {r["workload"]: r["mape_pct"]["p95_ms"] <= 10.0 for r in results},
-    }
+    report = json.loads(args.out.read_text()) if args.out.is_file() else None
+    for other in args.merge:
+        report = merge_report(report, json.loads(other.read_text()), replace_speed=False)
+    run_info = {"command": command, "quick": args.quick}
+    results = []
+    for name in workloads:
+        started = runs.utc_now()
+        with tempfile.TemporaryDirectory(prefix="gawm-models-bench-") as tmp:
+            result = validate_workload(name, Path(tmp), args.quick)
+        result["run"] = {**run_info, "started_utc": started.isoformat(), "finished_utc": runs.utc_now().isoformat(),
+                         "git": runs.git_info(), "host": runs.host_info(), "packages": runs.package_versions(),
+                         "threads": {"torch_per_server": 1, **runs.thread_settings()}}
+        results.append(result)
+        # written after each workload, so a long run that stops later keeps what it measured
+        report = merge_report(report, {"workloads": [result]})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    speed = None
+    if args.records is not None or not (report or {}).get("analysis_speed"):
+        speed = {**analysis_speed(args.records or 10_000_000), "run": {**run_info, "git": runs.git_info()}}
+    report = merge_report(report, {"workloads": [], "analysis_speed": speed})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    rows = [{"workload": r["workload"], "metric": m.removesuffix("_ms").removesuffix("_rps").replace("throughput",
-             "throughput"), "measured": h["measured"][m] / (1e3 if m.endswith("_ms") else 1),
-             "predicted": h["predicted"][m] / (1e3 if m.endswith("_ms") else 1)}
-            for r in results for h in r["held_out"] for m in ("throughput_rps", "p50_ms", "p95_ms")]
-    fig = plots.predicted_vs_measured(pd.DataFrame(rows))
-    plots.save_figure(fig, args.out.stem + "_predicted_vs_measured", [], "gawm_lib/bench/models_bench.py",
-                      {"quick": args.quick}, out_dir=args.out.parent)
-    for r in results:
-        print(f"{r['workload']:>10}: capacity {r['capacity_rps']:.1f} req/s, MAPE p50 {r['mape_pct']['p50_ms']:.1f} %, "
-              f"p95 {r['mape_pct']['p95_ms']:.1f} %")
-    print(f"analysis of {speed['records']:,} records: {speed['seconds']} s (goal <= 10 s)")
+    draw_figures(report, args.out.parent, args.out.stem)
+    for r in report["workloads"]:
+        same = r.get("mape_pct_same_schedule")
+        print(f"{r['workload']:>10}: capacity {r['capacity_rps']:.1f} req/s, MAPE steady state: throughput "
+              f"{r['mape_pct']['throughput_rps']:.1f} %, p50 {r['mape_pct']['p50_ms']:.1f} %, p95 "
+              f"{r['mape_pct']['p95_ms']:.1f} %" + (f"; same schedule: p95 {same['p95_ms']:.1f} %" if same else "")
+              + (f"; noise floor p95 {r['p95_noise_floor_mape_pct']:.1f} %" if "p95_noise_floor_mape_pct" in r else ""))
+    if report.get("analysis_speed"):
+        print(f"analysis of {report['analysis_speed']['records']:,} records: {report['analysis_speed']['seconds']} s "
+              f"(goal <= 10 s)")
     print(f"wrote {args.out}")
     return 0
 

@@ -1,0 +1,104 @@
+"""The models benchmark: its report merging, the schedule replay of a step, the Whisper payloads and plan, and a tiny
+real run of the Whisper path (fit, held-out steps, both predictions) against a real server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gawm_lib.bench import models_bench as mb
+from gawm_lib.config import WorkloadConfig
+from gawm_lib.models import BatchLatencyModel, predict_batching
+
+
+def _entry(workload: str, p95_measured: float, command: str = "python -m gawm_lib.bench.models_bench") -> dict:
+    held = [{"utilisation": u, "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": p95_measured},
+             "predicted": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0}} for u in (0.1, 0.5)]
+    return {"workload": workload, "held_out": held, "capacity_rps": 2.0, "run": {"command": command}}
+
+
+def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
+    schema1 = {"benchmark": "models", "schema_version": 1, "command": "python -m gawm_lib.bench.models_bench",
+               "started_utc": "t0", "git": {"short": "abc"},
+               "workloads": [{k: v for k, v in _entry("distilbert", 20.0).items() if k != "run"}],
+               "analysis_speed": {"records": 10_000_000, "seconds": 5.3}}
+    other = {"schema_version": 1, "command": "python -m gawm_lib.bench.models_bench",
+             "workloads": [{k: v for k, v in _entry("resnet50", 25.0).items() if k != "run"}],
+             "analysis_speed": {"records": 1000, "seconds": 0.8}}
+    merged = mb.merge_report(schema1, other, replace_speed=False)
+    assert [e["workload"] for e in merged["workloads"]] == ["resnet50", "distilbert"]
+    assert merged["workloads"][1]["run"]["git"] == {"short": "abc"}  # schema 1's run lifted into the entry
+    assert merged["analysis_speed"]["records"] == 10_000_000  # a dummy 1000-record measurement does not win
+    assert merged["mape_pct"]["distilbert"]["p95_ms"] == pytest.approx(0.0)
+    assert merged["mape_pct"]["resnet50"]["p95_ms"] == pytest.approx(20.0)
+    assert merged["p95_goal_met"] == {"resnet50": False, "distilbert": True}
+    again = mb.merge_report(merged, {"workloads": [_entry("whisper", 22.0, "cmd whisper"),
+                                                   _entry("distilbert", 19.0, "cmd distilbert")]})
+    assert [e["workload"] for e in again["workloads"]] == ["resnet50", "distilbert", "whisper"]
+    assert again["workloads"][1]["run"]["command"] == "cmd distilbert"
+    assert [e["workload"] for e in again["superseded"]] == ["distilbert"]  # the replaced run is kept
+    assert again["superseded"][0]["held_out"][0]["measured"]["p95_ms"] == 20.0
+    assert set(again["commands"]) == {"python -m gawm_lib.bench.models_bench", "cmd distilbert", "cmd whisper"}
+    json.dumps(again)  # serialisable as written
+
+
+def test_replay_step_predicts_a_quiet_schedule_and_counts_the_warmup():
+    service = BatchLatencyModel(alpha=0.1, beta=0.0, floor=0.0)
+    due = (np.arange(12) * 5.0 * 1e9).astype(np.int64)  # every 5 s: never queued, each alone after the max delay
+    rows = pd.DataFrame({"scheduled_ns": due, "phase": ["warmup"] * 2 + ["step"] * 10})
+    same = mb.replay_step(rows, service, np.array([1.0]), 4, 0.005, 0.002, replays=3)
+    assert same["p50_ms"] == pytest.approx(107.0) and same["p95_ms"] == pytest.approx(107.0)
+    assert same["mean_batch_size"] == 1.0
+    assert same["throughput_rps"] == pytest.approx(10 / (45 + 0.107))
+
+
+def test_noise_floor_is_small_for_a_long_quiet_step_and_large_for_a_short_busy_one():
+    service = BatchLatencyModel(alpha=0.46, beta=0.03, floor=0.0)
+    cap = 4 / service.predict(4)
+    quiet = mb.noise_floor(0.1 * cap, 2000, 4, service, np.array([1.0]), 4, 0.005,
+                           predict_batching(0.1 * cap, service, 4, 0.005).p95_s, runs_=20)
+    busy = mb.noise_floor(0.85 * cap, 200, 4, service, np.array([1.0]), 4, 0.005,
+                          predict_batching(0.85 * cap, service, 4, 0.005).p95_s, runs_=20)
+    assert quiet["p95_mean_abs_error_pct"] < 8 < busy["p95_mean_abs_error_pct"]
+
+
+def test_whisper_settings_payloads_and_plan():
+    settings = mb.SETTINGS["whisper"]
+    cfg = WorkloadConfig(name="whisper", **settings)
+    assert cfg.temperatures == [0.0] and cfg.decode_tokens <= 16  # no fallback re-decodes: a fixed cost per clip
+    from gawm_lib.workloads import build_workload
+    from gawm_lib.workloads.whisper import SAMPLE_RATE
+
+    workload = build_workload(cfg)
+    clips = mb.payload_items(workload, "whisper", count=4)
+    seconds = [workload.decode_item(c)[1] for c in clips]  # (log-Mel, audio seconds)
+    assert all(1.0 < s < 8.0 for s in seconds), seconds  # one sentence each
+    assert all(len(c) < 8.0 * SAMPLE_RATE * 2 + 1000 for c in clips)
+    # The full plan, at ~2 clips/s of capacity, fits in ~35 minutes of held-out steps and sizes each by requests.
+    plan = mb.plan_for("whisper", quick=False)
+    assert plan.requests >= 150
+    wall = sum(max(plan.min_step_s, plan.requests / (u * 2.0)) + plan.warmup_s for u in plan.utilisations)
+    assert wall < 35 * 60
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_whisper_path_runs_end_to_end(tmp_path):
+    plan = mb.Plan(fit_s=2.0, requests=5, min_step_s=2.0, utilisations=(0.3, 0.8), warmup_s=0.5, replays=2,
+                   noise_runs=5)
+    entry = mb.validate_workload("whisper", tmp_path, plan=plan, settings={"max_batch_size": 2, "decode_tokens": 1})
+    assert entry["settings"]["max_batch_size"] == 2 and entry["weights"] == "random"
+    assert entry["service_model"]["alpha_s"] > 0 and entry["service_model"]["fit_points_are"] == "batches"
+    assert 0.2 < entry["capacity_rps"] < 50
+    assert len(entry["held_out"]) == 2
+    for step in entry["held_out"]:
+        assert step["errors"] == 0 and step["requests"] >= 5
+        for key in ("measured", "predicted", "predicted_same_schedule"):
+            assert all(np.isfinite(v) and v > 0 for v in step[key].values()), (key, step[key])
+        assert 0.3 < step["service_drift"]["median"] < 3
+        assert step["cpu"]["busy_cores"] >= 0
+    for key in ("mape_pct", "mape_pct_same_schedule"):
+        assert set(entry[key]) == set(mb.METRICS) and all(np.isfinite(v) for v in entry[key].values())
