@@ -221,6 +221,7 @@ class BackendConfig(_Settings):
                              "(k8s/overlays/gpu-time-slicing)")
         return self
 
+
 class LoadStage(_Settings):
     """One stage of a ``stages`` load: ``users`` (closed loop) or ``rate_rps`` (open loop) for ``duration_s``, ramping
     linearly to ``end_users`` / ``end_rate_rps`` when given (a step when not)."""

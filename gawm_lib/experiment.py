@@ -49,8 +49,9 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
                 replicas = backend.replicas
                 meta = httpx.get(f"{replicas[0].url}/v2/models/{workload.name}", timeout=10).json()
                 record = {"replicas": [r.address for r in replicas], "weights": meta["parameters"]["weights"]}
-                if getattr(backend, "placement", None):  # the kubernetes backend knows pods, nodes and GPUs
+                if getattr(backend, "placement", None):  # cores / GPU per local replica; pod, node, GPU on kubernetes
                     record["placement"] = [p.to_dict() for p in backend.placement]
+                if getattr(backend, "facts", None):
                     record["cluster"] = backend.facts
                 run.update(workloads={workload.name: record})
                 if prometheus is not None:

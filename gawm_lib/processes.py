@@ -15,8 +15,9 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(parent: int):
-    """preexec_fn: a new session, and SIGTERM when the spawning thread dies (Linux); prctl is resolved before fork."""
+def _child_setup(parent: int, cpus: tuple[int, ...] | None = None):
+    """preexec_fn: a new session, SIGTERM when the spawning thread dies (Linux), and the CPU affinity ``cpus`` where
+    given (set before exec, so every thread of the program inherits it); prctl is resolved before fork."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -28,19 +29,22 @@ def _child_setup(parent: int):
             prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os.kill(os.getpid(), signal.SIGTERM)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
 
     return setup
 
 
 def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-          stdout: int | None = None) -> subprocess.Popen:
-    """Start ``cmd`` with stderr (and stdout unless given) appended to ``log_path``."""
+          stdout: int | None = None, cpus: Sequence[int] | None = None) -> subprocess.Popen:
+    """Start ``cmd`` with stderr (and stdout unless given) appended to ``log_path``, pinned to the CPU cores ``cpus``
+    where given."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed by our handle's finaliser
     try:
         return subprocess.Popen(
             list(cmd), stdout=log if stdout is None else stdout, stderr=log, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, preexec_fn=_child_setup(os.getpid()), close_fds=True,
+            env={**os.environ, **(env or {})}, preexec_fn=_child_setup(os.getpid(), tuple(cpus) if cpus is not None else None), close_fds=True,
         )
     finally:
         log.close()

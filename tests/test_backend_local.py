@@ -4,6 +4,7 @@ leaves nothing running: after a normal exit, an exception, a start-up failure, o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -92,3 +93,43 @@ def test_replicas_die_with_a_killed_parent(tmp_path):
         assert gone(pids), "a replica outlived its killed parent"
     finally:
         parent.kill()
+
+
+def children_affinity(pid):
+    """The cores every thread of a process may run on (the server's torch, decode and event-loop threads included)."""
+    return {tid: sorted(os.sched_getaffinity(tid)) for tid in (t.id for t in psutil.Process(pid).threads())}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores to place replicas apart")
+@pytest.mark.parametrize("mode", ["exclusive", "shared"])
+def test_placement_pins_each_replica_and_records_it(tmp_path, mode):
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    backend_cfg = BackendConfig(replicas=2, placement=mode, cpus=cores)
+    with open_backend(DISTILBERT, backend_cfg, tmp_path) as backend:
+        expected = [[cores[0]], [cores[1]]] if mode == "exclusive" else [[cores[0]], [cores[0]]]
+        for replica, placed, wanted in zip(backend.replicas, backend.placement, expected):
+            threads = children_affinity(replica.pid)
+            assert len(threads) > 1 and all(cores_of == wanted for cores_of in threads.values()), threads
+            assert placed.to_dict() == {"replica": replica.index, "placement": mode, "device": "cpu", "cpus": wanted,
+                                        "gpu": None, "pid": replica.pid, "cpus_actual": wanted}
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["fine"]}]}
+        for r in backend.replicas:
+            assert httpx.post(f"{r.url}/v2/models/distilbert/infer", json=body, timeout=30).status_code == 200
+
+
+def test_unpinned_replicas_keep_every_core(tmp_path):
+    with open_backend(DISTILBERT, BackendConfig(replicas=1), tmp_path) as backend:
+        (placed,) = backend.placement
+        assert placed.placement == "none" and placed.cpus is None
+        assert placed.cpus_actual == sorted(os.sched_getaffinity(0))
+
+
+def test_placement_that_does_not_fit_starts_nothing(tmp_path):
+    too_many = len(os.sched_getaffinity(0)) + 1
+    backend_cfg = BackendConfig.model_construct(**{**BackendConfig().model_dump(), "replicas": too_many,
+                                                   "placement": "exclusive"})  # past the experiment's own check
+    with pytest.raises(BackendError, match=rf"distilbert: backend.placement exclusive: {too_many} replica\(s\) x 1 "
+                                           rf"thread\(s\) need {too_many} CPU core\(s\)"):
+        with open_backend(DISTILBERT, backend_cfg, tmp_path):
+            pass
+    assert not list(tmp_path.glob("*.log"))

@@ -1,4 +1,5 @@
-"""Replicas as local processes: ``python -m gawm_lib.server`` on free loopback ports, logs in the run directory."""
+"""Replicas as local processes: ``python -m gawm_lib.server`` on free loopback ports, logs in the run directory, each
+on the CPU cores or GPU that ``backend.placement`` gives it (:mod:`gawm_lib.backends.placement`)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,39 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from gawm_lib import processes
 from gawm_lib.backends import Backend, BackendError, Replica
+from gawm_lib.backends.placement import PlacementError, affinity, plan_for
 from gawm_lib.config import BackendConfig, WorkloadConfig
 
 
 class LocalBackend(Backend):
-    """Start ``backend.replicas`` servers for one workload; wait until each is ready; stop them all on exit."""
+    """Start ``backend.replicas`` servers for one workload, each placed as ``backend.placement`` says; wait until each
+    is ready; stop them all on exit. ``.placement`` holds, per replica, the cores or GPU it was given and the cores the
+    kernel reports for its process once it runs."""
 
     def __init__(self, workload: WorkloadConfig, backend: BackendConfig, logs_dir: Path):
         self.workload = workload
         self.backend = backend
         self.logs_dir = Path(logs_dir)
         self.replicas: list[Replica] = []
+        self.placement: list[LocalPlacement] = []
         self._procs: list[subprocess.Popen] = []
 
     def start(self) -> list[Replica]:
+        try:
+            plans = plan_for(self.workload, self.backend)
+        except PlacementError as exc:
+            raise BackendError(f"{self.workload.name}: {exc}") from None
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         port_files = []
-        for index in range(self.backend.replicas):
+        for index, where in enumerate(plans):
             stem = f"{self.workload.name}-{index}"
             port_file = self.logs_dir / f"{stem}.port"
             port_file.unlink(missing_ok=True)
@@ -36,14 +47,16 @@ class LocalBackend(Backend):
                    "--settings", json.dumps(self.workload.model_dump(exclude={"name"})), "--host", self.backend.host,
                    "--port", "0", "--port-file", str(port_file), "--replica", str(index), "--exit-with-parent"]
             threads = str(self.workload.threads)
-            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
-            self._procs.append(processes.spawn(cmd, self.logs_dir / f"{stem}.log", env=env))
+            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
+                   **where.env()}
+            self._procs.append(processes.spawn(cmd, self.logs_dir / f"{stem}.log", env=env, cpus=where.cpus))
             port_files.append(port_file)
         deadline = time.monotonic() + self.backend.startup_timeout_s
-        for index, (proc, port_file) in enumerate(zip(self._procs, port_files)):
+        for index, (proc, port_file, where) in enumerate(zip(self._procs, port_files, plans)):
             port = self._wait_ready(index, proc, port_file, deadline)
             self.replicas.append(Replica(self.workload.name, index, self.backend.host, port, proc.pid,
                                          self.logs_dir / f"{self.workload.name}-{index}.log"))
+            self.placement.append(LocalPlacement(**where.to_dict(), pid=proc.pid, cpus_actual=affinity(proc.pid)))
         return self.replicas
 
     def _wait_ready(self, index: int, proc: subprocess.Popen, port_file: Path, deadline: float) -> int:
@@ -75,3 +88,20 @@ class LocalBackend(Backend):
         for proc in self._procs:
             processes.stop(proc)
         self._procs.clear()
+
+
+@dataclass(frozen=True)
+class LocalPlacement:
+    """Where one local replica runs: as planned (``placement``, ``cpus``, ``gpu`` = its ``CUDA_VISIBLE_DEVICES``) and
+    as the kernel reports it once started (``cpus_actual``: the process's CPU affinity)."""
+
+    replica: int
+    placement: str
+    device: str
+    cpus: list[int] | None
+    gpu: str | None
+    pid: int
+    cpus_actual: list[int] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
