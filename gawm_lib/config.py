@@ -292,6 +292,9 @@ class LoadConfig(_Settings):
     payload_count: int = Field(16, ge=1, le=100_000, description="distinct sample payloads drawn from real data")
     payloads_per_request: int = Field(1, ge=1, le=4096, description="inputs per request: sampled payloads joined "
                                                                     "along the first dimension (offline batches)")
+    payload_audio_s: float | None = Field(None, gt=0, le=30, description="Whisper payloads: speech clips of exactly "
+                                          "this length [s] (real sentences spoken by espeak-ng, joined and cut); "
+                                          "unset: whole utterances of about 2-15 s")
     trace_path: str = Field("", validate_default=True, description="scenario trace: CSV or parquet with arrival_s "
                                                                    "[s from the trace's start] and optional payload_id")
     trace_time_scale: float = Field(1.0, gt=0, le=1e6, description="multiplies trace times (0.5 replays twice as fast)")
@@ -418,6 +421,19 @@ class ExperimentConfig(_Settings):
                         raise ValueError(f"{exc} (workload {workload.name})") from None
         return self
 
+    @model_validator(mode="after")
+    def _audio_payloads(self) -> "ExperimentConfig":
+        seconds = self.load.payload_audio_s
+        if seconds is not None:
+            whisper = next((w for w in self.workloads if w.name == "whisper"), None)
+            if whisper is None:
+                raise ValueError("load.payload_audio_s sets the length of Whisper's clips: add the whisper workload "
+                                 "or leave it out")
+            if seconds > whisper.max_audio_s:
+                raise ValueError(f"load.payload_audio_s: {seconds:g} s is longer than the whisper workload's "
+                                 f"max_audio_s ({whisper.max_audio_s:g} s), which the server would refuse")
+        return self
+
 
 class ConfigError(ValueError):
     """Invalid settings; the message lists every problem as ``source: key.path: what was expected``."""
@@ -489,11 +505,21 @@ def validate_params(tree: dict, source: str = "<params>", overrides: list[str] |
         raise ConfigError(_describe(exc, source, overrides)) from None
 
 
-def _describe(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...]) -> str:
+def validate_load(tree: dict, source: str = "<load>") -> LoadConfig:
+    """The load section on its own (what a load process is given), with problems named ``load.<key>``; the checks
+    that need the rest of an experiment (its workloads) are the experiment's."""
+    try:
+        return LoadConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, (), prefix=("load",))) from None
+
+
+def _describe(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...],
+              prefix: tuple[str, ...] = ()) -> str:
     override_keys = {o.partition("=")[0].strip(): o for o in overrides}
     lines = [f"invalid settings ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        loc = [*prefix, *(str(p) for p in err["loc"] if not str(p).startswith("function-"))]
         key = ".".join(loc) or "<top level>"
         origin = next((f"-p {o}" for k, o in override_keys.items() if key == k or key.startswith(k + ".")), source)
         if err["type"] == "extra_forbidden":

@@ -19,7 +19,7 @@ from gawm_lib import runs, summary
 from gawm_lib.backends import open_backend
 from gawm_lib.config import ExperimentConfig
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
-from gawm_lib.workloads import build_workload
+from gawm_lib.workloads import build_workload, sample_payloads
 
 log = logging.getLogger("gawm.experiment")
 
@@ -43,7 +43,7 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
                                    "config": prometheus.config_text})
         for workload_cfg in cfg.workloads:
             workload = build_workload(workload_cfg)
-            items = workload.sample_items(cfg.load.payload_count, cfg.load.payload_seed)
+            items = sample_payloads(workload, cfg.load)
             bodies = write_bodies(load_dir / f"{workload.name}-bodies.jsonl", [workload.request_body([i]) for i in items])
             with open_backend(workload_cfg, cfg.backend, run.logs_dir) as backend:
                 replicas = backend.replicas

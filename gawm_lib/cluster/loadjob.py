@@ -33,7 +33,7 @@ def discover(namespace: str, workload: str, port: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
-    from gawm_lib.workloads import build_workload
+    from gawm_lib.workloads import build_workload, sample_payloads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", required=True, help="resnet50 | distilbert | whisper")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not targets:
         parser.error("no targets: give --target URL or --discover NAMESPACE (with ready pods)")
     workload = build_workload(WorkloadConfig(name=args.workload))
-    items = workload.sample_items(load.payload_count, load.payload_seed)
+    items = sample_payloads(workload, load)
     bodies = write_bodies(args.out / "bodies.jsonl", [workload.request_body([item]) for item in items])
     spec = LoadSpec(workload=workload.name, model=workload.name, targets=targets, bodies_path=str(bodies),
                     out_dir=str(args.out / "requests.parquet"), load=load.model_dump(mode="json"))

@@ -7,7 +7,7 @@ from CTranslate2 files), ``samples`` (payloads from real data).
 
 from __future__ import annotations
 
-from gawm_lib.config import WorkloadConfig
+from gawm_lib.config import LoadConfig, WorkloadConfig
 from gawm_lib.workloads.base import Workload
 from gawm_lib.workloads.oip import InferenceError
 
@@ -26,4 +26,14 @@ def build_workload(cfg: WorkloadConfig) -> Workload:
     raise ValueError(f"unknown workload {cfg.name!r}")
 
 
-__all__ = ["InferenceError", "Workload", "build_workload"]
+def sample_payloads(workload: Workload, load: LoadConfig) -> list[bytes | str]:
+    """The request items a load samples from, as the load settings ask: ``payload_count`` of them, seeded by
+    ``payload_seed``; for Whisper, clips of exactly ``payload_audio_s`` seconds where that is set."""
+    if load.payload_audio_s is not None and workload.name == "whisper":
+        from gawm_lib.workloads import samples
+
+        return samples.speech_clips(load.payload_count, load.payload_seed, load.payload_audio_s)
+    return workload.sample_items(load.payload_count, load.payload_seed)
+
+
+__all__ = ["InferenceError", "Workload", "build_workload", "sample_payloads"]

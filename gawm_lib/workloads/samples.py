@@ -4,7 +4,8 @@
   rescaled (short side 128-640 px) and encoded as JPEG;
 - sentences: real English sentences (``data/sentences.txt``), cut or joined for a spread of lengths;
 - speech: one to three sentences with known transcripts (``data/transcripts.txt``) spoken by espeak-ng at a random
-  speed, resampled to 16 kHz WAV, cached under ``~/.cache/gawm/speech``.
+  speed, resampled to 16 kHz WAV, cached under ``~/.cache/gawm/speech``; or clips of one exact length
+  (:func:`speech_clips`), sentences spoken one after another and cut there.
 """
 
 from __future__ import annotations
@@ -78,6 +79,44 @@ def speech(count: int, seed: int, max_sentences: int = 3) -> list[tuple[bytes, s
         words_per_min = int(rng.integers(130, 191))
         out.append((synthesise(text, words_per_min), text))
     return out
+
+
+def speech_clips(count: int, seed: int, seconds: float) -> list[bytes]:
+    """``count`` 16 kHz mono WAV clips of exactly ``seconds`` of speech: known sentences in a random order, each spoken
+    by espeak-ng at the clip's random speed (130-190 words/min) with 0.25 s between them, until the clip is full."""
+    if not 0 < seconds <= 30:
+        raise ValueError(f"seconds: expected a clip length above 0 and up to 30 s (one Whisper window), got {seconds}")
+    rng = np.random.default_rng(seed)
+    pool = _lines("transcripts.txt")
+    length = round(seconds * 16_000)
+    gap = np.zeros(4_000, dtype="<i2")
+    out = []
+    for _ in range(count):
+        words_per_min = int(rng.integers(130, 191))
+        parts, have = [], 0
+        while have < length:
+            for text in rng.permutation(pool):
+                parts += [_pcm(synthesise(str(text), words_per_min)), gap]
+                have += len(parts[-2]) + len(gap)
+                if have >= length:
+                    break
+        out.append(_wav(np.concatenate(parts)[:length]))
+    return out
+
+
+def _pcm(wav_bytes: bytes) -> np.ndarray:
+    with wave.open(io.BytesIO(wav_bytes)) as wav:
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+
+
+def _wav(pcm16: np.ndarray, rate: int = 16_000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm16.astype("<i2").tobytes())
+    return buffer.getvalue()
 
 
 def synthesise(text: str, words_per_min: int = 150) -> bytes:
