@@ -8,6 +8,11 @@ client-side overhead (latency minus server queue and compute) from the quietest 
 - closed loop, N users against a server with max batch B: every cycle the waiting users form batches of at most B, so
   one request takes ``ceil(N / B)`` batch times, the last of ``N mod B`` items (deterministic service, no think time).
 
+Across runs (one run per configuration, as the replica-scaling and audio-duration notebooks make them):
+:func:`summarise_runs` gives each run's steps with its settings, :func:`replica_scaling` the throughput and latency per
+placement and replica count with Mean Value Analysis predictions (and USL fits), :func:`audio_duration` Whisper's
+latency and real-time factor per clip length.
+
 Times are seconds in the models and milliseconds in the tables (``_ms`` columns).
 """
 
@@ -19,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import OptimizeWarning
 
 from gawm_lib import runs, summary
-from gawm_lib.models import BatchLatencyModel, UnstableSystemError, fit_batch_latency, predict_batching
+from gawm_lib.models import (BatchLatencyModel, UnstableSystemError, fit_batch_latency, fit_usl, mva,
+                             predict_batching)
 
 
 def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Run]]:
@@ -35,7 +42,9 @@ def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Ru
         rows["max_batch_size"] = rows["workload"].map(lambda w: settings[w]["max_batch_size"])
         rows["max_queue_delay_ms"] = rows["workload"].map(lambda w: settings[w]["max_queue_delay_ms"])
         rows["replicas"] = effective["backend"]["replicas"]
+        rows["placement"] = effective["backend"].get("placement", "none")  # runs before placement were not pinned
         rows["scenario"] = effective["load"]["scenario"]
+        rows["payload_audio_s"] = effective["load"].get("payload_audio_s") or np.nan
         frames.append(rows)
     return pd.concat(frames, ignore_index=True), loaded
 
@@ -117,3 +126,98 @@ def predict_runs(requests: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[
         services[workload] = fit_service(rows)
         frames.append(predict_steps(rows, *services[workload]))
     return pd.concat(frames, ignore_index=True), services
+
+
+def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFrame:
+    """:func:`gawm_lib.summary.summarise` per run: one row per (run, workload, step) with the run's ``replicas``,
+    ``placement``, ``scenario``, ``payload_audio_s`` and ``max_batch_size``, and the server's own median ``compute_ms``
+    per batch and per item (``compute_item_ms``) and mean ``batch_size_mean`` over the step's ok requests."""
+    keyed = requests.assign(workload=requests["run_id"] + "|" + requests["workload"])
+    table = summary.summarise(keyed.drop(columns=["run_id"]), slo_ms=slo_ms)
+    table[["run_id", "workload"]] = table["workload"].str.split("|", n=1, expand=True)
+    settings = ["replicas", "placement", "scenario", "payload_audio_s", "max_batch_size"]
+    first = requests.groupby(["run_id", "workload"], as_index=False)[settings].first()
+    ok = requests[(requests["phase"] == "step") & (requests["error"] == "") & (requests["server_compute_ns"] > 0)]
+    server = ok.assign(compute_ms=ok["server_compute_ns"] / 1e6,
+                       compute_item_ms=ok["server_compute_ns"] / 1e6 / ok["batch_size"].clip(lower=1))
+    server = server.groupby(["run_id", "workload", "step"], as_index=False).agg(
+        compute_ms=("compute_ms", "median"), compute_item_ms=("compute_item_ms", "median"),
+        batch_size_mean=("batch_size", "mean"))
+    table = table.merge(first, on=["run_id", "workload"]).merge(server, on=["run_id", "workload", "step"], how="left")
+    return table.sort_values(["workload", "run_id", "step"], ignore_index=True)
+
+
+def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Throughput and latency per (workload, placement, replicas) and what the models predict for them.
+
+    ``table``: :func:`summarise_runs` rows of closed-loop runs. Each run contributes its step with the most users.
+    One replica is placed the same way by every placement (alone on the first cores or GPU), so a placement without
+    its own 1-replica run takes another's.
+
+    The model (``model`` = ``MVA``) is exact Mean Value Analysis of N users with no think time against a station of
+    ``c`` servers, each of demand ``S = 1 / X1`` [s], where X1 is the 1-replica throughput (one closed-loop replica is
+    always busy, so X1 is its capacity, request decoding and HTTP included): ``exclusive`` has c = R servers (R
+    replicas on their own devices), ``shared`` c = 1 (R replicas time-slicing one device's worth of compute: no gain,
+    the bound without the switching cost). With three or more replica counts a placement also gets a Universal
+    Scalability Law fit of its throughput (``model`` = ``USL``, its ``sigma`` and ``kappa`` in the columns).
+    Returns (measured, predicted), both with ``workload``, ``placement``, ``replicas``, ``level``, ``throughput_rps``,
+    ``mean_ms``; ``predicted`` has one row per model and integer replica count from 1 to the largest measured.
+    """
+    closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
+    if closed.empty:
+        raise ValueError("replica scaling needs closed-loop runs (load.scenario closed_loop or single_stream): the "
+                         "model counts users")
+    best = closed.sort_values("level").groupby(["workload", "placement", "replicas"]).tail(1)
+    measured = []
+    for workload, rows in best.groupby("workload"):
+        single = rows[rows["replicas"] == 1]
+        for placement in rows["placement"].unique():
+            mine = rows[rows["placement"] == placement]
+            if 1 not in set(mine["replicas"]) and not single.empty:
+                mine = pd.concat([single.iloc[[0]].assign(placement=placement), mine])
+            measured.append(mine)
+    measured_frame = pd.concat(measured, ignore_index=True).sort_values(["workload", "placement", "replicas"],
+                                                                         ignore_index=True)
+    predicted = []
+    for (workload, placement), rows in measured_frame.groupby(["workload", "placement"]):
+        one = rows[rows["replicas"] == 1]
+        if one.empty:
+            continue  # no 1-replica run of this workload: no demand to predict from
+        demand_s = 1.0 / float(one["throughput_rps"].iloc[0])
+        levels = dict(zip(rows["replicas"], rows["level"]))
+        for replicas in range(1, int(rows["replicas"].max()) + 1):
+            users = int(levels.get(replicas, max(levels.values())))
+            servers = replicas if placement == "exclusive" else 1
+            result = mva(demand_s, users, 0.0, servers=min(servers, users))
+            predicted.append({"workload": workload, "placement": placement, "replicas": replicas, "level": users,
+                              "model": "MVA", "throughput_rps": float(result.throughput[-1]),
+                              "mean_ms": float(result.response_time[-1]) * 1e3, "demand_ms": demand_s * 1e3})
+        if rows["replicas"].nunique() >= 3:
+            with warnings.catch_warnings():  # three counts fit USL's three parameters exactly: no standard errors
+                warnings.simplefilter("ignore", OptimizeWarning)
+                usl = fit_usl(rows["replicas"], rows["throughput_rps"])
+            for replicas in range(1, int(rows["replicas"].max()) + 1):
+                users = int(levels.get(replicas, max(levels.values())))
+                x = usl.predict(replicas)
+                predicted.append({"workload": workload, "placement": placement, "replicas": replicas, "level": users,
+                                  "model": "USL", "throughput_rps": x, "mean_ms": users / x * 1e3,
+                                  "sigma": usl.sigma, "kappa": usl.kappa})
+    return measured_frame, pd.DataFrame(predicted)
+
+
+def audio_duration(table: pd.DataFrame) -> pd.DataFrame:
+    """Whisper's latency and real-time factor per clip length, from :func:`summarise_runs` rows of runs with
+    ``load.payload_audio_s``: one row per (clip length, step) with ``audio_s`` [s], ``p50_ms``, ``p95_ms``,
+    ``compute_ms`` (the server's median batch compute) and the real-time factors (processing time / audio length;
+    below 1 is faster than real time): ``rtf_p50`` and ``rtf_p95`` from the latency, ``rtf_server`` = compute /
+    audio length, the server's own ``rtf`` (the same as per clip with batches of one)."""
+    rows = table[(table["workload"] == "whisper") & table["payload_audio_s"].notna()]
+    if rows.empty:
+        raise ValueError("no Whisper runs with load.payload_audio_s: the clip length of a run must be known")
+    out = rows.assign(audio_s=rows["payload_audio_s"])[
+        ["run_id", "audio_s", "level", "ok", "throughput_rps", "mean_ms", "p50_ms", "p95_ms", "compute_ms",
+         "compute_item_ms", "batch_size_mean"]].copy()
+    out["rtf_p50"] = out["p50_ms"] / 1e3 / out["audio_s"]
+    out["rtf_p95"] = out["p95_ms"] / 1e3 / out["audio_s"]
+    out["rtf_server"] = out["compute_ms"] / 1e3 / out["audio_s"]
+    return out.sort_values(["audio_s", "level"], ignore_index=True)

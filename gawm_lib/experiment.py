@@ -7,6 +7,7 @@ each load phase at the end; if that fails the load records are kept and the erro
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 
 from gawm_lib import runs, summary
 from gawm_lib.backends import open_backend
-from gawm_lib.config import ExperimentConfig
+from gawm_lib.config import ExperimentConfig, apply_override, validate_params
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
 from gawm_lib.workloads import build_workload, sample_payloads
 
@@ -106,3 +107,30 @@ def run_experiment(cfg: ExperimentConfig, requested: dict | None = None, run_dir
         return run, measure(cfg, run, progress)
     with runs.started_run(cfg.name, requested or cfg.model_dump(mode="json"), cfg.model_dump(mode="json")) as run:
         return run, measure(cfg, run, progress)
+
+
+def point_settings(params: dict, points: list[dict[str, Any]], source: str = "<params>"
+                   ) -> list[tuple[dict, ExperimentConfig]]:
+    """``params`` with each point's settings (key path -> value, as ``-p`` overrides) applied, validated: every
+    point's (requested tree, settings), or :class:`gawm_lib.config.ConfigError` naming the point."""
+    out = []
+    for point in points:
+        tree = params
+        for key, value in point.items():
+            tree = apply_override(tree, f"{key}={json.dumps(value)}")
+        described = ", ".join(f"{k}={v}" for k, v in point.items())
+        out.append((tree, validate_params(tree, source=f"{source} at {described}")))
+    return out
+
+
+def run_points(params: dict, points: list[dict[str, Any]], source: str = "<params>",
+               progress: bool = True) -> list[runs.Run]:
+    """One run per point of a study (``points``: key path -> value applied to ``params``), in order; all are validated
+    before the first starts, and each run records its point in ``results.json``."""
+    settings = point_settings(params, points, source)
+    done = []
+    for point, (tree, cfg) in zip(points, settings):
+        run, _ = run_experiment(cfg, requested=tree, progress=progress)
+        run.record(point=point)
+        done.append(run)
+    return done

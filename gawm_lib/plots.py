@@ -128,22 +128,60 @@ def throughput_vs_batch(points: pd.DataFrame, model=None, ax=None):
     return ax.figure
 
 
-def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = None):
+def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = None, by: str | None = None):
     """Throughput [req/s] and mean latency [ms] against replicas (columns ``replicas``, ``throughput_rps``,
-    ``mean_ms``), with a model's ``predicted`` frame (same columns) drawn as lines."""
+    ``mean_ms``), with a model's ``predicted`` frame (same columns; a ``model`` column names several) drawn as lines.
+    ``by`` names a column (e.g. ``placement``) whose values get a colour each, in both frames."""
     fig, axes = figure(aspect=0.38, ncols=2)
     left, right = axes[0]
-    left.plot(table["replicas"], table["throughput_rps"], "o", label="measured")
-    right.plot(table["replicas"], table["mean_ms"], "o", label="measured")
-    if predicted is not None:
-        left.plot(predicted["replicas"], predicted["throughput_rps"], "-", label="model")
-        right.plot(predicted["replicas"], predicted["mean_ms"], "-", label="model")
+    groups = list(dict.fromkeys(table[by])) if by else [None]
+    styles = ["-", "--", ":", "-."]
+    for colour, group in zip(OKABE_ITO, groups):
+        rows = table if group is None else table[table[by] == group]
+        rows = rows.sort_values("replicas")
+        tag = "" if group is None else f"{group}, "
+        left.plot(rows["replicas"], rows["throughput_rps"], "o", color=colour, label=f"{tag}measured")
+        right.plot(rows["replicas"], rows["mean_ms"], "o", color=colour)
+        if predicted is None or predicted.empty:
+            continue
+        model_rows = predicted if group is None else predicted[predicted[by] == group]
+        models = model_rows.groupby("model", sort=False) if "model" in model_rows else [("model", model_rows)]
+        for style, (name, lines) in zip(styles, models):
+            lines = lines.sort_values("replicas")
+            left.plot(lines["replicas"], lines["throughput_rps"], style, color=colour, label=f"{tag}{name}")
+            right.plot(lines["replicas"], lines["mean_ms"], style, color=colour)
     left.set_ylabel("throughput [req/s]")
     right.set_ylabel("mean latency [ms]")
     for ax in (left, right):
         ax.set_xlabel("replicas [count]")
         ax.set_ylim(bottom=0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     left.legend()
+    return fig
+
+
+def rtf_vs_audio_duration(table: pd.DataFrame):
+    """Whisper latency [ms] (p50, p95 and the server's compute) and real-time factor [-] (processing time / audio
+    length; below the line at 1 is faster than real time) against clip length [s]; columns ``audio_s``, ``p50_ms``,
+    ``p95_ms``, ``compute_ms``, ``rtf_p50``, ``rtf_p95``, ``rtf_server`` (:func:`gawm_lib.analysis.audio_duration`)."""
+    fig, axes = figure(aspect=0.38, ncols=2)
+    left, right = axes[0]
+    rows = table.sort_values("audio_s")
+    for column, marker, label in (("p50_ms", "o", "p50"), ("p95_ms", "s", "p95"),
+                                  ("compute_ms", "^", "server compute")):
+        left.plot(rows["audio_s"], rows[column], marker=marker, label=label)
+    for column, marker, label in (("rtf_p50", "o", "p50"), ("rtf_p95", "s", "p95"),
+                                  ("rtf_server", "^", "server compute")):
+        right.plot(rows["audio_s"], rows[column], marker=marker, label=label)
+    right.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="real time")
+    left.set_ylabel("latency [ms]")
+    left.set_ylim(bottom=0)
+    right.set_ylabel("real-time factor [-]")
+    right.set_yscale("log")
+    for ax in (left, right):
+        ax.set_xlabel("audio duration [s]")
+    handles, labels = right.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
     return fig
 
 

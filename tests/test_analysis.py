@@ -50,3 +50,54 @@ def test_one_batch_size_gives_a_stated_no_gain_model():
     with pytest.warns(UserWarning, match="only batch size 1 was observed"):
         model, _ = analysis.fit_service(rows([1, 1, 1]))
     assert model.predict(1) == pytest.approx(0.015) and model.predict(4) == pytest.approx(0.060)
+
+
+def scaling_table(points):
+    """summarise_runs-like rows: (placement, replicas, users, throughput [req/s], mean [ms])."""
+    return pd.DataFrame([{"run_id": f"run-{p}-{r}", "workload": "w", "step": 0, "scenario": "closed_loop",
+                          "placement": p, "replicas": r, "level": float(n), "throughput_rps": x, "mean_ms": m}
+                         for p, r, n, x, m in points])
+
+
+def test_replica_scaling_predicts_exclusive_and_shared_by_hand():
+    # one replica at 10 req/s: demand 100 ms; with 2 users, 2 own replicas serve both at once, 2 sharing one core cannot
+    table = scaling_table([("exclusive", 1, 2, 10.0, 200.0), ("exclusive", 2, 2, 19.0, 105.0),
+                           ("shared", 2, 2, 9.5, 210.0)])
+    measured, predicted = analysis.replica_scaling(table)
+    assert sorted(zip(measured["placement"], measured["replicas"])) == [("exclusive", 1), ("exclusive", 2),
+                                                                        ("shared", 1), ("shared", 2)]
+    shared_one = measured[(measured["placement"] == "shared") & (measured["replicas"] == 1)].iloc[0]
+    assert shared_one["run_id"] == "run-exclusive-1"  # one replica is placed alike: measured once, used by both
+    mva = predicted.set_index(["placement", "replicas"])
+    assert set(predicted["model"]) == {"MVA"}  # two replica counts: no USL fit
+    assert mva.loc[("exclusive", 2), "throughput_rps"] == pytest.approx(20.0)
+    assert mva.loc[("exclusive", 2), "mean_ms"] == pytest.approx(100.0)
+    assert mva.loc[("shared", 2), "throughput_rps"] == pytest.approx(10.0)
+    assert mva.loc[("shared", 2), "mean_ms"] == pytest.approx(200.0)
+    assert mva.loc[("exclusive", 1), "demand_ms"] == pytest.approx(100.0)
+
+
+def test_replica_scaling_fits_the_usl_from_three_replica_counts_and_takes_the_busiest_step():
+    points = [("exclusive", r, n, x, n / x * 1e3) for r, n, x in
+              [(1, 4, 10.0), (2, 4, 18.0), (4, 4, 30.0), (4, 1, 9.0)]]  # the 1-user step of 4 replicas is ignored
+    measured, predicted = analysis.replica_scaling(scaling_table(points))
+    assert measured.set_index("replicas").loc[4, "throughput_rps"] == 30.0
+    usl = predicted[predicted["model"] == "USL"].set_index("replicas")
+    assert list(usl.index) == [1, 2, 3, 4]
+    assert usl.loc[4, "throughput_rps"] == pytest.approx(30.0, rel=0.05) and usl["sigma"].iloc[0] > 0
+    with pytest.raises(ValueError, match="needs closed-loop runs"):
+        analysis.replica_scaling(scaling_table(points).assign(scenario="poisson"))
+
+
+def test_audio_duration_gives_the_real_time_factor_per_clip_length():
+    table = pd.DataFrame({"run_id": ["a", "b", "c"], "workload": "whisper", "payload_audio_s": [2.0, 10.0, np.nan],
+                          "level": 1.0, "ok": 5, "throughput_rps": 2.0, "mean_ms": 500.0, "p50_ms": [400.0, 500.0, 1.0],
+                          "p95_ms": [600.0, 700.0, 1.0], "compute_ms": [300.0, 450.0, 1.0], "compute_item_ms": 300.0,
+                          "batch_size_mean": 1.0})
+    out = analysis.audio_duration(table)
+    assert out["audio_s"].tolist() == [2.0, 10.0]  # the run without a clip length is not a point
+    assert out["rtf_p50"].tolist() == pytest.approx([0.2, 0.05])
+    assert out["rtf_p95"].tolist() == pytest.approx([0.3, 0.07])
+    assert out["rtf_server"].tolist() == pytest.approx([0.15, 0.045])
+    with pytest.raises(ValueError, match="no Whisper runs with load.payload_audio_s"):
+        analysis.audio_duration(table.assign(payload_audio_s=np.nan))

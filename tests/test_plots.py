@@ -68,3 +68,25 @@ def test_save_figure_writes_pdf_png_and_provenance(tmp_path, steps):
     assert sidecar["notebook"] == "notebooks/x.ipynb" and "commit" in sidecar["git"]
     assert plots.figures_for_run("run-b", tmp_path) == [tmp_path / "t_fig.pdf", tmp_path / "t_fig.png"]
     assert plots.figures_for_run("run-c", tmp_path) == []
+
+
+def test_replica_and_audio_figures_draw_each_group_and_model_with_units():
+    measured = pd.DataFrame({"placement": ["exclusive", "exclusive", "shared", "shared"], "replicas": [1, 2, 1, 2],
+                             "throughput_rps": [10.0, 19.0, 10.0, 9.5], "mean_ms": [200.0, 105.0, 200.0, 210.0]})
+    predicted = pd.DataFrame({"placement": ["exclusive"] * 4 + ["shared"] * 2, "replicas": [1, 2, 1, 2, 1, 2],
+                              "model": ["MVA", "MVA", "USL", "USL", "MVA", "MVA"],
+                              "throughput_rps": [10.0, 20.0, 10.0, 18.0, 10.0, 10.0],
+                              "mean_ms": [200.0, 100.0, 200.0, 111.0, 200.0, 200.0]})
+    fig = plots.scaling_vs_replicas(measured, predicted, by="placement")
+    units_on_every_axis(fig)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["exclusive, measured", "exclusive, MVA", "exclusive, USL", "shared, measured", "shared, MVA"]
+    assert len(fig.axes[1].lines) == 5  # the latency panel draws the same series
+    audio = pd.DataFrame({"audio_s": [10.0, 2.0], "p50_ms": [500.0, 400.0], "p95_ms": [700.0, 600.0],
+                          "compute_ms": [450.0, 300.0], "rtf_p50": [0.05, 0.2], "rtf_p95": [0.07, 0.3],
+                          "rtf_server": [0.045, 0.15]})
+    fig = plots.rtf_vs_audio_duration(audio)
+    units_on_every_axis(fig)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["audio duration [s]"] * 2
+    rtf = fig.axes[1].lines[0]
+    assert list(rtf.get_xdata()) == [2.0, 10.0] and list(rtf.get_ydata()) == [0.2, 0.05]  # sorted by duration
