@@ -106,3 +106,48 @@ def test_every_shipped_params_file_is_valid():
             configs = [load_params(path)[0]]
         for cfg in configs:
             assert (ROOT / cfg.notebook).is_file(), f"{path}: notebook {cfg.notebook} missing"
+
+
+def shipped_configs():
+    """(file, settings) of every params file in params/, every point of a suite included."""
+    from gawm_lib import suite
+
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        if suite.is_suite_file(path):
+            for cfg in suite.validate_points(suite.expand(suite.load_suite(path))):
+                yield path.name, cfg
+        else:
+            yield path.name, load_params(path)[0]
+
+
+def test_cluster_examples_render_their_manifests_without_a_cluster():
+    """The kubernetes params files give, through the renderer the backend uses, Deployments that the Kubernetes
+    schema accepts and that ask for what the file says (GPUs, RuntimeClass, node selector, tolerations, replicas)."""
+    import kubernetes_validate
+
+    from gawm_lib.cluster import render_server
+
+    rendered = {}
+    for name, cfg in shipped_configs():
+        if cfg.backend.kind != "kubernetes":
+            continue
+        for workload in cfg.workloads:
+            for obj in render_server(workload, cfg.backend):
+                kubernetes_validate.validate(obj, "1.34.0", strict=True)
+                if obj["kind"] == "Deployment":
+                    rendered.setdefault(name, []).append((workload, obj))
+    assert {"cluster_cpu.yaml", "cluster_gpu_time_slicing.yaml", "suite_cluster_gpu_time_slicing.yaml"} <= set(rendered)
+    for workload, deployment in rendered["cluster_cpu.yaml"]:
+        pod = deployment["spec"]["template"]["spec"]
+        limits = pod["containers"][0]["resources"]["limits"]
+        assert limits == {"cpu": "4", "memory": "4Gi"} and "runtimeClassName" not in pod and "tolerations" not in pod
+    for workload, deployment in rendered["cluster_gpu_time_slicing.yaml"]:
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1" and workload.device == "cuda"
+        assert pod["runtimeClassName"] == "nvidia" and pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod["tolerations"]
+        assert container["image"] == "localhost/gawm-model-server:0.1.0"
+    replicas = sorted({d["spec"]["replicas"] for _, d in rendered["suite_cluster_gpu_time_slicing.yaml"]})
+    assert replicas == [1, 2, 4, 6]  # the suite's grid, one rollout per point
