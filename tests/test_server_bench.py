@@ -40,3 +40,24 @@ def test_the_driver_saturates_a_real_server_and_keeps_a_poisson_rate(tmp_path):
         assert 1 < closed["batch_size_mean"] <= 4
         poisson = drive(Plan(**{**plan.__dict__, "mode": "poisson", "rate_rps": 20.0}), processes=2)
         assert 10 <= poisson["requests"] <= 70 and poisson["latency_ms"]["p50"] > 0
+
+
+def test_a_saturation_run_over_two_replicas_sends_to_both_and_counts_both_processes_cpu(tmp_path):
+    import httpx
+
+    from gawm_lib.backends import open_backend
+    from gawm_lib.bench.server_bench import server_run
+    from gawm_lib.config import BackendConfig, WorkloadConfig
+    from gawm_lib.workloads.oip import encode_request
+
+    cfg = WorkloadConfig(name="distilbert", max_batch_size=4, max_queue_delay_ms=2, max_seq_len=16)
+    body, headers = encode_request([("text", "BYTES", [2], ["a short text", "another one"])], binary=True)
+    with open_backend(cfg, BackendConfig(replicas=2), tmp_path) as backend:
+        result = server_run(backend.replicas, cfg, [body], [headers], 2, "closed", 1, 2, duration_s=1.5,
+                            warmup_s=0.3)
+        assert result["replicas"] == 2 and result["processes"] == 2  # at least one driver process per replica
+        assert result["statuses"] == {"200": result["requests"]} and result["server_cpu_cores"] > 0
+        for replica in backend.replicas:
+            text = httpx.get(f"{replica.url}/metrics").text
+            ok = next(line for line in text.splitlines() if line.startswith('gawm_requests_total{') and 'status="ok"' in line)
+            assert float(ok.rsplit(" ", 1)[1]) > 5, ok

@@ -9,7 +9,9 @@ pre-processed tensor payloads and with encoded ones (JPEG, text, WAV).
 
 - ``ceiling``: the bare model, same precision and compile settings, over a batch sweep: the model alone on tensors
   already on the GPU, and ``prepare`` + ``forward`` (host-to-device copy and post-processing included);
-- ``saturation``: the server's sustained throughput with pre-processed tensors (binary tensor data extension);
+- ``saturation``: the server's sustained throughput with pre-processed tensors (binary tensor data extension), for
+  each count in ``--replicas``: one server process, then several sharing the GPU (one Python process's request
+  handling, not the GPU, is the limit for large tensor bodies);
 - ``poisson``: p50/p99 latency under Poisson arrivals at 80 % of that throughput;
 - ``jpeg``: ResNet50 end to end with JPEG decoding in the server, and which side limits it (decode threads or model);
 - ``whisper``: Whisper clips/s for 30 s clips with a fixed 96-token decode, batched, bare and served, for tiny, base,
@@ -143,37 +145,46 @@ def sync() -> None:
 
 
 @contextlib.contextmanager
-def served(cfg: WorkloadConfig):
+def served(cfg: WorkloadConfig, replicas: int = 1):
+    """``replicas`` server processes (the local backend), all on the same device: on a GPU they share it by time-slicing."""
     from gawm_lib.backends import open_backend
 
     with tempfile.TemporaryDirectory(prefix="gawm-server-bench-") as logs:
         started = time.perf_counter()
-        with open_backend(cfg, BackendConfig(replicas=1, startup_timeout_s=1800), Path(logs)) as backend:
-            replica = backend.replicas[0]
-            print(f"  server {cfg.name} ready in {time.perf_counter() - started:.1f} s", flush=True)
-            yield replica
+        with open_backend(cfg, BackendConfig(replicas=replicas, startup_timeout_s=1800), Path(logs)) as backend:
+            print(f"  server {cfg.name} x{replicas} ready in {time.perf_counter() - started:.1f} s", flush=True)
+            yield backend.replicas
 
 
-def server_run(replica, cfg: WorkloadConfig, bodies, headers, per_request: int, mode: str, processes: int,
+def server_run(replicas, cfg: WorkloadConfig, bodies, headers, per_request: int, mode: str, processes: int,
                connections: int, duration_s: float, warmup_s: float, rate_rps: float = 0.0) -> dict[str, Any]:
+    """Drive the replicas (one or more driver processes each) and measure; ``connections`` per driver process."""
     import psutil
 
-    plan = Plan(replica.host, replica.port, f"/v2/models/{cfg.name}/infer", bodies, headers, [per_request] * len(bodies),
-                mode=mode, connections=connections, rate_rps=rate_rps, warmup_s=warmup_s, duration_s=duration_s)
-    proc = psutil.Process(replica.pid)
-    cpu_before, gpu_before, t0 = proc.cpu_times(), gpu_readings(replica), time.monotonic()
+    replicas = replicas if isinstance(replicas, list) else [replicas]
+    first = replicas[0]
+    processes = len(replicas) * math.ceil(processes / len(replicas))
+    plan = Plan(first.host, first.port, f"/v2/models/{cfg.name}/infer", bodies, headers, [per_request] * len(bodies),
+                mode=mode, connections=connections, rate_rps=rate_rps, warmup_s=warmup_s, duration_s=duration_s,
+                ports=tuple(r.port for r in replicas))
+    procs = [psutil.Process(r.pid) for r in replicas]
+
+    def cpu_s() -> float:
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+
+    cpu_before, gpu_before, t0 = cpu_s(), gpu_readings(first), time.monotonic()
     result = drive(plan, processes)
-    cpu_after, gpu_after, t1 = proc.cpu_times(), gpu_readings(replica), time.monotonic()
+    cpu_after, gpu_after, t1 = cpu_s(), gpu_readings(first), time.monotonic()
     if gpu_after:
         energy = "gawm_gpu_energy_joules_total"
         joules = sum(v - gpu_before.get((n, g), v) for (n, g), v in gpu_after.items() if n == energy)
         result["gpu"] = {"mean_power_w": round(joules / (t1 - t0), 1), "energy_j": round(joules, 1),
                          "readings_after": {f"{n}{{gpu={g}}}": v for (n, g), v in gpu_after.items()}}
-    busy = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system)
-    result["server_cpu_cores"] = round(busy / (duration_s + warmup_s + 2.3 + 0.3 * processes), 2)
-    result.update(mode=mode, processes=processes, connections=connections, items_per_request=per_request,
-                  offered_rps=rate_rps or None)
-    print(f"  server {cfg.name} {mode}: {result['items_per_s']} items/s, p99 {result['latency_ms']['p99']} ms, "
+    result["server_cpu_cores"] = round((cpu_after - cpu_before) / (duration_s + warmup_s + 2.3 + 0.3 * processes), 2)
+    result.update(mode=mode, replicas=len(replicas), processes=processes, connections=connections,
+                  items_per_request=per_request, offered_rps=rate_rps or None)
+    print(f"  server {cfg.name} x{len(replicas)} {mode}: {result['items_per_s']} items/s, "
+          f"p99 {result['latency_ms']['p99']} ms, "
           f"batch {result['batch_size_mean']}, statuses {result['statuses']}", flush=True)
     return result
 
@@ -256,32 +267,39 @@ def run_gpu(args, run, out) -> None:
             run["results"].append({"workload": name, "scenario": "ceiling", "settings": cfg.model_dump(), "rows": rows})
             save(out, run)
         if scenarios & {"saturation", "poisson", "jpeg"}:
-            with served(cfg) as replica:
-                connections = 2 * cfg.max_batch_size // per_request + 4
-                common = dict(duration_s=args.duration_s, warmup_s=args.warmup_s)
-                sat = server_run(replica, cfg, bodies, headers, per_request, "closed", args.processes,
-                                 max(2, connections // args.processes), **common)
-                entry = {"workload": name, "scenario": "saturation", "settings": cfg.model_dump(), "server": sat}
-                run["results"].append(entry)
-                save(out, run)
-                if "poisson" in scenarios and sat["requests_per_s"]:
-                    rate = 0.8 * sat["requests_per_s"]
-                    result = server_run(replica, cfg, bodies, headers, per_request, "poisson", args.processes,
-                                        64, rate_rps=rate, **common)
-                    run["results"].append({"workload": name, "scenario": "poisson_80pct", "server": result})
+            connections = 2 * cfg.max_batch_size // per_request + 4  # in flight per replica: two full batches and more
+            common = dict(duration_s=args.duration_s, warmup_s=args.warmup_s)
+            for count in args.replicas:  # one process, then several sharing the GPU; Poisson and JPEG on the last
+                with served(cfg, count) as replicas:
+                    per_process = max(2, connections * count // max(args.processes, count))
+                    sat = server_run(replicas, cfg, bodies, headers, per_request, "closed", args.processes,
+                                     per_process, **common)
+                    run["results"].append({"workload": name, "scenario": "saturation", "replicas": count,
+                                           "settings": cfg.model_dump(), "server": sat})
                     save(out, run)
-                if "jpeg" in scenarios and name == "resnet50":
-                    jpeg_bodies, jpeg_headers, _ = payloads(cfg, "encoded", per_request)
-                    result = server_run(replica, cfg, jpeg_bodies, jpeg_headers, per_request, "closed",
-                                        args.processes, max(2, connections // args.processes), **common)
-                    decode_ms = result["server_ms"]["decode"] or 0
-                    decode_capacity = cfg.decode_workers * per_request / (decode_ms / 1000) if decode_ms else None
-                    result["decode_capacity_items_per_s"] = round(decode_capacity, 1) if decode_capacity else None
-                    result["bottleneck"] = ("decode (CPU: JPEG decoding and resizing on decode_workers threads)"
-                                            if decode_capacity and decode_capacity < 1.2 * sat["items_per_s"]
-                                            else "model or server loop")
-                    run["results"].append({"workload": name, "scenario": "jpeg_end_to_end", "server": result})
-                    save(out, run)
+                    if count != args.replicas[-1]:
+                        continue
+                    if "poisson" in scenarios and sat["requests_per_s"]:
+                        rate = 0.8 * sat["requests_per_s"]
+                        result = server_run(replicas, cfg, bodies, headers, per_request, "poisson", args.processes,
+                                            64, rate_rps=rate, **common)
+                        run["results"].append({"workload": name, "scenario": "poisson_80pct", "replicas": count,
+                                               "server": result})
+                        save(out, run)
+                    if "jpeg" in scenarios and name == "resnet50":
+                        jpeg_bodies, jpeg_headers, _ = payloads(cfg, "encoded", per_request)
+                        result = server_run(replicas, cfg, jpeg_bodies, jpeg_headers, per_request, "closed",
+                                            args.processes, per_process, **common)
+                        decode_ms = result["server_ms"]["decode"] or 0
+                        decode_capacity = (count * cfg.decode_workers * per_request / (decode_ms / 1000)
+                                           if decode_ms else None)
+                        result["decode_capacity_items_per_s"] = round(decode_capacity, 1) if decode_capacity else None
+                        result["bottleneck"] = ("decode (CPU: JPEG decoding and resizing on decode_workers threads)"
+                                                if decode_capacity and decode_capacity < 1.2 * sat["items_per_s"]
+                                                else "model or server loop")
+                        run["results"].append({"workload": name, "scenario": "jpeg_end_to_end", "replicas": count,
+                                               "server": result})
+                        save(out, run)
     if "whisper" in scenarios and "whisper" in args.workloads:
         for size in args.whisper_sizes:
             cfg = WorkloadConfig(name="whisper", device="cuda", model_size=size, decode_workers=args.decode_workers,
@@ -289,7 +307,7 @@ def run_gpu(args, run, out) -> None:
                                  **{**GPU_SETTINGS["whisper"], **overrides(args)})
             per_request = min(4, cfg.max_batch_size)
             bodies, headers, raw = payloads(cfg, "tensor", per_request)
-            rows = bare(cfg, raw, [b for b in (1, 16, 64, 128) if b <= cfg.max_batch_size], args.duration_s / 3,
+            rows = bare(cfg, raw, [b for b in args.whisper_batches if b <= cfg.max_batch_size], args.duration_s / 3,
                         model_only=False)
             batch_s = rows[-1]["batch_ms_p50"] / 1000  # a full batch: the window holds several, after a first one
             with served(cfg) as replica:
@@ -318,13 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", type=lambda s: s.split(","), default=["resnet50", "distilbert", "whisper"])
     parser.add_argument("--scenarios", type=lambda s: s.split(","),
                         default=["ceiling", "saturation", "poisson", "jpeg", "whisper"], help="GPU only")
+    parser.add_argument("--whisper-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 128],
+                        help="GPU: Whisper bare batch sweep")
     parser.add_argument("--whisper-sizes", type=lambda s: s.split(","), default=["tiny", "base", "small", "large-v3"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="GPU: torch.compile")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                         help="GPU: replay captured CUDA graphs (ResNet50, DistilBERT)")
     parser.add_argument("--duration-s", type=float, default=10.0, help="measured window of each server run [s]")
     parser.add_argument("--warmup-s", type=float, default=3.0, help="load before the window [s]")
-    parser.add_argument("--processes", type=int, default=4, help="GPU: load driver processes")
+    parser.add_argument("--processes", type=int, default=4, help="GPU: load driver processes (at least one a replica)")
+    parser.add_argument("--replicas", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4],
+                        help="GPU: server processes sharing the GPU, one saturation run each (Poisson and JPEG on the "
+                             "last)")
     parser.add_argument("--max-batch-size", type=int, help="GPU: instead of each workload's default (quick runs)")
     parser.add_argument("--decode-workers", type=int, default=8, help="GPU: server threads decoding requests")
     parser.add_argument("--out", type=Path, help="default data/benchmarks/server_<device>.json")

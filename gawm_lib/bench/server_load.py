@@ -39,6 +39,7 @@ class Plan:
     warmup_s: float = 2.0
     duration_s: float = 10.0
     seed: int = 0
+    ports: tuple[int, ...] = ()  # several replicas: driver process k sends to ports[k % len(ports)] only
 
 
 def _request_bytes(plan: Plan, index: int) -> bytes:
@@ -120,13 +121,14 @@ def _child(plan: Plan, start_ns: int, out) -> None:
 
 
 def drive(plan: Plan, processes: int = 1) -> dict[str, Any]:
-    """Run ``plan`` from ``processes`` processes (each with ``connections`` and ``rate_rps / processes``); summarise
-    what was answered in the measured window."""
+    """Run ``plan`` from ``processes`` processes (each with ``connections`` and ``rate_rps / processes``, spread over
+    ``plan.ports`` when there are several replicas); summarise what was answered in the measured window."""
     ctx = multiprocessing.get_context("spawn")
     start_ns = time.monotonic_ns() + int(2e9 + 0.3e9 * processes)  # after every child has started
     children = []
     for k in range(processes):
-        part = Plan(**{**plan.__dict__, "rate_rps": plan.rate_rps / processes, "seed": plan.seed + k})
+        port = plan.ports[k % len(plan.ports)] if plan.ports else plan.port
+        part = Plan(**{**plan.__dict__, "rate_rps": plan.rate_rps / processes, "seed": plan.seed + k, "port": port})
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child, args=(part, start_ns, send), daemon=True)
         proc.start()
