@@ -156,7 +156,8 @@ def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = No
         ax.set_xlabel("replicas [count]")
         ax.set_ylim(bottom=0)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    left.legend()
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 3), frameon=False)
     return fig
 
 
