@@ -234,3 +234,15 @@ def test_decoders_answer_any_damaged_file_with_an_image_or_an_inference_error(re
                 pass
 
     check()
+
+
+def test_whisper_runs_in_half_precision_with_float32_layer_norms():
+    import torch
+
+    w = build_workload(WorkloadConfig(name="whisper", precision="bf16", decode_tokens=2, warmup_batches=0))
+    w.load()
+    norms = [m for m in w.model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    assert w.model.decoder.blocks[0].mlp[0].weight.dtype == torch.bfloat16
+    answer = w.predict([w.decode(w.warmup_item())])[0]
+    assert answer["tokens"] <= 2 and isinstance(answer["text"], str)

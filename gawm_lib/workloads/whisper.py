@@ -74,6 +74,9 @@ class Whisper(Workload):
             info = {"weights": "path", "path": self.cfg.weights, "dims": checkpoint["dims"],
                     **checkpoint.get("provenance", {})}
         model = model.eval().to(self.cfg.device, self.torch_dtype)
+        for module in model.modules():  # openai-whisper normalises in float32 (its LayerNorm casts x up), so its
+            if isinstance(module, torch.nn.LayerNorm):  # weights stay float32; the rest is in the chosen precision
+                module.float()
         model.encoder = maybe_compile(model.encoder, self.cfg)  # the decoder loop's cache hooks do not compile
         self.options = whisper.DecodingOptions(
             language="en", without_timestamps=not self.cfg.timestamps, sample_len=self.cfg.decode_tokens,
