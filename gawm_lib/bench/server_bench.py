@@ -309,11 +309,11 @@ def run_gpu(args, run, out) -> None:
             bodies, headers, raw = payloads(cfg, "tensor", per_request)
             rows = bare(cfg, raw, [b for b in args.whisper_batches if b <= cfg.max_batch_size], args.duration_s / 3,
                         model_only=False)
-            batch_s = rows[-1]["batch_ms_p50"] / 1000  # a full batch: the window holds several, after a first one
+            batch_s = rows[-1]["batch_ms_p50"] / 1000  # a full batch: the window holds several, after the first ones
             with served(cfg) as replica:
                 sat = server_run(replica, cfg, bodies, headers, per_request, "closed", 2,
-                                 cfg.max_batch_size // per_request + 2, max(args.duration_s, 4 * batch_s),
-                                 max(args.warmup_s, 2 * batch_s))
+                                 cfg.max_batch_size // per_request + 2, max(args.duration_s, 8 * batch_s),
+                                 max(args.warmup_s, 3 * batch_s))
             run["results"].append({"workload": "whisper", "scenario": "whisper_30s_96_tokens", "model_size": size,
                                    "settings": cfg.model_dump(), "bare": rows, "server": sat})
             save(out, run)

@@ -65,7 +65,7 @@ class Workload(abc.ABC):
     def load(self) -> None:
         """Build the model with its weights on the configured device, then warm it up (every padded batch size)."""
         started = time.perf_counter()
-        devices.setup_torch(self.cfg)
+        devices.setup_torch(self.cfg, fixed_shapes=self.padded)
         self.stager = devices.Stager(self.cfg.device)
         self.model, self.weights_info = self._build()
         self.device_forward = self.compute

@@ -21,7 +21,7 @@ from gawm_lib.config import WorkloadConfig
 log = logging.getLogger("gawm.device")
 
 
-def setup_torch(cfg: WorkloadConfig) -> None:
+def setup_torch(cfg: WorkloadConfig, fixed_shapes: bool) -> None:
     """Intra-op threads and GPU flags before the model is built."""
     import torch
 
@@ -29,8 +29,9 @@ def setup_torch(cfg: WorkloadConfig) -> None:
     if cfg.device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA GPU")
-        # Batches come in a few padded sizes, so autotuning each convolution shape once pays.
-        torch.backends.cudnn.benchmark = True
+        # With a few padded batch sizes, autotuning each convolution shape once pays; with every batch size possible
+        # (Whisper is not padded) each new size would stall its batch for the autotuning.
+        torch.backends.cudnn.benchmark = fixed_shapes
 
 
 def maybe_compile(module: Any, cfg: WorkloadConfig) -> Any:
