@@ -102,3 +102,22 @@ def test_whisper_path_runs_end_to_end(tmp_path):
         assert step["cpu"]["busy_cores"] >= 0
     for key in ("mape_pct", "mape_pct_same_schedule"):
         assert set(entry[key]) == set(mb.METRICS) and all(np.isfinite(v) for v in entry[key].values())
+
+
+def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not():
+    rng = np.random.default_rng(3)
+    sizes = np.repeat([1, 3, 4], [30, 9, 9])
+    seconds = 0.49 * sizes * rng.normal(1.0, 0.02, sizes.size)
+    seconds[-2:] *= [2.4, 1.8]  # another process took the core during two batches of 4 (as measured on this machine)
+    slow = mb.interfered(sizes, seconds)
+    assert slow[-2:].all() and slow.sum() == 2
+    rows = pd.DataFrame({"batch_size": sizes, "server_compute_ns": (seconds * 1e9).astype(np.int64), "error": "",
+                         "level": 1, "done_ns": 0, "sent_ns": 0, "server_queue_ns": 0})
+    rows["done_ns"] = rows["server_compute_ns"] + 2_000_000  # 2 ms overhead
+    service, factors, variability, overhead = mb._fit(rows)
+    assert 4 / service.predict(4) == pytest.approx(4 / (4 * 0.49), rel=0.03)  # capacity unbiased by the two
+    assert variability["interfered"] == 2 and factors.max() > 1.7  # the replay still sees them
+    assert overhead == pytest.approx(0.002)
+    # Text-length variability (lognormal, CV ~30 %) is the service time itself: (almost) nothing is left out.
+    wide = 0.04 * sizes * rng.lognormal(0.0, 0.3, sizes.size)
+    assert mb.interfered(sizes, wide).sum() <= 1
