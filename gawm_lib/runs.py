@@ -44,7 +44,14 @@ def utc_now() -> dt.datetime:
 
 
 def git_info(root: Path | None = None) -> dict[str, Any]:
-    """Commit, short sha and dirty flag of the checkout (``None`` values outside a git checkout)."""
+    """Commit, short sha and dirty flag of the checkout (``None`` values outside a git checkout).
+
+    ``GAWM_GIT_COMMIT`` (and ``GAWM_GIT_DIRTY=1``) name the commit of a copied working tree (a GPU machine, a container
+    image): they win over whatever ``.git`` the copy holds, which may be missing or stale."""
+    if os.environ.get("GAWM_GIT_COMMIT"):
+        commit = os.environ["GAWM_GIT_COMMIT"]
+        return {"commit": commit, "short": commit[:7], "dirty": os.environ.get("GAWM_GIT_DIRTY") == "1",
+                "branch": None, "from": "GAWM_GIT_COMMIT"}
     root = root or paths.project_root()
 
     def git(*args: str) -> str | None:

@@ -115,3 +115,15 @@ def test_finish_rejects_unknown_status(raw_dir):
     run = runs.create_run("bad", {}, {}, raw_dir)
     with pytest.raises(ValueError, match="final status must be one of"):
         run.finish("DONE")
+
+
+def test_gawm_git_commit_names_the_code_of_a_copied_tree_over_its_stale_git(monkeypatch):
+    from gawm_lib import runs as runs_module
+
+    real = runs_module.git_info()
+    assert real["commit"] and "from" not in real  # this checkout's own .git
+    monkeypatch.setenv("GAWM_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("GAWM_GIT_DIRTY", "1")
+    info = runs_module.git_info()
+    assert info == {"commit": "0123456789abcdef0123456789abcdef01234567", "short": "0123456", "dirty": True,
+                    "branch": None, "from": "GAWM_GIT_COMMIT"}

@@ -314,17 +314,6 @@ def machine() -> dict[str, Any]:
     return {**runs.host_info(), "load_average": os.getloadavg(), "cpu_pressure": pressure}
 
 
-def git() -> dict[str, Any]:
-    """The checkout's commit; ``GAWM_GIT_COMMIT``/``GAWM_GIT_DIRTY`` stand in where the code runs from a copy
-    without ``.git`` (a lent benchmark machine)."""
-    info = runs.git_info()
-    if info.get("commit") is None and os.environ.get("GAWM_GIT_COMMIT"):
-        commit = os.environ["GAWM_GIT_COMMIT"]
-        info = {"commit": commit, "short": commit[:7], "dirty": os.environ.get("GAWM_GIT_DIRTY") == "1",
-                "branch": None, "from": "GAWM_GIT_COMMIT (a copy of the checkout without .git)"}
-    return info
-
-
 def versions() -> dict[str, str | None]:
     return {"python": sys.version.split()[0], **runs.package_versions(tuple(PACKAGES))}
 
@@ -335,7 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup = plan_cores(cores)
     gen = setup["generator"]
     record: dict[str, Any] = {
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(), "git": git(), "machine": machine(),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(), "git": runs.git_info(), "machine": machine(),
         "packages": versions(), "threads": {**runs.thread_settings(), "load_process_threads": 1,
                                             "note": "each load process runs one event loop thread"},
         "setup": {**setup, "trial_s": args.trial_s, "warmup_s": args.warmup_s, "arrivals": "poisson",

@@ -200,19 +200,9 @@ def gpu_readings(replica) -> dict[tuple[str, str], float]:
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------------
-def git() -> dict[str, Any]:
-    """The checkout's commit; ``GAWM_GIT_COMMIT`` (and ``GAWM_GIT_DIRTY=1``) stand in on a copy without ``.git``."""
-    info = runs.git_info()
-    if info.get("commit") is None and os.environ.get("GAWM_GIT_COMMIT"):
-        commit = os.environ["GAWM_GIT_COMMIT"]
-        info = {"commit": commit, "short": commit[:7], "dirty": os.environ.get("GAWM_GIT_DIRTY") == "1",
-                "from": "GAWM_GIT_COMMIT"}
-    return info
-
-
 def record(args: argparse.Namespace) -> dict[str, Any]:
     machine = {**runs.host_info(), "load_average": os.getloadavg()}
-    return {"started": runs.utc_now().isoformat(), "device": args.device, "git": git(), "machine": machine,
+    return {"started": runs.utc_now().isoformat(), "device": args.device, "git": runs.git_info(), "machine": machine,
             "gpu": runs.gpu_info(), "packages": runs.package_versions(), "python": sys.version.split()[0],
             "threads": {**runs.thread_settings(), "torch_threads_per_server": 1 if args.device == "cpu" else None},
             "arguments": {k: v for k, v in vars(args).items() if k != "out"}, "results": []}

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from gawm_lib import paths, runs
-from gawm_lib.bench.server_bench import git, save
+from gawm_lib.bench.server_bench import save
 from gawm_lib.config import BackendConfig, WorkloadConfig
 from gawm_lib.workloads import build_workload, samples
 from gawm_lib.workloads.whisper_ct2 import fetch
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = args.out or paths.benchmarks_dir() / "server_whisper_wer.json"
-    run: dict[str, Any] = {"started": runs.utc_now().isoformat(), "git": git(), "packages": runs.package_versions(),
+    run: dict[str, Any] = {"started": runs.utc_now().isoformat(), "git": runs.git_info(), "packages": runs.package_versions(),
                            "python": sys.version.split()[0], "machine": {**runs.host_info(), "load_average": os.getloadavg()},
                            "speech": "espeak-ng -v en-us, resampled to 16 kHz", "normaliser": "whisper EnglishTextNormalizer",
                            "arguments": {k: v for k, v in vars(args).items() if k != "out"}, "results": []}
