@@ -1,0 +1,43 @@
+"""The study report rebuilt from real runs: two small local runs (1 and 2 replicas), then every file it promises."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from gawm_lib import config, experiment
+from gawm_lib.bench import study_report
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAWM_RAW_DIR", str(tmp_path / "raw"))
+    monkeypatch.setenv("GAWM_FIGURES_DIR", str(tmp_path / "figures"))
+    ids = []
+    for replicas in (1, 2):
+        cfg = config.validate_params({
+            "name": "report-test", "workloads": [{"name": "distilbert", "max_batch_size": 4, "max_seq_len": 16}],
+            "backend": {"replicas": replicas}, "prometheus": {"enabled": False},
+            "load": {"levels": [1, 4], "step_duration_s": 1.0, "warmup_s": 0.2}}, source="test")
+        run, _ = experiment.run_experiment(cfg, progress=False)
+        ids.append(run.id)
+    out = tmp_path / "report"
+    report = study_report.build(ids, out, "test")
+
+    steps = pd.read_csv(out / "steps.csv")
+    assert sorted(steps["replicas"].unique()) == [1, 2] and len(steps) == 4 and (steps["throughput_rps"] > 0).all()
+    scaling = pd.read_csv(out / "scaling.csv").set_index("replicas")
+    one = scaling.loc[1, "throughput_rps"]
+    assert scaling.loc[2, "MVA-1_throughput_rps"] == pytest.approx(one)  # one shared station: no gain
+    assert scaling.loc[2, "MVA-R_throughput_rps"] == pytest.approx(2 * one, rel=0.05)  # 4 users, 2 stations
+    validation = pd.read_csv(out / "validation.csv")
+    assert set(validation["run_id"]) == {ids[1]}  # fitted on the 1-replica run, predicting the other
+    assert set(validation["metric"]) == {"throughput", "p50", "p95"} and validation["ape_pct"].notna().all()
+    assert set(report["model_mape_pct"]) == {"throughput", "p50", "p95"}
+    assert report["run_ids"] == ids and all(report["runs"][i]["status"] == "COMPLETED" for i in ids)
+    for fig_id in ("latency_vs_throughput", "scaling_vs_replicas"):
+        assert (out / f"{fig_id}.png").read_bytes()[:4] == b"\x89PNG" and (out / f"{fig_id}.pdf").stat().st_size > 1000
+        assert json.loads((out / f"{fig_id}.json").read_text())["run_ids"] == ids
