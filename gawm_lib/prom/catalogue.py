@@ -161,10 +161,14 @@ _ENTRIES = [
        "Requests in flight (accepted, not yet answered).", "gawm", None, ("workload",)),
     _Q("items_per_second", "sum by ($by) (rate(gawm_items_total{$sel}[$window]))", "items/s",
        "Items (images, sequences, clips) processed per second.", "gawm", False, ("workload",)),
-    # --- NVML, exported by our server (a per-process view of each device it sees) ---
-    _Q("gpu_util_nvml", "gawm_gpu_utilization_ratio{$sel}", "ratio", "GPU utilisation (NVML).", "nvml", None),
-    _Q("gpu_memory_used_nvml", "gawm_gpu_memory_used_bytes{$sel}", "bytes", "GPU memory used (NVML).", "nvml", None),
-    _Q("gpu_power_nvml", "gawm_gpu_power_watts{$sel}", "watts", "GPU power draw (NVML).", "nvml", None),
+    # --- NVML, exported by our server (each replica's view of the devices it sees; replicas on one host that share a
+    # GPU all report it, so the gauges are taken once per gpu index: one host, i.e. local runs; DCGM for clusters) ---
+    _Q("gpu_util_nvml", "max by (gpu, $by) (gawm_gpu_utilization_ratio{$sel})", "ratio",
+       "GPU utilisation (NVML), per gpu index.", "nvml", None, ("workload",)),
+    _Q("gpu_memory_used_nvml", "max by (gpu, $by) (gawm_gpu_memory_used_bytes{$sel})", "bytes",
+       "GPU memory used by all processes (NVML), per gpu index.", "nvml", None, ("workload",)),
+    _Q("gpu_power_nvml", "max by (gpu, $by) (gawm_gpu_power_watts{$sel})", "watts",
+       "GPU power draw (NVML), per gpu index.", "nvml", None, ("workload",)),
     _Q("gpu_energy_nvml", "increase(gawm_gpu_energy_joules_total{$sel}[$range])", "joules",
        "GPU energy used over the range (NVML counter).", "nvml", True),
     _Q("energy_per_request_nvml",
