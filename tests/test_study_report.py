@@ -37,6 +37,12 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
     assert set(validation["run_id"]) == {ids[1]}  # fitted on the 1-replica run, predicting the other
     assert set(validation["metric"]) == {"throughput", "p50", "p95"} and validation["ape_pct"].notna().all()
     assert set(report["model_mape_pct"]) == {"throughput", "p50", "p95"}
+    steps_model = pd.read_csv(out / "mva_steps.csv")
+    first = steps_model[(steps_model["replicas"] == 1) & (steps_model["level"] == 1)].iloc[0]
+    assert first["fitted_on"] and first["predicted_mean_ms"] == pytest.approx(first["mean_ms"])  # Z + D = L1
+    busiest = steps_model[steps_model["replicas"] == 1]["throughput_rps"].max()
+    assert steps_model[steps_model["replicas"] == 1]["predicted_throughput_rps"].max() <= busiest * 1.0001  # <= 1/D
+    assert set(report["mva_delay_bottleneck"]["held_out_mape_pct"]) == {"replicas_2"}
     assert report["run_ids"] == ids and all(report["runs"][i]["status"] == "COMPLETED" for i in ids)
     for fig_id in ("latency_vs_throughput", "scaling_vs_replicas"):
         assert (out / f"{fig_id}.png").read_bytes()[:4] == b"\x89PNG" and (out / f"{fig_id}.pdf").stat().st_size > 1000
