@@ -65,6 +65,11 @@ class WorkloadConfig(_Settings):
     timestamps: bool = Field(False, description="Whisper: predict timestamp tokens and return timed segments")
     max_audio_s: float = Field(30.0, gt=0, le=30, description="Whisper: longest clip accepted (one 30 s window)")
     warmup_batches: int = Field(1, ge=0, le=100, description="forward passes before the server reports ready")
+    gil_switch_interval_ms: float | None = Field(
+        None, gt=0, le=100,
+        description="server process: Python's thread switch interval; unset: 0.5 on a GPU (where the compute thread "
+                    "issues thousands of short kernel launches, each giving up the GIL and waiting up to the interval to "
+                    "get it back from the request threads), Python's 5 on a CPU")
 
     @field_validator("weights")
     @classmethod

@@ -300,7 +300,11 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None):
-        return unknown(name, version) or workload.metadata()
+        if (missing := unknown(name, version)) is not None:
+            return missing
+        meta = workload.metadata()
+        meta["parameters"]["gil_switch_interval_ms"] = round(sys.getswitchinterval() * 1000, 4)  # this process's
+        return meta
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
@@ -388,6 +392,13 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="gawm-parent-watch").start()
 
 
+def switch_interval_ms(cfg: WorkloadConfig) -> float:
+    """The GIL switch interval the server process runs with (see ``WorkloadConfig.gil_switch_interval_ms``)."""
+    if cfg.gil_switch_interval_ms is not None:
+        return cfg.gil_switch_interval_ms
+    return 0.5 if cfg.device == "cuda" else sys.getswitchinterval() * 1000
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -403,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = WorkloadConfig(name=args.workload, **json.loads(args.settings))
+    sys.setswitchinterval(switch_interval_ms(cfg) / 1000)
     if args.exit_with_parent:
         _exit_with_parent()
     # proto=IPPROTO_TCP matters: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP; with

@@ -214,7 +214,8 @@ def test_resnet_takes_jpeg_and_preprocessed_tensors(resnet):
 def server_process(tmp_path_factory):
     """A real server process started the way the local backend does, with a replica label."""
     port_file = tmp_path_factory.mktemp("server") / "port"
-    settings = {"max_batch_size": 4, "max_queue_delay_ms": 1, "warmup_batches": 1, "max_body_bytes": 4 << 20}
+    settings = {"max_batch_size": 4, "max_queue_delay_ms": 1, "warmup_batches": 1, "max_body_bytes": 4 << 20,
+                "gil_switch_interval_ms": 0.25}
     proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.server", "--workload", "resnet50", "--settings",
                              json.dumps(settings), "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
                              "--replica", "3", "--exit-with-parent"], stderr=subprocess.DEVNULL)
@@ -269,6 +270,16 @@ def test_a_stock_oip_client_can_call_it(server_process):
 
     metrics = httpx.get(f"http://{server_process}/metrics", timeout=10).text
     assert 'gawm_requests_total{model="resnet50",replica="3",status="ok"} 2.0' in metrics
+    meta = httpx.get(f"http://{server_process}/v2/models/resnet50", timeout=10).json()
+    assert meta["parameters"]["gil_switch_interval_ms"] == 0.25  # the server process's own, as set
+
+
+def test_the_gil_switch_interval_is_short_on_a_gpu_and_pythons_own_on_a_cpu():
+    from gawm_lib.server import switch_interval_ms
+
+    assert switch_interval_ms(WorkloadConfig(name="resnet50", device="cuda")) == 0.5
+    assert switch_interval_ms(WorkloadConfig(name="resnet50")) == pytest.approx(sys.getswitchinterval() * 1000)
+    assert switch_interval_ms(WorkloadConfig(name="whisper", gil_switch_interval_ms=2)) == 2
 
 
 def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(server_process):

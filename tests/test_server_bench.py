@@ -61,3 +61,18 @@ def test_a_saturation_run_over_two_replicas_sends_to_both_and_counts_both_proces
             text = httpx.get(f"{replica.url}/metrics").text
             ok = next(line for line in text.splitlines() if line.startswith('gawm_requests_total{') and 'status="ok"' in line)
             assert float(ok.rsplit(" ", 1)[1]) > 5, ok
+
+
+def test_the_gil_benchmark_keeps_every_repetition_and_restores_the_interval(tmp_path):
+    import json
+    import sys
+
+    from gawm_lib.bench import gil_bench
+
+    before = sys.getswitchinterval()
+    assert gil_bench.main(["--intervals-ms", "5,0.5", "--repeats", "2", "--ops", "200",
+                           "--out", str(tmp_path / "gil.json")]) == 0
+    assert sys.getswitchinterval() == before
+    rows = json.loads((tmp_path / "gil.json").read_text())["results"]
+    assert [r["switch_interval_ms"] for r in rows] == [5.0, 0.5]
+    assert all(len(r["busy_ms"]) == 2 and r["busy_ms_max"] >= r["busy_ms_median"] > 0 for r in rows)
