@@ -53,6 +53,12 @@ def test_replay_step_predicts_a_quiet_schedule_and_counts_the_warmup():
     assert same["p50_ms"] == pytest.approx(107.0) and same["p95_ms"] == pytest.approx(107.0)
     assert same["mean_batch_size"] == 1.0
     assert same["throughput_rps"] == pytest.approx(10 / (45 + 0.107))
+    # A burst of three and a single one: batches of 3 and 1, so 2 per batch but 2.5 per request (the burst's three
+    # requests each see a batch of 3); predict_batching's mean batch size is the per-batch one.
+    burst = pd.DataFrame({"scheduled_ns": np.array([0, 0, 0, 10 * 10**9]), "phase": "step"})
+    same = mb.replay_step(burst, service, np.array([1.0]), 4, 0.005, 0.0, replays=1)
+    assert same["mean_batch_size"] == pytest.approx(2.0)
+    assert same["mean_batch_size_per_request"] == pytest.approx(2.5)
 
 
 def test_noise_floor_is_small_for_a_long_quiet_step_and_large_for_a_short_busy_one():
@@ -99,6 +105,7 @@ def test_whisper_path_runs_end_to_end(tmp_path):
         for key in ("measured", "predicted", "predicted_same_schedule"):
             assert all(np.isfinite(v) and v > 0 for v in step[key].values()), (key, step[key])
         assert 0.3 < step["service_drift"]["median"] < 3
+        assert 1 <= step["mean_batch_size"]["measured"] <= step["mean_batch_size"]["measured_per_request"] <= 2
         assert step["cpu"]["busy_cores"] >= 0
     for key in ("mape_pct", "mape_pct_same_schedule"):
         assert set(entry[key]) == set(mb.METRICS) and all(np.isfinite(v) for v in entry[key].values())

@@ -215,22 +215,25 @@ def replay_step(rows: pd.DataFrame, service, factors: np.ndarray, max_batch: int
                 replays: int, seed: int = 0) -> dict[str, Any]:
     """Prediction of one held-out step for its own schedule: the due times of its requests (warm-up included, so the
     step starts from the same state) replayed through the fitted server, ``replays`` times with batch-time factors
-    drawn from ``factors``; p50/p95 pooled over the replays, throughput and batch size averaged."""
+    drawn from ``factors``; p50/p95 pooled over the replays, throughput and batch size (per batch, and per request)
+    averaged."""
     due = rows["scheduled_ns"].to_numpy()
     order = np.argsort(due, kind="stable")
     arrivals = (due[order] - due[order[0]]) / 1e9
     in_step = (rows["phase"].to_numpy() == "step")[order]
     start = arrivals[in_step].min()
-    latencies, throughput, batch = [], [], []
+    latencies, throughput, per_batch, per_request = [], [], [], []
     for r in range(replays):
         lat, size = replay_batching(arrivals, service, max_batch, delay_s, service_factors=factors, seed=seed + r)
         lat = lat[in_step] + overhead_s
         latencies.append(lat)
         throughput.append(_step_stats(lat, start, arrivals[in_step] + lat)["throughput_rps"])
-        batch.append(size[in_step].mean())
+        per_batch.append(in_step.sum() / (1.0 / size[in_step]).sum())  # requests / batches that served them
+        per_request.append(size[in_step].mean())
     pooled = np.concatenate(latencies)
     return {"throughput_rps": float(np.mean(throughput)), "p50_ms": float(np.percentile(pooled, 50)) * 1e3,
-            "p95_ms": float(np.percentile(pooled, 95)) * 1e3, "mean_batch_size": float(np.mean(batch))}
+            "p95_ms": float(np.percentile(pooled, 95)) * 1e3, "mean_batch_size": float(np.mean(per_batch)),
+            "mean_batch_size_per_request": float(np.mean(per_request))}
 
 
 def noise_floor(rate: float, n_requests: int, n_warmup: int, service, factors: np.ndarray, max_batch: int,
@@ -291,9 +294,13 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 "predicted": {"throughput_rps": rate, "p50_ms": (predicted.p50_s + overhead_s) * 1e3,
                               "p95_ms": (predicted.p95_s + overhead_s) * 1e3},
                 "predicted_same_schedule": {m: same[m] for m in METRICS},
-                "mean_batch_size": {"measured": float(in_step["batch_size"].mean()),
+                # per batch (what predict_batching gives); per request is larger (E[b^2]/E[b]: a big batch holds
+                # more of the requests), which is what a mean over request records shows
+                "mean_batch_size": {"measured": float(step_batches["batch_size"].mean()),
                                     "predicted": predicted.mean_batch_size,
-                                    "predicted_same_schedule": same["mean_batch_size"]},
+                                    "predicted_same_schedule": same["mean_batch_size"],
+                                    "measured_per_request": float(in_step["batch_size"].mean()),
+                                    "predicted_same_schedule_per_request": same["mean_batch_size_per_request"]},
                 "service_drift": {"batches": int(len(drift)), "mean": float(drift.mean()),
                                   "median": float(np.median(drift))},
                 "noise_floor": noise_floor(rate, int(step["sent"]), int((rows["phase"] == "warmup").sum()), service,
