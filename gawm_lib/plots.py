@@ -229,7 +229,8 @@ def energy_per_inference(table: pd.DataFrame):
     return fig
 
 
-def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float] | None = None):
+def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float] | None = None,
+                          title: str | None = None):
     """Predicted against measured per metric (a :class:`gawm_lib.models.ValidationReport` table: ``metric``,
     ``measured``, ``predicted``), with the identity line and the +/-10 % band. Latencies are shown in ms."""
     metrics = list(dict.fromkeys(validation["metric"]))
@@ -253,7 +254,9 @@ def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float]
         ax.set_xlabel(f"measured {metric} [{unit}]")
         ax.set_ylabel(f"predicted [{unit}]")
         ax.set_title(metric)
-    axes[0, -1].legend(loc="upper left")
+    axes[0, -1].legend(loc="lower right")  # below the identity line, where few points are
+    if title:
+        fig.suptitle(title)
     return fig
 
 

@@ -43,6 +43,7 @@ def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
     assert again["superseded"][0]["held_out"][0]["measured"]["p95_ms"] == 20.0
     assert set(again["commands"]) == {"python -m gawm_lib.bench.models_bench", "cmd distilbert", "cmd whisper"}
     json.dumps(again)  # serialisable as written
+    assert mb.merge_report(again, again)["superseded"] == again["superseded"]  # the same runs again: no duplicates
 
 
 def test_replay_step_predicts_a_quiet_schedule_and_counts_the_warmup():

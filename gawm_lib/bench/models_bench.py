@@ -383,8 +383,8 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
     current = {e["workload"]: e for e in _entries(existing)}
     superseded = list(existing.get("superseded", []))
     for entry in _entries(new):
-        if entry["workload"] in current:
-            superseded.append(current[entry["workload"]])
+        if entry["workload"] in current and current[entry["workload"]]["run"] != entry["run"]:
+            superseded.append(current[entry["workload"]])  # (merging the same run again supersedes nothing)
         current[entry["workload"]] = entry
     speeds = [s for s in (existing.get("analysis_speed"), new.get("analysis_speed")) if s]
     if new.get("analysis_speed") and replace_speed:
@@ -412,6 +412,7 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
 def draw_figures(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     """Predicted (steady state; and same schedule where recorded) against measured, every current workload."""
     written = []
+    titles = {"predicted": "steady-state prediction", "predicted_same_schedule": "prediction for each step's schedule"}
     for key, suffix in (("predicted", ""), ("predicted_same_schedule", "_same_schedule")):
         rows = [{"workload": e["workload"], "metric": m.removesuffix("_ms").removesuffix("_rps"),
                  "measured": h["measured"][m] / (1e3 if m.endswith("_ms") else 1),
@@ -419,7 +420,7 @@ def draw_figures(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]
                 for e in report["workloads"] for h in e["held_out"] if key in h for m in METRICS]
         if not rows:
             continue
-        fig = plots.predicted_vs_measured(pd.DataFrame(rows))
+        fig = plots.predicted_vs_measured(pd.DataFrame(rows), title=titles[key])
         files = plots.save_figure(fig, f"{stem}_predicted_vs_measured{suffix}", [], "gawm_lib/bench/models_bench.py",
                                   {"prediction": key, "commands": report["commands"]}, out_dir=out_dir)
         written.append(files["png"])
@@ -434,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=paths.benchmarks_dir() / "models.json",
                         help="report to merge into (created if absent)")
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier reports whose entries to merge in")
+    parser.add_argument("--figures", action="store_true", help="only redraw the figures from --out")
     parser.add_argument("--records", type=int, default=None,
                         help="analysis-speed records (default: 10 million when the report has no measurement yet)")
     args = parser.parse_args(argv)
@@ -442,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     workloads = args.workloads if args.workloads is not None else ([] if args.merge else list(WORKLOADS))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report = json.loads(args.out.read_text()) if args.out.is_file() else None
+    if args.figures:
+        if report is None:
+            parser.error(f"--figures: no report at {args.out}")
+        draw_figures(merge_report(report, {"workloads": []}), args.out.parent, args.out.stem)
+        return 0
     for other in args.merge:
         report = merge_report(report, json.loads(other.read_text()), replace_speed=False)
     run_info = {"command": command, "quick": args.quick}
