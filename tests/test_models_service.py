@@ -98,3 +98,31 @@ def test_model_rejects_invalid_parameters():
         BatchLatencyModel(alpha=-0.001, beta=0.01)
     with pytest.raises(ValueError, match="batch sizes must be > 0"):
         TRUE.predict(0)
+
+
+def test_table_predicts_measured_sizes_and_drops_into_the_batching_model():
+    from gawm_lib.models import BatchLatencyTable, predict_batching, replay_batching
+
+    sizes = np.repeat([1, 2, 3, 4], 5)
+    measured = np.array([0.075, 0.153, 0.210, 0.317])[sizes - 1] * (1 + 0.01 * np.tile([-2, -1, 0, 1, 2], 4))
+    table = BatchLatencyTable.from_measurements(sizes, measured, 4)
+    np.testing.assert_allclose(table.predict([1, 2, 3, 4]), [0.075, 0.153, 0.210, 0.317])
+    assert table.predict(2) == pytest.approx(0.153) and table.max_throughput == pytest.approx(3 / 0.210)
+    assert table.scaled(2.0).predict(4) == pytest.approx(0.634)
+    # A table of a hinge model's own values predicts exactly what the model does.
+    hinge = BatchLatencyModel(alpha=0.08, beta=-0.01, floor=0.075)
+    same = BatchLatencyTable(tuple(hinge.predict(np.arange(1, 5))))
+    a, b = predict_batching(8.0, hinge, 4, 0.005), predict_batching(8.0, same, 4, 0.005)
+    assert a.p95_s == b.p95_s and a.mean_batch_size == b.mean_batch_size
+    arrivals = np.cumsum(np.random.default_rng(0).exponential(1 / 8.0, 500))
+    np.testing.assert_array_equal(replay_batching(arrivals, hinge, 4, 0.005)[0],
+                                  replay_batching(arrivals, same, 4, 0.005)[0])
+    # Unmeasured sizes: the fallback, or a clear error; no extrapolation beyond the table.
+    partial = BatchLatencyTable.from_measurements([1, 1, 4], [0.07, 0.08, 0.3], 4, fallback=hinge)
+    assert partial.predict(2) == pytest.approx(hinge.predict(2)) and partial.predict(1) == pytest.approx(0.075)
+    with pytest.raises(ValueError, match="no measured batch of size 2"):
+        BatchLatencyTable.from_measurements([1, 4], [0.07, 0.3], 4)
+    with pytest.raises(ValueError, match="whole numbers in 1..4"):
+        table.predict(5)
+    with pytest.raises(ValueError, match="positive finite"):
+        BatchLatencyTable((0.1, -0.2))

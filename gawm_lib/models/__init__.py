@@ -2,7 +2,7 @@
 
 Units throughout: times in seconds, rates in requests/s (items/s for batch throughput). Modules:
 
-* ``service``: batch latency ``max(floor, alpha*b + beta)`` fit with standard errors;
+* ``service``: batch latency ``max(floor, alpha*b + beta)`` fit with standard errors, or a table of measured ones;
 * ``scaling``: Universal Scalability Law fit and exact Mean Value Analysis (closed loop);
 * ``queueing``: open-loop M/M/1, M/D/1, M/G/1, M/M/c, M/G/c means and quantiles;
 * ``batching``: dynamic-batching server latency (mean, p50, p95) from an embedded Markov chain;
@@ -18,13 +18,13 @@ from .batching import BatchingPrediction, predict_batching
 from .capacity import CapacityPlan, plan_capacity
 from .queueing import QueuePrediction, UnstableSystemError, erlang_c, md1, mg1, mgc, mm1, mmc, sweep
 from .scaling import MVAResult, USLModel, fit_usl, mva
-from .service import BatchLatencyModel, fit_batch_latency
+from .service import BatchLatencyModel, BatchLatencyTable, fit_batch_latency
 from .simulate import LatencySummary, replay_batching, simulate_batching, simulate_queue, summarize_latencies
 from .traces import TraceComparison, TraceSummary, autocorrelation, compare_traces, summarize_trace
 from .validation import ValidationReport, mape, validate
 
 __all__ = [
-    "BatchLatencyModel", "fit_batch_latency",
+    "BatchLatencyModel", "BatchLatencyTable", "fit_batch_latency",
     "USLModel", "fit_usl", "MVAResult", "mva",
     "UnstableSystemError", "QueuePrediction", "erlang_c", "mm1", "md1", "mg1", "mmc", "mgc", "sweep",
     "BatchingPrediction", "predict_batching",

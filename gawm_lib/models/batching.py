@@ -30,7 +30,7 @@ import numpy as np
 from scipy import stats
 
 from .queueing import UnstableSystemError
-from .service import BatchLatencyModel
+from .service import BatchLatencyModel, BatchLatencyTable
 
 __all__ = ["BatchingPrediction", "predict_batching"]
 
@@ -200,7 +200,7 @@ def _formation_parts(weight: float, s: float, lam: float, sb: np.ndarray, big: i
     return lat, mass
 
 
-def predict_batching(arrival_rate: float, service: BatchLatencyModel, max_batch: int,
+def predict_batching(arrival_rate: float, service: BatchLatencyModel | BatchLatencyTable, max_batch: int,
                      max_delay_s: float) -> BatchingPrediction:
     """Mean and quantiles of latency [s] for a dynamic-batching server at ``arrival_rate`` requests/s.
 

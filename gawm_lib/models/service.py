@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["BatchLatencyModel", "fit_batch_latency"]
+__all__ = ["BatchLatencyModel", "BatchLatencyTable", "fit_batch_latency"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,70 @@ class BatchLatencyModel:
             beta = -alpha + 1e-12
         return BatchLatencyModel(alpha, beta, floor, self.alpha_se, self.beta_se, self.floor_se, self.knee_se,
                                  self.n_points, self.rmse_s, self.cov)
+
+
+@dataclass(frozen=True)
+class BatchLatencyTable:
+    """Measured latency [s] of a batch of each size 1..n (``seconds[b-1]``), e.g. means from a batch sweep.
+
+    A drop-in for :class:`BatchLatencyModel` wherever only ``predict`` is needed (:func:`predict_batching`,
+    :func:`simulate_batching`, :func:`replay_batching`), for hardware the hinge does not describe: ResNet50 on one CPU
+    core takes 75, 153, 210 and 317 ms for 1-4 images, and the hinge fit through those points puts 2 images at 121 ms.
+    It predicts only the measured sizes (whole numbers 1..n); no extrapolation.
+    """
+
+    seconds: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        values = np.asarray(self.seconds, dtype=float)
+        if values.ndim != 1 or values.size < 1 or not np.all(np.isfinite(values) & (values > 0)):
+            raise ValueError(f"seconds must be one positive finite latency per batch size 1..n, got {self.seconds!r}")
+
+    @classmethod
+    def from_measurements(cls, batch_sizes, latencies_s, max_batch: int,
+                          fallback: BatchLatencyModel | None = None) -> BatchLatencyTable:
+        """Mean measured latency per batch size 1..``max_batch``; a size never measured takes ``fallback.predict``
+        (ValueError without a fallback)."""
+        b = np.asarray(batch_sizes, dtype=float).ravel()
+        y = np.asarray(latencies_s, dtype=float).ravel()
+        if b.size != y.size:
+            raise ValueError(f"batch_sizes and latencies_s have different lengths ({b.size} != {y.size})")
+        out = []
+        for size in range(1, int(max_batch) + 1):
+            seen = y[b == size]
+            if seen.size:
+                out.append(float(seen.mean()))
+            elif fallback is not None:
+                out.append(float(fallback.predict(size)))
+            else:
+                raise ValueError(f"no measured batch of size {size} and no fallback model")
+        return cls(tuple(out))
+
+    def scaled(self, factor: float) -> BatchLatencyTable:
+        """Every latency times ``factor`` (> 0)."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"factor must be a positive finite number, got {factor}")
+        return BatchLatencyTable(tuple(v * factor for v in self.seconds))
+
+    def predict(self, batch_size):
+        """Latency [s] of a batch of ``batch_size`` items (scalar or array of whole numbers in 1..n)."""
+        b = np.asarray(batch_size, dtype=float)
+        n = len(self.seconds)
+        if np.any(~((b >= 1) & (b <= n) & (b == np.round(b)))):
+            raise ValueError(f"batch sizes must be whole numbers in 1..{n} (the measured sizes), got {batch_size!r}")
+        out = np.asarray(self.seconds, dtype=float)[b.astype(int) - 1]
+        return float(out) if out.ndim == 0 else out
+
+    def throughput(self, batch_size):
+        """Items/s when every batch has ``batch_size`` items."""
+        b = np.asarray(batch_size, dtype=float)
+        out = b / np.asarray(self.predict(b))
+        return float(out) if out.ndim == 0 else out
+
+    @property
+    def max_throughput(self) -> float:
+        """Best items/s over the measured sizes."""
+        return float(np.max(self.throughput(np.arange(1, len(self.seconds) + 1))))
 
 
 def _hinge_design(b: np.ndarray, knee: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .service import BatchLatencyModel
+from .service import BatchLatencyModel, BatchLatencyTable
 
 __all__ = ["LatencySummary", "simulate_queue", "simulate_batching", "replay_batching", "summarize_latencies"]
 
@@ -81,8 +81,8 @@ def simulate_queue(arrival_rate: float, service_mean_s: float, *, service_scv: f
     return latency
 
 
-def simulate_batching(arrival_rate: float, service: BatchLatencyModel, max_batch: int, max_delay_s: float, *,
-                      n_requests: int = 100_000, seed: int = 0) -> np.ndarray:
+def simulate_batching(arrival_rate: float, service: BatchLatencyModel | BatchLatencyTable, max_batch: int,
+                      max_delay_s: float, *, n_requests: int = 100_000, seed: int = 0) -> np.ndarray:
     """Latencies [s] of one dynamic-batching server (Triton-style), deterministic batch time ``service.predict(b)``.
 
     When the server is free and requests wait, it dispatches at ``max(free, min(oldest + max_delay_s, arrival of the
@@ -100,8 +100,8 @@ def simulate_batching(arrival_rate: float, service: BatchLatencyModel, max_batch
                      int(max_batch), float(max_delay_s), None, rng)[0]
 
 
-def replay_batching(arrivals_s, service: BatchLatencyModel, max_batch: int, max_delay_s: float, *,
-                    service_factors=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def replay_batching(arrivals_s, service: BatchLatencyModel | BatchLatencyTable, max_batch: int,
+                    max_delay_s: float, *, service_factors=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The same server as :func:`simulate_batching` driven by given arrival times [s] (sorted): a trace replay.
 
     ``service_factors`` (optional, positive): batch times are ``service.predict(b)`` times a factor drawn for each batch
