@@ -87,18 +87,23 @@ def test_whisper_settings_payloads_and_plan():
     # The full plan, at ~2 clips/s of capacity, fits in ~35 minutes of held-out steps and sizes each by requests.
     plan = mb.plan_for("whisper", quick=False)
     assert plan.requests >= 150
-    wall = sum(max(plan.min_step_s, plan.requests / (u * 2.0)) + plan.warmup_s for u in plan.utilisations)
+    capacity, clip_s = 2.0, 0.5
+    wall = sum(max(plan.min_step_s, plan.requests / (u * capacity)) + plan.warmup_s for u in plan.utilisations)
+    wall += sum(max(plan.fit_s, plan.fit_batches * b * clip_s) for b in range(1, settings["max_batch_size"] + 1))
+    wall += max(plan.calibration_min_s, plan.calibration_requests / (plan.calibration_utilisation * capacity))
     assert wall < 35 * 60
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_whisper_path_runs_end_to_end(tmp_path):
-    plan = mb.Plan(fit_s=2.0, requests=5, min_step_s=2.0, utilisations=(0.3, 0.8), warmup_s=0.5, replays=2,
-                   noise_runs=5)
+    plan = mb.Plan(requests=5, min_step_s=2.0, fit_s=0.5, fit_batches=3, calibration_requests=5,
+                   calibration_min_s=1.0, utilisations=(0.3, 0.8), warmup_s=0.5, replays=2, noise_runs=5)
     entry = mb.validate_workload("whisper", tmp_path, plan=plan, settings={"max_batch_size": 2, "decode_tokens": 1})
     assert entry["settings"]["max_batch_size"] == 2 and entry["weights"] == "random"
     assert entry["service_model"]["alpha_s"] > 0 and entry["service_model"]["fit_points_are"] == "batches"
+    assert entry["sweep"]["per_batch_size"].keys() == {1, 2}  # every batch size measured
+    assert 0.2 < entry["service_table_s"][0] < entry["service_table_s"][1] < 5 and 0.5 < entry["load_factor"] < 2
     assert 0.2 < entry["capacity_rps"] < 50
     assert len(entry["held_out"]) == 2
     for step in entry["held_out"]:
@@ -114,18 +119,24 @@ def test_whisper_path_runs_end_to_end(tmp_path):
 
 def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not():
     rng = np.random.default_rng(3)
-    sizes = np.repeat([1, 3, 4], [30, 9, 9])
-    seconds = 0.49 * sizes * rng.normal(1.0, 0.02, sizes.size)
+    sizes = np.repeat([1, 2, 3, 4], [30, 9, 9, 9])
+    per_size = np.array([0.075, 0.153, 0.210, 0.317])  # ResNet50 on one core: not a hinge
+    seconds = per_size[sizes - 1] * rng.normal(1.0, 0.02, sizes.size)
     seconds[-2:] *= [2.4, 1.8]  # another process took the core during two batches of 4 (as measured on this machine)
     slow = mb.interfered(sizes, seconds)
     assert slow[-2:].all() and slow.sum() == 2
     rows = pd.DataFrame({"batch_size": sizes, "server_compute_ns": (seconds * 1e9).astype(np.int64), "error": "",
-                         "level": 1, "done_ns": 0, "sent_ns": 0, "server_queue_ns": 0})
+                         "phase": "step", "sent_ns": 0, "server_queue_ns": 0})
     rows["done_ns"] = rows["server_compute_ns"] + 2_000_000  # 2 ms overhead
-    service, factors, variability, overhead = mb._fit(rows)
-    assert 4 / service.predict(4) == pytest.approx(4 / (4 * 0.49), rel=0.03)  # capacity unbiased by the two
-    assert variability["interfered"] == 2 and factors.max() > 1.7  # the replay still sees them
-    assert overhead == pytest.approx(0.002)
+    table, hinge, info = mb._fit_sweep(rows, 4)
+    np.testing.assert_allclose(table.seconds, per_size, rtol=0.02)  # the two do not bias the table
+    assert info["interfered"] == 2 and hinge is not None and info["per_batch_size"][4]["interfered"] == 2
+    assert mb._overhead(rows[rows["batch_size"] == 1]) == pytest.approx(0.002)
+    # Calibration: the same batches 8 % slower under open-loop load -> load factor 1.08, variability around 1.
+    slower = rows.assign(server_compute_ns=(rows["server_compute_ns"] * 1.08).astype(np.int64))
+    load, factors, cal = mb._calibrate(slower, table)
+    assert load == pytest.approx(1.08, rel=0.01) and cal["interfered"] == 2
+    assert np.median(factors) == pytest.approx(1.0, abs=0.01) and factors.max() > 1.7  # the replay still sees them
     # Text-length variability (lognormal, CV ~30 %) is the service time itself: (almost) nothing is left out.
     wide = 0.04 * sizes * rng.lognormal(0.0, 0.3, sizes.size)
     assert mb.interfered(sizes, wide).sum() <= 1

@@ -2,19 +2,25 @@
 
 For each workload, on the local CPU backend (one replica, one torch thread):
 
-1. *fit runs*: closed-loop steps at 1, B and 2B users; the server reports each batch's size and compute time, which
-   give the batch service-time model ``s(b) = max(floor, alpha*b + beta)`` (:func:`gawm_lib.models.fit_batch_latency`,
-   one point per batch, leaving out batches another process slowed down: :func:`interfered`), the service-time
-   variability (each batch's time over ``s(b)``), and the client-side overhead (latency minus server queue and
-   compute) at one user;
-2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``, each
-   step at least ``requests`` requests (:class:`Plan`);
+1. *fit runs*, three kinds of measurement the model needs, none at a held-out rate:
+
+   - a *batch sweep*: one user sending requests of b items, b = 1..B, so every batch size is measured back to back;
+     the mean per size is the service table ``s(b)`` (:class:`gawm_lib.models.BatchLatencyTable`; the hinge
+     ``max(floor, alpha*b + beta)`` of :func:`gawm_lib.models.fit_batch_latency` is fitted too, for reference: it
+     does not describe ResNet50 on a CPU core), leaving out batches another process slowed down (:func:`interfered`);
+     the client-side overhead (latency minus server queue and compute) comes from the b = 1 step;
+   - a *calibration* step, open-loop Poisson at 60 % of the sweep's capacity: batches run slower under open-loop
+     arrivals than back to back (idle gaps between batches, requests decoded on the other core during a batch:
+     ResNet50 +8 %, DistilBERT up to +8 % at low load); the mean of its batch times over ``s(b)`` is the *load
+     factor* applied to the table, and the spread of its ratios is the service-time variability;
+2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``
+   (``s`` with the load factor), each step at least ``requests`` requests (:class:`Plan`);
 3. *predictions*, two per step, each plus the measured overhead:
 
    - *steady state*: :func:`gawm_lib.models.predict_batching` at the step's rate (the goal's number);
    - *same schedule*: :func:`gawm_lib.models.replay_batching` of the step's own planned arrival times (a pure function
      of the rate and the arrival seed, fixed before the step runs: no measurement of the held-out run is used) through
-     the fitted server, with batch times scaled by factors drawn from the fit's measured variability.
+     the fitted server, with batch times scaled by factors drawn from the calibration's measured variability.
 
    A finite run's p95 scatters around the steady state, far more at high load (long busy periods): the *noise floor*
    of each step is the p95 error a perfect steady-state model would show for a step of that many requests, from
@@ -30,8 +36,8 @@ replaces the entries of the workloads it ran (the replaced ones move to ``supers
 records its command with each entry; the predicted-vs-measured figures are drawn from every current entry. Run it on a
 quiet machine::
 
-    python -m gawm_lib.bench.models_bench                        # all three, about 45 minutes on 2 cores
-    python -m gawm_lib.bench.models_bench --workloads whisper    # about 31 minutes (capacity ~2 clips/s)
+    python -m gawm_lib.bench.models_bench                        # all three, about 50 minutes on 2 cores
+    python -m gawm_lib.bench.models_bench --workloads whisper    # about 35 minutes (capacity ~2 clips/s)
     python -m gawm_lib.bench.models_bench --quick                # shorter steps, a smoke test
     python -m gawm_lib.bench.models_bench --merge other.json     # merge an earlier report's entries, run nothing
 """
@@ -56,7 +62,7 @@ from gawm_lib import paths, plots, runs, summary
 from gawm_lib.backends import open_backend
 from gawm_lib.config import BackendConfig, LoadConfig, WorkloadConfig
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
-from gawm_lib.models import fit_batch_latency, mape, predict_batching, replay_batching
+from gawm_lib.models import BatchLatencyTable, fit_batch_latency, mape, predict_batching, replay_batching
 from gawm_lib.workloads import build_workload, samples
 
 UTILISATIONS = (0.1, 0.3, 0.5, 0.7, 0.85)
@@ -77,13 +83,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Plan:
-    """How long to measure. ``fit_s``: each closed-loop fit level [s]; a held-out step lasts at least ``min_step_s``
-    and at least ``requests`` requests; ``replays``: replications of the same-schedule replay (service-time noise);
-    ``noise_runs``: simulated runs per step for the noise floor."""
+    """How long to measure. A held-out step lasts at least ``min_step_s`` and ``requests`` requests. The sweep runs
+    each batch size for at least ``fit_s`` and ``fit_batches`` batches; the calibration step (open loop at
+    ``calibration_utilisation`` of the sweep's capacity) at least ``calibration_min_s`` and ``calibration_requests``.
+    ``replays``: replications of the same-schedule replay; ``noise_runs``: simulated runs per step for the noise
+    floor."""
 
-    fit_s: float
     requests: int
     min_step_s: float
+    fit_s: float = 3.0
+    fit_batches: int = 20
+    calibration_requests: int = 200
+    calibration_min_s: float = 30.0
+    calibration_utilisation: float = 0.6
     utilisations: tuple[float, ...] = UTILISATIONS
     warmup_s: float = 2.0
     replays: int = 20
@@ -91,12 +103,14 @@ class Plan:
 
 
 PLANS = {
-    "full": Plan(fit_s=12.0, requests=200, min_step_s=30.0),
-    # ~2 clips/s: 200 requests take 16 minutes at 10 % utilisation; the fit levels run longer to see enough batches
-    # (steps at high load are cheap in time and their p95 is the noisiest: at least 150 s each)
-    "full-whisper": Plan(fit_s=20.0, requests=200, min_step_s=150.0),
-    "quick": Plan(fit_s=4.0, requests=40, min_step_s=10.0),
-    "quick-whisper": Plan(fit_s=8.0, requests=20, min_step_s=10.0),
+    "full": Plan(requests=200, min_step_s=30.0),
+    # ~2 clips/s: 200 requests take 16 minutes at 10 % utilisation; steps at high load are cheap in time and their p95
+    # is the noisiest: at least 150 s each
+    "full-whisper": Plan(requests=200, min_step_s=150.0, fit_batches=10, calibration_requests=100),
+    "quick": Plan(requests=40, min_step_s=10.0, fit_s=2.0, fit_batches=8, calibration_requests=40,
+                  calibration_min_s=10.0),
+    "quick-whisper": Plan(requests=20, min_step_s=10.0, fit_s=2.0, fit_batches=4, calibration_requests=20,
+                          calibration_min_s=10.0),
 }
 
 
@@ -179,30 +193,51 @@ def interfered(sizes: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     return known & (ratio > 1.0 + INTERFERENCE_MADS * max(spread, 1e-3))
 
 
-def _fit(fit_rows: pd.DataFrame) -> tuple[Any, np.ndarray, dict[str, Any], float]:
-    """Service model from the fit runs: one point per batch, interfered batches left out of the fit (but kept in the
-    variability factors, each batch's time over ``s(b)``, which the schedule replay draws from)."""
-    batches = _batches(fit_rows)
+def _overhead(rows: pd.DataFrame) -> float:
+    """Median client-side time of one-at-a-time requests: latency minus server queue and compute [s]."""
+    ok = rows[rows["error"] == ""]
+    return float(np.median((ok["done_ns"] - ok["sent_ns"] - ok["server_queue_ns"] - ok["server_compute_ns"]) / 1e9))
+
+
+def _per_size(sizes: np.ndarray, seconds: np.ndarray, slow: np.ndarray) -> dict[int, dict[str, Any]]:
+    return {int(b): {"batches": int((sizes == b).sum()), "interfered": int((slow & (sizes == b)).sum()),
+                     "mean_s": float(seconds[(sizes == b) & ~slow].mean()) if ((sizes == b) & ~slow).any() else None,
+                     "cv": float(seconds[sizes == b].std(ddof=1) / seconds[sizes == b].mean())
+                     if (sizes == b).sum() > 1 else None}
+            for b in np.unique(sizes)}
+
+
+def _fit_sweep(sweep_rows: pd.DataFrame, max_batch: int) -> tuple[BatchLatencyTable, Any, dict[str, Any]]:
+    """Service table (mean batch time per size) and the reference hinge fit, interfered batches left out."""
+    batches = _batches(sweep_rows)
     seconds = batches["server_compute_ns"].to_numpy() / 1e9
     sizes = batches["batch_size"].to_numpy()
     slow = interfered(sizes, seconds)
-    service = fit_batch_latency(sizes[~slow], seconds[~slow])
-    factors = seconds / np.asarray(service.predict(sizes))
-    per_size = {int(b): {"batches": int((sizes == b).sum()), "interfered": int((slow & (sizes == b)).sum()),
-                         "median_s": float(np.median(seconds[sizes == b])),
-                         "cv": float(seconds[sizes == b].std(ddof=1) / seconds[sizes == b].mean())
-                         if (sizes == b).sum() > 1 else None}
-                for b in np.unique(sizes)}
-    single = fit_rows[(fit_rows["level"] == 1) & (fit_rows["error"] == "")]
-    overhead_s = float(np.median((single["done_ns"] - single["sent_ns"] - single["server_queue_ns"]
-                                  - single["server_compute_ns"]) / 1e9))
-    variability = {"batches": int(len(seconds)), "interfered": int(slow.sum()),
-                   "interfered_factors": [round(float(f), 3) for f in factors[slow]],
-                   "factor_cv": float(factors.std(ddof=1)),
-                   "factor_cv_without_interfered": float(factors[~slow].std(ddof=1)),
-                   "factor_p05": float(np.quantile(factors, 0.05)), "factor_p95": float(np.quantile(factors, 0.95)),
-                   "per_batch_size": per_size}
-    return service, factors, variability, overhead_s
+    hinge = fit_batch_latency(sizes[~slow], seconds[~slow]) if np.unique(sizes[~slow]).size >= 2 else None
+    table = BatchLatencyTable.from_measurements(sizes[~slow], seconds[~slow], max_batch, fallback=hinge)
+    info = {"batches": int(len(seconds)), "interfered": int(slow.sum()),
+            "interfered_factors": [round(float(f), 3) for f in (seconds / table.predict(sizes))[slow]],
+            "per_batch_size": _per_size(sizes, seconds, slow)}
+    return table, hinge, info
+
+
+def _calibrate(rows: pd.DataFrame, table: BatchLatencyTable) -> tuple[float, np.ndarray, dict[str, Any]]:
+    """Load factor (mean batch time over the table's, interfered batches left out) and the variability factors (every
+    batch's ratio over the load factor: mean ~1) from the open-loop calibration step."""
+    batches = _batches(rows[rows["phase"] == "step"])
+    seconds = batches["server_compute_ns"].to_numpy() / 1e9
+    sizes = batches["batch_size"].to_numpy()
+    ratio = seconds / table.predict(sizes)
+    slow = interfered(sizes, seconds)
+    load_factor = float(ratio[~slow].mean())
+    factors = ratio / load_factor
+    info = {"load_factor": load_factor, "load_factor_se": float(ratio[~slow].std(ddof=1) / np.sqrt((~slow).sum())),
+            "batches": int(len(seconds)), "interfered": int(slow.sum()),
+            "interfered_factors": [round(float(f), 3) for f in factors[slow]],
+            "factor_cv": float(factors.std(ddof=1)), "factor_cv_without_interfered": float(factors[~slow].std(ddof=1)),
+            "factor_p05": float(np.quantile(factors, 0.05)), "factor_p95": float(np.quantile(factors, 0.95)),
+            "per_batch_size": _per_size(sizes, seconds, slow)}
+    return load_factor, factors, info
 
 
 def _step_stats(latency_s: np.ndarray, start_s: float, done_s: np.ndarray) -> dict[str, float]:
@@ -264,12 +299,26 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
     with open_backend(cfg, BackendConfig(replicas=1), work / f"{name}-logs") as backend:
         pid = backend.replicas[0].pid
         meter = CpuMeter(pid)
-        fit_rows, _ = _load(name, backend, bodies, work / f"{name}-fit.parquet", work, scenario="closed_loop",
-                            levels=[1, big, 2 * big], step_duration_s=plan.fit_s, min_requests_per_step=8,
-                            warmup_s=plan.warmup_s)
+        sweep = []
+        for b in range(1, big + 1):
+            rows, _ = _load(name, backend, bodies, work / f"{name}-sweep{b}.parquet", work, scenario="closed_loop",
+                            levels=[1], payloads_per_request=b, step_duration_s=plan.fit_s,
+                            min_requests_per_step=plan.fit_batches, warmup_s=plan.warmup_s if b == 1 else 0.5)
+            sweep.append(rows[(rows["phase"] == "step") & (rows["error"] == "")])
+        table, hinge, sweep_info = _fit_sweep(pd.concat(sweep), big)
+        overhead_s = _overhead(sweep[0])
+        calibration_rate = plan.calibration_utilisation * big / table.predict(big)
+        rows, _ = _load(name, backend, bodies, work / f"{name}-calibration.parquet", work, scenario="poisson",
+                        levels=[calibration_rate], step_duration_s=plan.calibration_min_s,
+                        min_requests_per_step=plan.calibration_requests,
+                        max_step_duration_s=max(plan.calibration_min_s, 3.0 * plan.calibration_requests
+                                                / calibration_rate) + 60.0,
+                        warmup_s=plan.warmup_s, arrival_seed=99)
         fit_cpu = meter.read()
-        fit_rows = fit_rows[(fit_rows["phase"] == "step") & (fit_rows["error"] == "")]
-        service, factors, variability, overhead_s = _fit(fit_rows)
+        load_factor, factors, variability = _calibrate(rows, table)
+        variability["calibration"] = {"utilisation_of_sweep_capacity": plan.calibration_utilisation,
+                                      "rate_rps": calibration_rate, "requests": int((rows["phase"] == "step").sum())}
+        service = table.scaled(load_factor)
         capacity = big / service.predict(big)
         held_out = []
         for i, u in enumerate(plan.utilisations):
@@ -309,10 +358,15 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             })
     return summarise_workload({
         "workload": name, "settings": cfg.model_dump(), "weights": cfg.weights, "plan": asdict(plan),
-        "service_model": {"alpha_s": service.alpha, "beta_s": service.beta, "floor_s": service.floor,
-                          "alpha_se_s": service.alpha_se, "beta_se_s": service.beta_se, "knee": service.knee,
-                          "rmse_s": service.rmse_s, "fit_points": int(service.n_points), "fit_points_are": "batches"},
-        "service_variability": variability, "fit_cpu": fit_cpu,
+        "fit_design": "batch sweep (table) x load factor of an open-loop calibration step",
+        "service_table_s": list(table.seconds), "load_factor": load_factor, "service_used_s": list(service.seconds),
+        "service_model": ({"alpha_s": hinge.alpha, "beta_s": hinge.beta, "floor_s": hinge.floor,
+                           "alpha_se_s": hinge.alpha_se, "beta_se_s": hinge.beta_se, "knee": hinge.knee,
+                           "rmse_s": hinge.rmse_s, "fit_points": int(hinge.n_points), "fit_points_are": "batches",
+                           "used": False, "max_error_vs_table_pct": float(100 * np.max(np.abs(
+                               hinge.predict(np.arange(1, big + 1)) / np.asarray(table.seconds) - 1)))}
+                          if hinge is not None else None),
+        "sweep": sweep_info, "service_variability": variability, "fit_cpu": fit_cpu,
         "client_overhead_ms": overhead_s * 1e3, "capacity_rps": capacity, "held_out": held_out,
     })
 
