@@ -44,6 +44,17 @@ def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
     assert set(again["commands"]) == {"python -m gawm_lib.bench.models_bench", "cmd distilbert", "cmd whisper"}
     json.dumps(again)  # serialisable as written
     assert mb.merge_report(again, again)["superseded"] == again["superseded"]  # the same runs again: no duplicates
+    assert again["machine_quiet"] == {"resnet50": None, "distilbert": None, "whisper": None}  # no CPU recorded
+
+
+def test_a_busy_machine_is_flagged():
+    entry = _entry("whisper", 20.0)
+    entry["fit_cpu"] = {"other_processes_cores": 0.01}
+    for h, other in zip(entry["held_out"], (0.02, 0.9)):
+        h["cpu"] = {"other_processes_cores": other}
+    merged = mb.merge_report(None, {"workloads": [entry]})
+    assert merged["machine_quiet"] == {"whisper": False}
+    assert merged["workloads"][0]["machine_busy_spans"] == {"utilisation 0.5": 0.9}
 
 
 def test_replay_step_predicts_a_quiet_schedule_and_counts_the_warmup():

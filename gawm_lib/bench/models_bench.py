@@ -371,9 +371,22 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
     })
 
 
+QUIET_OTHER_CORES = 0.25  # other processes using more than this (mean cores over a span): timings suspect
+
+
 def summarise_workload(entry: dict[str, Any]) -> dict[str, Any]:
-    """Add MAPE per metric (steady state and, where recorded, same schedule), the noise floor and the worst points."""
+    """Add MAPE per metric (steady state and, where recorded, same schedule), the noise floor, the worst points, and
+    whether the machine was quiet: other processes used at most ``QUIET_OTHER_CORES`` during the fit and each step
+    (``machine_busy_spans`` names the others; None where the entry recorded no CPU use). On 2 cores, a job of
+    another user taking ~1 core slows the server's forward passes by 10-30 % and moves a p95 at 85 % by 2-3x."""
     held = entry["held_out"]
+    spans = [("fit", entry.get("fit_cpu"))] + [(f"utilisation {h['utilisation']:g}", h.get("cpu")) for h in held]
+    if any(cpu for _, cpu in spans):
+        entry["machine_busy_spans"] = {name: cpu["other_processes_cores"] for name, cpu in spans
+                                       if cpu and cpu["other_processes_cores"] > QUIET_OTHER_CORES}
+        entry["machine_quiet"] = not entry["machine_busy_spans"]
+    else:
+        entry["machine_quiet"] = None
     entry["mape_pct"] = {m: mape([h["measured"][m] for h in held], [h["predicted"][m] for h in held]) for m in METRICS}
     worst = max(held, key=lambda h: abs(h["predicted"]["p95_ms"] / h["measured"]["p95_ms"] - 1))
     entry["worst_p95_point"] = {"utilisation": worst["utilisation"], "measured_ms": worst["measured"]["p95_ms"],
@@ -425,7 +438,7 @@ def _entries(report: dict[str, Any]) -> list[dict[str, Any]]:
         if "run" not in entry:
             entry["run"] = {**{k: report.get(k) for k in _RUN_KEYS},
                             "command_note": "schema 1 recorded the command without its options"}
-        out.append(summarise_workload(entry) if "worst_p95_point" not in entry else entry)
+        out.append(summarise_workload(entry))
     return out
 
 
@@ -456,6 +469,7 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
                                    if "mape_pct_same_schedule" in e},
         "p95_noise_floor_mape_pct": {e["workload"]: e["p95_noise_floor_mape_pct"] for e in ordered
                                      if "p95_noise_floor_mape_pct" in e},
+        "machine_quiet": {e["workload"]: e["machine_quiet"] for e in ordered},
         "p95_goal_met": {e["workload"]: e["mape_pct"]["p95_ms"] <= GOAL_MAPE_PCT for e in ordered},
         "p95_goal_met_same_schedule": {e["workload"]: e["mape_pct_same_schedule"]["p95_ms"] <= GOAL_MAPE_PCT
                                        for e in ordered if "mape_pct_same_schedule" in e},
@@ -531,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['workload']:>10}: capacity {r['capacity_rps']:.1f} req/s, MAPE steady state: throughput "
               f"{r['mape_pct']['throughput_rps']:.1f} %, p50 {r['mape_pct']['p50_ms']:.1f} %, p95 "
               f"{r['mape_pct']['p95_ms']:.1f} %" + (f"; same schedule: p95 {same['p95_ms']:.1f} %" if same else "")
-              + (f"; noise floor p95 {r['p95_noise_floor_mape_pct']:.1f} %" if "p95_noise_floor_mape_pct" in r else ""))
+              + (f"; noise floor p95 {r['p95_noise_floor_mape_pct']:.1f} %" if "p95_noise_floor_mape_pct" in r else "")
+              + (f"; MACHINE BUSY: other processes used {r['machine_busy_spans']} cores" if r["machine_quiet"] is False
+                 else ""))
     if report.get("analysis_speed"):
         print(f"analysis of {report['analysis_speed']['records']:,} records: {report['analysis_speed']['seconds']} s "
               f"(goal <= 10 s)")
