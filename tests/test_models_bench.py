@@ -107,10 +107,23 @@ def test_whisper_settings_payloads_and_plan():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_whisper_path_runs_end_to_end(tmp_path):
+def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
     plan = mb.Plan(requests=5, min_step_s=2.0, fit_s=0.5, fit_batches=3, calibration_requests=5,
-                   calibration_min_s=1.0, utilisations=(0.3, 0.8), warmup_s=0.5, replays=2, noise_runs=5)
+                   calibration_min_s=1.0, utilisations=(0.3, 0.8), warmup_s=0.5, replays=2, noise_runs=5,
+                   busy_wait_s=0.0)
+    reads = []
+
+    class BusyAtFirst(mb.CpuMeter):  # another user's job during the first fit and the first step's first attempt
+        def read(self):
+            reads.append(1)
+            out = super().read()
+            return {**out, "other_processes_cores": 1.0} if len(reads) in (1, 3) else out
+
+    monkeypatch.setattr(mb, "CpuMeter", BusyAtFirst)
     entry = mb.validate_workload("whisper", tmp_path, plan=plan, settings={"max_batch_size": 2, "decode_tokens": 1})
+    assert len(reads) == 5 and len(entry["busy_fits"]) == 1  # the fit and the first step were done again
+    assert [len(h["busy_attempts"]) for h in entry["held_out"]] == [1, 0]
+    assert entry["machine_quiet"] in (True, False)
     assert entry["settings"]["max_batch_size"] == 2 and entry["weights"] == "random"
     assert entry["service_model"]["alpha_s"] > 0 and entry["service_model"]["fit_points_are"] == "batches"
     assert entry["sweep"]["per_batch_size"].keys() == {1, 2}  # every batch size measured
