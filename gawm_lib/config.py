@@ -49,6 +49,10 @@ class WorkloadConfig(_Settings):
                                                                       "batch; one more is answered 503")
     max_body_bytes: int = Field(64 << 20, ge=1024, le=2 << 30, description="largest request body; larger ones get 413")
     decode_workers: int = Field(4, ge=1, le=256, description="threads that parse and decode requests (JPEG, audio, text)")
+    allow_client_shm: bool = Field(False, description="Triton's system shared-memory extension: clients on this host "
+                                                      "may register POSIX shared-memory objects and name them instead of "
+                                                      "sending input tensors in the body (trusted clients only, as "
+                                                      "Triton's --allow-client-shm)")
     top_k: int = Field(5, ge=1, le=1000, description="ResNet50: classes returned per image")
     max_seq_len: int = Field(128, ge=8, le=512, description="DistilBERT: tokens after truncation")
     max_text_chars: int = Field(20_000, ge=1, le=10_000_000, description="DistilBERT: longer texts are refused (400)")

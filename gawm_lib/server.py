@@ -3,7 +3,8 @@
 Routes (KServe / Triton REST): ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}``,
 ``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer`` (also under ``/versions/1``), ``GET /metrics``. Inference
 requests are JSON tensors or use the binary tensor data extension (see :mod:`gawm_lib.workloads.oip`), so a stock OIP v2
-client (``tritonclient.http``) can call it.
+client (``tritonclient.http``) can call it. With ``allow_client_shm``, local clients may send input tensors through
+system shared memory instead (``/v2/systemsharedmemory/...``, see :mod:`gawm_lib.workloads.shm`).
 
 A request is admitted only while fewer than ``max_queue_size`` requests wait (else 503 with ``Retry-After``: the queue
 never grows without bound), its body is read up to ``max_body_bytes`` (else 413), then parsed and decoded on a pool of
@@ -47,6 +48,7 @@ from gawm_lib.workloads import InferenceError, Workload, build_workload
 from gawm_lib.workloads.device import GpuCollector
 from gawm_lib.prom.catalogue import GAWM_BUCKETS_S
 from gawm_lib.workloads.oip import HEADER_LENGTH, encode_response, parse_request
+from gawm_lib.workloads.shm import SharedMemoryRegistry
 
 log = logging.getLogger("gawm.server")
 LATENCY_BUCKETS_S = GAWM_BUCKETS_S  # defined once, with the query catalogue that reads them
@@ -295,7 +297,8 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     async def server_metadata():
         from gawm_lib import __version__
 
-        return {"name": "gawm", "version": __version__, "extensions": ["binary_tensor_data"]}
+        extensions = ["binary_tensor_data", *(["system_shared_memory"] if cfg.allow_client_shm else [])]
+        return {"name": "gawm", "version": __version__, "extensions": extensions}
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -312,8 +315,46 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
         return unknown(name, version) or JSONResponse({"name": name, "ready": state["ready"]},
                                                       status_code=200 if state["ready"] else 503)
 
+    shared_memory = SharedMemoryRegistry() if cfg.allow_client_shm else None
+
+    def shm_registry() -> SharedMemoryRegistry:
+        if shared_memory is None:
+            raise InferenceError("allow_client_shm", "a server started with allow_client_shm: true", False, 403)
+        return shared_memory
+
+    @app.get("/v2/systemsharedmemory/status")
+    @app.get("/v2/systemsharedmemory/region/{region}/status")
+    async def shm_status(region: str | None = None):
+        try:
+            return shm_registry().status(region)
+        except InferenceError as exc:
+            return JSONResponse(exc.as_json(), status_code=exc.status)
+
+    @app.post("/v2/systemsharedmemory/region/{region}/register")
+    async def shm_register(region: str, request: Request):
+        try:
+            registry = shm_registry()
+            body = await _read_body(request, 64 * 1024)
+            try:
+                doc = json.loads(body)
+            except ValueError as exc:
+                raise InferenceError("body", 'a JSON object {"key", "offset", "byte_size"}', str(exc)[:80]) from None
+            registry.register(region, doc)
+            return Response()
+        except InferenceError as exc:
+            return JSONResponse(exc.as_json(), status_code=exc.status)
+
+    @app.post("/v2/systemsharedmemory/unregister")
+    @app.post("/v2/systemsharedmemory/region/{region}/unregister")
+    async def shm_unregister(region: str | None = None):
+        try:
+            shm_registry().unregister(region)
+            return Response()
+        except InferenceError as exc:
+            return JSONResponse(exc.as_json(), status_code=exc.status)
+
     def decode(body: bytes, header: str | None) -> tuple[Any, list[Any]]:
-        parsed = parse_request(body, header, workload.output_names)
+        parsed = parse_request(body, header, workload.output_names, shared_memory)
         return parsed, workload.decode_request(parsed)
 
     @app.post("/v2/models/{name}/infer")

@@ -215,7 +215,7 @@ def server_process(tmp_path_factory):
     """A real server process started the way the local backend does, with a replica label."""
     port_file = tmp_path_factory.mktemp("server") / "port"
     settings = {"max_batch_size": 4, "max_queue_delay_ms": 1, "warmup_batches": 1, "max_body_bytes": 4 << 20,
-                "gil_switch_interval_ms": 0.25}
+                "gil_switch_interval_ms": 0.25, "allow_client_shm": True}
     proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.server", "--workload", "resnet50", "--settings",
                              json.dumps(settings), "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
                              "--replica", "3", "--exit-with-parent"], stderr=subprocess.DEVNULL)
@@ -294,3 +294,40 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(server_proc
             reply += chunk
         reply = reply.decode()
     assert reply.startswith("HTTP/1.1 413") and '"field":"Content-Length"' in reply
+
+
+def test_a_stock_client_sends_tensors_through_system_shared_memory(server_process):
+    """Triton's system shared-memory extension, driven by tritonclient's own helpers: the same answers as in the body."""
+    http = pytest.importorskip("tritonclient.http")
+    shm = pytest.importorskip("tritonclient.utils.shared_memory")
+    from gawm_lib.config import WorkloadConfig as W
+    from gawm_lib.workloads import build_workload
+
+    client = http.InferenceServerClient(server_process)
+    assert "system_shared_memory" in client.get_server_metadata()["extensions"]
+    pixels = build_workload(W(name="resnet50")).sample_pixels(2, seed=4)
+    handle = shm.create_shared_memory_region("gawm_test_in", "/gawm_test_in", 2 * pixels.nbytes)
+    try:
+        shm.set_shared_memory_region(handle, [pixels[::-1].copy()], offset=pixels.nbytes // 2)  # rows 1, 0
+        client.register_system_shared_memory("images", "/gawm_test_in", 2 * pixels.nbytes)
+        status = client.get_system_shared_memory_status()
+        assert [(r["name"], r["key"], r["byte_size"]) for r in status] == [("images", "/gawm_test_in", 2 * pixels.nbytes)]
+        by_body = http.InferInput("pixel_values", [2, 3, 224, 224], "UINT8")
+        by_body.set_data_from_numpy(pixels)
+        by_shm = http.InferInput("pixel_values", [2, 3, 224, 224], "UINT8")
+        by_shm.set_shared_memory("images", pixels.nbytes, offset=pixels.nbytes // 2)
+        expected = client.infer("resnet50", [by_body]).as_numpy("top_k_indices")
+        got = client.infer("resnet50", [by_shm]).as_numpy("top_k_indices")
+        assert (got == expected[::-1]).all()
+        with pytest.raises(Exception, match="shared_memory_byte_size"):  # past the region's end
+            past = http.InferInput("pixel_values", [2, 3, 224, 224], "UINT8")
+            past.set_shared_memory("images", pixels.nbytes, offset=pixels.nbytes + 1)
+            client.infer("resnet50", [past])
+        client.unregister_system_shared_memory("images")
+        assert client.get_system_shared_memory_status() == []
+        with pytest.raises(Exception, match="inputs\\[0\\].parameters.shared_memory_region"):
+            client.infer("resnet50", [by_shm])  # no longer registered
+        assert client.is_server_ready()
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(handle)

@@ -76,3 +76,26 @@ def test_the_gil_benchmark_keeps_every_repetition_and_restores_the_interval(tmp_
     rows = json.loads((tmp_path / "gil.json").read_text())["results"]
     assert [r["switch_interval_ms"] for r in rows] == [5.0, 0.5]
     assert all(len(r["busy_ms"]) == 2 and r["busy_ms_max"] >= r["busy_ms_median"] > 0 for r in rows)
+
+
+def test_shared_memory_bodies_carry_only_a_header_and_are_answered_by_every_replica(tmp_path):
+    from gawm_lib.backends import open_backend
+    from gawm_lib.bench.server_bench import SharedBodies, payloads, server_run
+    from gawm_lib.config import BackendConfig, WorkloadConfig
+
+    cfg = WorkloadConfig(name="distilbert", max_batch_size=4, max_queue_delay_ms=2, max_seq_len=16,
+                         allow_client_shm=True)
+    binary, _, texts = payloads(cfg, "encoded", per_request=2, count=3)
+    shared = SharedBodies()
+    try:
+        bodies, headers = payloads(cfg, "encoded", per_request=2, count=3, shared=shared)[:2]
+        assert len(bodies) == 3 and all(b"binary_data_size" in full for full in binary)
+        assert b"shared_memory_region" in bodies[0] and bytes(shared.memory.buf[4:4 + len(texts[0])]) == texts[0].encode()
+        with open_backend(cfg, BackendConfig(replicas=2), tmp_path) as backend:
+            shared.register(backend.replicas)
+            result = server_run(backend.replicas, cfg, bodies, headers, 2, "closed", 1, 2, duration_s=1.5,
+                                warmup_s=0.3)
+            assert result["statuses"] == {"200": result["requests"]} and result["items_per_s"] > 5
+    finally:
+        shared.close()
+    assert shared.memory is None

@@ -9,9 +9,10 @@ pre-processed tensor payloads and with encoded ones (JPEG, text, WAV).
 
 - ``ceiling``: the bare model, same precision and compile settings, over a batch sweep: the model alone on tensors
   already on the GPU, and ``prepare`` + ``forward`` (host-to-device copy and post-processing included);
-- ``saturation``: the server's sustained throughput with pre-processed tensors (binary tensor data extension), for
-  each count in ``--replicas``: one server process, then several sharing the GPU (one Python process's request
-  handling, not the GPU, is the limit for large tensor bodies);
+- ``saturation``: the server's sustained throughput with pre-processed tensors, for each count in ``--replicas``:
+  one server process, then several sharing the GPU (one Python process's request handling, not the GPU, is the limit
+  for large tensor bodies), and for each of ``--transports``: tensors in the HTTP body (binary tensor data extension)
+  or in system shared memory (Triton's extension: what a client on the same host can use);
 - ``poisson``: p50/p99 latency under Poisson arrivals at 80 % of that throughput;
 - ``jpeg``: ResNet50 end to end with JPEG decoding in the server, and which side limits it (decode threads or model);
 - ``whisper``: Whisper clips/s for 30 s clips with a fixed 96-token decode, batched, bare and served, for tiny, base,
@@ -31,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from gawm_lib import paths, runs
 from gawm_lib.bench.server_load import Plan, drive
 from gawm_lib.config import BackendConfig, WorkloadConfig
 from gawm_lib.workloads import build_workload, samples
-from gawm_lib.workloads.oip import encode_request
+from gawm_lib.workloads.oip import encode_request, tensor_bytes
 
 SCHEMA_VERSION = 1
 CPU_SETTINGS = {  # one thread; batch sizes that make a CPU batch last about a second
@@ -58,9 +60,11 @@ GPU_SETTINGS = {  # three padded sizes each: every one is compiled and captured 
 
 
 # -- payloads ------------------------------------------------------------------------------------------------------------
-def payloads(cfg: WorkloadConfig, kind: str, per_request: int, count: int = 8) -> tuple[list[bytes], list[dict], Any]:
+def payloads(cfg: WorkloadConfig, kind: str, per_request: int, count: int = 8,
+             shared: SharedBodies | None = None) -> tuple[list[bytes], list[dict], Any]:
     """``count`` request bodies of ``per_request`` items each, from real samples, and the decoded items for the bare
-    model. ``kind``: ``tensor`` (pre-processed, binary) or ``encoded`` (JPEG / text / WAV, binary BYTES)."""
+    model. ``kind``: ``tensor`` (pre-processed, binary) or ``encoded`` (JPEG / text / WAV, binary BYTES). With
+    ``shared``, the bodies name the inputs' bytes in that shared-memory object instead of carrying them."""
     w = build_workload(cfg)
     n = per_request * count
     if cfg.name == "resnet50":
@@ -80,14 +84,57 @@ def payloads(cfg: WorkloadConfig, kind: str, per_request: int, count: int = 8) -
         chunks = [("pcm", "FP32", pcm[i:i + per_request]) if kind == "tensor" else
                   ("audio", "BYTES", clips[i:i + per_request]) for i in range(0, n, per_request)]
         items = list(pcm)
-    bodies, headers = [], []
-    for name, datatype, values in chunks:
-        shape = list(values.shape) if isinstance(values, np.ndarray) else [len(values)]
-        body, head = encode_request([(name, datatype, shape, values)], binary=True, outputs=[w.output_names[1]],
-                                    binary_outputs=True)
-        bodies.append(body)
-        headers.append(head)
+    inputs = [[(name, datatype, list(values.shape) if isinstance(values, np.ndarray) else [len(values)], values)]
+              for name, datatype, values in chunks]
+    output = [w.output_names[1]]
+    if shared is not None:
+        bodies, headers = shared.bodies(inputs, output)
+    else:
+        bodies, headers = map(list, zip(*(encode_request(i, binary=True, outputs=output, binary_outputs=True)
+                                          for i in inputs)))
     return bodies, headers, items
+
+
+class SharedBodies:
+    """Request bodies whose input tensors sit in one POSIX shared-memory object (Triton's system shared-memory
+    extension, as perf_analyzer's ``--shared-memory system``): written once, registered with every replica, read by
+    the server for each request; only a small JSON header goes over HTTP."""
+
+    region = "gawm-bench-inputs"
+
+    def __init__(self) -> None:
+        self.memory: shared_memory.SharedMemory | None = None
+
+    def bodies(self, inputs: list[list[tuple]], output: list[str]) -> tuple[list[bytes], list[dict]]:
+        blobs = [b"".join(tensor_bytes(dt, values) for _, dt, _, values in request) for request in inputs]
+        self.close()
+        self.memory = shared_memory.SharedMemory(create=True, size=sum(map(len, blobs)))
+        bodies, headers, offset = [], [], 0
+        for request, blob in zip(inputs, blobs):
+            self.memory.buf[offset:offset + len(blob)] = blob
+            body, head = encode_request(request, outputs=output, binary_outputs=True,
+                                        shared_memory=(self.region, offset))
+            bodies.append(body)
+            headers.append(head)
+            offset += len(blob)
+        return bodies, headers
+
+    def register(self, replicas) -> None:
+        import httpx
+
+        assert self.memory is not None, "bodies() first"
+        for replica in replicas:
+            base = f"{replica.url}/v2/systemsharedmemory"
+            httpx.post(f"{base}/region/{self.region}/unregister", timeout=10).raise_for_status()
+            httpx.post(f"{base}/region/{self.region}/register", timeout=10,
+                       json={"key": f"/{self.memory.name}", "offset": 0, "byte_size": self.memory.size}
+                       ).raise_for_status()
+
+    def close(self) -> None:
+        if self.memory is not None:
+            self.memory.close()
+            self.memory.unlink()
+            self.memory = None
 
 
 def model_items(workload, raw: list[Any]) -> list[Any]:
@@ -247,36 +294,47 @@ def run_gpu(args, run, out) -> None:
     scenarios = set(args.scenarios)
     for name in [w for w in args.workloads if w != "whisper"]:
         cfg = WorkloadConfig(name=name, device="cuda", decode_workers=args.decode_workers, max_queue_delay_ms=2,
-                             max_queue_size=4096,
+                             max_queue_size=4096, allow_client_shm="shm" in args.transports,
                              warmup_batches=1, **{**GPU_SETTINGS[name], "compile": args.compile,
                                                   "cuda_graphs": args.cuda_graphs, **overrides(args)})
         per_request = min(32 if name == "resnet50" else 64, cfg.max_batch_size)  # items per request
-        bodies, headers, raw = payloads(cfg, "tensor" if name == "resnet50" else "encoded", per_request)
+        kind = "tensor" if name == "resnet50" else "encoded"
+        bodies, headers, raw = payloads(cfg, kind, per_request)
         if "ceiling" in scenarios:
             rows = bare(cfg, raw, workload_buckets(cfg), args.duration_s / 3, model_only=True)
             run["results"].append({"workload": name, "scenario": "ceiling", "settings": cfg.model_dump(), "rows": rows})
             save(out, run)
-        if scenarios & {"saturation", "poisson", "jpeg"}:
+        if not scenarios & {"saturation", "poisson", "jpeg"}:
+            continue
+        shared = SharedBodies()
+        try:
+            by_transport = {"binary": (bodies, headers)}
+            if "shm" in args.transports:
+                by_transport["shm"] = payloads(cfg, kind, per_request, shared=shared)[:2]
             connections = 2 * cfg.max_batch_size // per_request + 4  # in flight per replica: two full batches and more
             common = dict(duration_s=args.duration_s, warmup_s=args.warmup_s)
             for count in args.replicas:  # one process, then several sharing the GPU; Poisson and JPEG on the last
                 with served(cfg, count) as replicas:
+                    if shared.memory is not None:
+                        shared.register(replicas)
                     per_process = max(2, connections * count // max(args.processes, count))
-                    sat = server_run(replicas, cfg, bodies, headers, per_request, "closed", args.processes,
-                                     per_process, **common)
-                    run["results"].append({"workload": name, "scenario": "saturation", "replicas": count,
-                                           "settings": cfg.model_dump(), "server": sat})
-                    save(out, run)
-                    if count != args.replicas[-1]:
-                        continue
-                    if "poisson" in scenarios and sat["requests_per_s"]:
-                        rate = 0.8 * sat["requests_per_s"]
-                        result = server_run(replicas, cfg, bodies, headers, per_request, "poisson", args.processes,
-                                            64, rate_rps=rate, **common)
-                        run["results"].append({"workload": name, "scenario": "poisson_80pct", "replicas": count,
-                                               "server": result})
+                    served_items = []  # items/s at saturation per transport: what JPEG decoding is compared with
+                    for transport in args.transports:
+                        t_bodies, t_headers = by_transport[transport]
+                        sat = server_run(replicas, cfg, t_bodies, t_headers, per_request, "closed", args.processes,
+                                         per_process, **common)
+                        served_items.append(sat["items_per_s"])
+                        run["results"].append({"workload": name, "scenario": "saturation", "replicas": count,
+                                               "transport": transport, "settings": cfg.model_dump(), "server": sat})
                         save(out, run)
-                    if "jpeg" in scenarios and name == "resnet50":
+                        if count == args.replicas[-1] and "poisson" in scenarios and sat["requests_per_s"]:
+                            rate = 0.8 * sat["requests_per_s"]
+                            result = server_run(replicas, cfg, t_bodies, t_headers, per_request, "poisson",
+                                                args.processes, 64, rate_rps=rate, **common)
+                            run["results"].append({"workload": name, "scenario": "poisson_80pct", "replicas": count,
+                                                   "transport": transport, "server": result})
+                            save(out, run)
+                    if count == args.replicas[-1] and "jpeg" in scenarios and name == "resnet50":
                         jpeg_bodies, jpeg_headers, _ = payloads(cfg, "encoded", per_request)
                         result = server_run(replicas, cfg, jpeg_bodies, jpeg_headers, per_request, "closed",
                                             args.processes, per_process, **common)
@@ -285,11 +343,13 @@ def run_gpu(args, run, out) -> None:
                                            if decode_ms else None)
                         result["decode_capacity_items_per_s"] = round(decode_capacity, 1) if decode_capacity else None
                         result["bottleneck"] = ("decode (CPU: JPEG decoding and resizing on decode_workers threads)"
-                                                if decode_capacity and decode_capacity < 1.2 * sat["items_per_s"]
+                                                if decode_capacity and decode_capacity < 1.2 * max(served_items)
                                                 else "model or server loop")
                         run["results"].append({"workload": name, "scenario": "jpeg_end_to_end", "replicas": count,
                                                "server": result})
                         save(out, run)
+        finally:
+            shared.close()
     if "whisper" in scenarios and "whisper" in args.workloads:
         for size in args.whisper_sizes:
             cfg = WorkloadConfig(name="whisper", device="cuda", model_size=size, decode_workers=args.decode_workers,
@@ -338,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4],
                         help="GPU: server processes sharing the GPU, one saturation run each (Poisson and JPEG on the "
                              "last)")
+    parser.add_argument("--transports", type=lambda s: s.split(","), default=["binary", "shm"],
+                        help="GPU saturation and Poisson runs: 'binary' (tensors in the HTTP body, binary extension), "
+                             "'shm' (tensors in system shared memory, only a JSON header over HTTP)")
     parser.add_argument("--max-batch-size", type=int, help="GPU: instead of each workload's default (quick runs)")
     parser.add_argument("--decode-workers", type=int, default=8, help="GPU: server threads decoding requests")
     parser.add_argument("--out", type=Path, help="default data/benchmarks/server_<device>.json")

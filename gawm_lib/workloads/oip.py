@@ -6,6 +6,9 @@ JSON header (``Inference-Header-Content-Length`` bytes) followed by the raw data
 bytes. An output is sent binary when the request asks for it (``outputs[i].parameters.binary_data`` or the request's
 ``parameters.binary_data_output``), which is what stock clients such as ``tritonclient.http`` do by default.
 
+Inputs may also come from shared memory registered with the server (Triton's system shared-memory extension, see
+:mod:`gawm_lib.workloads.shm`): ``parameters.shared_memory_region`` and ``shared_memory_byte_size`` instead of data.
+
 Every problem raises :class:`InferenceError` naming the field (``inputs[0].shape``) and what was expected, so that the
 server can answer a 4xx with that JSON and never a 500.
 """
@@ -15,9 +18,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gawm_lib.workloads.shm import SharedMemoryRegistry
 
 HEADER_LENGTH = "inference-header-content-length"
 # BF16 has no numpy type: it travels as uint16 bit patterns and is widened to float32 on arrival.
@@ -144,8 +150,13 @@ def _binary_numbers(raw: memoryview, datatype: str, shape: tuple[int, ...], wher
     return array
 
 
-def parse_request(body: bytes, header_length: str | None, output_names: tuple[str, ...]) -> InferRequest:
-    """An :class:`InferRequest` from an HTTP body (and its ``Inference-Header-Content-Length`` header, if any)."""
+SHM_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def parse_request(body: bytes, header_length: str | None, output_names: tuple[str, ...],
+                  shared_memory: SharedMemoryRegistry | None = None) -> InferRequest:
+    """An :class:`InferRequest` from an HTTP body (and its ``Inference-Header-Content-Length`` header, if any);
+    ``shared_memory``: the server's registered regions, ``None`` where clients may not use shared memory."""
     json_end = len(body)
     if header_length is not None:
         text = header_length.strip(" \t")
@@ -191,7 +202,16 @@ def parse_request(body: bytes, header_length: str | None, output_names: tuple[st
         if not isinstance(tparams, dict):
             raise InferenceError(f"{where}.parameters", "an object", tparams)
         size = tparams.get("binary_data_size")
-        if size is not None:
+        if any(key in tparams for key in SHM_PARAMETERS):
+            if shared_memory is None:
+                raise InferenceError(f"{where}.parameters.shared_memory_region",
+                                     "data in the body: this server does not take shared memory (allow_client_shm)")
+            if size is not None or "data" in spec:
+                raise InferenceError(f"{where}.parameters", "one of data, binary_data_size or shared_memory_region")
+            raw = shared_memory.read(tparams, f"{where}.parameters")
+            data = (_binary_bytes(raw, count, f"{where}.parameters.shared_memory_region") if datatype == "BYTES"
+                    else _binary_numbers(raw, datatype, shape, f"{where}.parameters.shared_memory_byte_size"))
+        elif size is not None:
             if header_length is None:
                 raise InferenceError(f"{where}.parameters.binary_data_size",
                                      "an Inference-Header-Content-Length header with binary tensor data")
@@ -234,6 +254,9 @@ def _requested_outputs(outputs: Any, known: tuple[str, ...]) -> tuple[list[str] 
             got = spec.get("name") if isinstance(spec, dict) else spec
             raise InferenceError(f"{where}.name", f"one of {', '.join(known)}", got)
         params = spec.get("parameters", {})
+        if isinstance(params, dict) and any(key in params for key in SHM_PARAMETERS):
+            raise InferenceError(f"{where}.parameters.shared_memory_region",
+                                 "outputs in the response body (this server writes none to shared memory)")
         flag = params.get("binary_data", False) if isinstance(params, dict) else None
         if not isinstance(flag, bool):
             raise InferenceError(f"{where}.parameters.binary_data", "true or false", flag)
@@ -290,10 +313,23 @@ def encode_response(model: str, request: InferRequest, outputs: list[Output],
                                         "inference-header-content-length": str(len(header))}
 
 
+def tensor_bytes(datatype: str, values: Any) -> bytes:
+    """A tensor's raw data as the binary extension and shared memory carry it: little-endian numbers, or each BYTES
+    element as a 4-byte little-endian length and the bytes."""
+    if datatype == "BYTES":
+        items = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
+        return b"".join(len(i).to_bytes(4, "little") + i for i in items)
+    array = np.ascontiguousarray(values, dtype=NUMPY_TYPES[datatype])
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
 def encode_request(inputs: list[tuple[str, str, list[int], Any]], binary: bool = True,
-                   outputs: list[str] | None = None, binary_outputs: bool = False) -> tuple[bytes, dict[str, str]]:
+                   outputs: list[str] | None = None, binary_outputs: bool = False,
+                   shared_memory: tuple[str, int] | None = None) -> tuple[bytes, dict[str, str]]:
     """An inference request body and headers (for tests, samples and benchmarks): inputs as (name, datatype, shape,
-    values) with values a numpy array or a list of bytes/str; ``binary`` uses the binary tensor data extension."""
+    values) with values a numpy array or a list of bytes/str; ``binary`` uses the binary tensor data extension.
+    ``shared_memory=(region, offset)``: the inputs' data is not sent but named in that registered region, back to back
+    from ``offset`` (the caller writes ``tensor_bytes`` of each input there)."""
     doc: dict[str, Any] = {"inputs": []}
     if binary_outputs:
         doc["parameters"] = {"binary_data_output": True}
@@ -302,22 +338,22 @@ def encode_request(inputs: list[tuple[str, str, list[int], Any]], binary: bool =
     blobs = []
     for name, datatype, shape, values in inputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
-        if datatype == "BYTES":
-            items = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
-            blob = b"".join(len(i).to_bytes(4, "little") + i for i in items)
-            json_data: Any = [v if isinstance(v, str) else v.decode() for v in values] if not binary else None
-        else:
-            array = np.ascontiguousarray(values, dtype=NUMPY_TYPES[datatype])
-            blob = array.astype(array.dtype.newbyteorder("<")).tobytes()
-            json_data = array.reshape(-1).tolist() if not binary else None
-        if binary:
+        blob = tensor_bytes(datatype, values)
+        if shared_memory is not None:
+            region, offset = shared_memory
+            entry["parameters"] = {"shared_memory_region": region, "shared_memory_byte_size": len(blob),
+                                   "shared_memory_offset": offset}
+            shared_memory = (region, offset + len(blob))
+        elif binary:
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif datatype == "BYTES":
+            entry["data"] = [v if isinstance(v, str) else bytes(v).decode() for v in values]
         else:
-            entry["data"] = json_data
+            entry["data"] = np.asarray(values, dtype=NUMPY_TYPES[datatype]).reshape(-1).tolist()
         doc["inputs"].append(entry)
     header = json.dumps(doc, separators=(",", ":")).encode()
-    if not binary:
+    if not blobs:
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
                                         "inference-header-content-length": str(len(header))}
