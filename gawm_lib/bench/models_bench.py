@@ -38,6 +38,7 @@ quiet machine::
 
     python -m gawm_lib.bench.models_bench                        # all three, about 50 minutes on 2 cores
     python -m gawm_lib.bench.models_bench --workloads whisper    # about 35 minutes (capacity ~2 clips/s)
+    python -m gawm_lib.bench.models_bench --min-step-s 150       # longer held-out steps, a lower noise floor
     python -m gawm_lib.bench.models_bench --quick                # shorter steps, a smoke test
     python -m gawm_lib.bench.models_bench --merge other.json     # merge an earlier report's entries, run nothing
 """
@@ -51,7 +52,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -521,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="report to merge into (created if absent)")
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier reports whose entries to merge in")
     parser.add_argument("--figures", action="store_true", help="only redraw the figures from --out")
+    parser.add_argument("--min-step-s", type=float, default=None,
+                        help="held-out step length in seconds (default: the plan's; longer steps lower the p95 noise "
+                             "floor at high load, where a step's requests come fastest)")
     parser.add_argument("--records", type=int, default=None,
                         help="analysis-speed records (default: 10 million when the report has no measurement yet)")
     args = parser.parse_args(argv)
@@ -541,7 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in workloads:
         started = runs.utc_now()
         with tempfile.TemporaryDirectory(prefix="gawm-models-bench-") as tmp:
-            result = validate_workload(name, Path(tmp), args.quick)
+            plan = plan_for(name, args.quick)
+            if args.min_step_s is not None:
+                if args.min_step_s <= 0:
+                    parser.error(f"--min-step-s: expected a positive number of seconds, got {args.min_step_s}")
+                plan = replace(plan, min_step_s=args.min_step_s)
+            result = validate_workload(name, Path(tmp), args.quick, plan=plan)
         result["run"] = {**run_info, "started_utc": started.isoformat(), "finished_utc": runs.utc_now().isoformat(),
                          "git": runs.git_info(), "host": runs.host_info(), "packages": runs.package_versions(),
                          "threads": {"torch_per_server": 1, **runs.thread_settings()}}
