@@ -360,13 +360,26 @@ def run_gpu(args, run, out) -> None:
             rows = bare(cfg, raw, [b for b in args.whisper_batches if b <= cfg.max_batch_size], args.duration_s / 3,
                         model_only=False)
             batch_s = rows[-1]["batch_ms_p50"] / 1000  # a full batch: the window holds several, after the first ones
-            with served(cfg) as replica:
-                sat = server_run(replica, cfg, bodies, headers, per_request, "closed", 2,
-                                 cfg.max_batch_size // per_request + 2, max(args.duration_s, 8 * batch_s),
-                                 max(args.warmup_s, 3 * batch_s))
-            run["results"].append({"workload": "whisper", "scenario": "whisper_30s_96_tokens", "model_size": size,
-                                   "settings": cfg.model_dump(), "bare": rows, "server": sat})
-            save(out, run)
+            window_s = max(args.duration_s, 8 * batch_s, args.whisper_min_window_s)
+            shared = SharedBodies()
+            try:
+                by_transport = {"binary": (bodies, headers)}
+                if "shm" in args.transports:
+                    cfg = cfg.model_copy(update={"allow_client_shm": True})
+                    by_transport["shm"] = payloads(cfg, "tensor", per_request, shared=shared)[:2]
+                with served(cfg) as replica:
+                    if shared.memory is not None:
+                        shared.register([replica])
+                    for transport in args.transports:
+                        sat = server_run(replica, cfg, *by_transport[transport], per_request, "closed", 2,
+                                         cfg.max_batch_size // per_request + 2, window_s,
+                                         max(args.warmup_s, 3 * batch_s))
+                        run["results"].append({"workload": "whisper", "scenario": "whisper_30s_96_tokens",
+                                               "model_size": size, "transport": transport,
+                                               "settings": cfg.model_dump(), "bare": rows, "server": sat})
+                        save(out, run)
+            finally:
+                shared.close()
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -388,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=["ceiling", "saturation", "poisson", "jpeg", "whisper"], help="GPU only")
     parser.add_argument("--whisper-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 128],
                         help="GPU: Whisper bare batch sweep")
+    parser.add_argument("--whisper-min-window-s", type=float, default=20.0,
+                        help="GPU: shortest measured window of a served Whisper run (a batch takes seconds) [s]")
     parser.add_argument("--whisper-sizes", type=lambda s: s.split(","), default=["tiny", "base", "small", "large-v3"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="GPU: torch.compile")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
