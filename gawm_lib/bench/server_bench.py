@@ -369,7 +369,7 @@ def run_gpu(args, run, out) -> None:
                     by_transport["shm"] = payloads(cfg, "tensor", per_request, shared=shared)[:2]
                 with served(cfg) as replica:
                     if shared.memory is not None:
-                        shared.register([replica])
+                        shared.register(replica)  # served() yields the list of replicas
                     for transport in args.transports:
                         sat = server_run(replica, cfg, *by_transport[transport], per_request, "closed", 2,
                                          cfg.max_batch_size // per_request + 2, window_s,
