@@ -92,6 +92,33 @@ def latency_vs_throughput(table: pd.DataFrame, slo_ms: dict[str, float] | None =
     return fig
 
 
+def tail_vs_throughput_by_replicas(table: pd.DataFrame, slo_ms: dict[str, float] | None = None):
+    """p95 latency [ms, log] against achieved throughput [req/s], one panel per workload, one line per replica count
+    and load scenario (solid: closed loop, dashed: open loop), with the SLO where given: a replica study at a glance."""
+    workloads = _ordered(table["workload"].unique())
+    fig, axes = figure(aspect=0.36, ncols=len(workloads))
+    counts = sorted(table["replicas"].unique())
+    colours = dict(zip(counts, [f"C{i}" for i in range(len(counts))]))
+    for ax, workload in zip(axes[0], workloads):
+        mine = table[table["workload"] == workload]
+        for (replicas, scenario), steps in mine.groupby(["replicas", "scenario"]):
+            steps = steps.sort_values("step")
+            open_loop = scenario in ("poisson", "constant_rate")
+            ax.plot(steps["throughput_rps"], steps["p95_ms"], marker="s" if open_loop else "o", markersize=3,
+                    linestyle="--" if open_loop else "-", color=colours[replicas],
+                    label=f"{replicas} replica{'s' if replicas > 1 else ''}, {'open' if open_loop else 'closed'} loop")
+        if slo_ms and workload in slo_ms:
+            ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8)
+            ax.annotate(f"SLO {slo_ms[workload]:g} ms", (0.02, slo_ms[workload]), xycoords=("axes fraction", "data"),
+                        xytext=(0, 2), textcoords="offset points", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(WORKLOAD_LABEL.get(workload, workload))
+        ax.set_xlabel("throughput [req/s]")
+        ax.legend(fontsize=6, frameon=False)
+    axes[0, 0].set_ylabel("p95 latency [ms]")
+    return fig
+
+
 def percentiles_vs_load(table: pd.DataFrame, percentiles=("p50", "p95", "p99"), slo_ms: dict | None = None):
     """Latency percentiles [ms] against offered load [req/s], one panel per workload (open-loop sweeps)."""
     workloads = _ordered(table["workload"].unique())

@@ -17,33 +17,54 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
     monkeypatch.setenv("GAWM_RAW_DIR", str(tmp_path / "raw"))
     monkeypatch.setenv("GAWM_FIGURES_DIR", str(tmp_path / "figures"))
     ids = []
-    for replicas in (1, 2):
+    for replicas, load in ((1, {}), (2, {}), (1, {"scenario": "poisson", "levels": [2, 6]})):
         cfg = config.validate_params({
             "name": "report-test", "workloads": [{"name": "distilbert", "max_batch_size": 4, "max_seq_len": 16}],
             "backend": {"replicas": replicas}, "prometheus": {"enabled": False},
-            "load": {"levels": [1, 4], "step_duration_s": 1.0, "warmup_s": 0.2}}, source="test")
+            "load": {"levels": [1, 4], "step_duration_s": 1.0, "warmup_s": 0.2, **load}}, source="test")
         run, _ = experiment.run_experiment(cfg, progress=False)
         ids.append(run.id)
     out = tmp_path / "report"
-    report = study_report.build(ids, out, "test")
+    report = study_report.build(ids, out, "test", slo_ms={"distilbert": 10_000}, loads={"distilbert": [1, 1e6]})
 
     steps = pd.read_csv(out / "steps.csv")
-    assert sorted(steps["replicas"].unique()) == [1, 2] and len(steps) == 4 and (steps["throughput_rps"] > 0).all()
+    assert sorted(steps["replicas"].unique()) == [1, 2] and len(steps) == 6 and (steps["throughput_rps"] > 0).all()
     scaling = pd.read_csv(out / "scaling.csv").set_index("replicas")
     one = scaling.loc[1, "throughput_rps"]
     assert scaling.loc[2, "MVA-1_throughput_rps"] == pytest.approx(one)  # one shared station: no gain
     assert scaling.loc[2, "MVA-R_throughput_rps"] == pytest.approx(2 * one, rel=0.05)  # 4 users, 2 stations
     validation = pd.read_csv(out / "validation.csv")
-    assert set(validation["run_id"]) == {ids[1]}  # fitted on the 1-replica run, predicting the other
+    # fitted on the 1-replica closed-loop run, predicting the 2-replica one and the open-loop (Poisson) one
+    assert set(validation["run_id"]) == {ids[1], ids[2]}
     assert set(validation["metric"]) == {"throughput", "p50", "p95"} and validation["ape_pct"].notna().all()
-    assert set(report["model_mape_pct"]) == {"throughput", "p50", "p95"}
+    assert set(report["model_mape_pct"]["distilbert"]) == {"closed_loop", "poisson"}
+    assert set(report["model_mape_pct"]["distilbert"]["poisson"]) == {"throughput", "p50", "p95"}
+    assert report["model"]["service"]["distilbert"]["fitted_on"] == [ids[0]]
     steps_model = pd.read_csv(out / "mva_steps.csv")
     first = steps_model[(steps_model["replicas"] == 1) & (steps_model["level"] == 1)].iloc[0]
     assert first["fitted_on"] and first["predicted_mean_ms"] == pytest.approx(first["mean_ms"])  # Z + D = L1
     busiest = steps_model[steps_model["replicas"] == 1]["throughput_rps"].max()
     assert steps_model[steps_model["replicas"] == 1]["predicted_throughput_rps"].max() <= busiest * 1.0001  # <= 1/D
-    assert set(report["mva_delay_bottleneck"]["held_out_mape_pct"]) == {"replicas_2"}
+    assert set(report["mva_delay_bottleneck"]["distilbert"]["held_out_mape_pct"]) == {"replicas_2"}
+    plan = pd.read_csv(out / "capacity.csv")  # a loose SLO: 1 req/s needs one replica, a million none measured
+    assert plan["replicas"].tolist()[0] == 1 and pd.isna(plan["replicas"].tolist()[1])
     assert report["run_ids"] == ids and all(report["runs"][i]["status"] == "COMPLETED" for i in ids)
     for fig_id in ("latency_vs_throughput", "scaling_vs_replicas"):
         assert (out / f"{fig_id}.png").read_bytes()[:4] == b"\x89PNG" and (out / f"{fig_id}.pdf").stat().st_size > 1000
         assert json.loads((out / f"{fig_id}.json").read_text())["run_ids"] == ids
+
+
+def test_the_capacity_plan_takes_the_fewest_measured_replicas_within_the_slo():
+    steps = pd.DataFrame({
+        "workload": ["a"] * 5 + ["b"],
+        "replicas": [1, 1, 2, 2, 4, 1],
+        "throughput_rps": [100, 200, 300, 390, 800, 50],
+        "p95_ms": [10, 20, 12, 14, 15, 1],
+        "errors": [0, 0, 0, 5, 0, 0],
+    })
+    plan = study_report.capacity_plan(steps, {"a": 15}, {"a": [50, 150, 300, 350, 800, 801]})
+    # SLO capacities: 1 replica 100 (200 is over the SLO), 2 replicas 300 (390 had errors), 4 replicas 800
+    assert plan["replicas"].tolist()[:5] == [1, 2, 2, 4, 4] and pd.isna(plan["replicas"].iloc[5])
+    assert plan["measured_slo_capacity_rps"].iloc[0] == "100,300,800"
+    with pytest.raises(SystemExit, match="WORKLOAD=VALUE"):
+        study_report.main(["--run-ids", "x", "--out", "/tmp/unused", "--slo-ms", "15"])

@@ -13,8 +13,13 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
   highest throughput) per replica, the users spread evenly over the replicas (exact MVA), with each point's error;
 - ``validation.csv``: the batch-service model fitted on the 1-replica run (``gawm_lib.analysis``) predicting every
   step of the other runs, with each point's error;
-- figures (PDF + PNG + provenance JSON): latency vs throughput per replica count, and scaling with both MVA bounds;
+- figures (PDF + PNG + provenance JSON): p95 vs throughput per workload, replica count and scenario (with the SLOs),
+  and scaling with both MVA bounds;
+- ``capacity.csv`` (with ``--slo-ms``): replicas needed per workload and load, from the measured steps alone;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
+
+Several suites and workloads go into one report (``--suite a b``): the scaling models are fitted per workload on its
+closed-loop runs with one replica, and open-loop (Poisson) runs are predicted by that workload's batch-service model.
 """
 
 from __future__ import annotations
@@ -96,7 +101,32 @@ def delay_bottleneck(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float
     return frame, {"demand_ms": demand_s * 1e3, "delay_ms": delay_s * 1e3}
 
 
-def build(run_ids: list[str], out: Path, command: str) -> dict[str, Any]:
+def capacity_plan(steps: pd.DataFrame, slo_ms: dict[str, float], loads: dict[str, list[float]]) -> pd.DataFrame:
+    """Replicas needed per (workload, load) from measurements alone: each replica count's *SLO capacity* is the highest
+    throughput of a step (closed or open loop) with p95 <= the workload's SLO and no errors; a load needs the fewest
+    measured replicas whose SLO capacity reaches it (none: no measured count does). Open-loop steps at a rate are the
+    direct evidence; a closed-loop step says that count carried that throughput within the SLO."""
+    rows = []
+    for workload, limit in slo_ms.items():
+        mine = steps[(steps["workload"] == workload) & (steps["errors"] == 0) & (steps["p95_ms"] <= limit)]
+        capacity = mine.groupby("replicas")["throughput_rps"].max().sort_index()
+        for load in loads.get(workload, []):
+            enough = capacity[capacity >= load]
+            rows.append({"workload": workload, "slo_p95_ms": limit, "load_rps": load,
+                         "replicas": int(enough.index[0]) if len(enough) else None,
+                         "slo_capacity_rps": float(enough.iloc[0]) if len(enough) else None,
+                         "measured_counts": ",".join(map(str, capacity.index)),
+                         "measured_slo_capacity_rps": ",".join(f"{c:.0f}" for c in capacity)})
+    plan = pd.DataFrame(rows)
+    if len(plan):
+        plan["replicas"] = plan["replicas"].astype("Int64")  # a count, or empty where none measured reaches the load
+    return plan
+
+
+def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] | None = None,
+          loads: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """The report of ``run_ids`` (any workloads; closed-loop replica studies get the scaling models, open-loop runs
+    are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs)."""
     requests, loaded = analysis.load_requests(run_ids)
     table = analysis.summarise_runs(requests)
     gpu = pd.concat([step_metrics(r) for r in loaded], ignore_index=True)
@@ -107,36 +137,56 @@ def build(run_ids: list[str], out: Path, command: str) -> dict[str, Any]:
             *[c for c in GPU_QUERIES.values() if c in steps]]
     steps[keep].round(4).to_csv(out / "steps.csv", index=False)
 
-    measured, predicted = scaling(table)
-    joined = measured[["workload", "replicas", "level", "throughput_rps", "mean_ms"]].merge(
-        predicted.pivot_table(index=["workload", "replicas"], columns="model", values=["throughput_rps", "mean_ms"])
-        .pipe(lambda f: f.set_axis([f"{m}_{v}" for v, m in f.columns], axis=1)).reset_index(),
-        on=["workload", "replicas"], how="left")
-    joined.round(3).to_csv(out / "scaling.csv", index=False)
+    closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
+    studied = [w for w, rows in closed.groupby("workload") if (rows["replicas"] == 1).any()]
+    joined, steps_model, fitted, measured, predicted = None, [], {}, None, None
+    if studied:
+        measured, predicted = scaling(closed[closed["workload"].isin(studied)])
+        joined = measured[["workload", "replicas", "level", "throughput_rps", "mean_ms"]].merge(
+            predicted.pivot_table(index=["workload", "replicas"], columns="model",
+                                  values=["throughput_rps", "mean_ms"])
+            .pipe(lambda f: f.set_axis([f"{m}_{v}" for v, m in f.columns], axis=1)).reset_index(),
+            on=["workload", "replicas"], how="left")
+        joined.round(3).to_csv(out / "scaling.csv", index=False)
+        for workload in studied:
+            frame, fitted[workload] = delay_bottleneck(closed[closed["workload"] == workload])
+            steps_model.append(frame)
+        steps_model = pd.concat(steps_model, ignore_index=True)
+        steps_model.round(4).to_csv(out / "mva_steps.csv", index=False)
+    mva_mape = {workload: {f"replicas_{r}": {"throughput": round(float(g["throughput_ape_pct"].mean()), 1),
+                                             "mean_latency": round(float(g["mean_ape_pct"].mean()), 1)}
+                           for r, g in held.groupby("replicas")}
+                for workload, held in (steps_model[~steps_model["fitted_on"]].groupby("workload")
+                                       if len(steps_model) else [])}
 
-    steps_model, fitted = delay_bottleneck(table)
-    steps_model.round(4).to_csv(out / "mva_steps.csv", index=False)
-    held_out = steps_model[~steps_model["fitted_on"]]
-    mva_mape = {f"replicas_{r}": {"throughput": round(float(g["throughput_ape_pct"].mean()), 1),
-                                  "mean_latency": round(float(g["mean_ape_pct"].mean()), 1)}
-                for r, g in held_out.groupby("replicas")}
-
-    single = table[table["replicas"] == 1]["run_id"].unique().tolist()
-    validation, mape = pd.DataFrame(), {}
-    if single:
+    validations, mape, services = [], {}, {}
+    for workload in studied:
+        single = closed[(closed["workload"] == workload) & (closed["replicas"] == 1)]["run_id"].unique().tolist()
+        mine = requests[requests["workload"] == workload]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            service, overhead = analysis.fit_service(requests[requests["run_id"].isin(single)])
-        held = requests[~requests["run_id"].isin(single)]
+            service, overhead = analysis.fit_service(mine[mine["run_id"].isin(single)])
+        services[workload] = {"alpha_ms": round(service.alpha * 1e3, 4), "beta_ms": round(service.beta * 1e3, 4),
+                              "overhead_ms": round(overhead * 1e3, 3), "fitted_on": single}
+        held = mine[~mine["run_id"].isin(single)]
         if len(held):
             validation = analysis.validation_table(analysis.predict_steps(held, service, overhead))
-            validation.round(4).to_csv(out / "validation.csv", index=False)
-            mape = validation.groupby("metric")["ape_pct"].mean().round(1).to_dict()
+            validations.append(validation.assign(workload=workload))
+            mape[workload] = {scenario: rows.groupby("metric")["ape_pct"].mean().round(1).to_dict()
+                              for scenario, rows in validation.groupby("scenario")}
+    if validations:
+        pd.concat(validations, ignore_index=True).round(4).to_csv(out / "validation.csv", index=False)
+
+    plan = None
+    if slo_ms:
+        plan = capacity_plan(steps, slo_ms, loads or {})
+        plan.to_csv(out / "capacity.csv", index=False)
 
     figures = {}
-    for fig_id, fig in (("latency_vs_throughput", plots.latency_vs_throughput(
-                            table.assign(workload=table["workload"] + " x" + table["replicas"].astype(str)))),
-                        ("scaling_vs_replicas", plots.scaling_vs_replicas(measured, predicted))):
+    drawn = [("latency_vs_throughput", plots.tail_vs_throughput_by_replicas(table, slo_ms))]
+    if measured is not None:
+        drawn.append(("scaling_vs_replicas", plots.scaling_vs_replicas(measured, predicted)))
+    for fig_id, fig in drawn:
         figures[fig_id] = [str(p) for p in plots.save_figure(fig, fig_id, run_ids, "gawm_lib/bench/study_report.py",
                                                              {"command": command}, out_dir=out).values()]
     report = {
@@ -145,29 +195,51 @@ def build(run_ids: list[str], out: Path, command: str) -> dict[str, Any]:
         "runs": {r.id: {"git": r.manifest.get("git"), "host": r.manifest.get("host"), "gpu": r.manifest.get("gpu"),
                         "status": r.manifest.get("status"), "weights": r.manifest.get("workloads")} for r in loaded},
         "model_mape_pct": mape,
-        "mva_delay_bottleneck": {**{k: round(v, 3) for k, v in fitted.items()}, "held_out_mape_pct": mva_mape},
-        "model": {"service": {"alpha_ms": round(service.alpha * 1e3, 4), "beta_ms": round(service.beta * 1e3, 4),
-                              "overhead_ms": round(overhead * 1e3, 3), "fitted_on": single}} if single else None,
-        "scaling": json.loads(joined.round(3).to_json(orient="records")),
+        "mva_delay_bottleneck": {w: {**{k: round(v, 3) for k, v in fitted[w].items()},
+                                     "held_out_mape_pct": mva_mape.get(w, {})} for w in fitted},
+        "model": {"service": services},
+        "scaling": json.loads(joined.round(3).to_json(orient="records")) if joined is not None else [],
+        "capacity_plan": json.loads(plan.to_json(orient="records")) if plan is not None else None,
         "figures": figures,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     return report
 
 
+def _per_workload(values: list[str], what: str, parse) -> dict[str, Any]:
+    out = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{what}: expected WORKLOAD=VALUE, got {value!r}")
+        try:
+            out[name] = parse(rest)
+        except ValueError:
+            raise SystemExit(f"{what}: {value!r}: not a number (or comma-separated numbers)") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--suite", help="a suite's completed runs (gawm run params/suite_*.yaml)")
+    which.add_argument("--suite", nargs="+", help="suites whose completed runs to report (gawm run params/suite_*.yaml)")
     which.add_argument("--run-ids", nargs="+", help="run ids under GAWM_RAW_DIR")
     parser.add_argument("--out", type=Path, required=True, help="folder for the report (e.g. data/benchmarks/h200)")
+    parser.add_argument("--slo-ms", nargs="+", default=[], metavar="WORKLOAD=MS",
+                        help="p95 targets for a capacity plan from the measured steps, e.g. resnet50=15")
+    parser.add_argument("--loads-rps", nargs="+", default=[], metavar="WORKLOAD=R1,R2",
+                        help="loads to plan for [req/s], e.g. resnet50=100,400,1600")
     args = parser.parse_args(argv)
-    run_ids = args.run_ids or suite.suite_run_ids(args.suite)
+    slo_ms = _per_workload(args.slo_ms, "--slo-ms", float)
+    loads = _per_workload(args.loads_rps, "--loads-rps", lambda t: [float(x) for x in t.split(",")])
+    if set(loads) - set(slo_ms):
+        parser.error(f"--loads-rps for {sorted(set(loads) - set(slo_ms))} without an --slo-ms")
+    run_ids = args.run_ids or [r for name in args.suite for r in suite.suite_run_ids(name)]
     if not run_ids:
-        raise SystemExit(f"suite {args.suite!r}: no completed runs under {paths.raw_dir()}")
+        raise SystemExit(f"suites {args.suite}: no completed runs under {paths.raw_dir()}")
     command = "python -m gawm_lib.bench.study_report " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = build(run_ids, args.out, command)
-    print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "scaling")}, indent=1))
+    report = build(run_ids, args.out, command, slo_ms, loads)
+    print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "capacity_plan")}, indent=1))
     return 0
 
 
