@@ -48,6 +48,7 @@ def test_closed_loop_steps_record_every_request(tmp_path, server):
     assert steps.min() >= 5  # min_requests_per_step holds even if the duration ran out first
     assert (rows["done_ns"] > rows["sent_ns"]).all() and (rows["sent_ns"] >= rows["scheduled_ns"]).all()
     assert (rows["batch_size"] >= 1).all() and (rows["server_compute_ns"] > 0).all()
+    assert (rows["server_decode_ns"] > 0).all()  # the server's own time before the batch: body, parsing, decoding
     for phase in result["phases"]:  # wall-clock phase bounds follow from the one anchor
         assert phase["end_unix_ns"] - phase["start_unix_ns"] == phase["end_ns"] - phase["start_ns"]
     table = summary.summarise(summary.read_requests(spec.out_dir))

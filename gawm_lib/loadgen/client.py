@@ -63,15 +63,16 @@ def status_kind(status: int) -> str:
     return f"http_{status // 100}xx" if status // 100 in (1, 3, 4, 5) else "other"
 
 
-def server_timing(payload: bytes) -> tuple[int, int, int]:
-    """``(batch_size, queue_ns, compute_ns)`` from an OIP v2 answer's ``parameters`` (-1 where not reported)."""
+def server_timing(payload: bytes) -> tuple[int, int, int, int]:
+    """``(batch_size, queue_ns, compute_ns, decode_ns)`` from an OIP v2 answer's ``parameters`` (-1 where not
+    reported)."""
     if len(payload) > 1 << 20 or b'"parameters"' not in payload:
-        return -1, -1, -1
+        return -1, -1, -1, -1
     try:
         params = json.loads(payload).get("parameters") or {}
-        return (int(params.get("batch_size", -1)), int(params.get("queue_ns", -1)), int(params.get("compute_ns", -1)))
+        return tuple(int(params.get(key, -1)) for key in ("batch_size", "queue_ns", "compute_ns", "decode_ns"))
     except (ValueError, TypeError, AttributeError):
-        return -1, -1, -1
+        return -1, -1, -1, -1
 
 
 def join_bodies(bodies: list[dict[str, Any]]) -> dict[str, Any]:
