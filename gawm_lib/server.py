@@ -269,6 +269,11 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
 
     app = FastAPI(title="gawm model server", lifespan=lifespan)
 
+    @app.exception_handler(InferenceError)
+    async def bad_request(request: Request, exc: InferenceError):
+        # Routes without their own accounting (the shared-memory ones) let their 4xx answers rise to here.
+        return JSONResponse(exc.as_json(), status_code=exc.status)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         # Unknown routes and methods answer in the same JSON shape as every other error.
@@ -325,33 +330,24 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     @app.get("/v2/systemsharedmemory/status")
     @app.get("/v2/systemsharedmemory/region/{region}/status")
     async def shm_status(region: str | None = None):
-        try:
-            return shm_registry().status(region)
-        except InferenceError as exc:
-            return JSONResponse(exc.as_json(), status_code=exc.status)
+        return shm_registry().status(region)
 
     @app.post("/v2/systemsharedmemory/region/{region}/register")
     async def shm_register(region: str, request: Request):
+        registry = shm_registry()
+        body = await _read_body(request, 64 * 1024)
         try:
-            registry = shm_registry()
-            body = await _read_body(request, 64 * 1024)
-            try:
-                doc = json.loads(body)
-            except ValueError as exc:
-                raise InferenceError("body", 'a JSON object {"key", "offset", "byte_size"}', str(exc)[:80]) from None
-            registry.register(region, doc)
-            return Response()
-        except InferenceError as exc:
-            return JSONResponse(exc.as_json(), status_code=exc.status)
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise InferenceError("body", 'a JSON object {"key", "offset", "byte_size"}', str(exc)[:80]) from None
+        registry.register(region, doc)
+        return Response()
 
     @app.post("/v2/systemsharedmemory/unregister")
     @app.post("/v2/systemsharedmemory/region/{region}/unregister")
     async def shm_unregister(region: str | None = None):
-        try:
-            shm_registry().unregister(region)
-            return Response()
-        except InferenceError as exc:
-            return JSONResponse(exc.as_json(), status_code=exc.status)
+        shm_registry().unregister(region)
+        return Response()
 
     def decode(body: bytes, header: str | None) -> tuple[Any, list[Any]]:
         parsed = parse_request(body, header, workload.output_names, shared_memory)

@@ -120,9 +120,11 @@ class SharedBodies:
         return bodies, headers
 
     def register(self, replicas) -> None:
+        """Register the object with each replica (nothing to do before :meth:`bodies`)."""
         import httpx
 
-        assert self.memory is not None, "bodies() first"
+        if self.memory is None:
+            return
         for replica in replicas:
             base = f"{replica.url}/v2/systemsharedmemory"
             httpx.post(f"{base}/region/{self.region}/unregister", timeout=10).raise_for_status()
@@ -135,6 +137,21 @@ class SharedBodies:
             self.memory.close()
             self.memory.unlink()
             self.memory = None
+
+    def __enter__(self) -> SharedBodies:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def bodies_by_transport(cfg: WorkloadConfig, kind: str, per_request: int, binary: tuple[list, list],
+                        transports: list[str], shared: SharedBodies) -> dict[str, tuple[list, list]]:
+    """``{transport: (bodies, headers)}``: the ``binary`` ones as given; the ``shm`` ones written into ``shared``."""
+    out = {"binary": binary}
+    if "shm" in transports:
+        out["shm"] = payloads(cfg, kind, per_request, shared=shared)[:2]
+    return out
 
 
 def model_items(workload, raw: list[Any]) -> list[Any]:
@@ -306,17 +323,13 @@ def run_gpu(args, run, out) -> None:
             save(out, run)
         if not scenarios & {"saturation", "poisson", "jpeg"}:
             continue
-        shared = SharedBodies()
-        try:
-            by_transport = {"binary": (bodies, headers)}
-            if "shm" in args.transports:
-                by_transport["shm"] = payloads(cfg, kind, per_request, shared=shared)[:2]
+        with SharedBodies() as shared:
+            by_transport = bodies_by_transport(cfg, kind, per_request, (bodies, headers), args.transports, shared)
             connections = 2 * cfg.max_batch_size // per_request + 4  # in flight per replica: two full batches and more
             common = dict(duration_s=args.duration_s, warmup_s=args.warmup_s)
             for count in args.replicas:  # one process, then several sharing the GPU; Poisson and JPEG on the last
                 with served(cfg, count) as replicas:
-                    if shared.memory is not None:
-                        shared.register(replicas)
+                    shared.register(replicas)
                     per_process = max(2, connections * count // max(args.processes, count))
                     served_items = []  # items/s at saturation per transport: what JPEG decoding is compared with
                     for transport in args.transports:
@@ -348,12 +361,11 @@ def run_gpu(args, run, out) -> None:
                         run["results"].append({"workload": name, "scenario": "jpeg_end_to_end", "replicas": count,
                                                "server": result})
                         save(out, run)
-        finally:
-            shared.close()
     if "whisper" in scenarios and "whisper" in args.workloads:
         for size in args.whisper_sizes:
             cfg = WorkloadConfig(name="whisper", device="cuda", model_size=size, decode_workers=args.decode_workers,
                                  max_queue_size=1024, max_queue_delay_ms=20, warmup_batches=1,
+                                 allow_client_shm="shm" in args.transports,
                                  **{**GPU_SETTINGS["whisper"], **overrides(args)})
             per_request = min(4, cfg.max_batch_size)
             bodies, headers, raw = payloads(cfg, "tensor", per_request)
@@ -361,25 +373,17 @@ def run_gpu(args, run, out) -> None:
                         model_only=False)
             batch_s = rows[-1]["batch_ms_p50"] / 1000  # a full batch: the window holds several, after the first ones
             window_s = max(args.duration_s, 8 * batch_s, args.whisper_min_window_s)
-            shared = SharedBodies()
-            try:
-                by_transport = {"binary": (bodies, headers)}
-                if "shm" in args.transports:
-                    cfg = cfg.model_copy(update={"allow_client_shm": True})
-                    by_transport["shm"] = payloads(cfg, "tensor", per_request, shared=shared)[:2]
-                with served(cfg) as replica:
-                    if shared.memory is not None:
-                        shared.register(replica)  # served() yields the list of replicas
-                    for transport in args.transports:
-                        sat = server_run(replica, cfg, *by_transport[transport], per_request, "closed", 2,
-                                         cfg.max_batch_size // per_request + 2, window_s,
-                                         max(args.warmup_s, 3 * batch_s))
-                        run["results"].append({"workload": "whisper", "scenario": "whisper_30s_96_tokens",
-                                               "model_size": size, "transport": transport,
-                                               "settings": cfg.model_dump(), "bare": rows, "server": sat})
-                        save(out, run)
-            finally:
-                shared.close()
+            with SharedBodies() as shared, served(cfg) as replicas:
+                by_transport = bodies_by_transport(cfg, "tensor", per_request, (bodies, headers), args.transports,
+                                                   shared)
+                shared.register(replicas)
+                for transport in args.transports:
+                    sat = server_run(replicas, cfg, *by_transport[transport], per_request, "closed", 2,
+                                     cfg.max_batch_size // per_request + 2, window_s, max(args.warmup_s, 3 * batch_s))
+                    run["results"].append({"workload": "whisper", "scenario": "whisper_30s_96_tokens",
+                                           "model_size": size, "transport": transport,
+                                           "settings": cfg.model_dump(), "bare": rows, "server": sat})
+                    save(out, run)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
 
     closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
     studied = [w for w, rows in closed.groupby("workload") if (rows["replicas"] == 1).any()]
-    joined, steps_model, fitted, measured, predicted = None, [], {}, None, None
+    joined, measured, predicted, fitted, mva_mape = None, None, None, {}, {}
     if studied:
         measured, predicted = scaling(closed[closed["workload"].isin(studied)])
         joined = measured[["workload", "replicas", "level", "throughput_rps", "mean_ms"]].merge(
@@ -148,16 +148,14 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
             .pipe(lambda f: f.set_axis([f"{m}_{v}" for v, m in f.columns], axis=1)).reset_index(),
             on=["workload", "replicas"], how="left")
         joined.round(3).to_csv(out / "scaling.csv", index=False)
+        frames = []
         for workload in studied:
             frame, fitted[workload] = delay_bottleneck(closed[closed["workload"] == workload])
-            steps_model.append(frame)
-        steps_model = pd.concat(steps_model, ignore_index=True)
-        steps_model.round(4).to_csv(out / "mva_steps.csv", index=False)
-    mva_mape = {workload: {f"replicas_{r}": {"throughput": round(float(g["throughput_ape_pct"].mean()), 1),
-                                             "mean_latency": round(float(g["mean_ape_pct"].mean()), 1)}
-                           for r, g in held.groupby("replicas")}
-                for workload, held in (steps_model[~steps_model["fitted_on"]].groupby("workload")
-                                       if len(steps_model) else [])}
+            frames.append(frame)
+            mva_mape[workload] = {f"replicas_{r}": {"throughput": round(float(g["throughput_ape_pct"].mean()), 1),
+                                                    "mean_latency": round(float(g["mean_ape_pct"].mean()), 1)}
+                                  for r, g in frame[~frame["fitted_on"]].groupby("replicas")}
+        pd.concat(frames, ignore_index=True).round(4).to_csv(out / "mva_steps.csv", index=False)
 
     validations, mape, services = [], {}, {}
     for workload in studied:
@@ -196,7 +194,7 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
                         "status": r.manifest.get("status"), "weights": r.manifest.get("workloads")} for r in loaded},
         "model_mape_pct": mape,
         "mva_delay_bottleneck": {w: {**{k: round(v, 3) for k, v in fitted[w].items()},
-                                     "held_out_mape_pct": mva_mape.get(w, {})} for w in fitted},
+                                     "held_out_mape_pct": mva_mape[w]} for w in fitted},
         "model": {"service": services},
         "scaling": json.loads(joined.round(3).to_json(orient="records")) if joined is not None else [],
         "capacity_plan": json.loads(plan.to_json(orient="records")) if plan is not None else None,

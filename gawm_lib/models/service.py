@@ -19,6 +19,13 @@ from scipy import optimize, stats
 __all__ = ["BatchLatencyModel", "BatchLatencyTable", "fit_batch_latency"]
 
 
+def _items_per_s(model, batch_size):
+    """``b / model.predict(b)`` [items/s], scalar in, scalar out."""
+    b = np.asarray(batch_size, dtype=float)
+    out = b / np.asarray(model.predict(b))
+    return float(out) if out.ndim == 0 else out
+
+
 @dataclass(frozen=True)
 class BatchLatencyModel:
     """``latency(b) = max(floor, alpha * b + beta)``: alpha [s/item], beta [s], floor [s].
@@ -60,9 +67,7 @@ class BatchLatencyModel:
 
     def throughput(self, batch_size):
         """Items/s when every batch has ``batch_size`` items: ``b / latency(b)``."""
-        b = np.asarray(batch_size, dtype=float)
-        out = b / np.asarray(self.predict(b))
-        return float(out) if out.ndim == 0 else out
+        return _items_per_s(self, batch_size)
 
     @property
     def max_throughput(self) -> float:
@@ -147,9 +152,7 @@ class BatchLatencyTable:
 
     def throughput(self, batch_size):
         """Items/s when every batch has ``batch_size`` items."""
-        b = np.asarray(batch_size, dtype=float)
-        out = b / np.asarray(self.predict(b))
-        return float(out) if out.ndim == 0 else out
+        return _items_per_s(self, batch_size)
 
     @property
     def max_throughput(self) -> float:

@@ -287,21 +287,18 @@ def encode_response(model: str, request: InferRequest, outputs: list[Output],
     blobs = []
     for out in chosen:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
+        binary = request.binary_all or out.name in request.binary_outputs
         if out.datatype == "BYTES":
-            items = [v.encode() if isinstance(v, str) else bytes(v) for v in out.values]
-            if request.binary_all or out.name in request.binary_outputs:
-                blob = b"".join(len(i).to_bytes(4, "little") + i for i in items)
-            else:
-                entry["data"] = [i.decode("utf-8", errors="replace") for i in items]
-                blob = None
+            values: Any = out.values
+            if not binary:
+                entry["data"] = [(v.encode() if isinstance(v, str) else bytes(v)).decode("utf-8", errors="replace")
+                                 for v in values]
         else:
             # Finite values only: JSON has no NaN, and a NaN score is no answer.
-            array = np.nan_to_num(np.asarray(out.values, dtype=NUMPY_TYPES[out.datatype]).reshape(-1))
-            if request.binary_all or out.name in request.binary_outputs:
-                blob = array.astype(array.dtype.newbyteorder("<")).tobytes()
-            else:
-                entry["data"] = array.tolist()
-                blob = None
+            values = np.nan_to_num(np.asarray(out.values, dtype=NUMPY_TYPES[out.datatype]).reshape(-1))
+            if not binary:
+                entry["data"] = values.tolist()
+        blob = tensor_bytes(out.datatype, values) if binary else None
         if blob is not None:
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
@@ -338,13 +335,14 @@ def encode_request(inputs: list[tuple[str, str, list[int], Any]], binary: bool =
     blobs = []
     for name, datatype, shape, values in inputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
-        blob = tensor_bytes(datatype, values)
         if shared_memory is not None:
             region, offset = shared_memory
-            entry["parameters"] = {"shared_memory_region": region, "shared_memory_byte_size": len(blob),
+            size = len(tensor_bytes(datatype, values))
+            entry["parameters"] = {"shared_memory_region": region, "shared_memory_byte_size": size,
                                    "shared_memory_offset": offset}
-            shared_memory = (region, offset + len(blob))
+            shared_memory = (region, offset + size)
         elif binary:
+            blob = tensor_bytes(datatype, values)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif datatype == "BYTES":
