@@ -27,8 +27,8 @@ import pandas as pd
 from scipy.optimize import OptimizeWarning
 
 from gawm_lib import runs, summary
-from gawm_lib.models import (BatchLatencyModel, UnstableSystemError, fit_batch_latency, fit_usl, mva,
-                             predict_batching)
+from gawm_lib.models import (BatchLatencyModel, BatchLatencyTable, TandemServer, UnstableSystemError,
+                             fit_batch_latency, fit_slowdown, fit_usl, mva, predict_batching)
 
 
 def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Run]]:
@@ -41,6 +41,7 @@ def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Ru
         settings = {w["name"]: w for w in effective["workloads"]}
         rows["max_batch_size"] = rows["workload"].map(lambda w: settings[w]["max_batch_size"])
         rows["max_queue_delay_ms"] = rows["workload"].map(lambda w: settings[w]["max_queue_delay_ms"])
+        rows["decode_workers"] = rows["workload"].map(lambda w: settings[w].get("decode_workers", 1))
         rows["replicas"] = effective["backend"]["replicas"]
         rows["placement"] = effective["backend"].get("placement", "none")  # runs before placement were not pinned
         rows["scenario"] = effective["load"]["scenario"]
@@ -69,6 +70,93 @@ def fit_service(requests: pd.DataFrame) -> tuple[BatchLatencyModel, float]:
     quiet = ok[ok["level"] == ok["level"].min()]
     overhead = (quiet["done_ns"] - quiet["sent_ns"] - quiet["server_queue_ns"] - quiet["server_compute_ns"]) / 1e9
     return model, max(0.0, float(np.median(overhead)))
+
+
+BATCHER_BOUND = 0.85  # a step whose batcher computed this share of the time was limited by the model, not the CPU
+
+
+def batcher_busy(step_requests: pd.DataFrame, replicas: int) -> float:
+    """Share of a step's time each replica's batcher spent computing: every batch's compute time counted once (split
+    over its requests by their items), over the step's duration."""
+    ok = step_requests[step_requests["error"] == ""]
+    duration_s = (step_requests["done_ns"].max() - step_requests["sent_ns"].min()) / 1e9
+    items = ok["items"] if "items" in ok else 1
+    compute_s = (ok["server_compute_ns"] * items / ok["batch_size"].clip(lower=1)).sum() / 1e9
+    return float(compute_s / (duration_s * replicas)) if duration_s > 0 else float("nan")
+
+
+def fit_tandem(requests: pd.DataFrame) -> TandemServer:
+    """The CPU-then-GPU model (:class:`gawm_lib.models.TandemServer`) of one workload from closed-loop runs.
+
+    From the quietest step of the 1-replica runs: each request's time on the decode threads (``server_decode_ns``),
+    the rest outside the server's queue and compute (latency minus decode, queue and compute), and the dispatch
+    time (median queue time less ``max_queue_delay_ms``). Batch times per batch size from the 1-replica runs (a
+    measured table, the hinge fit where a size was not seen). The slowdowns from each run's busiest step (its
+    saturation), with the run's replica count, over the runs whose batcher was computing less than
+    ``BATCHER_BOUND`` of that step: where it was busier the model, not the CPU stage, set the pace (a CPU server),
+    and ValueError if that leaves no 1-replica run. Needs records with ``server_decode_ns`` (gawm since 0547120)."""
+    closed = requests[requests["scenario"].isin(["closed_loop", "single_stream"]) & (requests["error"] == "")
+                      & (requests["server_compute_ns"] > 0) & (requests["phase"] == "step")]
+    if "server_decode_ns" not in closed or closed["server_decode_ns"].isna().all():
+        raise ValueError("fit_tandem: the records have no server_decode_ns (runs of gawm before 0547120)")
+    one = closed[closed["replicas"] == 1]
+    if one.empty:
+        raise ValueError("fit_tandem needs a closed-loop run with one replica to fit on")
+    saturation, busy = [], {}
+    for run_id, rows in closed.groupby("run_id"):
+        steps = summary.summarise(rows.drop(columns=["run_id"]))
+        top = steps.loc[steps["throughput_rps"].idxmax()]
+        replicas = int(rows["replicas"].iloc[0])
+        busy[run_id] = batcher_busy(rows[rows["step"] == top["step"]], replicas)
+        if busy[run_id] < BATCHER_BOUND:
+            saturation.append((replicas, float(top["throughput_rps"])))
+    if not any(busy[r] < BATCHER_BOUND for r in one["run_id"].unique()):
+        raise ValueError(f"fit_tandem: the 1-replica run's batcher computed {max(busy[r] for r in one['run_id'].unique()):.0%} "
+                         "of its busiest step: the model, not the CPU stage, was the bottleneck (a CPU server?)")
+    quiet = one[one["level"] == one["level"].min()]
+    delay_s = float(quiet["max_queue_delay_ms"].iloc[0]) / 1e3
+    cpu_in = quiet["server_decode_ns"].to_numpy() / 1e9
+    cpu_out = (quiet["done_ns"] - quiet["sent_ns"] - quiet["server_decode_ns"] - quiet["server_queue_ns"]
+               - quiet["server_compute_ns"]).clip(lower=0).to_numpy() / 1e9
+    dispatch = max(0.0, float(quiet["server_queue_ns"].median()) / 1e9 - delay_s)
+    big = int(one["max_batch_size"].iloc[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        hinge = fit_batch_latency(one["batch_size"].to_numpy(), one["server_compute_ns"].to_numpy() / 1e9)
+    table = BatchLatencyTable.from_measurements(one["batch_size"], one["server_compute_ns"] / 1e9, big,
+                                                fallback=hinge)
+    threads = int(one["decode_workers"].iloc[0])
+    per_replica, host = fit_slowdown(threads, float(cpu_in.mean()), saturation)
+    return TandemServer(cpu_in_s=tuple(cpu_in), cpu_out_s=tuple(cpu_out), threads=threads, batch=table,
+                        max_batch=big, max_delay_s=delay_s, dispatch_s=dispatch, per_replica_slowdown=per_replica,
+                        host_slowdown=host)
+
+
+def predict_tandem_steps(requests: pd.DataFrame, model: TandemServer, *, max_utilisation: float = 0.85,
+                         n_requests: int = 20_000) -> pd.DataFrame:
+    """Measured vs predicted p50 and p95 [s] of each open-loop (``poisson``) step, with the CPU stage's predicted
+    utilisation; steps past ``max_utilisation`` are left out (near saturation the prediction says only "unstable")."""
+    rows = []
+    poisson = requests[requests["scenario"] == "poisson"]
+    if poisson["workload"].nunique() > 1:
+        raise ValueError(f"predict_tandem_steps: one workload at a time, got {sorted(poisson['workload'].unique())}")
+    model_workload = poisson["workload"].iloc[0] if len(poisson) else ""
+    table = summary.summarise(poisson.drop(columns=["workload"]).rename(columns={"run_id": "workload"}))
+    for _, step in table.iterrows():
+        run_id = step["workload"]
+        replicas = int(poisson.loc[poisson["run_id"] == run_id, "replicas"].iloc[0])
+        rate = float(step["level"]) / replicas
+        rho = model.utilisation(rate, replicas)
+        if rho > max_utilisation:
+            continue
+        latency = model.simulate(rate, replicas, n_requests=n_requests)
+        rows.append({"run_id": run_id, "workload": model_workload, "scenario": "poisson", "level": step["level"],
+                     "replicas": replicas,
+                     "utilisation": rho, "throughput": step["throughput_rps"], "predicted_throughput": step["level"],
+                     "p50": step["p50_ms"] / 1e3, "p95": step["p95_ms"] / 1e3,
+                     "predicted_p50": float(np.percentile(latency, 50)),
+                     "predicted_p95": float(np.percentile(latency, 95))})
+    return pd.DataFrame(rows)
 
 
 def closed_loop_latency_s(users: int, service: BatchLatencyModel, max_batch: int, overhead_s: float) -> float:

@@ -7,6 +7,7 @@ Units throughout: times in seconds, rates in requests/s (items/s for batch throu
 * ``queueing``: open-loop M/M/1, M/D/1, M/G/1, M/M/c, M/G/c means and quantiles;
 * ``batching``: dynamic-batching server latency (mean, p50, p95) from an embedded Markov chain;
 * ``simulate``: seeded discrete-event simulation (the ground truth the models are tested against);
+* ``tandem``: a GPU server's CPU stage (decode threads slowing down with load) in front of the batcher, simulated;
 * ``capacity``: fewest replicas meeting a p95 SLO, with an uncertainty range;
 * ``validation``: MAPE and fit/holdout comparison tables;
 * ``traces``: summary, autocorrelation and KS comparison of metric time series.
@@ -20,6 +21,7 @@ from .queueing import QueuePrediction, UnstableSystemError, erlang_c, md1, mg1, 
 from .scaling import MVAResult, USLModel, fit_usl, mva
 from .service import BatchLatencyModel, BatchLatencyTable, fit_batch_latency
 from .simulate import LatencySummary, replay_batching, simulate_batching, simulate_queue, summarize_latencies
+from .tandem import TandemServer, fit_slowdown
 from .traces import TraceComparison, TraceSummary, autocorrelation, compare_traces, summarize_trace
 from .validation import ValidationReport, mape, validate
 
@@ -29,6 +31,7 @@ __all__ = [
     "UnstableSystemError", "QueuePrediction", "erlang_c", "mm1", "md1", "mg1", "mmc", "mgc", "sweep",
     "BatchingPrediction", "predict_batching",
     "LatencySummary", "simulate_queue", "simulate_batching", "replay_batching", "summarize_latencies",
+    "TandemServer", "fit_slowdown",
     "CapacityPlan", "plan_capacity",
     "ValidationReport", "mape", "validate",
     "TraceSummary", "summarize_trace", "autocorrelation", "TraceComparison", "compare_traces",
