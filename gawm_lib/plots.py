@@ -114,8 +114,13 @@ def tail_vs_throughput_by_replicas(table: pd.DataFrame, slo_ms: dict[str, float]
         ax.set_yscale("log")
         ax.set_title(WORKLOAD_LABEL.get(workload, workload))
         ax.set_xlabel("throughput [req/s]")
-        ax.legend(fontsize=6, frameon=False)
     axes[0, 0].set_ylabel("p95 latency [ms]")
+    legend = {}  # one legend for all panels, under them, so it covers no data and no SLO label
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    order = sorted(legend, key=lambda label: (int(label.split()[0]), label))
+    fig.legend([legend[label] for label in order], order, loc="outside lower center", ncols=min(4, len(order)),
+               fontsize=7, frameon=False)
     return fig
 
 

@@ -46,6 +46,12 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
     busiest = steps_model[steps_model["replicas"] == 1]["throughput_rps"].max()
     assert steps_model[steps_model["replicas"] == 1]["predicted_throughput_rps"].max() <= busiest * 1.0001  # <= 1/D
     assert set(report["mva_delay_bottleneck"]["distilbert"]["held_out_mape_pct"]) == {"replicas_2"}
+    # the tandem model needs the servers' decode times, which these records have; on one CPU thread the model is the
+    # bottleneck, not the decode stage, and the fit says so rather than predict from a wrong premise
+    tandem = report["tandem_model"]["distilbert"]
+    assert tandem["fitted_on"] == [ids[0], ids[1]]
+    assert "the model, not the CPU stage, was the bottleneck" in tandem["not_fitted"]
+    assert not (out / "tandem_validation.csv").exists()
     plan = pd.read_csv(out / "capacity.csv")  # a loose SLO: 1 req/s needs one replica, a million none measured
     assert plan["replicas"].tolist()[0] == 1 and pd.isna(plan["replicas"].tolist()[1])
     assert report["run_ids"] == ids and all(report["runs"][i]["status"] == "COMPLETED" for i in ids)
@@ -68,3 +74,21 @@ def test_the_capacity_plan_takes_the_fewest_measured_replicas_within_the_slo():
     assert plan["measured_slo_capacity_rps"].iloc[0] == "100,300,800"
     with pytest.raises(SystemExit, match="WORKLOAD=VALUE"):
         study_report.main(["--run-ids", "x", "--out", "/tmp/unused", "--slo-ms", "15"])
+
+
+def test_repeatability_pairs_the_same_configurations_and_leaves_out_steps_with_errors():
+    first = pd.DataFrame({"workload": ["a", "a", "a", "b"], "replicas": [1, 1, 2, 1],
+                          "scenario": ["closed_loop"] * 4, "level": [1.0, 4.0, 4.0, 1.0],
+                          "throughput_rps": [100.0, 300.0, 500.0, 10.0], "mean_ms": [10.0, 13.0, 8.0, 100.0],
+                          "p95_ms": [12.0, 20.0, 10.0, 150.0], "errors": [0, 0, 0, 0]})
+    again = first.assign(throughput_rps=[110.0, 270.0, 500.0, 10.0], p95_ms=[12.0, 25.0, 11.0, 150.0],
+                         errors=[0, 0, 3, 0])
+    again = pd.concat([again, first.iloc[[0]].assign(replicas=8)], ignore_index=True)  # only in the repeat
+    pairs = study_report.repeatability(first, again)
+    assert pairs[["workload", "replicas", "level"]].values.tolist() == [["a", 1, 1.0], ["a", 1, 4.0], ["b", 1, 1.0]]
+    assert pairs["throughput_rps_diff_pct"].tolist() == pytest.approx([10.0, 10.0, 0.0])
+    assert pairs["p95_ms_diff_pct"].tolist() == pytest.approx([0.0, 25.0, 0.0])
+    summary = study_report._repeat_summary(pairs)
+    assert summary["a"]["steps"] == 2 and summary["a"]["p95"] == {"mean_diff_pct": 12.5, "max_diff_pct": 25.0}
+    with pytest.raises(ValueError, match=r"repeated runs' step table lacks \['p95_ms'\]"):
+        study_report.repeatability(first, again.drop(columns=["p95_ms"]))

@@ -13,9 +13,15 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
   highest throughput) per replica, the users spread evenly over the replicas (exact MVA), with each point's error;
 - ``validation.csv``: the batch-service model fitted on the 1-replica run (``gawm_lib.analysis``) predicting every
   step of the other runs, with each point's error;
+- ``tandem_validation.csv``: the CPU-then-GPU model (``gawm_lib.models.TandemServer``: the servers' decode threads,
+  slowing down with load, in front of the batcher) fitted on the closed-loop runs whose GPU was not the bottleneck
+  (busiest step under ``GPU_BOUND`` utilisation) predicting every open-loop step up to 85 % of its CPU stage's
+  capacity; needs records with ``server_decode_ns``;
 - figures (PDF + PNG + provenance JSON): p95 vs throughput per workload, replica count and scenario (with the SLOs),
   and scaling with both MVA bounds;
 - ``capacity.csv`` (with ``--slo-ms``): replicas needed per workload and load, from the measured steps alone;
+- ``repeatability.csv`` (with ``--repeat``): the same configurations run again (another session, another machine of
+  the same kind): each step's throughput, mean and p95 in both, and how far apart, the floor under any model's error;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
 
 Several suites and workloads go into one report (``--suite a b``): the scaling models are fitted per workload on its
@@ -123,10 +129,80 @@ def capacity_plan(steps: pd.DataFrame, slo_ms: dict[str, float], loads: dict[str
     return plan
 
 
+GPU_BOUND = 0.85  # a run whose busiest step kept the GPU this busy had another bottleneck than the CPU stage
+
+
+def cpu_bound_runs(steps: pd.DataFrame, workload: str) -> list[str]:
+    """The workload's closed-loop runs whose busiest step left the GPU under ``GPU_BOUND`` busy (all of them where no
+    GPU utilisation was measured): the runs the tandem model's slowdowns may be fitted on."""
+    closed = steps[(steps["workload"] == workload) & steps["scenario"].isin(["closed_loop", "single_stream"])]
+    busiest = closed.loc[closed.groupby("run_id")["throughput_rps"].idxmax()]
+    if "gpu_util" in busiest:
+        busiest = busiest[~(busiest["gpu_util"] >= GPU_BOUND)]
+    return busiest["run_id"].tolist()
+
+
+def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, dict]:
+    """The tandem model of ``workload`` fitted on its CPU-bound closed-loop runs, predicting its open-loop steps."""
+    fitted_on = cpu_bound_runs(steps, workload)
+    mine = requests[requests["workload"] == workload]
+    try:
+        model = analysis.fit_tandem(mine[mine["run_id"].isin(fitted_on)])
+    except ValueError as exc:
+        return pd.DataFrame(), {"not_fitted": str(exc), "fitted_on": fitted_on}
+    predicted = analysis.predict_tandem_steps(mine, model)
+    info = {"fitted_on": fitted_on, "threads": model.threads,
+            "cpu_in_mean_ms": round(float(np.mean(model.cpu_in_s)) * 1e3, 3),
+            "cpu_out_mean_ms": round(float(np.mean(model.cpu_out_s)) * 1e3, 3),
+            "dispatch_ms": round(model.dispatch_s * 1e3, 3),
+            "per_replica_slowdown_per_rps": model.per_replica_slowdown, "host_slowdown_per_rps": model.host_slowdown,
+            "capacity_rps_per_replica": {}, "held_out_mape_pct": {}}
+    if predicted.empty:
+        return predicted, info
+    validation = analysis.validation_table(predicted, metrics=("p50", "p95")).merge(
+        predicted[["run_id", "level", "replicas", "utilisation"]], on=["run_id", "level"])
+    for replicas, rows in validation[validation["utilisation"] >= 0.1].groupby("replicas"):
+        info["capacity_rps_per_replica"][f"replicas_{replicas}"] = round(model.capacity_rps(int(replicas)), 1)
+        info["held_out_mape_pct"][f"replicas_{replicas}"] = rows.groupby("metric")["ape_pct"].mean().round(1).to_dict()
+    return validation, info
+
+
+REPEAT_KEYS = ["workload", "replicas", "scenario", "level"]
+REPEAT_METRICS = ["throughput_rps", "mean_ms", "p95_ms"]
+
+
+def repeatability(table: pd.DataFrame, again: pd.DataFrame) -> pd.DataFrame:
+    """Steps of the same configuration (workload, replicas, scenario, level) in two sets of runs, side by side, with
+    the absolute difference of each metric relative to the first set [%]. Steps with errors in either are left out
+    (their latency percentiles describe refusals, not service)."""
+    for name, frame in (("runs", table), ("repeated runs", again)):
+        missing = sorted(set(REPEAT_KEYS + REPEAT_METRICS + ["errors"]) - set(frame.columns))
+        if missing:
+            raise ValueError(f"repeatability: the {name}' step table lacks {missing}")
+    first = table[table["errors"] == 0][REPEAT_KEYS + REPEAT_METRICS]
+    second = again[again["errors"] == 0][REPEAT_KEYS + REPEAT_METRICS]
+    pairs = first.merge(second, on=REPEAT_KEYS, suffixes=("", "_again"))
+    for metric in REPEAT_METRICS:
+        pairs[f"{metric}_diff_pct"] = 100 * (pairs[f"{metric}_again"] / pairs[metric] - 1).abs()
+    return pairs.sort_values(REPEAT_KEYS, ignore_index=True)
+
+
+def _repeat_summary(pairs: pd.DataFrame) -> dict[str, Any]:
+    """Per workload: how many steps matched and their mean and largest difference per metric [%]."""
+    summary = {}
+    for workload, rows in pairs.groupby("workload"):
+        summary[workload] = {"steps": len(rows), **{
+            metric.removesuffix("_rps").removesuffix("_ms"): {
+                "mean_diff_pct": round(float(rows[f"{metric}_diff_pct"].mean()), 1),
+                "max_diff_pct": round(float(rows[f"{metric}_diff_pct"].max()), 1)} for metric in REPEAT_METRICS}}
+    return summary
+
+
 def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] | None = None,
-          loads: dict[str, list[float]] | None = None) -> dict[str, Any]:
+          loads: dict[str, list[float]] | None = None, repeat_ids: list[str] | None = None) -> dict[str, Any]:
     """The report of ``run_ids`` (any workloads; closed-loop replica studies get the scaling models, open-loop runs
-    are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs)."""
+    are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs), and with
+    ``repeat_ids`` how far the same configurations' runs in another session landed from these."""
     requests, loaded = analysis.load_requests(run_ids)
     table = analysis.summarise_runs(requests)
     gpu = pd.concat([step_metrics(r) for r in loaded], ignore_index=True)
@@ -175,10 +251,25 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     if validations:
         pd.concat(validations, ignore_index=True).round(4).to_csv(out / "validation.csv", index=False)
 
+    tandems, tandem_info = [], {}
+    for workload in studied:
+        frame, tandem_info[workload] = tandem_validation(requests, steps, workload)
+        if len(frame):
+            tandems.append(frame)
+    if tandems:
+        pd.concat(tandems, ignore_index=True).round(5).to_csv(out / "tandem_validation.csv", index=False)
+
     plan = None
     if slo_ms:
         plan = capacity_plan(steps, slo_ms, loads or {})
         plan.to_csv(out / "capacity.csv", index=False)
+
+    repeats = None
+    if repeat_ids:
+        again = analysis.summarise_runs(analysis.load_requests(repeat_ids)[0])
+        pairs = repeatability(table, again)
+        pairs.round(4).to_csv(out / "repeatability.csv", index=False)
+        repeats = {"run_ids": repeat_ids, "by_workload": _repeat_summary(pairs)}
 
     figures = {}
     drawn = [("latency_vs_throughput", plots.tail_vs_throughput_by_replicas(table, slo_ms))]
@@ -196,8 +287,10 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         "mva_delay_bottleneck": {w: {**{k: round(v, 3) for k, v in fitted[w].items()},
                                      "held_out_mape_pct": mva_mape[w]} for w in fitted},
         "model": {"service": services},
+        "tandem_model": tandem_info,
         "scaling": json.loads(joined.round(3).to_json(orient="records")) if joined is not None else [],
         "capacity_plan": json.loads(plan.to_json(orient="records")) if plan is not None else None,
+        "repeatability": repeats,
         "figures": figures,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -225,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the report (e.g. data/benchmarks/h200)")
     parser.add_argument("--slo-ms", nargs="+", default=[], metavar="WORKLOAD=MS",
                         help="p95 targets for a capacity plan from the measured steps, e.g. resnet50=15")
+    parser.add_argument("--repeat", nargs="+", default=[], metavar="SUITE",
+                        help="suites that ran the same configurations again: compared step by step")
     parser.add_argument("--loads-rps", nargs="+", default=[], metavar="WORKLOAD=R1,R2",
                         help="loads to plan for [req/s], e.g. resnet50=100,400,1600")
     args = parser.parse_args(argv)
@@ -236,8 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     if not run_ids:
         raise SystemExit(f"suites {args.suite}: no completed runs under {paths.raw_dir()}")
     command = "python -m gawm_lib.bench.study_report " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = build(run_ids, args.out, command, slo_ms, loads)
-    print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "capacity_plan")}, indent=1))
+    repeat_ids = [r for name in args.repeat for r in suite.suite_run_ids(name)]
+    if args.repeat and not repeat_ids:
+        raise SystemExit(f"--repeat {args.repeat}: no completed runs under {paths.raw_dir()}")
+    report = build(run_ids, args.out, command, slo_ms, loads, repeat_ids)
+    print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "tandem_model",
+                                             "capacity_plan", "repeatability")}, indent=1))
     return 0
 
 
