@@ -92,3 +92,25 @@ def test_repeatability_pairs_the_same_configurations_and_leaves_out_steps_with_e
     assert summary["a"]["steps"] == 2 and summary["a"]["p95"] == {"mean_diff_pct": 12.5, "max_diff_pct": 25.0}
     with pytest.raises(ValueError, match=r"repeated runs' step table lacks \['p95_ms'\]"):
         study_report.repeatability(first, again.drop(columns=["p95_ms"]))
+
+
+def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tmp_path):
+    from gawm_lib.bench import models_bench
+
+    report = {"command": "python -m gawm_lib.bench.study_report --suite s", "runs": {
+        "r1": {"gpu": {"devices": [{"name": "NVIDIA H200"}]}}, "r2": {"gpu": None}},
+        "tandem_model": {"resnet50": {"held_out_mape_pct": {"replicas_1": {"p50": 10.1, "p95": 7.8},
+                                                            "replicas_4": {"p50": 7.2, "p95": 5.5}}},
+                         "distilbert": {"held_out_mape_pct": {"replicas_1": {"p50": 24.1, "p95": 15.2}}},
+                         "whisper": {"not_fitted": "the model, not the CPU stage, was the bottleneck"}},
+        "repeatability": {"by_workload": {"resnet50": {"p95": {"mean_diff_pct": 6.2}}}}}
+    section = study_report.gpu_goal(report, 10.0, "data/benchmarks/h200/report.json")
+    assert section["p95_goal_met"] == {"resnet50": True, "distilbert": False, "whisper": False}
+    assert section["p95_mape_pct"]["resnet50"] == {"replicas_1": 7.8, "replicas_4": 5.5}
+    assert section["devices"] == ["NVIDIA H200"] and "whisper" in section["not_fitted"]
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"benchmark": "models", "workloads": [], "superseded": []}))
+    study_report.write_gpu_goal(path, section)
+    assert json.loads(path.read_text())["gpu"] == section
+    merged = models_bench.merge_report(json.loads(path.read_text()), {"workloads": []})  # the CPU benchmark's write
+    assert merged["gpu"] == section
