@@ -112,3 +112,18 @@ def test_fit_tandem_reads_the_stages_from_the_quiet_step_and_skips_runs_the_batc
     assert model.capacity_rps(1) == pytest.approx(busiest)
     with pytest.raises(ValueError, match="the model, not the CPU stage, was the bottleneck"):
         analysis.fit_tandem(records[records["run_id"] == "two"].assign(replicas=1))
+
+
+def test_plan_tandem_takes_the_fewest_replicas_under_the_cap_and_within_the_slo():
+    from gawm_lib.models import plan_tandem
+
+    # 4 threads x 4 ms: 1,000 req/s a replica at most, 850 under the 85 % cap; no slowdown, no batching to speak of
+    model = TandemServer(cpu_in_s=(0.004,), cpu_out_s=(0.001,), threads=4, batch=BatchLatencyTable((TINY,)),
+                         max_batch=1, max_delay_s=0.0)
+    plan = plan_tandem(model, 2000.0, 0.050, max_replicas=4)  # 1 and 2 replicas are past the cap; 3 meet 50 ms
+    assert plan.replicas == 3 and plan.p95_s[1] == plan.p95_s[2] == float("inf") and plan.p95_s[3] <= 0.050
+    assert plan_tandem(model, 2000.0, 0.0049, max_replicas=4).replicas is None  # below the bare 5 ms: never
+    tight = plan_tandem(model, 100.0, 0.0051, max_replicas=1)  # M/D/4 at 10 %: hardly any wait
+    assert tight.replicas == 1 and 0.005 <= tight.p95_s[1] <= 0.0051
+    with pytest.raises(ValueError, match="max_utilisation"):
+        plan_tandem(model, 100.0, 0.01, 2, max_utilisation=1.0)

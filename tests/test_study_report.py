@@ -54,6 +54,7 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
     assert not (out / "tandem_validation.csv").exists()
     plan = pd.read_csv(out / "capacity.csv")  # a loose SLO: 1 req/s needs one replica, a million none measured
     assert plan["replicas"].tolist()[0] == 1 and pd.isna(plan["replicas"].tolist()[1])
+    assert plan["model_replicas"].isna().all()  # no tandem model on a CPU server: no model answer beside the measured
     assert report["run_ids"] == ids and all(report["runs"][i]["status"] == "COMPLETED" for i in ids)
     for fig_id in ("latency_vs_throughput", "scaling_vs_replicas"):
         assert (out / f"{fig_id}.png").read_bytes()[:4] == b"\x89PNG" and (out / f"{fig_id}.pdf").stat().st_size > 1000
@@ -114,3 +115,15 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     assert json.loads(path.read_text())["gpu"] == section
     merged = models_bench.merge_report(json.loads(path.read_text()), {"workloads": []})  # the CPU benchmark's write
     assert merged["gpu"] == section
+
+
+def test_the_model_plan_sits_beside_the_measured_one_up_to_the_fitted_replica_counts():
+    from gawm_lib.models import BatchLatencyTable, TandemServer
+
+    model = TandemServer(cpu_in_s=(0.004,), cpu_out_s=(0.001,), threads=4, batch=BatchLatencyTable((1e-9,)),
+                         max_batch=1, max_delay_s=0.0)  # at most 850 req/s a replica under the 85 % cap
+    plan = pd.DataFrame({"workload": ["a", "a", "b"], "slo_p95_ms": [50.0, 50.0, 50.0], "load_rps": [2000.0, 4000.0, 1]})
+    out = study_report.model_plan(plan, {"a": model}, {"a": 4})
+    assert out["model_replicas"].tolist()[0] == 3 and pd.isna(out["model_replicas"].tolist()[1])  # 4,000: not with 4
+    assert out["model_p95_ms"].tolist()[1] == float("inf") and pd.isna(out["model_replicas"].tolist()[2])
+    assert 5.0 <= out["model_p95_ms"].tolist()[0] <= 50.0 and pd.isna(out["model_p95_ms"].tolist()[2])

@@ -19,7 +19,8 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
   capacity; needs records with ``server_decode_ns``;
 - figures (PDF + PNG + provenance JSON): p95 vs throughput per workload, replica count and scenario (with the SLOs),
   and scaling with both MVA bounds;
-- ``capacity.csv`` (with ``--slo-ms``): replicas needed per workload and load, from the measured steps alone;
+- ``capacity.csv`` (with ``--slo-ms``): replicas needed per workload and load, from the measured steps alone, and
+  beside it the tandem model's answer (``model_replicas``, ``model_p95_ms``) up to the replica counts it was fitted on;
 - ``repeatability.csv`` (with ``--repeat``): the same configurations run again (another session, another machine of
   the same kind): each step's throughput, mean and p95 in both, and how far apart, the floor under any model's error;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
@@ -41,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from gawm_lib import analysis, paths, plots, runs, suite
+from gawm_lib.models import TandemServer, plan_tandem
 from gawm_lib.models.scaling import mva
 
 GPU_QUERIES = {"gpu_util_nvml": "gpu_util", "gpu_memory_used_nvml": "gpu_memory_bytes", "gpu_power_nvml": "gpu_power_w",
@@ -142,14 +144,16 @@ def cpu_bound_runs(steps: pd.DataFrame, workload: str) -> list[str]:
     return busiest["run_id"].tolist()
 
 
-def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, dict]:
-    """The tandem model of ``workload`` fitted on its CPU-bound closed-loop runs, predicting its open-loop steps."""
+def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame,
+                      workload: str) -> tuple[TandemServer | None, pd.DataFrame, dict]:
+    """The tandem model of ``workload`` fitted on its CPU-bound closed-loop runs (None where it cannot be), its
+    predictions of the open-loop steps, and what to report of it."""
     fitted_on = cpu_bound_runs(steps, workload)
     mine = requests[requests["workload"] == workload]
     try:
         model = analysis.fit_tandem(mine[mine["run_id"].isin(fitted_on)])
     except ValueError as exc:
-        return pd.DataFrame(), {"not_fitted": str(exc), "fitted_on": fitted_on}
+        return None, pd.DataFrame(), {"not_fitted": str(exc), "fitted_on": fitted_on}
     predicted = analysis.predict_tandem_steps(mine, model)
     info = {"fitted_on": fitted_on, "threads": model.threads,
             "cpu_in_mean_ms": round(float(np.mean(model.cpu_in_s)) * 1e3, 3),
@@ -157,14 +161,33 @@ def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame, workload: str
             "dispatch_ms": round(model.dispatch_s * 1e3, 3),
             "per_replica_slowdown_per_rps": model.per_replica_slowdown, "host_slowdown_per_rps": model.host_slowdown,
             "capacity_rps_per_replica": {}, "held_out_mape_pct": {}}
+    info["max_replicas_fitted"] = int(mine[mine["run_id"].isin(fitted_on)]["replicas"].max())
     if predicted.empty:
-        return predicted, info
+        return model, predicted, info
     validation = analysis.validation_table(predicted, metrics=("p50", "p95")).merge(
         predicted[["run_id", "level", "replicas", "utilisation"]], on=["run_id", "level"])
     for replicas, rows in validation[validation["utilisation"] >= 0.1].groupby("replicas"):
         info["capacity_rps_per_replica"][f"replicas_{replicas}"] = round(model.capacity_rps(int(replicas)), 1)
         info["held_out_mape_pct"][f"replicas_{replicas}"] = rows.groupby("metric")["ape_pct"].mean().round(1).to_dict()
-    return validation, info
+    return model, validation, info
+
+
+def model_plan(plan: pd.DataFrame, models: dict[str, TandemServer], max_replicas: dict[str, int]) -> pd.DataFrame:
+    """``plan`` with the tandem model's answer beside the measured one: ``model_replicas`` (the fewest replicas, up
+    to the most it was fitted on, whose predicted p95 meets the SLO with the CPU stage at most 85 % busy; empty: none)
+    and ``model_p95_ms`` (its predicted p95 there, or at the most replicas tried)."""
+    replicas, p95 = [], []
+    for _, row in plan.iterrows():
+        model = models.get(row["workload"])
+        if model is None:
+            replicas.append(None)
+            p95.append(np.nan)
+            continue
+        answer = plan_tandem(model, float(row["load_rps"]), float(row["slo_p95_ms"]) / 1e3,
+                             max_replicas[row["workload"]])
+        replicas.append(answer.replicas)
+        p95.append(answer.p95_s[answer.replicas or max(answer.p95_s)] * 1e3)
+    return plan.assign(model_replicas=pd.array(replicas, dtype="Int64"), model_p95_ms=np.round(p95, 2))
 
 
 REPEAT_KEYS = ["workload", "replicas", "scenario", "level"]
@@ -251,9 +274,11 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     if validations:
         pd.concat(validations, ignore_index=True).round(4).to_csv(out / "validation.csv", index=False)
 
-    tandems, tandem_info = [], {}
+    tandems, tandem_info, tandem_models = [], {}, {}
     for workload in studied:
-        frame, tandem_info[workload] = tandem_validation(requests, steps, workload)
+        model, frame, tandem_info[workload] = tandem_validation(requests, steps, workload)
+        if model is not None:
+            tandem_models[workload] = model
         if len(frame):
             tandems.append(frame)
     if tandems:
@@ -261,7 +286,8 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
 
     plan = None
     if slo_ms:
-        plan = capacity_plan(steps, slo_ms, loads or {})
+        plan = model_plan(capacity_plan(steps, slo_ms, loads or {}), tandem_models,
+                          {w: tandem_info[w]["max_replicas_fitted"] for w in tandem_models})
         plan.to_csv(out / "capacity.csv", index=False)
 
     repeats = None

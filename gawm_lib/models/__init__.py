@@ -21,7 +21,7 @@ from .queueing import QueuePrediction, UnstableSystemError, erlang_c, md1, mg1, 
 from .scaling import MVAResult, USLModel, fit_usl, mva
 from .service import BatchLatencyModel, BatchLatencyTable, fit_batch_latency
 from .simulate import LatencySummary, replay_batching, simulate_batching, simulate_queue, summarize_latencies
-from .tandem import TandemServer, fit_slowdown
+from .tandem import TandemPlan, TandemServer, fit_slowdown, plan_tandem
 from .traces import TraceComparison, TraceSummary, autocorrelation, compare_traces, summarize_trace
 from .validation import ValidationReport, mape, validate
 
@@ -31,7 +31,7 @@ __all__ = [
     "UnstableSystemError", "QueuePrediction", "erlang_c", "mm1", "md1", "mg1", "mmc", "mgc", "sweep",
     "BatchingPrediction", "predict_batching",
     "LatencySummary", "simulate_queue", "simulate_batching", "replay_batching", "summarize_latencies",
-    "TandemServer", "fit_slowdown",
+    "TandemServer", "TandemPlan", "fit_slowdown", "plan_tandem",
     "CapacityPlan", "plan_capacity",
     "ValidationReport", "mape", "validate",
     "TraceSummary", "summarize_trace", "autocorrelation", "TraceComparison", "compare_traces",

@@ -15,6 +15,9 @@ misses that stage; this one puts it in front:
    constant ``dispatch_s`` (collating and copying a batch at low load);
 3. **the rest**: ``cpu_out_s`` (measured at low load, the same slowdown): the answer's way back and the client.
 
+:func:`plan_tandem` answers the capacity question with it: the fewest replicas (load split evenly) whose predicted
+p95 meets an SLO with the CPU stage under a utilisation cap.
+
 The slowdowns are fitted from closed-loop runs at saturation (:func:`fit_slowdown`): there the CPU stage is the
 bottleneck, so ``threads / (mean(cpu_in_s) x slowdown) = replica_rate``, one linear equation in the two slowdowns per
 run. The prediction is a seeded simulation (no closed form for the tandem with load-dependent service), with the
@@ -34,7 +37,7 @@ from .queueing import UnstableSystemError
 from .service import BatchLatencyModel, BatchLatencyTable
 from .simulate import replay_batching
 
-__all__ = ["TandemServer", "fit_slowdown"]
+__all__ = ["TandemServer", "TandemPlan", "fit_slowdown", "plan_tandem"]
 
 
 def _samples(name: str, values) -> np.ndarray:
@@ -152,3 +155,39 @@ def fit_slowdown(threads: int, cpu_in_mean_s: float, saturation: list[tuple[int,
         return per_replica, 0.0
     solution, _ = optimize.nnls(design, np.asarray(rhs))
     return float(solution[0]), float(solution[1])
+
+
+@dataclass(frozen=True)
+class TandemPlan:
+    """Result of :func:`plan_tandem`: ``replicas`` is the fewest count meeting the SLO (None: none up to
+    ``max_replicas``); ``p95_s`` the predicted p95 per count tried (``inf`` past the utilisation cap)."""
+
+    replicas: int | None
+    load_rps: float
+    slo_p95_s: float
+    p95_s: dict[int, float]
+
+
+def plan_tandem(model: TandemServer, load_rps: float, slo_p95_s: float, max_replicas: int, *,
+                max_utilisation: float = 0.85, n_requests: int = 20_000, seed: int = 0) -> TandemPlan:
+    """The fewest of 1..``max_replicas`` replicas that keep the predicted p95 within ``slo_p95_s`` at ``load_rps``
+    split evenly, each replica's CPU stage at most ``max_utilisation`` busy. Keep ``max_replicas`` to the counts the
+    model was fitted on: past them the host's other limits (a shared GPU, the cores) are not in it."""
+    if not load_rps > 0:
+        raise ValueError(f"load_rps must be > 0 requests/s, got {load_rps}")
+    if not slo_p95_s > 0:
+        raise ValueError(f"slo_p95_s must be > 0 s, got {slo_p95_s}")
+    if int(max_replicas) < 1:
+        raise ValueError(f"max_replicas must be >= 1, got {max_replicas}")
+    if not 0 < max_utilisation < 1:
+        raise ValueError(f"max_utilisation must be in (0, 1), got {max_utilisation}")
+    p95 = {}
+    for replicas in range(1, int(max_replicas) + 1):
+        rate = load_rps / replicas
+        if model.utilisation(rate, replicas) > max_utilisation:
+            p95[replicas] = float("inf")
+            continue
+        p95[replicas] = float(np.percentile(model.simulate(rate, replicas, n_requests=n_requests, seed=seed), 95))
+        if p95[replicas] <= slo_p95_s:
+            return TandemPlan(replicas, load_rps, slo_p95_s, p95)
+    return TandemPlan(None, load_rps, slo_p95_s, p95)
