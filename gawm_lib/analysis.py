@@ -95,6 +95,8 @@ def fit_tandem(requests: pd.DataFrame) -> TandemServer:
     saturation), with the run's replica count, over the runs whose batcher was computing less than
     ``BATCHER_BOUND`` of that step: where it was busier the model, not the CPU stage, set the pace (a CPU server),
     and ValueError if that leaves no 1-replica run. Needs records with ``server_decode_ns`` (gawm since 0547120)."""
+    if requests["workload"].nunique() > 1:
+        raise ValueError(f"fit_tandem: one workload at a time, got {sorted(requests['workload'].unique())}")
     closed = requests[requests["scenario"].isin(["closed_loop", "single_stream"]) & (requests["error"] == "")
                       & (requests["server_compute_ns"] > 0) & (requests["phase"] == "step")]
     if "server_decode_ns" not in closed or closed["server_decode_ns"].isna().all():
@@ -110,9 +112,10 @@ def fit_tandem(requests: pd.DataFrame) -> TandemServer:
         busy[run_id] = batcher_busy(rows[rows["step"] == top["step"]], replicas)
         if busy[run_id] < BATCHER_BOUND:
             saturation.append((replicas, float(top["throughput_rps"])))
-    if not any(busy[r] < BATCHER_BOUND for r in one["run_id"].unique()):
-        raise ValueError(f"fit_tandem: the 1-replica run's batcher computed {max(busy[r] for r in one['run_id'].unique()):.0%} "
-                         "of its busiest step: the model, not the CPU stage, was the bottleneck (a CPU server?)")
+    single = [busy[r] for r in one["run_id"].unique()]
+    if min(single) >= BATCHER_BOUND:
+        raise ValueError(f"fit_tandem: the 1-replica run's batcher computed {min(single):.0%} of its busiest step: the "
+                         "model, not the CPU stage, was the bottleneck (a CPU server?)")
     quiet = one[one["level"] == one["level"].min()]
     delay_s = float(quiet["max_queue_delay_ms"].iloc[0]) / 1e3
     cpu_in = quiet["server_decode_ns"].to_numpy() / 1e9
@@ -151,8 +154,8 @@ def predict_tandem_steps(requests: pd.DataFrame, model: TandemServer, *, max_uti
             continue
         latency = model.simulate(rate, replicas, n_requests=n_requests)
         rows.append({"run_id": run_id, "workload": model_workload, "scenario": "poisson", "level": step["level"],
-                     "replicas": replicas,
-                     "utilisation": rho, "throughput": step["throughput_rps"], "predicted_throughput": step["level"],
+                     "replicas": replicas, "utilisation": rho,
+                     "throughput": step["throughput_rps"], "predicted_throughput": step["level"],
                      "p50": step["p50_ms"] / 1e3, "p95": step["p95_ms"] / 1e3,
                      "predicted_p50": float(np.percentile(latency, 50)),
                      "predicted_p95": float(np.percentile(latency, 95))})

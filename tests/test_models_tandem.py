@@ -76,8 +76,8 @@ def test_bad_inputs_say_what_is_wrong():
 
 
 def test_fit_tandem_refuses_records_without_the_servers_decode_time():
-    records = pd.DataFrame({"scenario": ["closed_loop"], "phase": ["step"], "error": [""], "server_compute_ns": [1e6],
-                            "replicas": [1], "level": [1.0]})
+    records = pd.DataFrame({"workload": ["w"], "scenario": ["closed_loop"], "phase": ["step"], "error": [""],
+                            "server_compute_ns": [1e6], "replicas": [1], "level": [1.0]})
     with pytest.raises(ValueError, match="server_decode_ns"):
         analysis.fit_tandem(records)
 

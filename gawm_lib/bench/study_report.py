@@ -155,13 +155,13 @@ def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame,
     except ValueError as exc:
         return None, pd.DataFrame(), {"not_fitted": str(exc), "fitted_on": fitted_on}
     predicted = analysis.predict_tandem_steps(mine, model)
-    info = {"fitted_on": fitted_on, "threads": model.threads,
+    info = {"fitted_on": fitted_on, "max_replicas_fitted": int(mine[mine["run_id"].isin(fitted_on)]["replicas"].max()),
+            "threads": model.threads,
             "cpu_in_mean_ms": round(float(np.mean(model.cpu_in_s)) * 1e3, 3),
             "cpu_out_mean_ms": round(float(np.mean(model.cpu_out_s)) * 1e3, 3),
             "dispatch_ms": round(model.dispatch_s * 1e3, 3),
             "per_replica_slowdown_per_rps": model.per_replica_slowdown, "host_slowdown_per_rps": model.host_slowdown,
             "capacity_rps_per_replica": {}, "held_out_mape_pct": {}}
-    info["max_replicas_fitted"] = int(mine[mine["run_id"].isin(fitted_on)]["replicas"].max())
     if predicted.empty:
         return model, predicted, info
     validation = analysis.validation_table(predicted, metrics=("p50", "p95")).merge(
