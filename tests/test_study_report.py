@@ -127,3 +127,9 @@ def test_the_model_plan_sits_beside_the_measured_one_up_to_the_fitted_replica_co
     assert out["model_replicas"].tolist()[0] == 3 and pd.isna(out["model_replicas"].tolist()[1])  # 4,000: not with 4
     assert out["model_p95_ms"].tolist()[1] == float("inf") and pd.isna(out["model_replicas"].tolist()[2])
     assert 5.0 <= out["model_p95_ms"].tolist()[0] <= 50.0 and pd.isna(out["model_p95_ms"].tolist()[2])
+
+
+def test_an_unknown_suite_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAWM_RAW_DIR", str(tmp_path / "raw"))
+    with pytest.raises(SystemExit, match="suite 'no-such-suite' has no runs recorded"):
+        study_report.main(["--suite", "no-such-suite", "--out", str(tmp_path / "out")])

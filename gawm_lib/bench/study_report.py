@@ -383,11 +383,17 @@ def main(argv: list[str] | None = None) -> int:
     loads = _per_workload(args.loads_rps, "--loads-rps", lambda t: [float(x) for x in t.split(",")])
     if set(loads) - set(slo_ms):
         parser.error(f"--loads-rps for {sorted(set(loads) - set(slo_ms))} without an --slo-ms")
-    run_ids = args.run_ids or [r for name in args.suite for r in suite.suite_run_ids(name)]
+    def suite_runs(names: list[str]) -> list[str]:
+        try:
+            return [r for name in names for r in suite.suite_run_ids(name)]
+        except runs.RunError as exc:
+            raise SystemExit(f"study_report: {exc}") from None
+
+    run_ids = args.run_ids or suite_runs(args.suite)
     if not run_ids:
         raise SystemExit(f"suites {args.suite}: no completed runs under {paths.raw_dir()}")
     command = "python -m gawm_lib.bench.study_report " + " ".join(sys.argv[1:] if argv is None else argv)
-    repeat_ids = [r for name in args.repeat for r in suite.suite_run_ids(name)]
+    repeat_ids = suite_runs(args.repeat)
     if args.repeat and not repeat_ids:
         raise SystemExit(f"--repeat {args.repeat}: no completed runs under {paths.raw_dir()}")
     report = build(run_ids, args.out, command, slo_ms, loads, repeat_ids)
