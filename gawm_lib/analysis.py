@@ -104,14 +104,13 @@ def fit_tandem(requests: pd.DataFrame) -> TandemServer:
     one = closed[closed["replicas"] == 1]
     if one.empty:
         raise ValueError("fit_tandem needs a closed-loop run with one replica to fit on")
+    steps = summarise_runs(closed)
     saturation, busy = [], {}
-    for run_id, rows in closed.groupby("run_id"):
-        steps = summary.summarise(rows.drop(columns=["run_id"]))
-        top = steps.loc[steps["throughput_rps"].idxmax()]
-        replicas = int(rows["replicas"].iloc[0])
-        busy[run_id] = batcher_busy(rows[rows["step"] == top["step"]], replicas)
-        if busy[run_id] < BATCHER_BOUND:
-            saturation.append((replicas, float(top["throughput_rps"])))
+    for _, top in steps.loc[steps.groupby("run_id")["throughput_rps"].idxmax()].iterrows():
+        at_top = closed[(closed["run_id"] == top["run_id"]) & (closed["step"] == top["step"])]
+        busy[top["run_id"]] = batcher_busy(at_top, int(top["replicas"]))
+        if busy[top["run_id"]] < BATCHER_BOUND:
+            saturation.append((int(top["replicas"]), float(top["throughput_rps"])))
     single = [busy[r] for r in one["run_id"].unique()]
     if min(single) >= BATCHER_BOUND:
         raise ValueError(f"fit_tandem: the 1-replica run's batcher computed {min(single):.0%} of its busiest step: the "
@@ -143,18 +142,17 @@ def predict_tandem_steps(requests: pd.DataFrame, model: TandemServer, *, max_uti
     poisson = requests[requests["scenario"] == "poisson"]
     if poisson["workload"].nunique() > 1:
         raise ValueError(f"predict_tandem_steps: one workload at a time, got {sorted(poisson['workload'].unique())}")
-    model_workload = poisson["workload"].iloc[0] if len(poisson) else ""
-    table = summary.summarise(poisson.drop(columns=["workload"]).rename(columns={"run_id": "workload"}))
-    for _, step in table.iterrows():
-        run_id = step["workload"]
-        replicas = int(poisson.loc[poisson["run_id"] == run_id, "replicas"].iloc[0])
+    if poisson.empty:
+        return pd.DataFrame()
+    for _, step in summarise_runs(poisson).iterrows():
+        replicas = int(step["replicas"])
         rate = float(step["level"]) / replicas
         rho = model.utilisation(rate, replicas)
         if rho > max_utilisation:
             continue
         latency = model.simulate(rate, replicas, n_requests=n_requests)
-        rows.append({"run_id": run_id, "workload": model_workload, "scenario": "poisson", "level": step["level"],
-                     "replicas": replicas, "utilisation": rho,
+        rows.append({"run_id": step["run_id"], "workload": step["workload"], "scenario": "poisson",
+                     "level": step["level"], "replicas": replicas, "utilisation": rho,
                      "throughput": step["throughput_rps"], "predicted_throughput": step["level"],
                      "p50": step["p50_ms"] / 1e3, "p95": step["p95_ms"] / 1e3,
                      "predicted_p50": float(np.percentile(latency, 50)),

@@ -88,6 +88,7 @@ def _records(run_id, replicas, level, decode_ms, compute_ms, batch, n=50, gap_ms
     latency_ns = (decode_ms + 2.5 + compute_ms + 1.0) * 1e6
     return pd.DataFrame({"run_id": run_id, "workload": "w", "phase": "step", "step": 0, "level": float(level),
                          "scenario": "closed_loop", "error": "", "replicas": replicas, "max_batch_size": 8,
+                         "placement": "shared", "payload_audio_s": np.nan,
                          "max_queue_delay_ms": 2.0, "decode_workers": 4, "items": 1, "batch_size": batch,
                          "scheduled_ns": sent, "sent_ns": sent, "done_ns": sent + latency_ns,
                          "server_decode_ns": decode_ms * 1e6, "server_queue_ns": 2.5e6,

@@ -99,3 +99,11 @@ def test_shared_memory_bodies_carry_only_a_header_and_are_answered_by_every_repl
     finally:
         shared.close()
     assert shared.memory is None
+
+
+def test_an_unknown_transport_is_refused_before_anything_runs(capsys):
+    from gawm_lib.bench import server_bench
+
+    with pytest.raises(SystemExit):
+        server_bench.main(["--device", "cuda", "--transports", "binary,grpc"])
+    assert "--transports: grpc: expected binary and/or shm" in capsys.readouterr().err

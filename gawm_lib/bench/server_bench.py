@@ -424,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-workers", type=int, default=8, help="GPU: server threads decoding requests")
     parser.add_argument("--out", type=Path, help="default data/benchmarks/server_<device>.json")
     args = parser.parse_args(argv)
+    if unknown := set(args.transports) - {"binary", "shm"}:
+        parser.error(f"--transports: {', '.join(sorted(unknown))}: expected binary and/or shm")
     os.environ.setdefault("OMP_NUM_THREADS", "1" if args.device == "cpu" else os.environ.get("OMP_NUM_THREADS", "8"))
     import torch
 

@@ -150,12 +150,13 @@ def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame,
     predictions of the open-loop steps, and what to report of it."""
     fitted_on = cpu_bound_runs(steps, workload)
     mine = requests[requests["workload"] == workload]
+    fit_rows = mine[mine["run_id"].isin(fitted_on)]
     try:
-        model = analysis.fit_tandem(mine[mine["run_id"].isin(fitted_on)])
+        model = analysis.fit_tandem(fit_rows)
     except ValueError as exc:
         return None, pd.DataFrame(), {"not_fitted": str(exc), "fitted_on": fitted_on}
     predicted = analysis.predict_tandem_steps(mine, model)
-    info = {"fitted_on": fitted_on, "max_replicas_fitted": int(mine[mine["run_id"].isin(fitted_on)]["replicas"].max()),
+    info = {"fitted_on": fitted_on, "max_replicas_fitted": int(fit_rows["replicas"].max()),
             "threads": model.threads,
             "cpu_in_mean_ms": round(float(np.mean(model.cpu_in_s)) * 1e3, 3),
             "cpu_out_mean_ms": round(float(np.mean(model.cpu_out_s)) * 1e3, 3),

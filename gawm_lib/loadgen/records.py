@@ -72,8 +72,8 @@ def schema():
 
 class Recorder:
     """Collects packed rows (``buffer += ROW.pack(...)``: phase code, step, level, the four times, status, error code,
-    bytes out and in, items, batch size, server queue, compute and decode times, replica index) and writes them as part files
-    ``<prefix>NNNNN.parquet``."""
+    bytes out and in, items, batch size, server queue, compute and decode times, replica index) and writes them as
+    part files ``<prefix>NNNNN.parquet``."""
 
     def __init__(self, out_dir: Path, prefix: str, workload: str, replicas: list[str], process: int):
         import pyarrow as pa

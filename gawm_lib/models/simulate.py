@@ -15,7 +15,8 @@ from scipy import stats
 
 from .service import BatchLatencyModel, BatchLatencyTable
 
-__all__ = ["LatencySummary", "simulate_queue", "simulate_batching", "replay_batching", "summarize_latencies"]
+__all__ = ["LatencySummary", "simulate_queue", "fcfs_completions", "simulate_batching", "replay_batching",
+           "summarize_latencies"]
 
 
 def _check(arrival_rate: float, n_requests: int) -> None:
@@ -69,16 +70,21 @@ def simulate_queue(arrival_rate: float, service_mean_s: float, *, service_scv: f
     n = int(n_requests)
     arrivals = np.cumsum(rng.exponential(1.0 / arrival_rate, size=n))
     service = _service_times(rng, service_mean_s, service_scv, n)
+    return fcfs_completions(arrivals, service, int(servers)) - arrivals
+
+
+def fcfs_completions(arrivals: np.ndarray, service: np.ndarray, servers: int) -> np.ndarray:
+    """Completion times [s] of requests arriving at ``arrivals`` (sorted) with ``service`` times at ``servers``
+    identical FCFS servers sharing one queue: the Lindley recursion for one, else a heap of server free-times (each
+    arrival, in order, takes the server that frees first)."""
     if servers == 1:
-        return _lindley(service, np.diff(arrivals, prepend=0.0)) + service
-    free = [0.0] * int(servers)
-    latency = np.empty(n)
-    for k in range(n):
-        start = max(arrivals[k], heapq.heappop(free))
-        done = start + service[k]
-        heapq.heappush(free, done)
-        latency[k] = done - arrivals[k]
-    return latency
+        return arrivals + _lindley(service, np.diff(arrivals, prepend=0.0)) + service
+    free = [0.0] * servers
+    done = np.empty(arrivals.size)
+    for k in range(arrivals.size):
+        done[k] = max(arrivals[k], heapq.heappop(free)) + service[k]
+        heapq.heappush(free, done[k])
+    return done
 
 
 def simulate_batching(arrival_rate: float, service: BatchLatencyModel | BatchLatencyTable, max_batch: int,

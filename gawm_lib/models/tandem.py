@@ -27,7 +27,6 @@ simulator's usual warm-up cut; past the CPU stage's capacity (:meth:`TandemServe
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,7 @@ from scipy import optimize
 
 from .queueing import UnstableSystemError
 from .service import BatchLatencyModel, BatchLatencyTable
-from .simulate import replay_batching
+from .simulate import fcfs_completions, replay_batching
 
 __all__ = ["TandemServer", "TandemPlan", "fit_slowdown", "plan_tandem"]
 
@@ -112,11 +111,7 @@ class TandemServer:
         factor = self.slowdown(replica_rate, replicas)
         arrivals = np.cumsum(rng.exponential(1.0 / replica_rate, size=n))
         work = rng.choice(np.asarray(self.cpu_in_s), size=n) * factor
-        free = [0.0] * int(self.threads)
-        ready = np.empty(n)
-        for i in range(n):  # FCFS on the first free thread
-            ready[i] = max(arrivals[i], heapq.heappop(free)) + work[i]
-            heapq.heappush(free, ready[i])
+        ready = fcfs_completions(arrivals, work, int(self.threads))  # FCFS on the first free decode thread
         order = np.argsort(ready, kind="stable")
         batched, _ = replay_batching(ready[order], self.batch, int(self.max_batch), self.max_delay_s, seed=seed)
         done = np.empty(n)
