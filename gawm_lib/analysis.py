@@ -127,7 +127,7 @@ def fit_tandem(requests: pd.DataFrame) -> TandemServer:
         hinge = fit_batch_latency(one["batch_size"].to_numpy(), one["server_compute_ns"].to_numpy() / 1e9)
     table = BatchLatencyTable.from_measurements(one["batch_size"], one["server_compute_ns"] / 1e9, big,
                                                 fallback=hinge)
-    threads = int(one["decode_workers"].iloc[0])
+    threads = max(1, int(one["decode_workers"].iloc[0]))  # 0: decoded on the event loop, one thread
     per_replica, host = fit_slowdown(threads, float(cpu_in.mean()), saturation)
     return TandemServer(cpu_in_s=tuple(cpu_in), cpu_out_s=tuple(cpu_out), threads=threads, batch=table,
                         max_batch=big, max_delay_s=delay_s, dispatch_s=dispatch, per_replica_slowdown=per_replica,

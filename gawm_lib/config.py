@@ -48,7 +48,10 @@ class WorkloadConfig(_Settings):
     max_queue_size: int = Field(256, ge=1, le=1_000_000, description="backpressure: requests admitted and not yet in a "
                                                                       "batch; one more is answered 503")
     max_body_bytes: int = Field(64 << 20, ge=1024, le=2 << 30, description="largest request body; larger ones get 413")
-    decode_workers: int = Field(4, ge=1, le=256, description="threads that parse and decode requests (JPEG, audio, text)")
+    decode_workers: int = Field(
+        4, ge=0, le=256, description="threads that parse and decode requests (JPEG, audio, text); 0: on the event loop "
+                                     "itself, for decoding that is quick and holds the GIL (tokenising), where threads "
+                                     "only add GIL hand-offs")
     allow_client_shm: bool = Field(False, description="Triton's system shared-memory extension: clients on this host "
                                                       "may register POSIX shared-memory objects and name them instead of "
                                                       "sending input tensors in the body (trusted clients only, as "
@@ -69,6 +72,12 @@ class WorkloadConfig(_Settings):
     timestamps: bool = Field(False, description="Whisper: predict timestamp tokens and return timed segments")
     max_audio_s: float = Field(30.0, gt=0, le=30, description="Whisper: longest clip accepted (one 30 s window)")
     warmup_batches: int = Field(1, ge=0, le=100, description="forward passes before the server reports ready")
+    gc_freeze: bool = Field(
+        True, description="server process: once the model is loaded, move every object then alive out of the garbage "
+                          "collector's reach (gc.freeze), so a full collection scans what requests create, not the "
+                          "framework's hundreds of thousands of objects (the DistilBERT server's full collection took "
+                          "114 ms on the build machine, a stall of every request in the process; see "
+                          "gawm_gc_pause_seconds)")
     gil_switch_interval_ms: float | None = Field(
         None, gt=0, le=100,
         description="server process: Python's thread switch interval; unset: 0.5 on a GPU (where the compute thread "

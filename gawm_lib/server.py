@@ -8,7 +8,7 @@ system shared memory instead (``/v2/systemsharedmemory/...``, see :mod:`gawm_lib
 
 A request is admitted only while fewer than ``max_queue_size`` requests wait (else 503 with ``Retry-After``: the queue
 never grows without bound), its body is read up to ``max_body_bytes`` (else 413), then parsed and decoded on a pool of
-``decode_workers`` threads. Items are gathered into batches of at most ``max_batch_size``, waiting at most
+``decode_workers`` threads (0: on the event loop). Items are gathered into batches of at most ``max_batch_size``, waiting at most
 ``max_queue_delay_ms`` after the first; one thread collates (and copies to the GPU) the next batch while another runs
 the current one. Every answer carries ``parameters``: ``queue_ns`` (enqueued to its batch's forward pass), ``compute_ns``
 (the forward pass), ``decode_ns`` (arrival to enqueued: body, parsing, decoding), ``prepare_ns`` (collation and copy),
@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from gawm_lib.workloads.shm import SharedMemoryRegistry
 log = logging.getLogger("gawm.server")
 LATENCY_BUCKETS_S = GAWM_BUCKETS_S  # defined once, with the query catalogue that reads them
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+GC_BUCKETS_S = (1e-5, 3e-5, 1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 class Metrics:
@@ -75,6 +77,8 @@ class Metrics:
         self.queue_duration = hist("gawm_queue_duration_seconds", "Enqueued to its batch's forward pass")
         self.compute_duration = hist("gawm_compute_duration_seconds", "Forward pass of one batch")
         self.batch_size = hist("gawm_batch_size", "Items per executed batch", BATCH_BUCKETS)
+        self.gc_pause = Histogram("gawm_gc_pause_seconds", "Python garbage collections: each one stops every thread of "
+                                  "the server", [*lab, "generation"], buckets=GC_BUCKETS_S, registry=r)
         self.inflight = Gauge("gawm_inflight_requests", "Requests received and not yet answered", lab, registry=r)
         self.queue_depth = Gauge("gawm_queue_depth", "Requests admitted and not yet in a forward pass", lab, registry=r)
         self.queue_limit = Gauge("gawm_queue_limit", "max_queue_size: admitted requests beyond it get 503", lab,
@@ -84,8 +88,24 @@ class Metrics:
         self.info = Gauge("gawm_server_info", "The served configuration (value 1)",
                           [*lab, "weights", "device", "precision", "compile", "max_batch_size"], registry=r)
         self.labels = (model, replica)
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(model, replica, generation)
         for status in ("ok", "error"):  # both series exist from the start: an error rate of 0 is a value, not absent
             self.requests.labels(model, replica, status)
+
+
+class GcTimer:
+    """Times the process's garbage collections into ``gawm_gc_pause_seconds`` (a ``gc.callbacks`` hook)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics, self.started = metrics, 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter_ns()
+        else:
+            self.metrics.gc_pause.labels(*self.metrics.labels, str(info["generation"])).observe(
+                (time.perf_counter_ns() - self.started) / 1e9)
 
 
 @dataclass
@@ -241,7 +261,8 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     metrics.info.labels(*labels, cfg.weights if cfg.weights in ("random", "pretrained") else "path", cfg.device,
                         cfg.precision, str(cfg.compile).lower(), str(cfg.max_batch_size)).set(1)
     state: dict[str, Any] = {"ready": False, "error": None}
-    decode_pool = concurrent.futures.ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="gawm-decode")
+    decode_pool = (concurrent.futures.ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="gawm-decode")
+                   if cfg.decode_workers else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -253,6 +274,9 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
                 state["error"] = f"{type(exc).__name__}: {exc}"
                 log.exception("model failed to load")
                 return
+            if cfg.gc_freeze:
+                gc.collect()
+                gc.freeze()  # the model's and the libraries' objects: no collection needs to scan them again
             state["batcher"] = Batcher(workload, metrics)
             state["batch_task"] = asyncio.create_task(state["batcher"].run())
             metrics.load_seconds.labels(*labels).set(workload.load_s)
@@ -260,12 +284,16 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
             state["ready"] = True
             log.info("ready: %s %s", cfg.name, json.dumps(workload.weights_info))
 
+        gc_timer = GcTimer(metrics)
+        gc.callbacks.append(gc_timer)
         loader = asyncio.create_task(load())
         yield
+        gc.callbacks.remove(gc_timer)
         loader.cancel()
         if "batch_task" in state:
             state["batch_task"].cancel()
-        decode_pool.shutdown(wait=False, cancel_futures=True)
+        if decode_pool is not None:
+            decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gawm model server", lifespan=lifespan)
 
@@ -312,6 +340,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
             return missing
         meta = workload.metadata()
         meta["parameters"]["gil_switch_interval_ms"] = round(sys.getswitchinterval() * 1000, 4)  # this process's
+        meta["parameters"]["gc_frozen_objects"] = gc.get_freeze_count()
         return meta
 
     @app.get("/v2/models/{name}/ready")
@@ -373,8 +402,11 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
                               "queue", f"fewer than {cfg.max_queue_size} waiting requests", **{"retry-after": "1"})
             admitted = True
             body = await _read_body(request, cfg.max_body_bytes)
-            loop = asyncio.get_running_loop()
-            parsed, items = await loop.run_in_executor(decode_pool, decode, body, request.headers.get(HEADER_LENGTH))
+            header = request.headers.get(HEADER_LENGTH)
+            if decode_pool is None:
+                parsed, items = decode(body, header)
+            else:
+                parsed, items = await asyncio.get_running_loop().run_in_executor(decode_pool, decode, body, header)
             decode_ns = time.monotonic_ns() - arrival
             metrics.decode_duration.labels(*labels).observe(decode_ns / 1e9)
             admitted = False  # from here on the batcher releases the admission, when the batch starts
@@ -407,7 +439,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
             metrics.request_duration.labels(*labels).observe((time.monotonic_ns() - arrival) / 1e9)
 
     @app.get("/metrics")
-    async def prometheus_metrics():
+    def prometheus_metrics():  # not async: FastAPI runs it on a worker thread, so NVML readings never stall requests
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.workload = workload

@@ -331,3 +331,36 @@ def test_a_stock_client_sends_tensors_through_system_shared_memory(server_proces
     finally:
         client.unregister_system_shared_memory()
         shm.destroy_shared_memory_region(handle)
+
+
+def test_decoding_on_the_event_loop_answers_and_batches_as_the_threads_do(client):
+    cfg = WorkloadConfig(name="distilbert", max_batch_size=8, max_queue_delay_ms=300, warmup_batches=0,
+                         decode_workers=0)
+    c = started(create_app(cfg))
+    try:
+        texts = [f"sentence number {i} for the inline decoder" for i in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda t: c.post("/v2/models/distilbert/infer", json=body(t)).json(), texts))
+        threaded = [client.post("/v2/models/distilbert/infer", json=body(t)).json() for t in texts]
+        assert [a["outputs"][:3:2] for a in answers] == [a["outputs"][:3:2] for a in threaded]  # label, tokens
+        assert max(a["parameters"]["batch_size"] for a in answers) > 1
+        assert all(a["parameters"]["decode_ns"] > 0 for a in answers)
+        bad = c.post("/v2/models/distilbert/infer", json=body("x", name="nope"))
+        assert bad.status_code == 400 and bad.json()["field"].startswith("inputs[0]")
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_garbage_collections_are_timed_and_the_loaded_model_is_frozen_out_of_them(client):
+    import gc
+
+    assert client.get("/v2/models/distilbert").json()["parameters"]["gc_frozen_objects"] > 10_000
+    series = 'gawm_gc_pause_seconds_count{generation="2",model="distilbert",replica="4"}'
+
+    def full_collections() -> float:
+        line = next(ln for ln in client.get("/metrics").text.splitlines() if ln.startswith(series + " "))
+        return float(line.split()[-1])
+
+    before = full_collections()
+    gc.collect()
+    assert full_collections() == before + 1

@@ -161,6 +161,9 @@ _ENTRIES = [
        "Requests in flight (accepted, not yet answered).", "gawm", None, ("workload",)),
     _Q("items_per_second", "sum by ($by) (rate(gawm_items_total{$sel}[$window]))", "items/s",
        "Items (images, sequences, clips) processed per second.", "gawm", False, ("workload",)),
+    _Q("gc_pause_ratio", "max by ($by) (sum by (replica, $by) (rate(gawm_gc_pause_seconds_sum{$sel}[$window])))",
+       "ratio", "Share of time the busiest replica's process stood still in Python garbage collections.", "gawm",
+       True, ("workload",)),
     # --- NVML, exported by our server (each replica's view of the devices it sees; replicas on one host that share a
     # GPU all report it, so the gauges are taken once per gpu index: one host, i.e. local runs; DCGM for clusters) ---
     _Q("gpu_util_nvml", "max by (gpu, $by) (gawm_gpu_utilization_ratio{$sel})", "ratio",

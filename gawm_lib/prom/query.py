@@ -212,7 +212,7 @@ def query_phases(url: str, query_names: Iterable[str], phases: Iterable[Any], st
 #: Queries saved for every local run (our server's metrics and NVML; DCGM/cAdvisor need a cluster).
 RUN_QUERIES = (
     "throughput", "requests_total", "error_rate", "latency_mean", "latency_p50", "latency_p95", "latency_p99", "queue_wait_mean",
-    "queue_wait_p95", "compute_time_mean", "batch_size_mean", "inflight", "items_per_second", "gpu_util_nvml",
+    "queue_wait_p95", "compute_time_mean", "batch_size_mean", "inflight", "items_per_second", "gc_pause_ratio", "gpu_util_nvml",
     "gpu_memory_used_nvml", "gpu_power_nvml", "gpu_energy_nvml", "energy_per_request_nvml",
 )
 
