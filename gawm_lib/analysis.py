@@ -27,8 +27,8 @@ import pandas as pd
 from scipy.optimize import OptimizeWarning
 
 from gawm_lib import runs, summary
-from gawm_lib.models import (BatchLatencyModel, BatchLatencyTable, TandemServer, UnstableSystemError,
-                             fit_batch_latency, fit_slowdown, fit_usl, mva, predict_batching)
+from gawm_lib.models import (BatchLatencyModel, BatchLatencyTable, TailCurve, TandemServer, UnstableSystemError,
+                             fit_batch_latency, fit_slowdown, fit_tail_curve, fit_usl, mva, predict_batching)
 
 
 def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Run]]:
@@ -157,6 +157,46 @@ def predict_tandem_steps(requests: pd.DataFrame, model: TandemServer, *, max_uti
                      "p50": step["p50_ms"] / 1e3, "p95": step["p95_ms"] / 1e3,
                      "predicted_p50": float(np.percentile(latency, 50)),
                      "predicted_p95": float(np.percentile(latency, 95))})
+    return pd.DataFrame(rows)
+
+
+KEPT_UP = 0.9  # an open-loop step whose throughput fell below this share of its offered rate was past saturation
+
+
+def fit_tail_curves(requests: pd.DataFrame) -> dict[tuple[str, int], TailCurve]:
+    """A :class:`gawm_lib.models.TailCurve` per (workload, replicas) that has both a closed-loop run (its highest
+    throughput is the capacity) and a Poisson sweep (the steps it kept up with, below that capacity, are fitted)."""
+    steps = summarise_runs(requests[requests["phase"] == "step"])
+    closed = steps[steps["scenario"].isin(["closed_loop", "single_stream"])]
+    capacity = closed.groupby(["workload", "replicas"])["throughput_rps"].max()
+    curves = {}
+    for (workload, replicas), sweep in steps[steps["scenario"] == "poisson"].groupby(["workload", "replicas"]):
+        key = (str(workload), int(replicas))
+        if key not in capacity:
+            continue
+        kept = sweep[(sweep["throughput_rps"] >= KEPT_UP * sweep["level"]) & (sweep["level"] < capacity[key])]
+        try:
+            curves[key] = fit_tail_curve(kept["level"], kept["p95_ms"] / 1e3, float(capacity[key]))
+        except ValueError as exc:
+            raise ValueError(f"fit_tail_curves: {workload} x{replicas}: {exc}") from None
+    return curves
+
+
+def predict_tail_steps(requests: pd.DataFrame, curves: dict[tuple[str, int], TailCurve]) -> pd.DataFrame:
+    """Measured vs predicted p95 [s] of each Poisson step whose (workload, replicas) has a curve, with its
+    utilisation (offered rate over the closed-loop capacity)."""
+    poisson = requests[(requests["scenario"] == "poisson") & (requests["phase"] == "step")]
+    if poisson.empty:
+        return pd.DataFrame()
+    rows = []
+    for _, step in summarise_runs(poisson).iterrows():
+        curve = curves.get((str(step["workload"]), int(step["replicas"])))
+        if curve is None:
+            continue
+        rows.append({"run_id": step["run_id"], "workload": step["workload"], "scenario": "poisson",
+                     "level": step["level"], "replicas": int(step["replicas"]),
+                     "utilisation": step["level"] / curve.capacity_rps, "p95": step["p95_ms"] / 1e3,
+                     "predicted_p95": float(curve.p95_s(step["level"]))})
     return pd.DataFrame(rows)
 
 

@@ -23,7 +23,14 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
   beside it the tandem model's answer (``model_replicas``, ``model_p95_ms``) up to the replica counts it was fitted on;
 - ``repeatability.csv`` (with ``--repeat``): the same configurations run again (another session, another machine of
   the same kind): each step's throughput, mean and p95 in both, and how far apart, the floor under any model's error;
+- ``tail_validation.csv`` (with ``--heldout``): the tail curve (``gawm_lib.models.TailCurve``: Kingman's
+  ``t0 + k x / (1 - x)``) of each (workload, replicas) fitted on the report's own Poisson sweep and closed-loop
+  capacity, predicting the p95 of the held-out suites' Poisson steps of the same configuration (other rates, another
+  run); the tandem model predicts those steps too;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
+
+A workload run with different ``decode_workers`` counts is reported as one configuration per count
+(``distilbert decode_workers=0``): its models are fitted and checked per configuration.
 
 Several suites and workloads go into one report (``--suite a b``): the scaling models are fitted per workload on its
 closed-loop runs with one replica, and open-loop (Poisson) runs are predicted by that workload's batch-service model.
@@ -173,6 +180,34 @@ def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame,
     return model, validation, info
 
 
+def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
+                    slo_ms: dict[str, float]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The tail curve of each (workload, replicas) with a closed-loop run and a Poisson sweep in ``requests``, its
+    p95 predictions of the same configurations' Poisson steps in ``heldout`` (MAPE over 10-85 % of the capacity), and
+    with an SLO the highest rate it says meets it."""
+    curves = analysis.fit_tail_curves(requests)
+    info: dict[str, Any] = {}
+    for (workload, replicas), curve in sorted(curves.items()):
+        entry = {"t0_ms": round(curve.t0_s * 1e3, 3), "k_ms": round(curve.k_s * 1e3, 3),
+                 "headroom": round(curve.headroom, 4), "capacity_rps": round(curve.capacity_rps, 1),
+                 "fitted_on": sorted(requests[(requests["workload"] == workload) & (requests["replicas"] == replicas)
+                                              & (requests["scenario"] == "poisson")]["run_id"].unique().tolist())}
+        if workload in slo_ms:
+            entry["max_rate_rps_at_slo"] = round(curve.max_rate(slo_ms[workload] / 1e3), 1)
+        info.setdefault(workload, {})[f"replicas_{replicas}"] = entry
+    predicted = analysis.predict_tail_steps(heldout, curves) if len(heldout) else pd.DataFrame()
+    if predicted.empty:
+        return predicted, info
+    validation = analysis.validation_table(predicted, metrics=("p95",)).merge(
+        predicted[["run_id", "level", "replicas", "utilisation"]], on=["run_id", "level"])
+    within = validation[validation["utilisation"].between(0.1, 0.85)]
+    for (workload, replicas), rows in within.groupby(["workload", "replicas"]):
+        entry = info[workload][f"replicas_{replicas}"]
+        entry["held_out"] = sorted(rows["run_id"].unique().tolist())
+        entry["held_out_p95_mape_pct"] = round(float(rows["ape_pct"].mean()), 1)
+    return validation, info
+
+
 def model_plan(plan: pd.DataFrame, models: dict[str, TandemServer], max_replicas: dict[str, int]) -> pd.DataFrame:
     """``plan`` with the tandem model's answer beside the measured one: ``model_replicas`` (the fewest replicas, up
     to the most it was fitted on, whose predicted p95 meets the SLO with the CPU stage at most 85 % busy; empty: none)
@@ -222,14 +257,43 @@ def _repeat_summary(pairs: pd.DataFrame) -> dict[str, Any]:
     return summary
 
 
+def configurations(requests: pd.DataFrame) -> pd.DataFrame:
+    """``requests`` with each workload that ran with different ``decode_workers`` counts relabelled per count
+    (``distilbert decode_workers=0``), so that its models are fitted and checked per configuration."""
+    counts = requests.groupby("workload")["decode_workers"].nunique()
+    mixed = requests["workload"].isin(counts[counts > 1].index)
+    if not mixed.any():
+        return requests
+    label = requests["workload"] + " decode_workers=" + requests["decode_workers"].astype(str)
+    return requests.assign(workload=requests["workload"].where(~mixed, label))
+
+
 def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] | None = None,
-          loads: dict[str, list[float]] | None = None, repeat_ids: list[str] | None = None) -> dict[str, Any]:
+          loads: dict[str, list[float]] | None = None, repeat_ids: list[str] | None = None,
+          heldout_ids: list[str] | None = None) -> dict[str, Any]:
     """The report of ``run_ids`` (any workloads; closed-loop replica studies get the scaling models, open-loop runs
-    are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs), and with
-    ``repeat_ids`` how far the same configurations' runs in another session landed from these."""
+    are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs), with
+    ``repeat_ids`` how far the same configurations' runs in another session landed from these, and with
+    ``heldout_ids`` how well the tail curves (and the tandem model) fitted here predict those runs."""
     requests, loaded = analysis.load_requests(run_ids)
+    workload_of = {r.id: {w["name"] for w in r.manifest["params"]["effective"]["workloads"]} for r in loaded}
+    heldout = pd.DataFrame()
+    if heldout_ids:
+        heldout = analysis.load_requests(heldout_ids)[0]
+        both = configurations(pd.concat([requests, heldout], ignore_index=True))
+        requests, heldout = both.iloc[:len(requests)], both.iloc[len(requests):]
+    else:
+        requests = configurations(requests)
+    for label in requests["workload"].unique():  # a configuration takes its workload's SLO and loads
+        for per in (slo_ms, loads):
+            if per is not None and label not in per and label.split(" ")[0] in per:
+                per[label] = per[label.split(" ")[0]]
     table = analysis.summarise_runs(requests)
     gpu = pd.concat([step_metrics(r) for r in loaded], ignore_index=True)
+    if len(gpu):  # the same configuration labels as the requests
+        label = requests.groupby("run_id")["workload"].first()
+        single = gpu["run_id"].map(lambda r: len(workload_of[r]) == 1)
+        gpu.loc[single, "workload"] = gpu.loc[single, "run_id"].map(label)
     steps = table.merge(gpu, on=["run_id", "workload", "step"], how="left") if len(gpu) else table
     out.mkdir(parents=True, exist_ok=True)
     keep = ["run_id", "workload", "replicas", "placement", "scenario", "step", "level", "ok", "errors",
@@ -276,14 +340,19 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         pd.concat(validations, ignore_index=True).round(4).to_csv(out / "validation.csv", index=False)
 
     tandems, tandem_info, tandem_models = [], {}, {}
+    every = pd.concat([requests, heldout], ignore_index=True) if len(heldout) else requests
     for workload in studied:
-        model, frame, tandem_info[workload] = tandem_validation(requests, steps, workload)
+        model, frame, tandem_info[workload] = tandem_validation(every, steps, workload)
         if model is not None:
             tandem_models[workload] = model
         if len(frame):
             tandems.append(frame)
     if tandems:
         pd.concat(tandems, ignore_index=True).round(5).to_csv(out / "tandem_validation.csv", index=False)
+
+    tails, tail_info = tail_validation(requests, heldout, slo_ms or {})
+    if len(tails):
+        tails.round(5).to_csv(out / "tail_validation.csv", index=False)
 
     plan = None
     if slo_ms:
@@ -315,6 +384,7 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
                                      "held_out_mape_pct": mva_mape[w]} for w in fitted},
         "model": {"service": services},
         "tandem_model": tandem_info,
+        "tail_curve": tail_info,
         "scaling": json.loads(joined.round(3).to_json(orient="records")) if joined is not None else [],
         "capacity_plan": json.loads(plan.to_json(orient="records")) if plan is not None else None,
         "repeatability": repeats,
@@ -326,10 +396,14 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
 
 def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, Any]:
     """The GPU half of the models goal (issue 7) from a report: the tandem model's held-out open-loop p95 MAPE per
-    workload and replica count, met where every replica count is within ``goal_pct``, with the repeat's noise."""
+    workload and replica count, met where every replica count is within ``goal_pct``, with the repeat's noise; and
+    the same for the tail curves (other rates of configurations with a sweep of their own)."""
     mape = {w: {r: v["p95"] for r, v in info.get("held_out_mape_pct", {}).items()}
             for w, info in report["tandem_model"].items()}
     repeat = (report.get("repeatability") or {}).get("by_workload", {})
+    tail = {w: {r: v["held_out_p95_mape_pct"] for r, v in per.items() if "held_out_p95_mape_pct" in v}
+            for w, per in (report.get("tail_curve") or {}).items()}
+    tail = {w: m for w, m in tail.items() if m}
     return {
         "goal": f"held-out p95 MAPE <= {goal_pct:g} % from 10 % to 85 % utilisation on a GPU (open-loop steps)",
         "source": source, "command": report["command"], "model": "gawm_lib.models.TandemServer",
@@ -339,6 +413,13 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
         "p95_goal_met": {w: bool(m) and all(v <= goal_pct for v in m.values()) for w, m in mape.items()},
         "not_fitted": {w: info["not_fitted"] for w, info in report["tandem_model"].items() if "not_fitted" in info},
         "repeat_p95_mean_diff_pct": {w: r["p95"]["mean_diff_pct"] for w, r in repeat.items()},
+        "tail_curve": {
+            "model": "gawm_lib.models.TailCurve",
+            "scope": "other rates of a configuration (workload, replicas) from one Poisson sweep of it and its "
+                     "closed-loop capacity: not a new configuration",
+            "p95_mape_pct": tail,
+            "p95_goal_met": {w: bool(m) and all(v <= goal_pct for v in m.values()) for w, m in tail.items()},
+        },
     }
 
 
@@ -374,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="p95 targets for a capacity plan from the measured steps, e.g. resnet50=15")
     parser.add_argument("--repeat", nargs="+", default=[], metavar="SUITE",
                         help="suites that ran the same configurations again: compared step by step")
+    parser.add_argument("--heldout", nargs="+", default=[], metavar="SUITE",
+                        help="suites whose Poisson runs the tail curves fitted here (and the tandem model) predict")
     parser.add_argument("--models-json", type=Path,
                         help="also write the tandem model's errors against the 10 %% goal under 'gpu' in this models "
                              "report (data/benchmarks/models.json)")
@@ -397,10 +480,13 @@ def main(argv: list[str] | None = None) -> int:
     repeat_ids = suite_runs(args.repeat)
     if args.repeat and not repeat_ids:
         raise SystemExit(f"--repeat {args.repeat}: no completed runs under {paths.raw_dir()}")
-    report = build(run_ids, args.out, command, slo_ms, loads, repeat_ids)
+    heldout_ids = suite_runs(args.heldout)
+    if args.heldout and not heldout_ids:
+        raise SystemExit(f"--heldout {args.heldout}: no completed runs under {paths.raw_dir()}")
+    report = build(run_ids, args.out, command, slo_ms, loads, repeat_ids, heldout_ids)
     if args.models_json:
         write_gpu_goal(args.models_json, gpu_goal(report, 10.0, str(args.out / "report.json")))
-    print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "tandem_model",
+    print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "tandem_model", "tail_curve",
                                              "capacity_plan", "repeatability")}, indent=1))
     return 0
 

@@ -8,6 +8,7 @@ Units throughout: times in seconds, rates in requests/s (items/s for batch throu
 * ``batching``: dynamic-batching server latency (mean, p50, p95) from an embedded Markov chain;
 * ``simulate``: seeded discrete-event simulation (the ground truth the models are tested against);
 * ``tandem``: a GPU server's CPU stage (decode threads slowing down with load) in front of the batcher, simulated;
+* ``tail``: a configuration's p95 against its open-loop load (Kingman's heavy-traffic form), fitted to one sweep;
 * ``capacity``: fewest replicas meeting a p95 SLO, with an uncertainty range;
 * ``validation``: MAPE and fit/holdout comparison tables;
 * ``traces``: summary, autocorrelation and KS comparison of metric time series.
@@ -21,6 +22,7 @@ from .queueing import QueuePrediction, UnstableSystemError, erlang_c, md1, mg1, 
 from .scaling import MVAResult, USLModel, fit_usl, mva
 from .service import BatchLatencyModel, BatchLatencyTable, fit_batch_latency
 from .simulate import LatencySummary, replay_batching, simulate_batching, simulate_queue, summarize_latencies
+from .tail import TailCurve, fit_tail_curve
 from .tandem import TandemPlan, TandemServer, fit_slowdown, plan_tandem
 from .traces import TraceComparison, TraceSummary, autocorrelation, compare_traces, summarize_trace
 from .validation import ValidationReport, mape, validate
@@ -32,6 +34,7 @@ __all__ = [
     "BatchingPrediction", "predict_batching",
     "LatencySummary", "simulate_queue", "simulate_batching", "replay_batching", "summarize_latencies",
     "TandemServer", "TandemPlan", "fit_slowdown", "plan_tandem",
+    "TailCurve", "fit_tail_curve",
     "CapacityPlan", "plan_capacity",
     "ValidationReport", "mape", "validate",
     "TraceSummary", "summarize_trace", "autocorrelation", "TraceComparison", "compare_traces",
