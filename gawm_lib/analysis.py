@@ -42,6 +42,7 @@ def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Ru
         rows["max_batch_size"] = rows["workload"].map(lambda w: settings[w]["max_batch_size"])
         rows["max_queue_delay_ms"] = rows["workload"].map(lambda w: settings[w]["max_queue_delay_ms"])
         rows["decode_workers"] = rows["workload"].map(lambda w: settings[w].get("decode_workers", 1))
+        rows["gc_freeze"] = rows["workload"].map(lambda w: settings[w].get("gc_freeze", False))  # unfrozen before
         rows["replicas"] = effective["backend"]["replicas"]
         rows["placement"] = effective["backend"].get("placement", "none")  # runs before placement were not pinned
         rows["scenario"] = effective["load"]["scenario"]
@@ -163,13 +164,14 @@ def predict_tandem_steps(requests: pd.DataFrame, model: TandemServer, *, max_uti
 KEPT_UP = 0.9  # an open-loop step whose throughput fell below this share of its offered rate was past saturation
 
 
-def fit_tail_curves(requests: pd.DataFrame) -> dict[tuple[str, int], TailCurve]:
+def fit_tail_curves(requests: pd.DataFrame) -> tuple[dict[tuple[str, int], TailCurve], dict[tuple[str, int], str]]:
     """A :class:`gawm_lib.models.TailCurve` per (workload, replicas) that has both a closed-loop run (its highest
-    throughput is the capacity) and a Poisson sweep (the steps it kept up with, below that capacity, are fitted)."""
+    throughput is the capacity) and a Poisson sweep (the steps it kept up with, below that capacity, are fitted);
+    and for those whose sweep could not be fitted, why."""
     steps = summarise_runs(requests[requests["phase"] == "step"])
     closed = steps[steps["scenario"].isin(["closed_loop", "single_stream"])]
     capacity = closed.groupby(["workload", "replicas"])["throughput_rps"].max()
-    curves = {}
+    curves, not_fitted = {}, {}
     for (workload, replicas), sweep in steps[steps["scenario"] == "poisson"].groupby(["workload", "replicas"]):
         key = (str(workload), int(replicas))
         if key not in capacity:
@@ -178,8 +180,27 @@ def fit_tail_curves(requests: pd.DataFrame) -> dict[tuple[str, int], TailCurve]:
         try:
             curves[key] = fit_tail_curve(kept["level"], kept["p95_ms"] / 1e3, float(capacity[key]))
         except ValueError as exc:
-            raise ValueError(f"fit_tail_curves: {workload} x{replicas}: {exc}") from None
-    return curves
+            not_fitted[key] = f"{workload} x{replicas}: {exc}"
+    return curves, not_fitted
+
+
+def interpolate_sweeps(requests: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
+    """Each Poisson step of ``heldout`` with the p95 [s] of the same (workload, replicas) sweep in ``requests``
+    interpolated at its rate (log p95, linear in rate; only between the sweep's slowest and fastest steps): what the
+    configuration's other run says, with no model at all, so the floor under any model's error on that step."""
+    def poisson_steps(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame[(frame["scenario"] == "poisson") & (frame["phase"] == "step")]
+        return summarise_runs(frame) if len(frame) else pd.DataFrame(columns=["workload", "replicas", "level"])
+
+    sweeps, rows = poisson_steps(requests), []
+    for _, step in poisson_steps(heldout).iterrows():
+        sweep = sweeps[(sweeps["workload"] == step["workload"]) & (sweeps["replicas"] == step["replicas"])
+                       & (sweeps["throughput_rps"] >= KEPT_UP * sweeps["level"])].sort_values("level")
+        if len(sweep) < 2 or not sweep["level"].min() <= step["level"] <= sweep["level"].max():
+            continue
+        p95 = float(np.exp(np.interp(step["level"], sweep["level"], np.log(sweep["p95_ms"] / 1e3))))
+        rows.append({"run_id": step["run_id"], "level": step["level"], "interpolated_p95": p95})
+    return pd.DataFrame(rows, columns=["run_id", "level", "interpolated_p95"])
 
 
 def predict_tail_steps(requests: pd.DataFrame, curves: dict[tuple[str, int], TailCurve]) -> pd.DataFrame:

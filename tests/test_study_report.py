@@ -25,7 +25,8 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
         run, _ = experiment.run_experiment(cfg, progress=False)
         ids.append(run.id)
     out = tmp_path / "report"
-    report = study_report.build(ids, out, "test", slo_ms={"distilbert": 10_000}, loads={"distilbert": [1, 1e6]})
+    report = study_report.build(ids, out, "test", slo_ms={"distilbert": 10_000}, loads={"distilbert": [1, 1e6]},
+                                heldout_ids=[ids[2]])
 
     steps = pd.read_csv(out / "steps.csv")
     assert sorted(steps["replicas"].unique()) == [1, 2] and len(steps) == 6 and (steps["throughput_rps"] > 0).all()
@@ -55,6 +56,9 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
     plan = pd.read_csv(out / "capacity.csv")  # a loose SLO: 1 req/s needs one replica, a million none measured
     assert plan["replicas"].tolist()[0] == 1 and pd.isna(plan["replicas"].tolist()[1])
     assert plan["model_replicas"].isna().all()  # no tandem model on a CPU server: no model answer beside the measured
+    # a two-step sweep is too short for the tail curve's three parameters: said, not fitted, nothing predicted
+    assert "needs at least 4 steps" in report["tail_curve"]["distilbert"]["replicas_1"]["not_fitted"]
+    assert not (out / "tail_validation.csv").exists()
     assert report["run_ids"] == ids and all(report["runs"][i]["status"] == "COMPLETED" for i in ids)
     for fig_id in ("latency_vs_throughput", "scaling_vs_replicas"):
         assert (out / f"{fig_id}.png").read_bytes()[:4] == b"\x89PNG" and (out / f"{fig_id}.pdf").stat().st_size > 1000
@@ -104,9 +108,16 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
                                                             "replicas_4": {"p50": 7.2, "p95": 5.5}}},
                          "distilbert": {"held_out_mape_pct": {"replicas_1": {"p50": 24.1, "p95": 15.2}}},
                          "whisper": {"not_fitted": "the model, not the CPU stage, was the bottleneck"}},
-        "repeatability": {"by_workload": {"resnet50": {"p95": {"mean_diff_pct": 6.2}}}}}
+        "repeatability": {"by_workload": {"resnet50": {"p95": {"mean_diff_pct": 6.2}}}},
+        "tail_curve": {"resnet50": {"replicas_1": {"t0_ms": 13.5, "held_out_p95_mape_pct": 8.8},
+                                    "replicas_4": {"t0_ms": 11.5, "held_out_p95_mape_pct": 9.9}},
+                       "distilbert": {"replicas_1": {"t0_ms": 5.7, "held_out_p95_mape_pct": 117.4}},
+                       "whisper": {"replicas_1": {"t0_ms": 900.0}}}}  # fitted, nothing held out: no verdict
     section = study_report.gpu_goal(report, 10.0, "data/benchmarks/h200/report.json")
     assert section["p95_goal_met"] == {"resnet50": True, "distilbert": False, "whisper": False}
+    assert section["tail_curve"]["p95_mape_pct"] == {"resnet50": {"replicas_1": 8.8, "replicas_4": 9.9},
+                                                     "distilbert": {"replicas_1": 117.4}}
+    assert section["tail_curve"]["p95_goal_met"] == {"resnet50": True, "distilbert": False}
     assert section["p95_mape_pct"]["resnet50"] == {"replicas_1": 7.8, "replicas_4": 5.5}
     assert section["devices"] == ["NVIDIA H200"] and "whisper" in section["not_fitted"]
     path = tmp_path / "models.json"
@@ -133,3 +144,14 @@ def test_an_unknown_suite_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
     monkeypatch.setenv("GAWM_RAW_DIR", str(tmp_path / "raw"))
     with pytest.raises(SystemExit, match="suite 'no-such-suite' has no runs recorded"):
         study_report.main(["--suite", "no-such-suite", "--out", str(tmp_path / "out")])
+
+
+def test_a_workload_run_with_several_decode_worker_counts_is_one_configuration_per_count():
+    rows = pd.DataFrame({"workload": ["distilbert", "distilbert", "resnet50", "distilbert", "resnet50"],
+                         "decode_workers": [4, 0, 4, 4, 4], "gc_freeze": [True, True, True, True, False]})
+    labelled = study_report.configurations(rows)
+    assert labelled["workload"].tolist() == ["distilbert decode_workers=4", "distilbert decode_workers=0",
+                                             "resnet50 gc_freeze=True", "distilbert decode_workers=4",
+                                             "resnet50 gc_freeze=False"]
+    same = rows.iloc[[0, 2, 3]]
+    assert study_report.configurations(same)["workload"].tolist() == ["distilbert", "resnet50", "distilbert"]

@@ -4,7 +4,8 @@
 reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames stay there, out of git) and writes:
 
 - ``steps.csv``: one row per (run, step): replicas, users, throughput, latency percentiles, the servers' median
-  compute time and batch size, and per step from Prometheus: GPU utilisation, memory, power and energy per request;
+  compute time and batch size, and per step from Prometheus: GPU utilisation, memory, power and energy per request,
+  and the share of the time the busiest server stood still in garbage collections;
 - ``scaling.csv``: each run's highest-load step against Mean Value Analysis from the 1-replica throughput, twice:
   ``MVA-1`` (the replicas share one station: the GPU-bound case) and ``MVA-R`` (each replica is a station of its own:
   the bound when each replica's own CPU work, e.g. JPEG decoding, limits it);
@@ -26,11 +27,12 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
 - ``tail_validation.csv`` (with ``--heldout``): the tail curve (``gawm_lib.models.TailCurve``: Kingman's
   ``t0 + k x / (1 - x)``) of each (workload, replicas) fitted on the report's own Poisson sweep and closed-loop
   capacity, predicting the p95 of the held-out suites' Poisson steps of the same configuration (other rates, another
-  run); the tandem model predicts those steps too;
+  run), beside the fitted sweep itself interpolated at the held-out rates (the floor under any model of the
+  configuration: how far its two runs are apart); the tandem model predicts those steps too;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
 
-A workload run with different ``decode_workers`` counts is reported as one configuration per count
-(``distilbert decode_workers=0``): its models are fitted and checked per configuration.
+A workload run with different ``decode_workers`` counts (or ``gc_freeze``) is reported as one configuration per
+value (``distilbert decode_workers=0``): its models are fitted and checked per configuration.
 
 Several suites and workloads go into one report (``--suite a b``): the scaling models are fitted per workload on its
 closed-loop runs with one replica, and open-loop (Poisson) runs are predicted by that workload's batch-service model.
@@ -53,7 +55,8 @@ from gawm_lib.models import TandemServer, plan_tandem
 from gawm_lib.models.scaling import mva
 
 GPU_QUERIES = {"gpu_util_nvml": "gpu_util", "gpu_memory_used_nvml": "gpu_memory_bytes", "gpu_power_nvml": "gpu_power_w",
-               "energy_per_request_nvml": "energy_per_request_j"}
+               "energy_per_request_nvml": "energy_per_request_j", "gc_pause_ratio": "gc_pause_share"}
+SERVER_SETTINGS = ("decode_workers", "gc_freeze")  # a workload run with several values is one configuration per value
 
 
 def step_metrics(run: runs.Run) -> pd.DataFrame:
@@ -185,8 +188,10 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
     """The tail curve of each (workload, replicas) with a closed-loop run and a Poisson sweep in ``requests``, its
     p95 predictions of the same configurations' Poisson steps in ``heldout`` (MAPE over 10-85 % of the capacity), and
     with an SLO the highest rate it says meets it."""
-    curves = analysis.fit_tail_curves(requests)
+    curves, not_fitted = analysis.fit_tail_curves(requests)
     info: dict[str, Any] = {}
+    for (workload, replicas), why in sorted(not_fitted.items()):
+        info.setdefault(workload, {})[f"replicas_{replicas}"] = {"not_fitted": why}
     for (workload, replicas), curve in sorted(curves.items()):
         entry = {"t0_ms": round(curve.t0_s * 1e3, 3), "k_ms": round(curve.k_s * 1e3, 3),
                  "headroom": round(curve.headroom, 4), "capacity_rps": round(curve.capacity_rps, 1),
@@ -200,11 +205,15 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
         return predicted, info
     validation = analysis.validation_table(predicted, metrics=("p95",)).merge(
         predicted[["run_id", "level", "replicas", "utilisation"]], on=["run_id", "level"])
+    validation = validation.merge(analysis.interpolate_sweeps(requests, heldout), on=["run_id", "level"], how="left")
+    validation["interpolated_ape_pct"] = 100 * (validation["interpolated_p95"] / validation["measured"] - 1).abs()
     within = validation[validation["utilisation"].between(0.1, 0.85)]
     for (workload, replicas), rows in within.groupby(["workload", "replicas"]):
         entry = info[workload][f"replicas_{replicas}"]
         entry["held_out"] = sorted(rows["run_id"].unique().tolist())
         entry["held_out_p95_mape_pct"] = round(float(rows["ape_pct"].mean()), 1)
+        if rows["interpolated_ape_pct"].notna().any():  # the fitted sweep itself, read at the held-out rates
+            entry["sweep_interpolated_p95_mape_pct"] = round(float(rows["interpolated_ape_pct"].mean()), 1)
     return validation, info
 
 
@@ -257,15 +266,18 @@ def _repeat_summary(pairs: pd.DataFrame) -> dict[str, Any]:
     return summary
 
 
-def configurations(requests: pd.DataFrame) -> pd.DataFrame:
-    """``requests`` with each workload that ran with different ``decode_workers`` counts relabelled per count
-    (``distilbert decode_workers=0``), so that its models are fitted and checked per configuration."""
-    counts = requests.groupby("workload")["decode_workers"].nunique()
-    mixed = requests["workload"].isin(counts[counts > 1].index)
-    if not mixed.any():
-        return requests
-    label = requests["workload"] + " decode_workers=" + requests["decode_workers"].astype(str)
-    return requests.assign(workload=requests["workload"].where(~mixed, label))
+def configurations(requests: pd.DataFrame, settings=SERVER_SETTINGS) -> pd.DataFrame:
+    """``requests`` with each workload that ran with different values of a server setting (``decode_workers``,
+    ``gc_freeze``) relabelled per value (``distilbert decode_workers=0``), so that its models are fitted and checked
+    per configuration."""
+    label = requests["workload"].copy()
+    for setting in settings:
+        if setting not in requests:
+            continue
+        values = requests.groupby("workload")[setting].nunique()
+        mixed = requests["workload"].isin(values[values > 1].index)
+        label = label.where(~mixed, label + f" {setting}=" + requests[setting].astype(str))
+    return requests.assign(workload=label)
 
 
 def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] | None = None,
@@ -284,10 +296,13 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         requests, heldout = both.iloc[:len(requests)], both.iloc[len(requests):]
     else:
         requests = configurations(requests)
-    for label in requests["workload"].unique():  # a configuration takes its workload's SLO and loads
-        for per in (slo_ms, loads):
-            if per is not None and label not in per and label.split(" ")[0] in per:
+    labels = set(requests["workload"].unique())
+    for per in (slo_ms, loads):  # a configuration takes its workload's SLO and loads
+        for label in labels - set(per or {}):
+            if label.split(" ")[0] in (per or {}):
                 per[label] = per[label.split(" ")[0]]
+        for name in {label.split(" ")[0] for label in labels} - labels:
+            (per or {}).pop(name, None)  # the workload itself is now its configurations
     table = analysis.summarise_runs(requests)
     gpu = pd.concat([step_metrics(r) for r in loaded], ignore_index=True)
     if len(gpu):  # the same configuration labels as the requests
@@ -404,6 +419,10 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     tail = {w: {r: v["held_out_p95_mape_pct"] for r, v in per.items() if "held_out_p95_mape_pct" in v}
             for w, per in (report.get("tail_curve") or {}).items()}
     tail = {w: m for w, m in tail.items() if m}
+    floor = {w: {r: v["sweep_interpolated_p95_mape_pct"] for r, v in per.items()
+                 if "sweep_interpolated_p95_mape_pct" in v}
+             for w, per in (report.get("tail_curve") or {}).items()}
+    floor = {w: m for w, m in floor.items() if m}
     return {
         "goal": f"held-out p95 MAPE <= {goal_pct:g} % from 10 % to 85 % utilisation on a GPU (open-loop steps)",
         "source": source, "command": report["command"], "model": "gawm_lib.models.TandemServer",
@@ -419,6 +438,7 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
                      "closed-loop capacity: not a new configuration",
             "p95_mape_pct": tail,
             "p95_goal_met": {w: bool(m) and all(v <= goal_pct for v in m.values()) for w, m in tail.items()},
+            "floor_sweep_interpolated_p95_mape_pct": floor,
         },
     }
 

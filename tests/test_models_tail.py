@@ -1,0 +1,105 @@
+"""The tail curve (Kingman's heavy-traffic form of a configuration's p95 against its open-loop load): the closed
+form and its inverse, the fit recovering known parameters with and without noise, bad input, and the analysis that
+fits one per (workload, replicas) from request records and predicts another run's steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gawm_lib import analysis
+from gawm_lib.models import TailCurve, fit_tail_curve
+
+CURVE = TailCurve(t0_s=0.012, k_s=0.008, headroom=0.88, capacity_rps=600.0)
+RATES = np.array([60.0, 150.0, 250.0, 350.0, 420.0, 470.0])
+
+
+def test_the_curve_is_t0_at_no_load_grows_as_x_over_1_minus_x_and_is_unbounded_at_its_limit():
+    assert CURVE.limit_rps == pytest.approx(528.0)
+    assert CURVE.p95_s(0.0) == pytest.approx(0.012)
+    assert CURVE.p95_s(264.0) == pytest.approx(0.012 + 0.008 * 0.5 / 0.5)  # x = 1/2
+    assert CURVE.p95_s([528.0, 600.0]).tolist() == [np.inf, np.inf]
+    with pytest.raises(ValueError, match="rate_rps"):
+        CURVE.p95_s(-1.0)
+
+
+def test_max_rate_inverts_the_curve_and_is_zero_below_the_idle_p95():
+    for slo in (0.013, 0.02, 0.5):
+        assert CURVE.p95_s(CURVE.max_rate(slo)) == pytest.approx(slo)
+    assert CURVE.max_rate(0.02) == pytest.approx(264.0)
+    assert CURVE.max_rate(0.012) == 0.0 and CURVE.max_rate(0.001) == 0.0
+    with pytest.raises(ValueError, match="slo_p95_s"):
+        CURVE.max_rate(0.0)
+
+
+def test_the_fit_recovers_known_parameters_exactly_without_noise_and_closely_with_it():
+    exact = fit_tail_curve(RATES, CURVE.p95_s(RATES), 600.0)
+    assert (exact.t0_s, exact.k_s, exact.headroom) == pytest.approx((0.012, 0.008, 0.88), rel=1e-4)
+    rng = np.random.default_rng(7)
+    errors = []
+    for _ in range(20):  # 5 % log-normal noise on each step's p95, as a short step's p95 has
+        noisy = fit_tail_curve(RATES, CURVE.p95_s(RATES) * np.exp(rng.normal(0, 0.05, RATES.size)), 600.0)
+        errors.append(abs(noisy.limit_rps / CURVE.limit_rps - 1))
+        middle = np.array([200.0, 300.0, 400.0])
+        assert np.all(np.abs(noisy.p95_s(middle) / CURVE.p95_s(middle) - 1) < 0.12)
+    assert np.median(errors) < 0.03  # the runaway rate within a few percent
+
+
+@pytest.mark.parametrize("rates, p95, capacity, message", [
+    (RATES[:3], CURVE.p95_s(RATES[:3]), 600.0, "at least 4 steps"),
+    (RATES, CURVE.p95_s(RATES)[:5], 600.0, "pair up"),
+    (RATES, CURVE.p95_s(RATES), 450.0, "at or past the capacity"),
+    ([100.0] * 4, [0.02] * 4, 600.0, "two or more rates"),
+    (RATES, -CURVE.p95_s(RATES), 600.0, "finite and > 0"),
+    (RATES, CURVE.p95_s(RATES), 0.0, "capacity_rps must be > 0"),
+])
+def test_the_fit_refuses_what_it_cannot_fit(rates, p95, capacity, message):
+    with pytest.raises(ValueError, match=message):
+        fit_tail_curve(rates, p95, capacity)
+
+
+def test_a_curve_with_impossible_parameters_is_refused():
+    with pytest.raises(ValueError, match="headroom and capacity_rps must be > 0"):
+        TailCurve(t0_s=0.01, k_s=0.01, headroom=0.0, capacity_rps=100.0)
+    with pytest.raises(ValueError, match="k_s"):
+        TailCurve(t0_s=0.01, k_s=float("nan"), headroom=1.0, capacity_rps=100.0)
+
+
+def _step(run_id, scenario, step, rate, latency_s, replicas=1, n=400):
+    """One step of request records: ``n`` requests ``1 / rate`` apart, each taking ``latency_s``."""
+    sent = (np.arange(n) / rate * 1e9).astype(np.int64)
+    return pd.DataFrame({"run_id": run_id, "workload": "w", "phase": "step", "step": step, "level": float(rate),
+                         "scenario": scenario, "error": "", "replicas": replicas, "max_batch_size": 8,
+                         "placement": "shared", "payload_audio_s": np.nan, "items": 1, "batch_size": 1,
+                         "scheduled_ns": sent, "sent_ns": sent, "done_ns": sent + int(latency_s * 1e9),
+                         "server_compute_ns": 1e6})
+
+
+def test_curves_are_fitted_per_configuration_from_records_and_predict_another_runs_steps():
+    closed = _step("closed", "closed_loop", 0, 600.0, 0.005)  # the capacity: about 600 req/s
+    sweep = pd.concat([_step("sweep", "poisson", i, r, float(CURVE.p95_s(r))) for i, r in enumerate(RATES)])
+    # a step the servers did not keep up with (half the offered rate came through) is not fitted
+    behind = _step("sweep", "poisson", 9, 250.0, 5.0).assign(level=500.0)
+    other = pd.concat([_step("closed2", "closed_loop", 0, 900.0, 0.05, replicas=2)])  # no sweep: no curve
+    curves, not_fitted = analysis.fit_tail_curves(pd.concat([closed, sweep, behind, other], ignore_index=True))
+    assert set(curves) == {("w", 1)} and not not_fitted
+    curve = curves[("w", 1)]
+    assert curve.capacity_rps == pytest.approx(600.0, rel=0.02)
+    held = pd.concat([_step("again", "poisson", i, r, float(CURVE.p95_s(r))) for i, r in enumerate([100.0, 300.0, 400.0])])
+    predicted = analysis.predict_tail_steps(held, curves)
+    assert predicted["level"].tolist() == [100.0, 300.0, 400.0] and set(predicted["run_id"]) == {"again"}
+    assert np.allclose(predicted["predicted_p95"], predicted["p95"], rtol=0.02)
+    assert predicted["utilisation"].tolist() == pytest.approx([r / curve.capacity_rps for r in (100, 300, 400)])
+    curves, not_fitted = analysis.fit_tail_curves(pd.concat([closed, sweep[sweep["step"] < 3]], ignore_index=True))
+    assert not curves and "w x1: fit_tail_curve needs at least 4 steps" in not_fitted[("w", 1)]
+
+
+def test_the_other_sweep_interpolated_at_the_held_out_rates_is_the_floor_under_any_model():
+    sweep = pd.concat([_step("sweep", "poisson", 0, 100.0, 0.010), _step("sweep", "poisson", 1, 300.0, 0.040)])
+    held = pd.concat([_step("again", "poisson", 0, 200.0, 0.025), _step("again", "poisson", 1, 50.0, 0.01),
+                      _step("again2", "poisson", 0, 200.0, 0.025, replicas=2)])  # below the sweep; no sweep of x2
+    floor = analysis.interpolate_sweeps(sweep, held)
+    assert floor["level"].tolist() == [200.0]
+    assert floor["interpolated_p95"].iloc[0] == pytest.approx(0.020, rel=1e-3)  # halfway in log: sqrt(10 x 40) ms
+    assert analysis.interpolate_sweeps(sweep, held.iloc[:0]).empty
