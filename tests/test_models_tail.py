@@ -86,7 +86,8 @@ def test_curves_are_fitted_per_configuration_from_records_and_predict_another_ru
     assert set(curves) == {("w", 1)} and not not_fitted
     curve = curves[("w", 1)]
     assert curve.capacity_rps == pytest.approx(600.0, rel=0.02)
-    held = pd.concat([_step("again", "poisson", i, r, float(CURVE.p95_s(r))) for i, r in enumerate([100.0, 300.0, 400.0])])
+    held = pd.concat([_step("again", "poisson", i, r, float(CURVE.p95_s(r)))
+                      for i, r in enumerate([100.0, 300.0, 400.0])])
     predicted = analysis.predict_tail_steps(held, curves)
     assert predicted["level"].tolist() == [100.0, 300.0, 400.0] and set(predicted["run_id"]) == {"again"}
     assert np.allclose(predicted["predicted_p95"], predicted["p95"], rtol=0.02)
