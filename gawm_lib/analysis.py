@@ -184,16 +184,18 @@ def fit_tail_curves(requests: pd.DataFrame) -> tuple[dict[tuple[str, int], TailC
     return curves, not_fitted
 
 
+def _poisson_steps(requests: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarise_runs` of the open-loop (Poisson) steps alone (an empty table with the key columns if none)."""
+    poisson = requests[(requests["scenario"] == "poisson") & (requests["phase"] == "step")]
+    return summarise_runs(poisson) if len(poisson) else pd.DataFrame(columns=["workload", "replicas", "level"])
+
+
 def interpolate_sweeps(requests: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
     """Each Poisson step of ``heldout`` with the p95 [s] of the same (workload, replicas) sweep in ``requests``
     interpolated at its rate (log p95, linear in rate; only between the sweep's slowest and fastest steps): what the
     configuration's other run says, with no model at all, so the floor under any model's error on that step."""
-    def poisson_steps(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame[(frame["scenario"] == "poisson") & (frame["phase"] == "step")]
-        return summarise_runs(frame) if len(frame) else pd.DataFrame(columns=["workload", "replicas", "level"])
-
-    sweeps, rows = poisson_steps(requests), []
-    for _, step in poisson_steps(heldout).iterrows():
+    sweeps, rows = _poisson_steps(requests), []
+    for _, step in _poisson_steps(heldout).iterrows():
         sweep = sweeps[(sweeps["workload"] == step["workload"]) & (sweeps["replicas"] == step["replicas"])
                        & (sweeps["throughput_rps"] >= KEPT_UP * sweeps["level"])].sort_values("level")
         if len(sweep) < 2 or not sweep["level"].min() <= step["level"] <= sweep["level"].max():
@@ -206,11 +208,8 @@ def interpolate_sweeps(requests: pd.DataFrame, heldout: pd.DataFrame) -> pd.Data
 def predict_tail_steps(requests: pd.DataFrame, curves: dict[tuple[str, int], TailCurve]) -> pd.DataFrame:
     """Measured vs predicted p95 [s] of each Poisson step whose (workload, replicas) has a curve, with its
     utilisation (offered rate over the closed-loop capacity)."""
-    poisson = requests[(requests["scenario"] == "poisson") & (requests["phase"] == "step")]
-    if poisson.empty:
-        return pd.DataFrame()
     rows = []
-    for _, step in summarise_runs(poisson).iterrows():
+    for _, step in _poisson_steps(requests).iterrows():
         curve = curves.get((str(step["workload"]), int(step["replicas"])))
         if curve is None:
             continue

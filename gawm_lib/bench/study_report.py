@@ -280,6 +280,18 @@ def configurations(requests: pd.DataFrame, settings=SERVER_SETTINGS) -> pd.DataF
     return requests.assign(workload=label)
 
 
+def _for_configurations(per: dict[str, Any] | None, labels: set[str]) -> dict[str, Any] | None:
+    """A per-workload setting (an SLO, loads) keyed by configuration where a workload became several
+    (``distilbert`` -> ``distilbert decode_workers=0``, ...); workloads not in ``labels`` keep their entry."""
+    if per is None:
+        return None
+    bases = {label.split(" ")[0] for label in labels if " " in label}
+    out = {name: value for name, value in per.items() if name not in bases}
+    out.update({label: per[label.split(" ")[0]] for label in labels
+                if label not in per and label.split(" ")[0] in per})
+    return out
+
+
 def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] | None = None,
           loads: dict[str, list[float]] | None = None, repeat_ids: list[str] | None = None,
           heldout_ids: list[str] | None = None) -> dict[str, Any]:
@@ -288,7 +300,6 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     ``repeat_ids`` how far the same configurations' runs in another session landed from these, and with
     ``heldout_ids`` how well the tail curves (and the tandem model) fitted here predict those runs."""
     requests, loaded = analysis.load_requests(run_ids)
-    workload_of = {r.id: {w["name"] for w in r.manifest["params"]["effective"]["workloads"]} for r in loaded}
     heldout = pd.DataFrame()
     if heldout_ids:
         heldout = analysis.load_requests(heldout_ids)[0]
@@ -297,18 +308,13 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     else:
         requests = configurations(requests)
     labels = set(requests["workload"].unique())
-    for per in (slo_ms, loads):  # a configuration takes its workload's SLO and loads
-        for label in labels - set(per or {}):
-            if label.split(" ")[0] in (per or {}):
-                per[label] = per[label.split(" ")[0]]
-        for name in {label.split(" ")[0] for label in labels} - labels:
-            (per or {}).pop(name, None)  # the workload itself is now its configurations
+    slo_ms, loads = _for_configurations(slo_ms, labels), _for_configurations(loads, labels)
     table = analysis.summarise_runs(requests)
     gpu = pd.concat([step_metrics(r) for r in loaded], ignore_index=True)
-    if len(gpu):  # the same configuration labels as the requests
-        label = requests.groupby("run_id")["workload"].first()
-        single = gpu["run_id"].map(lambda r: len(workload_of[r]) == 1)
-        gpu.loc[single, "workload"] = gpu.loc[single, "run_id"].map(label)
+    if len(gpu):  # the same configuration labels as the requests (a run of one workload is one configuration)
+        per_run = requests.groupby("run_id")["workload"]
+        single = gpu["run_id"].map(per_run.nunique() == 1)
+        gpu.loc[single, "workload"] = gpu.loc[single, "run_id"].map(per_run.first())
     steps = table.merge(gpu, on=["run_id", "workload", "step"], how="left") if len(gpu) else table
     out.mkdir(parents=True, exist_ok=True)
     keep = ["run_id", "workload", "replicas", "placement", "scenario", "step", "level", "ok", "errors",
@@ -416,13 +422,13 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     mape = {w: {r: v["p95"] for r, v in info.get("held_out_mape_pct", {}).items()}
             for w, info in report["tandem_model"].items()}
     repeat = (report.get("repeatability") or {}).get("by_workload", {})
-    tail = {w: {r: v["held_out_p95_mape_pct"] for r, v in per.items() if "held_out_p95_mape_pct" in v}
-            for w, per in (report.get("tail_curve") or {}).items()}
-    tail = {w: m for w, m in tail.items() if m}
-    floor = {w: {r: v["sweep_interpolated_p95_mape_pct"] for r, v in per.items()
-                 if "sweep_interpolated_p95_mape_pct" in v}
-             for w, per in (report.get("tail_curve") or {}).items()}
-    floor = {w: m for w, m in floor.items() if m}
+
+    def per_replicas(key: str) -> dict[str, dict[str, float]]:  # the tail curves' ``key`` where it was measured
+        found = {w: {r: v[key] for r, v in per.items() if key in v}
+                 for w, per in (report.get("tail_curve") or {}).items()}
+        return {w: m for w, m in found.items() if m}
+
+    tail, floor = per_replicas("held_out_p95_mape_pct"), per_replicas("sweep_interpolated_p95_mape_pct")
     return {
         "goal": f"held-out p95 MAPE <= {goal_pct:g} % from 10 % to 85 % utilisation on a GPU (open-loop steps)",
         "source": source, "command": report["command"], "model": "gawm_lib.models.TandemServer",
