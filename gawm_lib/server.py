@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import gc
 import json
 import logging
 import os
+import queue
 import re
 import socket
 import sys
@@ -118,7 +120,13 @@ class _Pending:
 
 
 class Batcher:
-    """Admission (the bounded queue), batching, and a two-stage pipeline: collate/copy, then the forward pass."""
+    """Admission (the bounded queue), batching, and a two-stage pipeline run on two threads of its own: one gathers
+    and collates (and copies to the GPU) the next batch while the other runs the current one.
+
+    The batches are formed off the event loop: a loop busy with hundreds of requests (reading bodies, encoding
+    answers) delays neither the closing of a batch nor the start of the next forward pass, so the model keeps pace
+    with a backlog instead of slowing down as it grows. Only the answers go back through the loop, one callback per
+    batch (``call_soon_threadsafe``)."""
 
     def __init__(self, workload: Workload, metrics: Metrics):
         self.workload, self.metrics = workload, metrics
@@ -126,114 +134,158 @@ class Batcher:
         self.max_delay_ns = int(workload.cfg.max_queue_delay_ms * 1e6)
         self.max_queue = workload.cfg.max_queue_size
         self.depth = 0  # admitted and not yet in a forward pass (decoding, queued, or collated)
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.prepared: asyncio.Queue = asyncio.Queue(maxsize=1)  # one batch collated ahead of the running one
-        self.idle = asyncio.Event()  # the model waits for a batch
-        self.prepare_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gawm-prepare")
-        self.compute_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gawm-compute")
-        self._carry: _Pending | None = None
+        self._depth_lock = threading.Lock()
+        self._cond = threading.Condition()  # guards _waiting, _idle, _closed
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._idle = True  # the compute thread waits for a batch
+        self._closed = False
+        self._prepared: queue.Queue = queue.Queue(maxsize=1)  # one batch collated ahead of the running one
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        for name, target in (("gawm-collate", self._collate), ("gawm-compute", self._compute)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop both threads once the batch in hand is done (waiting requests are not run)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout_s)
 
     def admit(self) -> bool:
-        if self.depth >= self.max_queue:
-            return False
-        self.depth += 1
-        self.metrics.queue_depth.labels(*self.metrics.labels).set(self.depth)
+        with self._depth_lock:
+            if self.depth >= self.max_queue:
+                return False
+            self.depth += 1
+            depth = self.depth
+        self.metrics.queue_depth.labels(*self.metrics.labels).set(depth)
         return True
 
     def release(self, count: int = 1) -> None:
-        self.depth -= count
-        self.metrics.queue_depth.labels(*self.metrics.labels).set(self.depth)
+        with self._depth_lock:
+            self.depth -= count
+            depth = self.depth
+        self.metrics.queue_depth.labels(*self.metrics.labels).set(depth)
 
     async def submit(self, items: list[Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Queue an admitted request's items; its answers and timing once its batch has run."""
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(_Pending(items, time.monotonic_ns(), future))
+        with self._cond:
+            self._waiting.append(_Pending(items, time.monotonic_ns(), future))
+            self._cond.notify()
         return await future
 
-    async def run(self) -> None:
-        await asyncio.gather(self._collate(), self._compute())
+    # -- the collate thread ------------------------------------------------------------------------------------------
+    def _fitting(self) -> tuple[int, bool]:
+        """How many waiting requests the next batch takes (at least one; a request is never split), and whether that
+        batch is full (no room for the next request)."""
+        count, size = 0, 0
+        for pending in self._waiting:
+            if count and size + len(pending.items) > self.max_batch:
+                return count, True
+            count, size = count + 1, size + len(pending.items)
+            if size >= self.max_batch:
+                return count, True
+        return count, False
 
-    async def _collate(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather()
+    def _next_batch(self) -> tuple[list[_Pending], bool] | None:
+        """A batch: full, or closed once the oldest request has waited ``max_queue_delay_ms`` and the model is idle
+        (None once closed).
+
+        While the model is busy, waiting costs nothing: the batch keeps filling (as in Triton, where a batch is formed
+        when a model instance is free), and a full one is collated ahead, overlapping the running batch. Also says
+        whether the model was idle (so that a batch that fails to collate can give the idle state back)."""
+        with self._cond:
+            while not self._waiting and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            deadline = self._waiting[0].enqueued_ns + self.max_delay_ns
+            while True:
+                count, full = self._fitting()
+                if full:
+                    break
+                remaining = deadline - time.monotonic_ns()
+                if remaining <= 0 and self._idle:
+                    break
+                self._cond.wait(remaining / 1e9 if remaining > 0 else None)
+                if self._closed:
+                    return None
+            was_idle, self._idle = self._idle, False  # the model has this batch coming: the next fills until it is idle
+            return [self._waiting.popleft() for _ in range(count)], was_idle
+
+    def _collate(self) -> None:
+        while (taken := self._next_batch()) is not None:
+            batch, was_idle = taken
             start = time.monotonic_ns()
             flat = [item for p in batch for item in p.items]
             try:
-                prepared = await loop.run_in_executor(self.prepare_pool, self.workload.prepare, flat)
+                prepared = self.workload.prepare(flat)
             except Exception as exc:
+                with self._cond:  # the model never gets this batch: if it was waiting, it still is
+                    self._idle = self._idle or was_idle
                 self.release(len(batch))
                 self._fail(batch, exc)
                 continue
-            await self.prepared.put((batch, flat, prepared, time.monotonic_ns() - start))
+            self._prepared.put((batch, flat, prepared, time.monotonic_ns() - start))
+        self._prepared.put(None)
 
-    async def _compute(self) -> None:
-        loop = asyncio.get_running_loop()
+    # -- the compute thread ------------------------------------------------------------------------------------------
+    def _compute(self) -> None:
         m, labels = self.metrics, self.metrics.labels
         while True:
-            if self.prepared.empty():
-                self.idle.set()
-            batch, flat, prepared, prepare_ns = await self.prepared.get()
-            self.idle.clear()
+            try:
+                entry = self._prepared.get_nowait()
+            except queue.Empty:
+                with self._cond:
+                    self._idle = True
+                    self._cond.notify()
+                entry = self._prepared.get()
+            if entry is None:
+                return
+            batch, flat, prepared, prepare_ns = entry
             start = time.monotonic_ns()
             self.release(len(batch))
             try:
-                answers = await loop.run_in_executor(self.compute_pool, self.workload.forward, prepared, len(flat))
+                answers = self.workload.forward(prepared, len(flat))
             except Exception as exc:  # a failed batch fails its requests, not the server
                 self._fail(batch, exc)
                 continue
             compute_ns = time.monotonic_ns() - start
             m.compute_duration.labels(*labels).observe(compute_ns / 1e9)
             m.batch_size.labels(*labels).observe(len(flat))
-            offset = 0
+            timing = {"compute_ns": compute_ns, "prepare_ns": prepare_ns, "batch_size": len(flat)}
             for p in batch:
-                timing = {"queue_ns": start - p.enqueued_ns, "compute_ns": compute_ns, "prepare_ns": prepare_ns,
-                          "batch_size": len(flat)}
-                m.queue_duration.labels(*labels).observe(timing["queue_ns"] / 1e9)
-                if not p.future.done():
-                    p.future.set_result((answers[offset:offset + len(p.items)], timing))
-                offset += len(p.items)
+                m.queue_duration.labels(*labels).observe((start - p.enqueued_ns) / 1e9)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, batch, answers, start, timing)
+
+    # -- back on the event loop --------------------------------------------------------------------------------------
+    @staticmethod
+    def _deliver(batch: list[_Pending], answers: list[dict[str, Any]], start: int, timing: dict[str, int]) -> None:
+        offset = 0
+        for p in batch:
+            if not p.future.done():  # a request whose client went away was cancelled
+                p.future.set_result((answers[offset:offset + len(p.items)],
+                                     {"queue_ns": start - p.enqueued_ns, **timing}))
+            offset += len(p.items)
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
         log.error("batch of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc)
-        for p in batch:
-            if not p.future.done():
-                p.future.set_exception(exc)
 
-    async def _gather(self) -> list[_Pending]:
-        """A batch: full, or closed once the oldest request has waited ``max_queue_delay_ms`` and the model is idle.
+        def fail() -> None:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
 
-        While the model is busy, waiting costs nothing: the batch keeps filling (as in Triton, where a batch is formed
-        when a model instance is free), and a full one is collated ahead, overlapping the running batch."""
-        first = self._carry or await self.queue.get()
-        self._carry = None
-        batch, size = [first], len(first.items)
-        deadline = first.enqueued_ns + self.max_delay_ns
-        while size < self.max_batch:
-            try:
-                nxt = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = (deadline - time.monotonic_ns()) / 1e9
-                if remaining <= 0 and self.idle.is_set():
-                    break
-                getter = asyncio.ensure_future(self.queue.get())
-                idle = asyncio.ensure_future(self.idle.wait())
-                await asyncio.wait({getter, idle}, timeout=remaining if remaining > 0 else None,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                idle.cancel()
-                if not getter.done():
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                if getter.cancelled():
-                    continue
-                nxt = getter.result()
-            if size + len(nxt.items) > self.max_batch:
-                self._carry = nxt  # never split a request across batches
-                break
-            batch.append(nxt)
-            size += len(nxt.items)
-        return batch
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(fail)
 
 
 def _error(status: int, message: str, field_name: str = "", expected: str = "", **headers: str) -> JSONResponse:
@@ -280,7 +332,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
                 gc.collect()
                 gc.freeze()  # the model's and the libraries' objects: no collection needs to scan them again
             state["batcher"] = Batcher(workload, metrics)
-            state["batch_task"] = asyncio.create_task(state["batcher"].run())
+            state["batcher"].start(asyncio.get_running_loop())
             metrics.load_seconds.labels(*labels).set(workload.load_s)
             metrics.ready.labels(*labels).set(1)
             state["ready"] = True
@@ -292,8 +344,8 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
         yield
         gc.callbacks.remove(gc_timer)
         loader.cancel()
-        if "batch_task" in state:
-            state["batch_task"].cancel()
+        if "batcher" in state:
+            await asyncio.to_thread(state["batcher"].close)
         if decode_pool is not None:
             decode_pool.shutdown(wait=False, cancel_futures=True)
 
