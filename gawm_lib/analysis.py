@@ -220,6 +220,52 @@ def predict_tail_steps(requests: pd.DataFrame, curves: dict[tuple[str, int], Tai
     return pd.DataFrame(rows)
 
 
+def tail_repeats(requests: pd.DataFrame) -> pd.DataFrame:
+    """Every rate of a (workload, replicas) that more than one Poisson step visited (again in the same run, or in
+    another run): how many visits and runs, their p95 [ms] (mean, lowest, highest), its coefficient of variation, and
+    ``loo_mape_pct``: each visit's p95 predicted by the mean of the other visits, the error averaged. A model that
+    knew the true mean p95 at that rate would still miss single steps by about that much: the floor under any model's
+    error there. ``utilisation`` is the rate over the configuration's closed-loop capacity where there is one."""
+    steps = _poisson_steps(requests)
+    closed = requests[requests["scenario"].isin(["closed_loop", "single_stream"]) & (requests["phase"] == "step")]
+    capacity = (summarise_runs(closed).groupby(["workload", "replicas"])["throughput_rps"].max()
+                if len(closed) else pd.Series(dtype=float))
+    rows = []
+    for (workload, replicas, level), visits in steps.groupby(["workload", "replicas", "level"]):
+        p95 = visits["p95_ms"].to_numpy(dtype=float)
+        if len(p95) < 2:
+            continue
+        others = (p95.sum() - p95) / (len(p95) - 1)
+        cap = capacity.get((workload, replicas), np.nan)
+        rows.append({"workload": workload, "replicas": int(replicas), "level": float(level),
+                     "utilisation": float(level) / cap if cap == cap else np.nan,
+                     "visits": len(p95), "runs": visits["run_id"].nunique(), "p95_mean_ms": p95.mean(),
+                     "p95_min_ms": p95.min(), "p95_max_ms": p95.max(),
+                     "p95_cv_pct": 100 * p95.std(ddof=1) / p95.mean(),
+                     "loo_mape_pct": 100 * float(np.mean(np.abs(others - p95) / p95))})
+    return pd.DataFrame(rows, columns=["workload", "replicas", "level", "utilisation", "visits", "runs",
+                                       "p95_mean_ms", "p95_min_ms", "p95_max_ms", "p95_cv_pct", "loo_mape_pct"])
+
+
+def cross_validate_tail_curves(requests: pd.DataFrame) -> pd.DataFrame:
+    """Leave one run out: each Poisson run of a (workload, replicas) that has other Poisson runs is predicted by the
+    tail curve fitted on those others (and the configuration's closed-loop capacity), as
+    :func:`predict_tail_steps` rows. A configuration whose other runs cannot be fitted is left out."""
+    poisson = requests[requests["scenario"] == "poisson"]
+    frames = []
+    for (workload, replicas), rows in poisson.groupby(["workload", "replicas"]):
+        run_ids = sorted(rows["run_id"].unique())
+        if len(run_ids) < 2:
+            continue
+        mine = (requests["workload"] == workload) & (requests["replicas"] == replicas)
+        for run_id in run_ids:
+            curves, _ = fit_tail_curves(requests[mine & (requests["run_id"] != run_id)])
+            if (workload, replicas) in curves:
+                frames.append(predict_tail_steps(rows[rows["run_id"] == run_id], curves))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["run_id", "workload", "scenario", "level", "replicas", "utilisation", "p95", "predicted_p95"])
+
+
 def closed_loop_latency_s(users: int, service: BatchLatencyModel, max_batch: int, overhead_s: float) -> float:
     """Latency of each of ``users`` closed-loop users with no think time against one batching replica [s]."""
     full, rest = divmod(users, max_batch)

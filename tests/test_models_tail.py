@@ -104,3 +104,38 @@ def test_the_other_sweep_interpolated_at_the_held_out_rates_is_the_floor_under_a
     assert floor["level"].tolist() == [200.0]
     assert floor["interpolated_p95"].iloc[0] == pytest.approx(0.020, rel=1e-3)  # halfway in log: sqrt(10 x 40) ms
     assert analysis.interpolate_sweeps(sweep, held.iloc[:0]).empty
+
+
+def test_rates_visited_more_than_once_give_the_spread_of_their_p95_and_the_floor_under_any_model():
+    closed = _step("closed", "closed_loop", 0, 600.0, 0.005)  # capacity about 600 req/s
+    visits = pd.concat([_step("a", "poisson", 0, 100.0, 0.010), _step("a", "poisson", 1, 200.0, 0.020),
+                        _step("a", "poisson", 2, 100.0, 0.012),  # the same rate again, in the same run
+                        _step("b", "poisson", 0, 100.0, 0.014)], ignore_index=True)
+    repeats = analysis.tail_repeats(pd.concat([closed, visits], ignore_index=True))
+    assert len(repeats) == 1  # 200 req/s was visited once: no spread to tell
+    row = repeats.iloc[0]
+    assert (row["level"], row["visits"], row["runs"]) == (100.0, 3, 2)
+    assert row["utilisation"] == pytest.approx(100.0 / 600.0, rel=0.02)
+    assert (row["p95_min_ms"], row["p95_mean_ms"], row["p95_max_ms"]) == pytest.approx((10.0, 12.0, 14.0))
+    assert row["p95_cv_pct"] == pytest.approx(100 * 2.0 / 12.0)
+    # each visit against the mean of the others: 13 for 10, 12 for 12, 11 for 14
+    assert row["loo_mape_pct"] == pytest.approx(100 * (3 / 10 + 0 / 12 + 3 / 14) / 3)
+    assert analysis.tail_repeats(visits)["utilisation"].isna().all()  # no closed-loop run: no capacity
+
+
+def test_each_run_is_predicted_by_the_tail_curve_of_the_configurations_other_runs_alone():
+    closed = _step("closed", "closed_loop", 0, 600.0, 0.005)
+
+    def sweep(run_id, rates, scale=1.0):
+        return pd.concat([_step(run_id, "poisson", i, r, scale * float(CURVE.p95_s(r))) for i, r in enumerate(rates)])
+
+    a, b = sweep("a", [60.0, 200.0, 350.0, 450.0]), sweep("b", [100.0, 250.0, 400.0, 470.0])
+    slow = sweep("slow", [150.0, 300.0, 420.0, 460.0], scale=1.5)  # a run half as slow again at every rate
+    lone = sweep("lone", [100.0, 200.0, 300.0, 400.0]).assign(replicas=2)  # the only run of its configuration
+    crossed = analysis.cross_validate_tail_curves(pd.concat([closed, a, b, slow, lone], ignore_index=True))
+    assert set(crossed["run_id"]) == {"a", "b", "slow"} and (crossed["replicas"] == 1).all()
+    error = (crossed["predicted_p95"] / crossed["p95"] - 1).abs().groupby(crossed["run_id"]).mean()
+    assert error["slow"] == pytest.approx(1 - 1 / 1.5, abs=0.05)  # fitted on a and b alone: a third too short
+    assert error["a"] < error["slow"] and error["b"] < error["slow"]
+    only_two = analysis.cross_validate_tail_curves(pd.concat([closed, a, b], ignore_index=True))
+    assert np.allclose(only_two["predicted_p95"], only_two["p95"], rtol=0.03)  # same curve: each predicts the other

@@ -109,23 +109,37 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
                          "distilbert": {"held_out_mape_pct": {"replicas_1": {"p50": 24.1, "p95": 15.2}}},
                          "whisper": {"not_fitted": "the model, not the CPU stage, was the bottleneck"}},
         "repeatability": {"by_workload": {"resnet50": {"p95": {"mean_diff_pct": 6.2}}}},
-        "tail_curve": {"resnet50": {"replicas_1": {"t0_ms": 13.5, "held_out_p95_mape_pct": 8.8},
-                                    "replicas_4": {"t0_ms": 11.5, "held_out_p95_mape_pct": 9.9}},
-                       "distilbert": {"replicas_1": {"t0_ms": 5.7, "held_out_p95_mape_pct": 117.4}},
-                       "whisper": {"replicas_1": {"t0_ms": 900.0}}}}  # fitted, nothing held out: no verdict
+        "tail_curve": {"resnet50": {"replicas_1": {"t0_ms": 13.5, "held_out_p95_mape_pct": 8.8,
+                                                   "held_out_utilisation": [0.1, 0.84]},
+                                    "replicas_4": {"t0_ms": 11.5, "held_out_p95_mape_pct": 9.9,
+                                                   "held_out_utilisation": [0.12, 0.8]}},
+                       "distilbert": {"replicas_1": {"t0_ms": 5.7, "held_out_p95_mape_pct": 117.4,
+                                                     "held_out_utilisation": [0.1, 0.85],
+                                                     "cross_run_p95_mape_pct": 6.0,  # within the goal, but its
+                                                     "cross_run_utilisation": [0.4, 0.6],  # steps stop at 60 %
+                                                     "revisit_floor_p95_mape_pct": 5.5}},
+                       "whisper": {"replicas_1": {"t0_ms": 900.0, "cross_run_p95_mape_pct": 9.0,
+                                                  "cross_run_utilisation": [0.2, 0.8]}}}}
     section = study_report.gpu_goal(report, 10.0, "data/benchmarks/h200/report.json")
     assert section["p95_goal_met"] == {"resnet50": True, "distilbert": False, "whisper": False}
     assert section["tail_curve"]["p95_mape_pct"] == {"resnet50": {"replicas_1": 8.8, "replicas_4": 9.9},
                                                      "distilbert": {"replicas_1": 117.4}}
     assert section["tail_curve"]["p95_goal_met"] == {"resnet50": True, "distilbert": False}
+    assert section["tail_curve"]["cross_run_p95_goal_met"] == {"distilbert": False, "whisper": True}
+    assert section["tail_curve"]["floor_revisit_p95_mape_pct"] == {"distilbert": {"replicas_1": 5.5}}
+    assert section["goal_met"] == {"distilbert": False, "resnet50": True, "whisper": True}
     assert section["p95_mape_pct"]["resnet50"] == {"replicas_1": 7.8, "replicas_4": 5.5}
     assert section["devices"] == ["NVIDIA H200"] and "whisper" in section["not_fitted"]
     path = tmp_path / "models.json"
     path.write_text(json.dumps({"benchmark": "models", "workloads": [], "superseded": []}))
     study_report.write_gpu_goal(path, section)
-    assert json.loads(path.read_text())["gpu"] == section
+    study_report.write_gpu_goal(path, section)  # the same report again replaces itself
+    assert json.loads(path.read_text())["gpu"] == section and "gpu_superseded" not in json.loads(path.read_text())
+    newer = {**section, "source": "data/benchmarks/h200/tail/report.json", "goal_met": {}}
+    study_report.write_gpu_goal(path, newer)  # another report's verdict: the earlier one is kept, superseded
+    assert json.loads(path.read_text())["gpu_superseded"] == [section]
     merged = models_bench.merge_report(json.loads(path.read_text()), {"workloads": []})  # the CPU benchmark's write
-    assert merged["gpu"] == section
+    assert merged["gpu"] == newer and merged["gpu_superseded"] == [section]
 
 
 def test_the_model_plan_sits_beside_the_measured_one_up_to_the_fitted_replica_counts():

@@ -492,7 +492,7 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
         "p95_goal_met_same_schedule": {e["workload"]: e["mape_pct_same_schedule"]["p95_ms"] <= GOAL_MAPE_PCT
                                        for e in ordered if "mape_pct_same_schedule" in e},
         "workloads": ordered, "analysis_speed": speed, "superseded": superseded,
-        **({"gpu": existing["gpu"]} if existing.get("gpu") else {}),  # written by study_report --models-json
+        **{key: existing[key] for key in ("gpu", "gpu_superseded") if existing.get(key)},  # by study_report
     }
 
 
