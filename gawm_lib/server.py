@@ -10,7 +10,7 @@ A request is admitted only while fewer than ``max_queue_size`` requests wait (el
 never grows without bound), its body is read up to ``max_body_bytes`` (else 413), then parsed and decoded on a pool of
 ``decode_workers`` threads (0: on the event loop). Items are gathered into batches of at most ``max_batch_size``,
 waiting at most ``max_queue_delay_ms`` after the first; one thread collates (and copies to the GPU) the next batch
-while another runs the current one. Every answer carries ``parameters``: ``queue_ns`` (enqueued to its batch's
+while another runs the current one, both off the event loop, which only reads, admits and answers requests. Every answer carries ``parameters``: ``queue_ns`` (enqueued to its batch's
 forward pass), ``compute_ns`` (the forward pass), ``decode_ns`` (arrival to enqueued: body, parsing, decoding),
 ``prepare_ns`` (collation and copy), ``batch_size``, and workload totals (``tokens``; ``audio_s`` and ``rtf`` = compute
 time / audio time for Whisper). Bad input gets a 4xx with ``{"error", "field", "expected"}``; the server stays ready.
