@@ -9,11 +9,12 @@ system shared memory instead (``/v2/systemsharedmemory/...``, see :mod:`gawm_lib
 A request is admitted only while fewer than ``max_queue_size`` requests wait (else 503 with ``Retry-After``: the queue
 never grows without bound), its body is read up to ``max_body_bytes`` (else 413), then parsed and decoded on a pool of
 ``decode_workers`` threads (0: on the event loop). Items are gathered into batches of at most ``max_batch_size``,
-waiting at most ``max_queue_delay_ms`` after the first; one thread collates (and copies to the GPU) the next batch
-while another runs the current one, both off the event loop, which only reads, admits and answers requests. Every answer carries ``parameters``: ``queue_ns`` (enqueued to its batch's
-forward pass), ``compute_ns`` (the forward pass), ``decode_ns`` (arrival to enqueued: body, parsing, decoding),
-``prepare_ns`` (collation and copy), ``batch_size``, and workload totals (``tokens``; ``audio_s`` and ``rtf`` = compute
-time / audio time for Whisper). Bad input gets a 4xx with ``{"error", "field", "expected"}``; the server stays ready.
+waiting at most ``max_queue_delay_ms`` after the first; one thread collates (and copies to the GPU) the next batch while
+another runs the current one, both off the event loop, which only reads, admits and answers requests. Every answer
+carries ``parameters``: ``queue_ns`` (enqueued to its batch's forward pass), ``compute_ns`` (the forward pass),
+``decode_ns`` (arrival to enqueued: body, parsing, decoding), ``prepare_ns`` (collation and copy), ``batch_size``, and
+workload totals (``tokens``; ``audio_s`` and ``rtf`` = compute time / audio time for Whisper). Bad input gets a 4xx with
+``{"error", "field", "expected"}``; the server stays ready.
 Once the model is loaded it is frozen out of Python's garbage collector (``gc_freeze``); every collection is timed
 into ``gawm_gc_pause_seconds``.
 
@@ -150,8 +151,9 @@ class Batcher:
             thread.start()
             self._threads.append(thread)
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop both threads once the batch in hand is done (waiting requests are not run)."""
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop both threads once the batch in hand is done (waiting requests are not run); waits ``timeout_s`` for each
+        (they are daemon threads: a long batch does not hold up the exit)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
