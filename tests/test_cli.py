@@ -82,10 +82,17 @@ def test_bad_settings_start_nothing(env, tmp_path):
     assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())
 
 
+def _as_in_a_terminal() -> None:
+    """A terminal's foreground process takes Ctrl-C; a test run started in the background (``cmd &`` in a script)
+    would hand its children SIGINT ignored, and Python would then never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_marks_the_run_interrupted_and_keeps_its_records(env, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.cli", "run", "params/quick.yaml", "-p",
                              "load.step_duration_s=60", "-p", "load.levels=[2]"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 180
         while not list((tmp_path / "raw").glob("*/requests.parquet/*.parquet")):
