@@ -168,11 +168,9 @@ def fit_tail_curves(requests: pd.DataFrame) -> tuple[dict[tuple[str, int], TailC
     """A :class:`gawm_lib.models.TailCurve` per (workload, replicas) that has both a closed-loop run (its highest
     throughput is the capacity) and a Poisson sweep (the steps it kept up with, below that capacity, are fitted);
     and for those whose sweep could not be fitted, why."""
-    steps = summarise_runs(requests[requests["phase"] == "step"])
-    closed = steps[steps["scenario"].isin(["closed_loop", "single_stream"])]
-    capacity = closed.groupby(["workload", "replicas"])["throughput_rps"].max()
+    capacity = closed_loop_capacity(requests)
     curves, not_fitted = {}, {}
-    for (workload, replicas), sweep in steps[steps["scenario"] == "poisson"].groupby(["workload", "replicas"]):
+    for (workload, replicas), sweep in _poisson_steps(requests).groupby(["workload", "replicas"]):
         key = (str(workload), int(replicas))
         if key not in capacity:
             continue
@@ -182,6 +180,15 @@ def fit_tail_curves(requests: pd.DataFrame) -> tuple[dict[tuple[str, int], TailC
         except ValueError as exc:
             not_fitted[key] = f"{workload} x{replicas}: {exc}"
     return curves, not_fitted
+
+
+def closed_loop_capacity(requests: pd.DataFrame) -> pd.Series:
+    """The highest throughput [req/s] of any closed-loop (or single-stream) step per (workload, replicas): the
+    capacity that open-loop rates are measured against (empty where there is no closed-loop run)."""
+    closed = requests[requests["scenario"].isin(["closed_loop", "single_stream"]) & (requests["phase"] == "step")]
+    if not len(closed):
+        return pd.Series(dtype=float)
+    return summarise_runs(closed).groupby(["workload", "replicas"])["throughput_rps"].max()
 
 
 def _poisson_steps(requests: pd.DataFrame) -> pd.DataFrame:
@@ -226,12 +233,9 @@ def tail_repeats(requests: pd.DataFrame) -> pd.DataFrame:
     ``loo_mape_pct``: each visit's p95 predicted by the mean of the other visits, the error averaged. A model that
     knew the true mean p95 at that rate would still miss single steps by about that much: the floor under any model's
     error there. ``utilisation`` is the rate over the configuration's closed-loop capacity where there is one."""
-    steps = _poisson_steps(requests)
-    closed = requests[requests["scenario"].isin(["closed_loop", "single_stream"]) & (requests["phase"] == "step")]
-    capacity = (summarise_runs(closed).groupby(["workload", "replicas"])["throughput_rps"].max()
-                if len(closed) else pd.Series(dtype=float))
+    capacity = closed_loop_capacity(requests)
     rows = []
-    for (workload, replicas, level), visits in steps.groupby(["workload", "replicas", "level"]):
+    for (workload, replicas, level), visits in _poisson_steps(requests).groupby(["workload", "replicas", "level"]):
         p95 = visits["p95_ms"].to_numpy(dtype=float)
         if len(p95) < 2:
             continue

@@ -222,8 +222,7 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
     interpolated = analysis.interpolate_sweeps(requests, heldout).drop_duplicates(["run_id", "level"])  # a rate
     validation = validation.merge(interpolated, on=["run_id", "level"], how="left")  # visited twice reads the same
     validation["interpolated_ape_pct"] = 100 * (validation["interpolated_p95"] / validation["measured"] - 1).abs()
-    within = validation[validation["utilisation"].between(0.1, 0.85)]
-    for (workload, replicas), rows in within.groupby(["workload", "replicas"]):
+    for (workload, replicas), rows in _within_goal_range(validation):
         entry = info[workload][f"replicas_{replicas}"]
         entry["held_out"] = sorted(rows["run_id"].unique().tolist())
         entry["held_out_p95_mape_pct"] = round(float(rows["ape_pct"].mean()), 1)
@@ -241,18 +240,20 @@ def tail_cross_validation(requests: pd.DataFrame, info: dict[str, Any]) -> tuple
     crossed = analysis.cross_validate_tail_curves(requests)
     if len(crossed):
         crossed = _p95_table(crossed)
-        for (workload, replicas), rows in crossed[crossed["utilisation"].between(0.1, 0.85)].groupby(
-                ["workload", "replicas"]):
+        for (workload, replicas), rows in _within_goal_range(crossed):
             entry = info.setdefault(workload, {}).setdefault(f"replicas_{replicas}", {})
             entry["cross_run_p95_mape_pct"] = round(float(rows["ape_pct"].mean()), 1)
             entry["cross_run_utilisation"] = _span(rows["utilisation"])
     repeats = analysis.tail_repeats(requests)
-    for (workload, replicas), rows in repeats[repeats["utilisation"].between(0.1, 0.85)].groupby(
-            ["workload", "replicas"]):
-        floor = float(np.average(rows["loo_mape_pct"], weights=rows["visits"]))
-        info.setdefault(workload, {}).setdefault(f"replicas_{replicas}", {})["revisit_floor_p95_mape_pct"] = round(
-            floor, 1)
+    for (workload, replicas), rows in _within_goal_range(repeats):
+        entry = info.setdefault(workload, {}).setdefault(f"replicas_{replicas}", {})
+        entry["revisit_floor_p95_mape_pct"] = round(float(np.average(rows["loo_mape_pct"], weights=rows["visits"])), 1)
     return crossed, repeats
+
+
+def _within_goal_range(table: pd.DataFrame):
+    """``table``'s rows at 10-85 % utilisation (the goal's range), grouped by (workload, replicas)."""
+    return table[table["utilisation"].between(0.1, 0.85)].groupby(["workload", "replicas"])
 
 
 def model_plan(plan: pd.DataFrame, models: dict[str, TandemServer], max_replicas: dict[str, int]) -> pd.DataFrame:
@@ -478,8 +479,10 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
         return {w: m for w, m in found.items() if m}
 
     def met(errors: dict[str, dict[str, float]], spans: dict[str, dict[str, list[float]]] | None = None):
-        return {w: bool(m) and all(v <= goal_pct and (spans is None or spans[w][r][1] >= TAIL_REACH)
-                                   for r, v in m.items()) for w, m in errors.items()}
+        def reached(w: str, r: str) -> bool:  # a check with no recorded span (an older report) did not reach
+            return spans is None or spans.get(w, {}).get(r, [0.0, 0.0])[1] >= TAIL_REACH
+
+        return {w: bool(m) and all(v <= goal_pct and reached(w, r) for r, v in m.items()) for w, m in errors.items()}
 
     tandem_met = met(mape)
     tail, cross = per_replicas("held_out_p95_mape_pct"), per_replicas("cross_run_p95_mape_pct")
