@@ -64,6 +64,17 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
         assert (out / f"{fig_id}.png").read_bytes()[:4] == b"\x89PNG" and (out / f"{fig_id}.pdf").stat().st_size > 1000
         assert json.loads((out / f"{fig_id}.json").read_text())["run_ids"] == ids
 
+    # a service fit that fails (closed-loop batches all about one size, as at 64 and 256 users on an H200) is said in
+    # the report; the rest of it is still built
+    def no_fit(requests):
+        raise ValueError("latency does not increase with batch size over the measured range")
+
+    monkeypatch.setattr(study_report.analysis, "fit_service", no_fit)
+    again = study_report.build(ids, tmp_path / "again", "test")
+    assert again["model"]["service"]["distilbert"] == {"not_fitted": "latency does not increase with batch size over "
+                                                                     "the measured range", "fitted_on": [ids[0]]}
+    assert "distilbert" not in again["model_mape_pct"] and (tmp_path / "again" / "steps.csv").is_file()
+
 
 def test_the_capacity_plan_takes_the_fewest_measured_replicas_within_the_slo():
     steps = pd.DataFrame({

@@ -387,7 +387,11 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         mine = requests[requests["workload"] == workload]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            service, overhead = analysis.fit_service(mine[mine["run_id"].isin(single)])
+            try:
+                service, overhead = analysis.fit_service(mine[mine["run_id"].isin(single)])
+            except ValueError as exc:  # e.g. closed-loop steps whose batches were all about one size
+                services[workload] = {"not_fitted": str(exc), "fitted_on": single}
+                continue
         services[workload] = {"alpha_ms": round(service.alpha * 1e3, 4), "beta_ms": round(service.beta * 1e3, 4),
                               "overhead_ms": round(overhead * 1e3, 3), "fitted_on": single}
         held = mine[~mine["run_id"].isin(single)]
