@@ -158,9 +158,23 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
     assert mb._overhead(rows[rows["batch_size"] == 1]) == pytest.approx(0.002)
     # Calibration: the same batches 8 % slower under open-loop load -> load factor 1.08, variability around 1.
     slower = rows.assign(server_compute_ns=(rows["server_compute_ns"] * 1.08).astype(np.int64))
-    load, factors, cal = mb._calibrate(slower, table)
-    assert load == pytest.approx(1.08, rel=0.01) and cal["interfered"] == 2
+    under_load, factors, cal = mb._calibrate(slower, table)
+    assert cal["load_factor"] == pytest.approx(1.08, rel=0.01) and cal["interfered"] == 2
+    np.testing.assert_allclose(under_load.seconds, 1.08 * per_size, rtol=0.02)
     assert np.median(factors) == pytest.approx(1.0, abs=0.01) and factors.max() > 1.7  # the replay still sees them
+    # Load that slows single images by 9 % and speeds batches of 2 and 3 by 3 % (as ResNet50 on the build machine):
+    # each size the step ran often enough gets its own time; a size it ran twice gets the sweep's x the load factor.
+    calibration = rows.iloc[:-2].copy()  # 30 batches of 1, 9 of 2, 9 of 3, 7 of 4 (the interfered two dropped)
+    calibration = calibration[(calibration["batch_size"] < 4) | (calibration.index < 50)]  # 2 batches of 4
+    by_size = np.array([1.09, 0.97, 0.97, 1.0])[calibration["batch_size"].to_numpy() - 1]
+    calibration["server_compute_ns"] = (calibration["server_compute_ns"] * by_size).astype(np.int64)
+    under_load, factors, cal = mb._calibrate(calibration, table)
+    assert cal["sizes_calibrated"] == [1, 2, 3] and (calibration["batch_size"] == 4).sum() == 2
+    np.testing.assert_allclose(under_load.seconds[:3], [1.09 * per_size[0], 0.97 * per_size[1], 0.97 * per_size[2]],
+                               rtol=0.02)
+    assert under_load.seconds[3] == pytest.approx(cal["load_factor"] * table.seconds[3])  # no own mean: the factor
+    assert cal["load_factor"] == pytest.approx((30 * 1.09 + 18 * 0.97 + 2) / 50, rel=0.01)
+    assert np.mean(factors) == pytest.approx(1.0, abs=0.02)
     # Text-length variability (lognormal, CV ~30 %) is the service time itself: (almost) nothing is left out.
     wide = 0.04 * sizes * rng.lognormal(0.0, 0.3, sizes.size)
     assert mb.interfered(sizes, wide).sum() <= 1

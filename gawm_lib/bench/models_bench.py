@@ -9,12 +9,14 @@ For each workload, on the local CPU backend (one replica, one torch thread):
      ``max(floor, alpha*b + beta)`` of :func:`gawm_lib.models.fit_batch_latency` is fitted too, for reference: it
      does not describe ResNet50 on a CPU core), leaving out batches another process slowed down (:func:`interfered`);
      the client-side overhead (latency minus server queue and compute) comes from the b = 1 step;
-   - a *calibration* step, open-loop Poisson at 60 % of the sweep's capacity: batches run slower under open-loop
-     arrivals than back to back (idle gaps between batches, requests decoded on the other core during a batch:
-     ResNet50 +8 %, DistilBERT up to +8 % at low load); the mean of its batch times over ``s(b)`` is the *load
-     factor* applied to the table, and the spread of its ratios is the service-time variability;
+   - a *calibration* step, open-loop Poisson at 60 % of the sweep's capacity: batches do not run as fast under
+     open-loop arrivals as back to back (idle gaps between batches, requests decoded on the other core during a
+     batch), and not every size alike (ResNet50: single images 8.7 % slower, batches of 2-4 2-7 % faster); each
+     size it ran often enough takes its mean there, the others ``s(b)`` times the *load factor* (the mean of all its
+     batch times over ``s(b)``): the table under load; the spread of its batches around it is the service-time
+     variability;
 2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``
-   (``s`` with the load factor), each step at least ``requests`` requests (:class:`Plan`);
+   (``s`` the table under load), each step at least ``requests`` requests (:class:`Plan`);
 3. *predictions*, two per step, each plus the measured overhead:
 
    - *steady state*: :func:`gawm_lib.models.predict_batching` at the step's rate (the goal's number);
@@ -228,23 +230,43 @@ def _fit_sweep(sweep_rows: pd.DataFrame, max_batch: int) -> tuple[BatchLatencyTa
     return table, hinge, info
 
 
-def _calibrate(rows: pd.DataFrame, table: BatchLatencyTable) -> tuple[float, np.ndarray, dict[str, Any]]:
-    """Load factor (mean batch time over the table's, interfered batches left out) and the variability factors (every
-    batch's ratio over the load factor: mean ~1) from the open-loop calibration step."""
+MIN_CALIBRATED_BATCHES = 3  # a batch size the calibration ran this often gets its own time under load (per-batch CV
+# under load: ResNet50 3-4 %, Whisper 2-4 %, so three batches pin the mean to a few per cent)
+
+
+def _calibrate(rows: pd.DataFrame, table: BatchLatencyTable) -> tuple[BatchLatencyTable, np.ndarray, dict[str, Any]]:
+    """The service table under open-loop load, from the calibration step (interfered batches left out): each batch
+    size the step ran at least ``MIN_CALIBRATED_BATCHES`` times takes its mean there, the others the sweep's time
+    times the *load factor* (mean batch time over the sweep's, all sizes); and the variability factors (every
+    batch's time over the table under load: mean ~1).
+
+    Per size, because the load does not slow every size alike: on the build machine ResNet50's single-image batches
+    ran 8.7 % slower under load than back to back and its batches of 2-4 2-7 % faster, so one factor for all (the
+    earlier design) put the batches of 2-4 that fill the queue at 85 % utilisation 9-15 % too long and over-predicted
+    that p95 by half."""
     batches = _batches(rows[rows["phase"] == "step"])
     seconds = batches["server_compute_ns"].to_numpy() / 1e9
     sizes = batches["batch_size"].to_numpy()
     ratio = seconds / table.predict(sizes)
     slow = interfered(sizes, seconds)
     load_factor = float(ratio[~slow].mean())
-    factors = ratio / load_factor
+    under_load = list(table.scaled(load_factor).seconds)
+    calibrated = []
+    for b in range(1, len(under_load) + 1):
+        mine = (sizes == b) & ~slow
+        if mine.sum() >= MIN_CALIBRATED_BATCHES:
+            under_load[b - 1] = float(seconds[mine].mean())
+            calibrated.append(b)
+    service = BatchLatencyTable(tuple(under_load))
+    factors = seconds / service.predict(sizes)
     info = {"load_factor": load_factor, "load_factor_se": float(ratio[~slow].std(ddof=1) / np.sqrt((~slow).sum())),
+            "sizes_calibrated": calibrated, "min_calibrated_batches": MIN_CALIBRATED_BATCHES,
             "batches": int(len(seconds)), "interfered": int(slow.sum()),
             "interfered_factors": [round(float(f), 3) for f in factors[slow]],
             "factor_cv": float(factors.std(ddof=1)), "factor_cv_without_interfered": float(factors[~slow].std(ddof=1)),
             "factor_p05": float(np.quantile(factors, 0.05)), "factor_p95": float(np.quantile(factors, 0.95)),
             "per_batch_size": _per_size(sizes, seconds, slow)}
-    return load_factor, factors, info
+    return service, factors, info
 
 
 def _step_stats(latency_s: np.ndarray, start_s: float, done_s: np.ndarray) -> dict[str, float]:
@@ -329,10 +351,9 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 break
             busy_fits.append({**fit_cpu, "service_table_s": list(table.seconds)})
             time.sleep(plan.busy_wait_s)
-        load_factor, factors, variability = _calibrate(rows, table)
+        service, factors, variability = _calibrate(rows, table)
         variability["calibration"] = {"utilisation_of_sweep_capacity": plan.calibration_utilisation,
                                       "rate_rps": calibration_rate, "requests": int((rows["phase"] == "step").sum())}
-        service = table.scaled(load_factor)
         capacity = big / service.predict(big)
         held_out = []
         for i, u in enumerate(plan.utilisations):
@@ -379,8 +400,10 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             })
     return summarise_workload({
         "workload": name, "settings": cfg.model_dump(), "weights": cfg.weights, "plan": asdict(plan),
-        "fit_design": "batch sweep (table) x load factor of an open-loop calibration step",
-        "service_table_s": list(table.seconds), "load_factor": load_factor, "service_used_s": list(service.seconds),
+        "fit_design": "batch sweep (table), each size's time under load from an open-loop calibration step where it ran "
+                      f"{MIN_CALIBRATED_BATCHES}+ times, else the sweep's x the step's load factor",
+        "service_table_s": list(table.seconds), "load_factor": variability["load_factor"],
+        "service_used_s": list(service.seconds),
         "service_model": ({"alpha_s": hinge.alpha, "beta_s": hinge.beta, "floor_s": hinge.floor,
                            "alpha_se_s": hinge.alpha_se, "beta_se_s": hinge.beta_se, "knee": hinge.knee,
                            "rmse_s": hinge.rmse_s, "fit_points": int(hinge.n_points), "fit_points_are": "batches",
