@@ -139,3 +139,15 @@ def test_each_run_is_predicted_by_the_tail_curve_of_the_configurations_other_run
     assert error["a"] < error["slow"] and error["b"] < error["slow"]
     only_two = analysis.cross_validate_tail_curves(pd.concat([closed, a, b], ignore_index=True))
     assert np.allclose(only_two["predicted_p95"], only_two["p95"], rtol=0.03)  # same curve: each predicts the other
+
+
+def test_the_capacity_is_the_highest_throughput_of_any_step_where_a_closed_loop_run_measured_it():
+    # on the H200 a replica's closed-loop throughput fell as users were added, and a Poisson step carried more
+    closed = pd.concat([_step("closed", "closed_loop", 0, 554.0, 0.001),
+                        _step("closed", "closed_loop", 1, 516.0, 0.001)])
+    sweep = pd.concat([_step("sweep", "poisson", 0, 300.0, 0.001), _step("sweep", "poisson", 1, 578.0, 0.001)])
+    lonely = _step("lonely", "poisson", 0, 900.0, 0.02, replicas=2)  # a sweep with no closed-loop run: no capacity
+    capacity = analysis.measured_capacity(pd.concat([closed, sweep, lonely], ignore_index=True))
+    assert capacity.to_dict() == {("w", 1): pytest.approx(578.0, rel=0.01)}
+    assert analysis.measured_capacity(closed)[("w", 1)] == pytest.approx(554.0, rel=0.01)
+    assert analysis.measured_capacity(sweep).empty

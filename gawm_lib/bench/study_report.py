@@ -25,10 +25,11 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
 - ``repeatability.csv`` (with ``--repeat``): the same configurations run again (another session, another machine of
   the same kind): each step's throughput, mean and p95 in both, and how far apart, the floor under any model's error;
 - ``tail_validation.csv`` (with ``--heldout``): the tail curve (``gawm_lib.models.TailCurve``: Kingman's
-  ``t0 + k x / (1 - x)``) of each (workload, replicas) fitted on the report's own Poisson sweep and closed-loop
-  capacity, predicting the p95 of the held-out suites' Poisson steps of the same configuration (other rates, another
-  run), beside the fitted sweep itself interpolated at the held-out rates (the floor under any model of the
-  configuration: how far its two runs are apart); the tandem model predicts those steps too;
+  ``t0 + k x / (1 - x)``) of each (workload, replicas) fitted on the report's own Poisson sweep and measured capacity
+  (the highest throughput of its closed-loop and Poisson steps), predicting the p95 of the held-out suites' Poisson
+  steps of the same configuration (other rates, another run), beside the fitted sweep itself interpolated at the
+  held-out rates (the floor under any model of the configuration: how far its two runs are apart); the tandem model
+  predicts those steps too;
 - ``tail_cross_validation.csv`` and ``tail_repeats.csv`` (configurations swept more than once, e.g. with other
   ``load.arrival_seed`` values): each Poisson run predicted by the tail curve fitted on the configuration's other
   runs, and every rate visited more than once (again in a run, or in another) with the spread of its p95: the
@@ -505,8 +506,8 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
         "repeat_p95_mean_diff_pct": {w: r["p95"]["mean_diff_pct"] for w, r in repeat.items()},
         "tail_curve": {
             "model": "gawm_lib.models.TailCurve",
-            "scope": "other rates of a configuration (workload, replicas) from one Poisson sweep of it and its "
-                     "closed-loop capacity: not a new configuration",
+            "scope": "other rates of a configuration (workload, replicas) from Poisson sweeps of it and its "
+                     "measured capacity: not a new configuration",
             "reach_needed": TAIL_REACH,
             "p95_mape_pct": tail,
             "utilisation": per_replicas("held_out_utilisation"),

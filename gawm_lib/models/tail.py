@@ -6,8 +6,9 @@ Poisson load followed the same form closely once the utilisation is taken agains
 
     p95(λ) = t0 + k · x / (1 - x),    x = λ / (headroom · capacity)
 
-``capacity``: the configuration's closed-loop saturation throughput (measured, not fitted); ``headroom``: the share of
-it a Poisson stream can use before the queue runs away (bursts of arrivals cost the servers capacity, so it is < 1);
+``capacity``: the configuration's highest measured throughput (its closed-loop peak, or a Poisson step's where that
+was higher; measured, not fitted); ``headroom``: the share of it a Poisson stream can use before the queue runs away
+(bursts of arrivals cost the servers capacity, so it is < 1);
 ``t0``: the p95 with no queueing; ``k``: the queueing scale, which takes in the service time and its variability.
 
 :func:`fit_tail_curve` fits ``t0``, ``k`` and ``headroom`` by least squares on log p95 over a sweep's steps, so each
@@ -72,7 +73,7 @@ class TailCurve:
 
 def fit_tail_curve(rates_rps, p95_s, capacity_rps: float) -> TailCurve:
     """The :class:`TailCurve` through one configuration's open-loop steps (offered rate, measured p95), with its
-    measured closed-loop ``capacity_rps``. Needs at least four steps at two or more rates below the capacity."""
+    measured ``capacity_rps``. Needs at least four steps at two or more rates below the capacity."""
     rates = np.asarray(rates_rps, dtype=float).ravel()
     p95 = np.asarray(p95_s, dtype=float).ravel()
     if rates.shape != p95.shape:
@@ -95,7 +96,7 @@ def fit_tail_curve(rates_rps, p95_s, capacity_rps: float) -> TailCurve:
         x = rates / (headroom * capacity_rps)
         return np.log(t0 + k * x / (1 - x)) - np.log(p95)
 
-    # headroom from just above the fastest step (its x < 1) to 1.5x the closed-loop capacity
+    # headroom from just above the fastest step (its x < 1) to 1.5x the measured capacity
     lower = np.array([1e-9, 0.0, top * 1.0001])
     upper = np.array([p95.max(), 100 * p95.max(), max(1.5, top * 1.01)])
     start = np.clip([p95.min(), p95.min(), max(1.0, top * 1.1)], lower, upper)
