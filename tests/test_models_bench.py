@@ -95,22 +95,24 @@ def test_whisper_settings_payloads_and_plan():
     seconds = [workload.decode_item(c)[1] for c in clips]  # (log-Mel, audio seconds)
     assert all(1.0 < s < 8.0 for s in seconds), seconds  # one sentence each
     assert all(len(c) < 8.0 * SAMPLE_RATE * 2 + 1000 for c in clips)
-    # The full plan, at ~2 clips/s of capacity, fits in ~35 minutes of held-out steps and sizes each by requests.
+    # The full plan, at ~2 clips/s of capacity, fits in ~36 minutes of held-out steps and sizes each by requests.
     plan = mb.plan_for("whisper", quick=False)
     assert plan.requests >= 150
     capacity, clip_s = 2.0, 0.5
     wall = sum(max(plan.min_step_s, plan.requests / (u * capacity)) + plan.warmup_s for u in plan.utilisations)
     wall += sum(max(plan.fit_s, plan.fit_batches * b * clip_s) for b in range(1, settings["max_batch_size"] + 1))
     wall += max(plan.calibration_min_s, plan.calibration_requests / (plan.calibration_utilisation * capacity))
-    assert wall < 35 * 60
+    wall += len(plan.utilisations) * max(plan.speed_check_min_s, plan.speed_check_requests
+                                         / (plan.calibration_utilisation * capacity))
+    assert wall < 36 * 60
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
     plan = mb.Plan(requests=5, min_step_s=2.0, fit_s=0.5, fit_batches=3, calibration_requests=5,
-                   calibration_min_s=1.0, utilisations=(0.3, 0.8), warmup_s=0.5, replays=2, noise_runs=5,
-                   busy_wait_s=0.0)
+                   calibration_min_s=1.0, speed_check_requests=3, speed_check_min_s=1.0, utilisations=(0.3, 0.8),
+                   warmup_s=0.5, replays=2, noise_runs=5, busy_wait_s=0.0)
     reads = []
 
     class BusyAtFirst(mb.CpuMeter):  # another user's job during the first fit and the first step's first attempt
@@ -135,6 +137,7 @@ def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
         for key in ("measured", "predicted", "predicted_same_schedule"):
             assert all(np.isfinite(v) and v > 0 for v in step[key].values()), (key, step[key])
         assert 0.3 < step["service_drift"]["median"] < 3
+        assert 0.3 < step["speed_check"]["factor"] < 3 and step["speed_check"]["requests"] >= 3
         assert 1 <= step["mean_batch_size"]["measured"] <= step["mean_batch_size"]["measured_per_request"] <= 2
         assert step["cpu"]["busy_cores"] >= 0
     for key in ("mape_pct", "mape_pct_same_schedule"):
@@ -175,6 +178,13 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
     assert under_load.seconds[3] == pytest.approx(cal["load_factor"] * table.seconds[3])  # no own mean: the factor
     assert cal["load_factor"] == pytest.approx((30 * 1.09 + 18 * 0.97 + 2) / 50, rel=0.01)
     assert np.mean(factors) == pytest.approx(1.0, abs=0.02)
+    # A speed check 5 % faster than the table under load (one batch interfered): the held-out step's factor.
+    check = rows.assign(server_compute_ns=(rows["server_compute_ns"] * 1.08 * 0.95).astype(np.int64))
+    speed = mb._speed_check(check, table.scaled(1.08))
+    assert speed["factor"] == pytest.approx(0.95, rel=0.01) and speed["interfered"] == 2 and speed["se"] < 0.01
+    assert speed["batches"] == len(rows) and speed["requests"] == len(rows)
+    with pytest.raises(RuntimeError, match="ran no batch"):
+        mb._speed_check(check.assign(error="timeout"), table)
     # Text-length variability (lognormal, CV ~30 %) is the service time itself: (almost) nothing is left out.
     wide = 0.04 * sizes * rng.lognormal(0.0, 0.3, sizes.size)
     assert mb.interfered(sizes, wide).sum() <= 1

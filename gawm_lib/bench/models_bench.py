@@ -16,7 +16,9 @@ For each workload, on the local CPU backend (one replica, one torch thread):
      batch times over ``s(b)``): the table under load; the spread of its batches around it is the service-time
      variability;
 2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``
-   (``s`` the table under load), each step at least ``requests`` requests (:class:`Plan`);
+   (``s`` the table under load), each step at least ``requests`` requests (:class:`Plan`), each just after a *speed
+   check* (the calibration step again): the machine's speed drifts (the same model 20 % slower from one day to the
+   next, 5-7 % within half an hour), so each step is predicted with the table times the speed measured before it;
 3. *predictions*, two per step, each plus the measured overhead:
 
    - *steady state*: :func:`gawm_lib.models.predict_batching` at the step's rate (the goal's number);
@@ -90,6 +92,8 @@ class Plan:
     """How long to measure. A held-out step lasts at least ``min_step_s`` and ``requests`` requests. The sweep runs
     each batch size for at least ``fit_s`` and ``fit_batches`` batches; the calibration step (open loop at
     ``calibration_utilisation`` of the sweep's capacity) at least ``calibration_min_s`` and ``calibration_requests``.
+    Before each held-out step a *speed check* (the calibration step again, at least ``speed_check_min_s`` and
+    ``speed_check_requests``) says how fast the machine runs the model then; 0 requests: none.
     ``replays``: replications of the same-schedule replay; ``noise_runs``: simulated runs per step for the noise
     floor. A fit during which other processes used more than ``QUIET_OTHER_CORES`` is done again (``fit_attempts`` in
     all, ``busy_wait_s`` apart), and so is such a held-out step (``step_attempts``; not steps over 10 minutes: at low
@@ -102,6 +106,8 @@ class Plan:
     calibration_requests: int = 200
     calibration_min_s: float = 30.0
     calibration_utilisation: float = 0.6
+    speed_check_requests: int = 100
+    speed_check_min_s: float = 20.0
     utilisations: tuple[float, ...] = UTILISATIONS
     warmup_s: float = 2.0
     replays: int = 20
@@ -115,11 +121,12 @@ PLANS = {
     "full": Plan(requests=200, min_step_s=30.0),
     # ~2 clips/s: 200 requests take 16 minutes at 10 % utilisation; steps at high load are cheap in time and their p95
     # is the noisiest: at least 150 s each
-    "full-whisper": Plan(requests=200, min_step_s=150.0, fit_batches=10, calibration_requests=100),
+    "full-whisper": Plan(requests=200, min_step_s=150.0, fit_batches=10, calibration_requests=100,
+                         speed_check_requests=30),
     "quick": Plan(requests=40, min_step_s=10.0, fit_s=2.0, fit_batches=8, calibration_requests=40,
-                  calibration_min_s=10.0),
+                  calibration_min_s=10.0, speed_check_requests=20, speed_check_min_s=5.0),
     "quick-whisper": Plan(requests=20, min_step_s=10.0, fit_s=2.0, fit_batches=4, calibration_requests=20,
-                          calibration_min_s=10.0),
+                          calibration_min_s=10.0, speed_check_requests=10, speed_check_min_s=5.0),
 }
 
 
@@ -269,6 +276,28 @@ def _calibrate(rows: pd.DataFrame, table: BatchLatencyTable) -> tuple[BatchLaten
     return service, factors, info
 
 
+def _speed_check(rows: pd.DataFrame, service: BatchLatencyTable) -> dict[str, Any]:
+    """How fast the machine ran the model in a speed check (the calibration step again, just before a held-out step):
+    the mean of its batch times over the table under load, interfered batches left out, with its standard error.
+
+    The held-out step's batch times are the table under load times this factor. On the 2-core build machine the same
+    model ran 20 % slower on one day than on the day before (ResNet50 79.6 against 65.8 ms an image back to back), and
+    5-7 % faster in the held-out steps than in the calibration step half an hour before them, which at 85 %
+    utilisation is a p95 a third too long."""
+    batches = _batches(rows[rows["phase"] == "step"])
+    seconds = batches["server_compute_ns"].to_numpy() / 1e9
+    sizes = batches["batch_size"].to_numpy()
+    if not len(seconds):
+        raise RuntimeError("the speed check ran no batch: is the server answering?")
+    ratio = seconds / np.asarray(service.predict(sizes))
+    slow = interfered(sizes, seconds)
+    kept = ratio[~slow] if (~slow).any() else ratio
+    return {"factor": float(kept.mean()),
+            "se": float(kept.std(ddof=1) / np.sqrt(kept.size)) if kept.size > 1 else None,
+            "batches": int(len(seconds)), "interfered": int(slow.sum()),
+            "requests": int((rows["phase"] == "step").sum())}
+
+
 def _step_stats(latency_s: np.ndarray, start_s: float, done_s: np.ndarray) -> dict[str, float]:
     """The measured numbers as :func:`gawm_lib.summary.summarise` computes them: ok / (last done - first due)."""
     return {"throughput_rps": len(latency_s) / (done_s.max() - start_s),
@@ -361,6 +390,15 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             busy_steps = []
             for attempt in range(plan.step_attempts):
                 meter = CpuMeter(pid)
+                check = None
+                if plan.speed_check_requests:
+                    check, _ = _load(name, backend, bodies, work / f"{name}-speed{i}.parquet", work,
+                                     scenario="poisson", levels=[calibration_rate],
+                                     step_duration_s=plan.speed_check_min_s,
+                                     min_requests_per_step=plan.speed_check_requests,
+                                     max_step_duration_s=max(plan.speed_check_min_s, 3.0 * plan.speed_check_requests
+                                                             / calibration_rate) + 60.0,
+                                     warmup_s=plan.warmup_s, arrival_seed=99)
                 rows, _ = _load(name, backend, bodies, work / f"{name}-rate{i}.parquet", work, scenario="poisson",
                                 levels=[rate], step_duration_s=plan.min_step_s, min_requests_per_step=plan.requests,
                                 max_step_duration_s=max(plan.min_step_s, 3.0 * plan.requests / rate) + 60.0,
@@ -373,11 +411,13 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 time.sleep(plan.busy_wait_s)
             step = summary.summarise(rows).iloc[0]
             in_step = rows[rows["phase"] == "step"]
-            predicted = predict_batching(rate, service, big, delay_s)
-            same = replay_step(rows, service, factors, big, delay_s, overhead_s, plan.replays)
+            speed = _speed_check(check, service) if check is not None else {"factor": 1.0}
+            step_service = service.scaled(speed["factor"])
+            predicted = predict_batching(rate, step_service, big, delay_s)
+            same = replay_step(rows, step_service, factors, big, delay_s, overhead_s, plan.replays)
             step_batches = _batches(in_step)
             drift = (step_batches["server_compute_ns"].to_numpy() / 1e9
-                     / np.asarray(service.predict(step_batches["batch_size"].to_numpy())))
+                     / np.asarray(step_service.predict(step_batches["batch_size"].to_numpy())))
             held_out.append({
                 "utilisation": u, "rate_rps": rate, "requests": int(step["sent"]), "errors": int(step["errors"]),
                 "duration_s": float(step["duration_s"]),
@@ -392,16 +432,18 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                                     "predicted_same_schedule": same["mean_batch_size"],
                                     "measured_per_request": float(in_step["batch_size"].mean()),
                                     "predicted_same_schedule_per_request": same["mean_batch_size_per_request"]},
+                "speed_check": speed,
                 "service_drift": {"batches": int(len(drift)), "mean": float(drift.mean()),
                                   "median": float(np.median(drift))},
-                "noise_floor": noise_floor(rate, int(step["sent"]), int((rows["phase"] == "warmup").sum()), service,
-                                           factors, big, delay_s, predicted.p95_s, plan.noise_runs),
+                "noise_floor": noise_floor(rate, int(step["sent"]), int((rows["phase"] == "warmup").sum()),
+                                           step_service, factors, big, delay_s, predicted.p95_s, plan.noise_runs),
                 "cpu": cpu, "busy_attempts": busy_steps,
             })
     return summarise_workload({
         "workload": name, "settings": cfg.model_dump(), "weights": cfg.weights, "plan": asdict(plan),
-        "fit_design": "batch sweep (table), each size's time under load from an open-loop calibration step where it ran "
-                      f"{MIN_CALIBRATED_BATCHES}+ times, else the sweep's x the step's load factor",
+        "fit_design": "batch sweep (table); each size's time under load from an open-loop calibration step where it "
+                      f"ran {MIN_CALIBRATED_BATCHES}+ times, else the sweep's x the step's load factor; each held-out "
+                      "step's times scaled by a speed check (the calibration step again) just before it",
         "service_table_s": list(table.seconds), "load_factor": variability["load_factor"],
         "service_used_s": list(service.seconds),
         "service_model": ({"alpha_s": hinge.alpha, "beta_s": hinge.beta, "floor_s": hinge.floor,
