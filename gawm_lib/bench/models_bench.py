@@ -17,8 +17,8 @@ For each workload, on the local CPU backend (one replica, one torch thread):
      variability;
 2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``
    (``s`` the table under load), each step at least ``requests`` requests (:class:`Plan`), each just after a *speed
-   check* (the calibration step again): the machine's speed drifts (the same model 20 % slower from one day to the
-   next, 5-7 % within half an hour), so each step is predicted with the table times the speed measured before it;
+   check* (the calibration step again): the machine's speed drifts (the same model 20 % slower than three hours
+   before, 5-7 % within half an hour), so each step is predicted with the table times the speed measured before it;
 3. *predictions*, two per step, each plus the measured overhead:
 
    - *steady state*: :func:`gawm_lib.models.predict_batching` at the step's rate (the goal's number);
@@ -281,7 +281,7 @@ def _speed_check(rows: pd.DataFrame, service: BatchLatencyTable) -> dict[str, An
     the mean of its batch times over the table under load, interfered batches left out, with its standard error.
 
     The held-out step's batch times are the table under load times this factor. On the 2-core build machine the same
-    model ran 20 % slower on one day than on the day before (ResNet50 79.6 against 65.8 ms an image back to back), and
+    model ran 20 % slower than three hours before (ResNet50 79.6 against 65.8 ms an image back to back), and
     5-7 % faster in the held-out steps than in the calibration step half an hour before them, which at 85 %
     utilisation is a p95 a third too long."""
     batches = _batches(rows[rows["phase"] == "step"])
