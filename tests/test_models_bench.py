@@ -138,6 +138,9 @@ def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
             assert all(np.isfinite(v) and v > 0 for v in step[key].values()), (key, step[key])
         assert 0.3 < step["service_drift"]["median"] < 3
         assert 0.3 < step["speed_check"]["factor"] < 3 and step["speed_check"]["requests"] >= 3
+        # the step's rate is its share of the capacity the speed check found just before it
+        assert step["capacity_rps"] == pytest.approx(entry["capacity_rps"] / step["speed_check"]["factor"])
+        assert step["rate_rps"] == pytest.approx(step["utilisation"] * step["capacity_rps"])
         assert 1 <= step["mean_batch_size"]["measured"] <= step["mean_batch_size"]["measured_per_request"] <= 2
         assert step["cpu"]["busy_cores"] >= 0
     for key in ("mape_pct", "mape_pct_same_schedule"):

@@ -18,7 +18,8 @@ For each workload, on the local CPU backend (one replica, one torch thread):
 2. *held-out runs*: open-loop Poisson at 10 %, 30 %, 50 %, 70 % and 85 % of the fitted capacity ``B / s(B)``
    (``s`` the table under load), each step at least ``requests`` requests (:class:`Plan`), each just after a *speed
    check* (the calibration step again): the machine's speed drifts (the same model 20 % slower than three hours
-   before, 5-7 % within half an hour), so each step is predicted with the table times the speed measured before it;
+   before, 20 % faster than the calibration ten minutes before), so each step's rate and prediction are from the
+   table times the speed measured just before it (the capacity it has then);
 3. *predictions*, two per step, each plus the measured overhead:
 
    - *steady state*: :func:`gawm_lib.models.predict_batching` at the step's rate (the goal's number);
@@ -280,10 +281,11 @@ def _speed_check(rows: pd.DataFrame, service: BatchLatencyTable) -> dict[str, An
     """How fast the machine ran the model in a speed check (the calibration step again, just before a held-out step):
     the mean of its batch times over the table under load, interfered batches left out, with its standard error.
 
-    The held-out step's batch times are the table under load times this factor. On the 2-core build machine the same
-    model ran 20 % slower than three hours before (ResNet50 79.6 against 65.8 ms an image back to back), and
-    5-7 % faster in the held-out steps than in the calibration step half an hour before them, which at 85 %
-    utilisation is a p95 a third too long."""
+    The held-out step's rate (its share of the capacity the machine has then) and its batch times are from the table
+    under load times this factor. On the 2-core build machine the same model ran 20 % slower than three hours before
+    (ResNet50 79.6 against 65.8 ms an image back to back), and 5-7 % faster in the held-out steps than in the
+    calibration step half an hour before them (in the next run 20 % faster than the calibration ten minutes before),
+    which at 85 % utilisation is a p95 a third too long."""
     batches = _batches(rows[rows["phase"] == "step"])
     seconds = batches["server_compute_ns"].to_numpy() / 1e9
     sizes = batches["batch_size"].to_numpy()
@@ -386,11 +388,10 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
         capacity = big / service.predict(big)
         held_out = []
         for i, u in enumerate(plan.utilisations):
-            rate = u * capacity
             busy_steps = []
             for attempt in range(plan.step_attempts):
                 meter = CpuMeter(pid)
-                check = None
+                speed = {"factor": 1.0}
                 if plan.speed_check_requests:
                     check, _ = _load(name, backend, bodies, work / f"{name}-speed{i}.parquet", work,
                                      scenario="poisson", levels=[calibration_rate],
@@ -399,6 +400,10 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                                      max_step_duration_s=max(plan.speed_check_min_s, 3.0 * plan.speed_check_requests
                                                              / calibration_rate) + 60.0,
                                      warmup_s=plan.warmup_s, arrival_seed=99)
+                    speed = _speed_check(check, service)
+                # the step's rate and its prediction from the machine's speed now: u of the capacity it has now
+                step_service = service.scaled(speed["factor"])
+                rate = u * big / float(step_service.predict(big))
                 rows, _ = _load(name, backend, bodies, work / f"{name}-rate{i}.parquet", work, scenario="poisson",
                                 levels=[rate], step_duration_s=plan.min_step_s, min_requests_per_step=plan.requests,
                                 max_step_duration_s=max(plan.min_step_s, 3.0 * plan.requests / rate) + 60.0,
@@ -411,15 +416,14 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 time.sleep(plan.busy_wait_s)
             step = summary.summarise(rows).iloc[0]
             in_step = rows[rows["phase"] == "step"]
-            speed = _speed_check(check, service) if check is not None else {"factor": 1.0}
-            step_service = service.scaled(speed["factor"])
             predicted = predict_batching(rate, step_service, big, delay_s)
             same = replay_step(rows, step_service, factors, big, delay_s, overhead_s, plan.replays)
             step_batches = _batches(in_step)
             drift = (step_batches["server_compute_ns"].to_numpy() / 1e9
                      / np.asarray(step_service.predict(step_batches["batch_size"].to_numpy())))
             held_out.append({
-                "utilisation": u, "rate_rps": rate, "requests": int(step["sent"]), "errors": int(step["errors"]),
+                "utilisation": u, "rate_rps": rate, "capacity_rps": big / float(step_service.predict(big)),
+                "requests": int(step["sent"]), "errors": int(step["errors"]),
                 "duration_s": float(step["duration_s"]),
                 "measured": {m: float(step[m]) for m in METRICS},
                 "predicted": {"throughput_rps": rate, "p50_ms": (predicted.p50_s + overhead_s) * 1e3,
