@@ -190,14 +190,13 @@ def measured_capacity(requests: pd.DataFrame) -> pd.Series:
     Poisson steps count too because a closed-loop run need not find the peak: on the H200 a replica's throughput fell
     as users were added (ResNet50 x1 554 / 520 / 516 req/s at 64 / 128 / 256 users) while Poisson steps of the same
     server carried 578, and a rate it kept up with cannot be past its capacity."""
-    steps = requests[requests["phase"] == "step"]
-    closed = steps["scenario"].isin(["closed_loop", "single_stream"])
-    if not closed.any():
+    steps = requests[(requests["phase"] == "step")
+                     & requests["scenario"].isin(["closed_loop", "single_stream", "poisson"])]
+    if not (steps["scenario"] != "poisson").any():
         return pd.Series(dtype=float)
-    best = summarise_runs(steps[closed | (steps["scenario"] == "poisson")]).groupby(
-        ["workload", "replicas"])["throughput_rps"].max()
-    measured = summarise_runs(steps[closed]).groupby(["workload", "replicas"]).size().index
-    return best[best.index.isin(measured)]
+    table = summarise_runs(steps)
+    by_config = table.groupby(["workload", "replicas"])
+    return by_config["throughput_rps"].max()[by_config["scenario"].agg(lambda s: (s != "poisson").any())]
 
 
 def _poisson_steps(requests: pd.DataFrame) -> pd.DataFrame:

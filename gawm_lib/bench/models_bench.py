@@ -41,8 +41,8 @@ replaces the entries of the workloads it ran (the replaced ones move to ``supers
 records its command with each entry; the predicted-vs-measured figures are drawn from every current entry. Run it on a
 quiet machine::
 
-    python -m gawm_lib.bench.models_bench                        # all three, about 50 minutes on 2 cores
-    python -m gawm_lib.bench.models_bench --workloads whisper    # about 35 minutes (capacity ~2 clips/s)
+    python -m gawm_lib.bench.models_bench                        # all three, about an hour on 2 cores
+    python -m gawm_lib.bench.models_bench --workloads whisper    # about 40 minutes (capacity ~2 clips/s)
     python -m gawm_lib.bench.models_bench --min-step-s 150       # longer held-out steps, a lower noise floor
     python -m gawm_lib.bench.models_bench --quick                # shorter steps, a smoke test
     python -m gawm_lib.bench.models_bench --merge other.json     # merge an earlier report's entries, run nothing
@@ -188,6 +188,13 @@ def _batches(rows: pd.DataFrame) -> pd.DataFrame:
     return ok.drop_duplicates(["batch_size", "server_compute_ns"])
 
 
+def _batch_times(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each server batch's size and compute time [s] in ``rows``, and which of them another process slowed down."""
+    batches = _batches(rows)
+    sizes, seconds = batches["batch_size"].to_numpy(), batches["server_compute_ns"].to_numpy() / 1e9
+    return sizes, seconds, interfered(sizes, seconds)
+
+
 INTERFERENCE_MADS = 6.0  # a batch this many robust standard deviations slower than its size's median: interfered
 
 
@@ -226,10 +233,7 @@ def _per_size(sizes: np.ndarray, seconds: np.ndarray, slow: np.ndarray) -> dict[
 
 def _fit_sweep(sweep_rows: pd.DataFrame, max_batch: int) -> tuple[BatchLatencyTable, Any, dict[str, Any]]:
     """Service table (mean batch time per size) and the reference hinge fit, interfered batches left out."""
-    batches = _batches(sweep_rows)
-    seconds = batches["server_compute_ns"].to_numpy() / 1e9
-    sizes = batches["batch_size"].to_numpy()
-    slow = interfered(sizes, seconds)
+    sizes, seconds, slow = _batch_times(sweep_rows)
     hinge = fit_batch_latency(sizes[~slow], seconds[~slow]) if np.unique(sizes[~slow]).size >= 2 else None
     table = BatchLatencyTable.from_measurements(sizes[~slow], seconds[~slow], max_batch, fallback=hinge)
     info = {"batches": int(len(seconds)), "interfered": int(slow.sum()),
@@ -237,6 +241,8 @@ def _fit_sweep(sweep_rows: pd.DataFrame, max_batch: int) -> tuple[BatchLatencyTa
             "per_batch_size": _per_size(sizes, seconds, slow)}
     return table, hinge, info
 
+
+CALIBRATION_SEED = 99  # the calibration step and every speed check send the same schedule
 
 MIN_CALIBRATED_BATCHES = 3  # a batch size the calibration ran this often gets its own time under load (per-batch CV
 # under load: ResNet50 3-4 %, Whisper 2-4 %, so three batches pin the mean to a few per cent)
@@ -252,11 +258,8 @@ def _calibrate(rows: pd.DataFrame, table: BatchLatencyTable) -> tuple[BatchLaten
     ran 8.7 % slower under load than back to back and its batches of 2-4 2-7 % faster, so one factor for all (the
     earlier design) put the batches of 2-4 that fill the queue at 85 % utilisation 9-15 % too long and over-predicted
     that p95 by half."""
-    batches = _batches(rows[rows["phase"] == "step"])
-    seconds = batches["server_compute_ns"].to_numpy() / 1e9
-    sizes = batches["batch_size"].to_numpy()
+    sizes, seconds, slow = _batch_times(rows[rows["phase"] == "step"])
     ratio = seconds / table.predict(sizes)
-    slow = interfered(sizes, seconds)
     load_factor = float(ratio[~slow].mean())
     under_load = list(table.scaled(load_factor).seconds)
     calibrated = []
@@ -286,13 +289,10 @@ def _speed_check(rows: pd.DataFrame, service: BatchLatencyTable) -> dict[str, An
     (ResNet50 79.6 against 65.8 ms an image back to back), and 5-7 % faster in the held-out steps than in the
     calibration step half an hour before them (in the next run 20 % faster than the calibration ten minutes before),
     which at 85 % utilisation is a p95 a third too long."""
-    batches = _batches(rows[rows["phase"] == "step"])
-    seconds = batches["server_compute_ns"].to_numpy() / 1e9
-    sizes = batches["batch_size"].to_numpy()
+    sizes, seconds, slow = _batch_times(rows[rows["phase"] == "step"])
     if not len(seconds):
         raise RuntimeError("the speed check ran no batch: is the server answering?")
     ratio = seconds / np.asarray(service.predict(sizes))
-    slow = interfered(sizes, seconds)
     kept = ratio[~slow] if (~slow).any() else ratio
     return {"factor": float(kept.mean()),
             "se": float(kept.std(ddof=1) / np.sqrt(kept.size)) if kept.size > 1 else None,
@@ -358,6 +358,14 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
     delay_s = cfg.max_queue_delay_ms / 1e3
     with open_backend(cfg, BackendConfig(replicas=1), work / f"{name}-logs") as backend:
         pid = backend.replicas[0].pid
+
+        def open_loop(part: str, rate: float, min_s: float, requests: int, seed: int) -> pd.DataFrame:
+            """One Poisson step at ``rate``: at least ``min_s`` and ``requests`` (60 s past the time they need)."""
+            return _load(name, backend, bodies, work / f"{name}-{part}.parquet", work, scenario="poisson",
+                         levels=[rate], step_duration_s=min_s, min_requests_per_step=requests,
+                         max_step_duration_s=max(min_s, 3.0 * requests / rate) + 60.0, warmup_s=plan.warmup_s,
+                         arrival_seed=seed)[0]
+
         busy_fits = []
         for attempt in range(plan.fit_attempts):
             meter = CpuMeter(pid)
@@ -371,12 +379,8 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             table, hinge, sweep_info = _fit_sweep(pd.concat(sweep), big)
             overhead_s = _overhead(sweep[0])
             calibration_rate = plan.calibration_utilisation * big / table.predict(big)
-            rows, _ = _load(name, backend, bodies, work / f"{name}-calibration.parquet", work, scenario="poisson",
-                            levels=[calibration_rate], step_duration_s=plan.calibration_min_s,
-                            min_requests_per_step=plan.calibration_requests,
-                            max_step_duration_s=max(plan.calibration_min_s, 3.0 * plan.calibration_requests
-                                                    / calibration_rate) + 60.0,
-                            warmup_s=plan.warmup_s, arrival_seed=99)
+            rows = open_loop("calibration", calibration_rate, plan.calibration_min_s, plan.calibration_requests,
+                             seed=CALIBRATION_SEED)
             fit_cpu = meter.read()
             if fit_cpu["other_processes_cores"] <= QUIET_OTHER_CORES or attempt == plan.fit_attempts - 1:
                 break
@@ -393,21 +397,13 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 meter = CpuMeter(pid)
                 speed = {"factor": 1.0}
                 if plan.speed_check_requests:
-                    check, _ = _load(name, backend, bodies, work / f"{name}-speed{i}.parquet", work,
-                                     scenario="poisson", levels=[calibration_rate],
-                                     step_duration_s=plan.speed_check_min_s,
-                                     min_requests_per_step=plan.speed_check_requests,
-                                     max_step_duration_s=max(plan.speed_check_min_s, 3.0 * plan.speed_check_requests
-                                                             / calibration_rate) + 60.0,
-                                     warmup_s=plan.warmup_s, arrival_seed=99)
-                    speed = _speed_check(check, service)
+                    speed = _speed_check(open_loop(f"speed{i}", calibration_rate, plan.speed_check_min_s,
+                                                   plan.speed_check_requests, seed=CALIBRATION_SEED), service)
                 # the step's rate and its prediction from the machine's speed now: u of the capacity it has now
                 step_service = service.scaled(speed["factor"])
-                rate = u * big / float(step_service.predict(big))
-                rows, _ = _load(name, backend, bodies, work / f"{name}-rate{i}.parquet", work, scenario="poisson",
-                                levels=[rate], step_duration_s=plan.min_step_s, min_requests_per_step=plan.requests,
-                                max_step_duration_s=max(plan.min_step_s, 3.0 * plan.requests / rate) + 60.0,
-                                warmup_s=plan.warmup_s, arrival_seed=100 + i)
+                step_capacity = big / float(step_service.predict(big))
+                rate = u * step_capacity
+                rows = open_loop(f"rate{i}", rate, plan.min_step_s, plan.requests, seed=100 + i)
                 cpu = meter.read()
                 if (cpu["other_processes_cores"] <= QUIET_OTHER_CORES or cpu["seconds"] > 600
                         or attempt == plan.step_attempts - 1):
@@ -422,7 +418,7 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             drift = (step_batches["server_compute_ns"].to_numpy() / 1e9
                      / np.asarray(step_service.predict(step_batches["batch_size"].to_numpy())))
             held_out.append({
-                "utilisation": u, "rate_rps": rate, "capacity_rps": big / float(step_service.predict(big)),
+                "utilisation": u, "rate_rps": rate, "capacity_rps": step_capacity,
                 "requests": int(step["sent"]), "errors": int(step["errors"]),
                 "duration_s": float(step["duration_s"]),
                 "measured": {m: float(step[m]) for m in METRICS},
