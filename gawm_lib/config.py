@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 WorkloadName = Literal["resnet50", "distilbert", "whisper"]
 
@@ -78,6 +79,11 @@ class WorkloadConfig(_Settings):
                           "framework's hundreds of thousands of objects (the DistilBERT server's full collection took "
                           "114 ms on the build machine, a stall of every request in the process; see "
                           "gawm_gc_pause_seconds)")
+    gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] | None = Field(
+        None, description="server process: gc.set_threshold (allocations between young collections, young collections "
+                          "per middle one, middle ones per full one); unset: Python's (700, 10, 10). Under a backlog "
+                          "the pending requests' objects outlive young collections and are scanned again by every "
+                          "middle and full one, so the collector's share of time grows with the backlog")
     gil_switch_interval_ms: float | None = Field(
         None, gt=0, le=100,
         description="server process: Python's thread switch interval; unset: 0.5 on a GPU (where the compute thread "

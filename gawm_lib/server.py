@@ -333,6 +333,8 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
             if cfg.gc_freeze:
                 gc.collect()
                 gc.freeze()  # the model's and the libraries' objects: no collection needs to scan them again
+            if cfg.gc_thresholds is not None:
+                gc.set_threshold(*cfg.gc_thresholds)
             state["batcher"] = Batcher(workload, metrics)
             state["batcher"].start(asyncio.get_running_loop())
             metrics.load_seconds.labels(*labels).set(workload.load_s)
@@ -397,6 +399,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
         meta = workload.metadata()
         meta["parameters"]["gil_switch_interval_ms"] = round(sys.getswitchinterval() * 1000, 4)  # this process's
         meta["parameters"]["gc_frozen_objects"] = gc.get_freeze_count()
+        meta["parameters"]["gc_thresholds"] = list(gc.get_threshold())
         return meta
 
     @app.get("/v2/models/{name}/ready")

@@ -215,7 +215,7 @@ def server_process(tmp_path_factory):
     """A real server process started the way the local backend does, with a replica label."""
     port_file = tmp_path_factory.mktemp("server") / "port"
     settings = {"max_batch_size": 4, "max_queue_delay_ms": 1, "warmup_batches": 1, "max_body_bytes": 4 << 20,
-                "gil_switch_interval_ms": 0.25, "allow_client_shm": True}
+                "gil_switch_interval_ms": 0.25, "allow_client_shm": True, "gc_thresholds": [5000, 10, 20]}
     proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.server", "--workload", "resnet50", "--settings",
                              json.dumps(settings), "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
                              "--replica", "3", "--exit-with-parent"], stderr=subprocess.DEVNULL)
@@ -272,6 +272,7 @@ def test_a_stock_oip_client_can_call_it(server_process):
     assert 'gawm_requests_total{model="resnet50",replica="3",status="ok"} 2.0' in metrics
     meta = httpx.get(f"http://{server_process}/v2/models/resnet50", timeout=10).json()
     assert meta["parameters"]["gil_switch_interval_ms"] == 0.25  # the server process's own, as set
+    assert meta["parameters"]["gc_thresholds"] == [5000, 10, 20]
 
 
 def test_the_gil_switch_interval_is_short_on_a_gpu_and_pythons_own_on_a_cpu():

@@ -36,8 +36,8 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
   leave-one-out error of the visits is the floor under any model's error on one step;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
 
-A workload run with different ``decode_workers`` counts (or ``gc_freeze``) is reported as one configuration per
-value (``distilbert decode_workers=0``): its models are fitted and checked per configuration.
+A workload run with different ``decode_workers`` counts (or ``gc_freeze``, ``gc_thresholds``) is reported as one
+configuration per value (``distilbert decode_workers=0``): its models are fitted and checked per configuration.
 
 Several suites and workloads go into one report (``--suite a b``): the scaling models are fitted per workload on its
 closed-loop runs with one replica, and open-loop (Poisson) runs are predicted by that workload's batch-service model.
@@ -61,7 +61,7 @@ from gawm_lib.models.scaling import mva
 
 GPU_QUERIES = {"gpu_util_nvml": "gpu_util", "gpu_memory_used_nvml": "gpu_memory_bytes", "gpu_power_nvml": "gpu_power_w",
                "energy_per_request_nvml": "energy_per_request_j", "gc_pause_ratio": "gc_pause_share"}
-SERVER_SETTINGS = ("decode_workers", "gc_freeze")  # a workload run with several values is one configuration per value
+SERVER_SETTINGS = ("decode_workers", "gc_freeze", "gc_thresholds")  # a workload run with several values is one configuration per value
 
 
 def step_metrics(run: runs.Run) -> pd.DataFrame:
