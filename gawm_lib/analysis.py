@@ -43,8 +43,8 @@ def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Ru
         rows["max_queue_delay_ms"] = rows["workload"].map(lambda w: settings[w]["max_queue_delay_ms"])
         rows["decode_workers"] = rows["workload"].map(lambda w: settings[w].get("decode_workers", 1))
         rows["gc_freeze"] = rows["workload"].map(lambda w: settings[w].get("gc_freeze", False))  # unfrozen before
-        rows["gc_thresholds"] = rows["workload"].map(  # unset: Python's own
-            lambda w: ",".join(map(str, settings[w].get("gc_thresholds") or ())) or "default")
+        rows["gc_thresholds"] = rows["workload"].map(  # unset (runs before the field): Python's own
+            lambda w: ",".join(map(str, settings[w].get("gc_thresholds") or ())) or "python")
         rows["replicas"] = effective["backend"]["replicas"]
         rows["placement"] = effective["backend"].get("placement", "none")  # runs before placement were not pinned
         rows["scenario"] = effective["load"]["scenario"]

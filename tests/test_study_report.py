@@ -180,6 +180,6 @@ def test_a_workload_run_with_several_decode_worker_counts_is_one_configuration_p
                                              "resnet50 gc_freeze=False"]
     same = rows.iloc[[0, 2, 3]]
     assert study_report.configurations(same)["workload"].tolist() == ["distilbert", "resnet50", "distilbert"]
-    collector = pd.DataFrame({"workload": ["distilbert"] * 3, "gc_thresholds": ["default", "10000,10,10", "default"]})
+    collector = pd.DataFrame({"workload": ["distilbert"] * 3, "gc_thresholds": ["python", "10000,10,10", "python"]})
     assert study_report.configurations(collector)["workload"].tolist() == [
-        "distilbert gc_thresholds=default", "distilbert gc_thresholds=10000,10,10", "distilbert gc_thresholds=default"]
+        "distilbert gc_thresholds=python", "distilbert gc_thresholds=10000,10,10", "distilbert gc_thresholds=python"]
