@@ -132,6 +132,29 @@ def test_whisper_batch_with_fixed_decode_length_fallback_and_segments(whisper, m
     assert whisper.request_stats(answers)["audio_s"] == pytest.approx(sum(a["audio_s"] for a in answers))
 
 
+def test_random_whisper_weights_do_not_depend_on_uninitialised_memory(monkeypatch):
+    """openai-whisper allocates the decoder's positional embedding with torch.empty (a checkpoint fills it); random
+    weights must set it, or the model computes with whatever memory the allocator hands back (NaN at times)."""
+    import torch
+
+    empty = torch.empty
+
+    def load(garbage: float):
+        def uninitialised(*size, **kwargs):
+            out = empty(*size, **kwargs)
+            return out.fill_(garbage) if out.is_floating_point() else out
+
+        monkeypatch.setattr(torch, "empty", uninitialised)
+        w = build_workload(WorkloadConfig(name="whisper", warmup_batches=0))
+        w.load()
+        monkeypatch.setattr(torch, "empty", empty)
+        return w.model.state_dict()
+
+    first, second = load(float("nan")), load(7.0)
+    assert all(torch.isfinite(v).all() or name.endswith("mask") for name, v in first.items())
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_whisper_takes_pcm_and_refuses_clips_over_max_audio_s(whisper):
     pcm = whisper.sample_pcm(2, seed=1, seconds=4)
     assert pcm.shape == (2, 64_000) and pcm.dtype == np.float32 and np.abs(pcm).max() > 0.01

@@ -66,6 +66,9 @@ class Whisper(Workload):
             torch.manual_seed(0)
             with torch.device(self.cfg.device):  # initialised where it runs: large-v3's 1.5 B on a CPU take a minute
                 model = whisper.model.Whisper(dims)
+                # openai-whisper leaves the decoder's positional embedding as torch.empty (a checkpoint fills it):
+                # whatever the allocator hands back, NaN at times, which made random-weights decoding fail at random.
+                torch.nn.init.normal_(model.decoder.positional_embedding, std=0.01)
             info = {"weights": "random", "seed": 0, "model_size": size, "initialised_on": self.cfg.device}
         else:
             checkpoint = load_checkpoint(self.cfg.weights)
