@@ -78,6 +78,20 @@ def test_the_gil_benchmark_keeps_every_repetition_and_restores_the_interval(tmp_
     assert all(len(r["busy_ms"]) == 2 and r["busy_ms_max"] >= r["busy_ms_median"] > 0 for r in rows)
 
 
+@pytest.mark.integration
+def test_the_collector_probe_counts_fewer_collections_with_the_servers_thresholds(tmp_path):
+    import json
+
+    from gawm_lib.bench import gc_probe
+
+    assert gc_probe.main(["--connections", "128", "--duration-s", "3", "--out", str(tmp_path / "gc.json")]) == 0
+    results = json.loads((tmp_path / "gc.json").read_text())["results"]
+    python, default = results["python"], results["server default"]
+    assert default["gc_thresholds"] == [10_000, 10, 10] and python["requests_per_s"] > 0
+    young = [r["generations"]["0"]["collections"] for r in (python, default)]
+    assert young[0] > 2 * young[1] + 5, young  # a young collection every 700 surviving allocations, or every 10,000
+
+
 def test_shared_memory_bodies_carry_only_a_header_and_are_answered_by_every_replica(tmp_path):
     from gawm_lib.backends import open_backend
     from gawm_lib.bench.server_bench import SharedBodies, payloads, server_run

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from gawm_lib import config, experiment
+from gawm_lib import analysis, config, experiment
 from gawm_lib.bench import study_report
 
 pytestmark = pytest.mark.integration
@@ -28,6 +28,7 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
     report = study_report.build(ids, out, "test", slo_ms={"distilbert": 10_000}, loads={"distilbert": [1, 1e6]},
                                 heldout_ids=[ids[2]])
 
+    assert analysis.load_requests(ids)[0]["gc_thresholds"].unique().tolist() == ["10000,10,10"]  # the server default
     steps = pd.read_csv(out / "steps.csv")
     assert sorted(steps["replicas"].unique()) == [1, 2] and len(steps) == 6 and (steps["throughput_rps"] > 0).all()
     scaling = pd.read_csv(out / "scaling.csv").set_index("replicas")
