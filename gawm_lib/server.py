@@ -15,7 +15,8 @@ carries ``parameters``: ``queue_ns`` (enqueued to its batch's forward pass), ``c
 ``decode_ns`` (arrival to enqueued: body, parsing, decoding), ``prepare_ns`` (collation and copy), ``batch_size``, and
 workload totals (``tokens``; ``audio_s`` and ``rtf`` = compute time / audio time for Whisper). Bad input gets a 4xx with
 ``{"error", "field", "expected"}``; the server stays ready.
-Once the model is loaded it is frozen out of Python's garbage collector (``gc_freeze``); every collection is timed
+Once the model is loaded it is frozen out of Python's garbage collector (``gc_freeze``) and the collector's thresholds
+are raised (``gc_thresholds``), so that a backlog's objects are not scanned again and again; every collection is timed
 into ``gawm_gc_pause_seconds``.
 
 Run ``python -m gawm_lib.server --workload resnet50 --port 8000`` (``--port 0`` picks a free port and writes it to
