@@ -85,8 +85,8 @@ class WorkloadConfig(_Settings):
                     "middle one, middle ones per full one); None: Python's (700, 10, 10). Under a backlog the pending "
                     "requests' objects outlive young collections and every middle and full one scans them again, so "
                     "with Python's thresholds the collector's share of time grew with the backlog (DistilBERT on an "
-                    "H200: 15 % at 1,050 req/s, p95 0.1-1 s); with these it stayed under 0.1 % and p95 under 60 ms at "
-                    "1,150 req/s (suite h200-tail-goal-distilbert-gc)")
+                    "H200: 16 % at 1,150 req/s, p95 0.8-1.3 s); with these it stayed under 0.2 % and p95 at 44-90 ms "
+                    "(suite h200-tail-goal-distilbert-gc)")
     gil_switch_interval_ms: float | None = Field(
         None, gt=0, le=100,
         description="server process: Python's thread switch interval; unset: 0.5 on a GPU (where the compute thread "

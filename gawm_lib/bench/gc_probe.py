@@ -5,8 +5,9 @@ young collections, so every middle and full collection scans them again and the 
 backlog. ``python -m gawm_lib.bench.gc_probe`` starts a DistilBERT server on the CPU (one torch thread, short texts,
 batches of up to 64) once per collector setting (``WorkloadConfig.gc_thresholds``: Python's own and the server's
 default), holds ``--connections`` requests in flight for ``--duration-s`` seconds (closed loop, after a warm-up), and
-reads the server's ``gawm_gc_pause_seconds`` per generation before and after: collections, total and mean pause,
-throughput and latency. Results, with the machine and packages, go to ``data/benchmarks/gc_probe_cpu.json``.
+reads the server's ``gawm_gc_pause_seconds`` per generation before and after (the warm-up and the driver's start-up
+included): collections, total and mean pause, throughput and latency. Results, with the machine and packages, go to
+``data/benchmarks/gc_probe_cpu.json``.
 
 On a CPU the collector's share stays small (the model is slow); on a GPU, where the same server answers 50 times as
 many requests a second, it reached 15 % with Python's thresholds (``data/benchmarks/h200/tail_goal_gc/README.md``).
@@ -26,21 +27,8 @@ from gawm_lib import paths, runs
 SETTINGS: dict[str, tuple[int, int, int] | None] = {"python": None, "server default": (10_000, 10, 10)}
 
 
-def collector_counts(url: str) -> dict[tuple[str, str], float]:
-    """``{(generation, "count" | "sum"): value}`` from the server's ``gawm_gc_pause_seconds`` histogram."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
-        for sample in family.samples:
-            if sample.name in ("gawm_gc_pause_seconds_count", "gawm_gc_pause_seconds_sum"):
-                out[(sample.labels["generation"], sample.name.rsplit("_", 1)[1])] = sample.value
-    return out
-
-
 def probe(thresholds: tuple[int, int, int] | None, connections: int, duration_s: float) -> dict[str, Any]:
-    from gawm_lib.bench.server_bench import payloads, served, server_run
+    from gawm_lib.bench.server_bench import metric_samples, payloads, served, server_run
     from gawm_lib.config import WorkloadConfig
 
     cfg = WorkloadConfig(name="distilbert", device="cpu", threads=1, decode_workers=1, max_queue_size=4096,
@@ -49,20 +37,23 @@ def probe(thresholds: tuple[int, int, int] | None, connections: int, duration_s:
     bodies, headers, _ = payloads(cfg, "encoded", per_request=1, count=64)
     with served(cfg) as replicas:
         replica = replicas[0]
-        before = collector_counts(replica.url)
+        before = metric_samples(replica.url, "gawm_gc_pause_seconds_", "generation")
         result = server_run(replica, cfg, bodies, headers, 1, "closed", 1, connections, duration_s, 2.0)
-        after = collector_counts(replica.url)
+        after = metric_samples(replica.url, "gawm_gc_pause_seconds_", "generation")
+
+    def grown(name: str, generation: str) -> float:
+        key = (f"gawm_gc_pause_seconds_{name}", generation)
+        return after[key] - before[key]
+
     generations = {}
     for generation in "012":
-        count = after[(generation, "count")] - before[(generation, "count")]
-        total_s = after[(generation, "sum")] - before[(generation, "sum")]
+        count, total_s = grown("count", generation), grown("sum", generation)
         generations[generation] = {"collections": int(count), "total_ms": round(1e3 * total_s, 2),
                                    "mean_ms": round(1e3 * total_s / count, 3) if count else None}
     return {"gc_thresholds": list(thresholds) if thresholds else "python (700, 10, 10)",
             "requests_per_s": result["items_per_s"], "latency_ms": result["latency_ms"],
             "batch_size_mean": result["batch_size_mean"], "generations": generations,
-            "collector_ms_total": round(sum(g["total_ms"] for g in generations.values()), 2),
-            "window_s": duration_s + 2.0 + 2.3}  # warm-up and the driver's start are inside the server's counts
+            "collector_ms_total": round(sum(g["total_ms"] for g in generations.values()), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,14 +253,19 @@ def server_run(replicas, cfg: WorkloadConfig, bodies, headers, per_request: int,
     return result
 
 
-def gpu_readings(replica) -> dict[tuple[str, str], float]:
-    """The server's ``gawm_gpu_*`` samples from ``/metrics``, by (name, gpu)."""
+def metric_samples(url: str, prefix: str, label: str) -> dict[tuple[str, str], float]:
+    """The server's samples from ``url``/metrics whose name starts with ``prefix``, by (name, value of ``label``)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{replica.url}/metrics", timeout=10).text
-    return {(sample.name, sample.labels.get("gpu", "")): sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.name.startswith("gawm_gpu_")}
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {(sample.name, sample.labels.get(label, "")): sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name.startswith(prefix)}
+
+
+def gpu_readings(replica) -> dict[tuple[str, str], float]:
+    """The server's ``gawm_gpu_*`` samples, by (name, gpu)."""
+    return metric_samples(replica.url, "gawm_gpu_", "gpu")
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------------

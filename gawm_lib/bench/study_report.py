@@ -61,7 +61,8 @@ from gawm_lib.models.scaling import mva
 
 GPU_QUERIES = {"gpu_util_nvml": "gpu_util", "gpu_memory_used_nvml": "gpu_memory_bytes", "gpu_power_nvml": "gpu_power_w",
                "energy_per_request_nvml": "energy_per_request_j", "gc_pause_ratio": "gc_pause_share"}
-SERVER_SETTINGS = ("decode_workers", "gc_freeze", "gc_thresholds")  # a workload run with several values is one configuration per value
+# a workload run with several values of one of these is one configuration per value
+SERVER_SETTINGS = ("decode_workers", "gc_freeze", "gc_thresholds")
 
 
 def step_metrics(run: runs.Run) -> pd.DataFrame:
