@@ -242,23 +242,94 @@ def tail_repeats(requests: pd.DataFrame) -> pd.DataFrame:
     another run): how many visits and runs, their p95 [ms] (mean, lowest, highest), its coefficient of variation, and
     ``loo_mape_pct``: each visit's p95 predicted by the mean of the other visits, the error averaged. A model that
     knew the true mean p95 at that rate would still miss single steps by about that much: the floor under any model's
-    error there. ``utilisation`` is the rate over the configuration's :func:`measured_capacity` where there is one."""
+    error there. ``within_run_loo_mape_pct`` is the same error over the visits one run (one server process) made of
+    the rate, each against the mean of that run's other visits (``within_run_visits`` of them; NaN where no run came
+    back to the rate): far below ``loo_mape_pct``, the runs differ (each process's own state); about as high, the
+    scatter comes with time whatever the process. ``utilisation`` is the rate over the configuration's
+    :func:`measured_capacity` where there is one."""
     capacity = measured_capacity(requests)
     rows = []
     for (workload, replicas, level), visits in _poisson_steps(requests).groupby(["workload", "replicas", "level"]):
         p95 = visits["p95_ms"].to_numpy(dtype=float)
         if len(p95) < 2:
             continue
-        others = (p95.sum() - p95) / (len(p95) - 1)
+        within = np.concatenate([_loo_errors(run["p95_ms"].to_numpy(dtype=float))
+                                 for _, run in visits.groupby("run_id")])
         cap = capacity.get((workload, replicas), np.nan)
         rows.append({"workload": workload, "replicas": int(replicas), "level": float(level),
                      "utilisation": float(level) / cap if cap == cap else np.nan,
                      "visits": len(p95), "runs": visits["run_id"].nunique(), "p95_mean_ms": p95.mean(),
                      "p95_min_ms": p95.min(), "p95_max_ms": p95.max(),
                      "p95_cv_pct": 100 * p95.std(ddof=1) / p95.mean(),
-                     "loo_mape_pct": 100 * float(np.mean(np.abs(others - p95) / p95))})
+                     "loo_mape_pct": 100 * float(np.mean(_loo_errors(p95))),
+                     "within_run_visits": within.size,
+                     "within_run_loo_mape_pct": 100 * float(within.mean()) if within.size else np.nan})
     return pd.DataFrame(rows, columns=["workload", "replicas", "level", "utilisation", "visits", "runs",
-                                       "p95_mean_ms", "p95_min_ms", "p95_max_ms", "p95_cv_pct", "loo_mape_pct"])
+                                       "p95_mean_ms", "p95_min_ms", "p95_max_ms", "p95_cv_pct", "loo_mape_pct",
+                                       "within_run_visits", "within_run_loo_mape_pct"])
+
+
+def _loo_errors(p95: np.ndarray) -> np.ndarray:
+    """Each value's relative distance from the mean of the others (empty for fewer than two values)."""
+    if p95.size < 2:
+        return np.empty(0)
+    return np.abs((p95.sum() - p95) / (p95.size - 1) - p95) / p95
+
+
+def _step_length(t_s: pd.Series) -> float:
+    """A step's length [s] from its requests' schedule offsets: the span to its last request and one mean gap more."""
+    return float(t_s.max()) * len(t_s) / max(len(t_s) - 1, 1)
+
+
+def tail_window_floor(requests: pd.DataFrame, windows_s=None) -> pd.DataFrame:
+    """How the revisit floor of :func:`tail_repeats` depends on how long a visit lasts, per rate visited by two or
+    more Poisson steps: each step is cut into consecutive windows of ``window_s`` seconds (by schedule, from its first
+    request; windows of fewer than 20 ok requests are dropped), and each window's p95 is set against the mean p95 of
+    the *other* steps' windows of that length at the same rate; ``floor_pct`` is that error averaged.
+
+    If the floor falls about as 1/sqrt(window), what scatters is the sampling noise of short steps, and longer steps
+    lower it; if it stays flat, the steps differ from each other (the server's or the machine's state during each),
+    and longer steps will not bring a single step closer to a model. ``windows_s`` defaults to the shortest step's
+    length and its half, third and sixth (two significant digits). Returns rows (workload, replicas, level, utilisation,
+    window_s, windows, steps, floor_pct); ``utilisation`` as in :func:`tail_repeats`."""
+    columns = ["workload", "replicas", "level", "utilisation", "window_s", "windows", "steps", "floor_pct"]
+    steps = requests[(requests["scenario"] == "poisson") & (requests["phase"] == "step")]
+    if steps.empty:
+        return pd.DataFrame(columns=columns)
+    start = steps.groupby(["run_id", "workload", "step"])["scheduled_ns"].transform("min")
+    steps = steps.assign(t_s=(steps["scheduled_ns"] - start) / 1e9,
+                         latency_ms=(steps["done_ns"] - steps["scheduled_ns"]) / 1e6)
+    spans = steps.groupby(["run_id", "workload", "step"])["t_s"].agg(_step_length)
+    if windows_s is None:  # a step of a single request has no length: nothing to cut
+        windows_s = sorted({float(f"{spans.min() / k:.2g}") for k in (6, 3, 2, 1)} - {0.0})
+        if not windows_s:
+            return pd.DataFrame(columns=columns)
+    windows_s = [float(w) for w in windows_s]
+    if not windows_s or min(windows_s) <= 0:
+        raise ValueError(f"windows_s must be window lengths > 0 seconds, got {windows_s}")
+    capacity = measured_capacity(requests)
+    ok = steps[steps["error"] == ""]
+    rows = []
+    for (workload, replicas, level), visits in ok.groupby(["workload", "replicas", "level"]):
+        keys = visits.groupby(["run_id", "step"]).ngroup()
+        if keys.nunique() < 2:
+            continue
+        cap = capacity.get((workload, replicas), np.nan)
+        for window in windows_s:
+            index = (visits["t_s"] // window).astype(int)
+            per_step_windows = (visits.assign(key=keys, index=index).groupby(["key", "index"])["latency_ms"]
+                                .agg(p95=lambda x: np.quantile(x, 0.95), n="size").reset_index())
+            span = visits.assign(key=keys).groupby("key")["t_s"].agg(_step_length)
+            full = per_step_windows["index"] < (per_step_windows["key"].map(span) / window + 0.01).astype(int)
+            kept = per_step_windows[full & (per_step_windows["n"] >= 20)]
+            if kept["key"].nunique() < 2:
+                continue
+            errors = [abs(kept.loc[kept["key"] != row.key, "p95"].mean() / row.p95 - 1) for row in kept.itertuples()]
+            rows.append({"workload": workload, "replicas": int(replicas), "level": float(level),
+                         "utilisation": float(level) / cap if cap == cap else np.nan, "window_s": window,
+                         "windows": len(kept), "steps": kept["key"].nunique(),
+                         "floor_pct": 100 * float(np.mean(errors))})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def cross_validate_tail_curves(requests: pd.DataFrame) -> pd.DataFrame:

@@ -120,7 +120,41 @@ def test_rates_visited_more_than_once_give_the_spread_of_their_p95_and_the_floor
     assert row["p95_cv_pct"] == pytest.approx(100 * 2.0 / 12.0)
     # each visit against the mean of the others: 13 for 10, 12 for 12, 11 for 14
     assert row["loo_mape_pct"] == pytest.approx(100 * (3 / 10 + 0 / 12 + 3 / 14) / 3)
+    # run a came back to 100 req/s: 10 against 12 and 12 against 10; run b's one visit has no other of its own
+    assert row["within_run_visits"] == 2
+    assert row["within_run_loo_mape_pct"] == pytest.approx(100 * (2 / 10 + 2 / 12) / 2)
     assert analysis.tail_repeats(visits)["utilisation"].isna().all()  # no closed-loop run: no capacity
+    once = analysis.tail_repeats(pd.concat([visits[visits["run_id"] == "b"], _step("c", "poisson", 0, 100.0, 0.01)]))
+    assert once["within_run_visits"].tolist() == [0] and np.isnan(once["within_run_loo_mape_pct"].iloc[0])
+
+
+def _timed_step(run_id, step, rate, latency_s, seconds=18.0):
+    """A Poisson step of ``seconds`` at ``rate`` requests 1 / rate apart, the k-th taking ``latency_s[k]``."""
+    n = int(seconds * rate)
+    frame = _step(run_id, "poisson", step, rate, 0.0, n=n)
+    return frame.assign(done_ns=frame["scheduled_ns"] + (np.resize(latency_s, n) * 1e9).astype(np.int64))
+
+
+def test_the_window_floor_stays_flat_where_steps_differ_and_falls_where_they_only_sample_noise():
+    # two steps whose every request takes 10 and 15 ms: any window says the same as the whole step
+    steady = pd.concat([_timed_step("a", 0, 200.0, [0.010]), _timed_step("b", 0, 200.0, [0.015])])
+    floors = analysis.tail_window_floor(steady)
+    assert floors["window_s"].tolist() == [3.0, 6.0, 9.0, 18.0]  # a sixth, a third, a half of the step, and all
+    assert floors["windows"].tolist() == [12, 6, 4, 2] and set(floors["steps"]) == {2}
+    assert floors["floor_pct"].to_numpy() == pytest.approx(100 * (5 / 10 + 5 / 15) / 2)  # flat
+    # four steps drawing from one log-normal: only the windows' sampling noise, which longer windows average out
+    rng = np.random.default_rng(3)
+    noisy = pd.concat([_timed_step(f"r{i}", 0, 100.0, rng.lognormal(np.log(0.01), 0.6, 1800)) for i in range(4)])
+    floors = analysis.tail_window_floor(noisy, windows_s=[1.0, 18.0]).set_index("window_s")["floor_pct"]
+    assert floors[1.0] > 2.5 * floors[18.0]  # sqrt(18) = 4.2 as many requests per window
+    # too few ok requests in a window (a rate of 10 req/s: 10 in a second) and rates visited once give no row
+    sparse = pd.concat([_timed_step("a", 0, 10.0, [0.01]), _timed_step("b", 0, 10.0, [0.01]),
+                        _timed_step("a", 1, 50.0, [0.01])])
+    floors = analysis.tail_window_floor(sparse, windows_s=[1.0, 3.0])
+    assert floors[["level", "window_s", "windows"]].values.tolist() == [[10.0, 3.0, 12]]
+    assert analysis.tail_window_floor(sparse.iloc[:0]).empty
+    with pytest.raises(ValueError, match="windows_s must be window lengths > 0 seconds"):
+        analysis.tail_window_floor(steady, windows_s=[0.0])
 
 
 def test_each_run_is_predicted_by_the_tail_curve_of_the_configurations_other_runs_alone():

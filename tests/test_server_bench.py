@@ -121,3 +121,22 @@ def test_an_unknown_transport_is_refused_before_anything_runs(capsys):
     with pytest.raises(SystemExit):
         server_bench.main(["--device", "cuda", "--transports", "binary,grpc"])
     assert "--transports: grpc: expected binary and/or shm" in capsys.readouterr().err
+
+
+def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back_per_window(tmp_path):
+    from gawm_lib.bench import speed_probe
+
+    out = tmp_path / "probe" / "speed.jsonl"
+    count = speed_probe.probe(out, duration_s=1.0, interval_s=0.2, loops=2_000)
+    timings = speed_probe.read(out)
+    assert len(timings) == count >= 3
+    assert (timings["seconds"] > 0).all() and timings["monotonic_ns"].is_monotonic_increasing
+    start = int(timings["monotonic_ns"].iloc[0])
+    windows = speed_probe.by_window(timings, start, start + 3_000_000_000, window_s=1.0)
+    assert windows.index.tolist() == [0, 1, 2] and windows.iloc[0] > 0 and windows.iloc[2] != windows.iloc[2]
+    assert windows.iloc[0] == timings[timings["monotonic_ns"] < start + 1_000_000_000]["seconds"].median()
+    out.write_text(out.read_text() + '{"monotonic_ns": 1}\n')
+    with pytest.raises(ValueError, match=rf"speed.jsonl:{count + 1}: not a speed-probe timing"):
+        speed_probe.read(out)
+    with pytest.raises(ValueError, match="duration_s and interval_s must be > 0"):
+        speed_probe.probe(out, duration_s=0.0)

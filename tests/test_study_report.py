@@ -129,7 +129,9 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
                                                      "held_out_utilisation": [0.1, 0.85],
                                                      "cross_run_p95_mape_pct": 6.0,  # within the goal, but its
                                                      "cross_run_utilisation": [0.4, 0.6],  # steps stop at 60 %
-                                                     "revisit_floor_p95_mape_pct": 5.5}},
+                                                     "revisit_floor_p95_mape_pct": 5.5,
+                                                     "revisit_floor_within_run_p95_mape_pct": 4.5,
+                                                     "window_floor_p95_mape_pct": {"3": 7.0, "18": 5.5}}},
                        "whisper": {"replicas_1": {"t0_ms": 900.0, "cross_run_p95_mape_pct": 9.0,
                                                   "cross_run_utilisation": [0.2, 0.8]}}}}
     section = study_report.gpu_goal(report, 10.0, "data/benchmarks/h200/report.json")
@@ -139,6 +141,9 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     assert section["tail_curve"]["p95_goal_met"] == {"resnet50": True, "distilbert": False}
     assert section["tail_curve"]["cross_run_p95_goal_met"] == {"distilbert": False, "whisper": True}
     assert section["tail_curve"]["floor_revisit_p95_mape_pct"] == {"distilbert": {"replicas_1": 5.5}}
+    assert section["tail_curve"]["floor_revisit_within_run_p95_mape_pct"] == {"distilbert": {"replicas_1": 4.5}}
+    assert section["tail_curve"]["floor_by_window_s_p95_mape_pct"] == {"distilbert": {"replicas_1": {"3": 7.0,
+                                                                                                    "18": 5.5}}}
     assert section["goal_met"] == {"distilbert": False, "resnet50": True, "whisper": True}
     assert section["p95_mape_pct"]["resnet50"] == {"replicas_1": 7.8, "replicas_4": 5.5}
     assert section["devices"] == ["NVIDIA H200"] and "whisper" in section["not_fitted"]

@@ -33,7 +33,11 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
 - ``tail_cross_validation.csv`` and ``tail_repeats.csv`` (configurations swept more than once, e.g. with other
   ``load.arrival_seed`` values): each Poisson run predicted by the tail curve fitted on the configuration's other
   runs, and every rate visited more than once (again in a run, or in another) with the spread of its p95: the
-  leave-one-out error of the visits is the floor under any model's error on one step;
+  leave-one-out error of the visits is the floor under any model's error on one step, over all visits and over a
+  run's own visits of a rate (``within_run_loo_mape_pct``: one server process coming back to it);
+- ``tail_window_floor.csv``: that floor again with every step cut into shorter windows (a sixth, a third, a half of
+  it, and whole): flat across window lengths, the steps differ from each other and longer steps will not settle
+  them; falling as 1/sqrt(window), they are short-step sampling noise;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
 
 A workload run with different ``decode_workers`` counts (or ``gc_freeze``, ``gc_thresholds``) is reported as one
@@ -250,7 +254,24 @@ def tail_cross_validation(requests: pd.DataFrame, info: dict[str, Any]) -> tuple
     for (workload, replicas), rows in _within_goal_range(repeats):
         entry = info.setdefault(workload, {}).setdefault(f"replicas_{replicas}", {})
         entry["revisit_floor_p95_mape_pct"] = round(float(np.average(rows["loo_mape_pct"], weights=rows["visits"])), 1)
+        within = rows[rows["within_run_visits"] > 0]
+        if len(within):
+            entry["revisit_floor_within_run_p95_mape_pct"] = round(float(np.average(
+                within["within_run_loo_mape_pct"], weights=within["within_run_visits"])), 1)
     return crossed, repeats
+
+
+def tail_window_floors(requests: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
+    """:func:`gawm_lib.analysis.tail_window_floor` of the Poisson steps, summarised into ``info`` over 10-85 % of
+    the capacity as ``window_floor_p95_mape_pct`` (window length [s] to the floor, averaged over the windows): does
+    a shorter or longer step change how far single steps scatter?"""
+    floors = analysis.tail_window_floor(requests)
+    for (workload, replicas), rows in _within_goal_range(floors):
+        entry = info.setdefault(workload, {}).setdefault(f"replicas_{replicas}", {})
+        entry["window_floor_p95_mape_pct"] = {
+            f"{window:g}": round(float(np.average(group["floor_pct"], weights=group["windows"])), 1)
+            for window, group in rows.groupby("window_s")}
+    return floors
 
 
 def _within_goal_range(table: pd.DataFrame):
@@ -424,6 +445,9 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         crossed.round(5).to_csv(out / "tail_cross_validation.csv", index=False)
     if len(revisits):
         revisits.round(4).to_csv(out / "tail_repeats.csv", index=False)
+    floors = tail_window_floors(requests, tail_info)
+    if len(floors):
+        floors.round(4).to_csv(out / "tail_window_floor.csv", index=False)
 
     plan = None
     if slo_ms:
@@ -518,6 +542,8 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
             "cross_run_utilisation": per_replicas("cross_run_utilisation"),
             "cross_run_p95_goal_met": cross_met,
             "floor_revisit_p95_mape_pct": per_replicas("revisit_floor_p95_mape_pct"),
+            "floor_revisit_within_run_p95_mape_pct": per_replicas("revisit_floor_within_run_p95_mape_pct"),
+            "floor_by_window_s_p95_mape_pct": per_replicas("window_floor_p95_mape_pct"),
         },
     }
 

@@ -1,0 +1,90 @@
+"""How fast one of the machine's cores runs Python, second by second, beside a run.
+
+A shared machine (a cloud VM) can run slower or faster from one minute to the next without the guest seeing any steal
+time, and a model server whose CPU side holds Python's GIL runs at the speed of about one core. To tell such drift from
+the server's own behaviour, ``python -m gawm_lib.bench.speed_probe --out FILE --duration-s S`` times a fixed piece of
+pure-Python work (:func:`unit`) every ``--interval-s`` seconds in a process of its own and appends one JSON line per
+timing: ``monotonic_ns`` (the clock the load generator's request records use, on the same machine), ``unix_ns`` and
+``seconds``. It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`by_window` gives the
+median time per window of a step (to set beside the step's latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LOOPS = 40_000  # about 2.5 ms on the build machine
+
+
+def unit(loops: int = LOOPS) -> int:
+    """A fixed piece of Python work: integer arithmetic and a small dict, no allocation that grows, no I/O."""
+    seen: dict[int, int] = {}
+    total = 0
+    for i in range(loops):
+        total = (total * 31 + i) % 1_000_003
+        seen[i & 255] = total
+    return total + len(seen)
+
+
+def probe(out: Path, duration_s: float, interval_s: float = 0.5, loops: int = LOOPS) -> int:
+    """Time :func:`unit` every ``interval_s`` for ``duration_s`` seconds, one JSON line a timing appended to ``out``
+    (flushed each time, so a probe stopped by a signal keeps what it measured); returns how many timings."""
+    if not duration_s > 0 or not interval_s > 0:
+        raise ValueError(f"duration_s and interval_s must be > 0 seconds, got {duration_s} and {interval_s}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count, end = 0, time.monotonic() + duration_s
+    with out.open("a") as lines:
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            unit(loops)
+            took = time.perf_counter() - started
+            lines.write(json.dumps({"monotonic_ns": time.monotonic_ns(), "unix_ns": time.time_ns(),
+                                    "seconds": took}) + "\n")
+            lines.flush()
+            count += 1
+            time.sleep(max(0.0, interval_s - took))
+    return count
+
+
+def read(path: Path) -> pd.DataFrame:
+    """The timings of a probe file (columns ``monotonic_ns``, ``unix_ns``, ``seconds``), with the line of any bad
+    entry named in the error."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            rows.append((int(row["monotonic_ns"]), int(row["unix_ns"]), float(row["seconds"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: not a speed-probe timing ({exc!r}): {line[:80]!r}") from exc
+    return pd.DataFrame(rows, columns=["monotonic_ns", "unix_ns", "seconds"])
+
+
+def by_window(timings: pd.DataFrame, start_ns: int, end_ns: int, window_s: float) -> pd.Series:
+    """The median seconds per :func:`unit` in each ``window_s`` window from ``start_ns`` to ``end_ns`` (monotonic),
+    indexed by the window's number (NaN where no timing fell)."""
+    if not window_s > 0:
+        raise ValueError(f"window_s must be > 0 seconds, got {window_s}")
+    count = max(1, int(np.ceil((end_ns - start_ns) / 1e9 / window_s - 1e-9)))
+    inside = timings[(timings["monotonic_ns"] >= start_ns) & (timings["monotonic_ns"] < end_ns)]
+    index = ((inside["monotonic_ns"] - start_ns) / 1e9 // window_s).astype(int)
+    return inside.groupby(index)["seconds"].median().reindex(range(count))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append the timings to")
+    parser.add_argument("--duration-s", type=float, required=True, help="how long to probe [s]")
+    parser.add_argument("--interval-s", type=float, default=0.5, help="time between timings [s] (default 0.5)")
+    args = parser.parse_args(argv)
+    probe(args.out, args.duration_s, args.interval_s)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
