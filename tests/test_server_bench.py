@@ -3,7 +3,10 @@ server process."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from gawm_lib.bench.server_load import FIELDS, Plan, drive, summarise
@@ -140,3 +143,24 @@ def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back_per_window
         speed_probe.read(out)
     with pytest.raises(ValueError, match="duration_s and interval_s must be > 0"):
         speed_probe.probe(out, duration_s=0.0)
+
+
+def test_each_step_gets_the_probe_median_over_its_span_placed_by_the_runs_wall_clock_anchor(tmp_path):
+    from gawm_lib.bench import speed_probe
+
+    run = tmp_path / "run"
+    (run / "load").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no load result with anchor_unix_ns"):
+        speed_probe.run_anchor(run)
+    (run / "load" / "w-load-result.json").write_text(json.dumps({"anchor_unix_ns": 1_000 * 10**9,
+                                                                  "anchor_monotonic_ns": 5 * 10**9}))
+    assert speed_probe.run_anchor(run) == (1_000 * 10**9, 5 * 10**9)
+    # step 0 ran from monotonic 6 s to 7 s (unix 1,001-1,002 s), step 1 from 8 s to 9 s (1,003-1,004 s)
+    requests = pd.DataFrame({"run_id": "r", "workload": "w", "phase": "step", "step": [0, 0, 1, 1],
+                             "scheduled_ns": [6 * 10**9, int(6.5e9), 8 * 10**9, int(8.5e9)],
+                             "done_ns": [int(6.1e9), 7 * 10**9, int(8.1e9), 9 * 10**9]})
+    timings = pd.DataFrame({"monotonic_ns": 0, "unix_ns": [int(1002.5e9), int(1001.5e9), int(1001.6e9)],
+                            "seconds": [0.009, 0.002, 0.004]})  # the first fell between the steps
+    medians = speed_probe.step_medians(requests, {"r": speed_probe.run_anchor(run)}, timings)
+    assert medians["step"].tolist() == [0, 1]
+    assert medians["probe_ms"].iloc[0] == pytest.approx(3.0) and np.isnan(medians["probe_ms"].iloc[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -189,3 +190,17 @@ def test_a_workload_run_with_several_decode_worker_counts_is_one_configuration_p
     collector = pd.DataFrame({"workload": ["distilbert"] * 3, "gc_thresholds": ["python", "10000,10,10", "python"]})
     assert study_report.configurations(collector)["workload"].tolist() == [
         "distilbert gc_thresholds=python", "distilbert gc_thresholds=10000,10,10", "distilbert gc_thresholds=python"]
+
+
+def test_the_probe_summary_ranks_each_revisits_p95_against_its_probe_time():
+    timings = pd.DataFrame({"seconds": [0.003, 0.004, 0.007]})
+    # at each rate the slower-probed visit had the higher p95, except at 300 req/s (tied probes)
+    steps = pd.DataFrame({"workload": "w", "replicas": 1, "scenario": "poisson",
+                          "level": [100.0, 100.0, 200.0, 200.0, 300.0, 400.0],
+                          "p95_ms": [10.0, 30.0, 20.0, 25.0, 40.0, 50.0],
+                          "probe_ms": [3.0, 7.0, 4.0, 6.5, 5.0, np.nan]})
+    summary = study_report.probe_summary(timings, steps, ["probe.jsonl"])
+    assert summary["timings"] == 3 and summary["probe_ms"]["median"] == 4.0
+    assert summary["revisit_correlation"] == {"w": {"replicas_1": {"visits": 4, "spearman_rho": 1.0}}}
+    one_visit = study_report.probe_summary(timings, steps.iloc[4:], ["probe.jsonl"])
+    assert one_visit["revisit_correlation"] == {}

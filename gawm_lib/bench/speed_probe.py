@@ -5,8 +5,10 @@ time, and a model server whose CPU side holds Python's GIL runs at the speed of 
 the server's own behaviour, ``python -m gawm_lib.bench.speed_probe --out FILE --duration-s S`` times a fixed piece of
 pure-Python work (:func:`unit`) every ``--interval-s`` seconds in a process of its own and appends one JSON line per
 timing: ``monotonic_ns`` (the clock the load generator's request records use, on the same machine), ``unix_ns`` and
-``seconds``. It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`by_window` gives the
-median time per window of a step (to set beside the step's latency).
+``seconds``. It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`step_medians` the
+median time over each step of a run's request records (placed on the probe's clock by the run's wall-clock anchor),
+:func:`by_window` over windows of one stretch of time. ``study_report --speed-probe FILE`` puts the step medians
+beside each step's latency.
 """
 
 from __future__ import annotations
@@ -74,6 +76,35 @@ def by_window(timings: pd.DataFrame, start_ns: int, end_ns: int, window_s: float
     inside = timings[(timings["monotonic_ns"] >= start_ns) & (timings["monotonic_ns"] < end_ns)]
     index = ((inside["monotonic_ns"] - start_ns) / 1e9 // window_s).astype(int)
     return inside.groupby(index)["seconds"].median().reindex(range(count))
+
+
+def run_anchor(run_path: Path) -> tuple[int, int]:
+    """``(anchor_unix_ns, anchor_monotonic_ns)`` of a run's load generator (its ``load/*-load-result.json``): the
+    wall-clock time of one monotonic instant, which places the run's request records on the probe's clock."""
+    for result in sorted(Path(run_path, "load").glob("*-load-result.json")):
+        found = json.loads(result.read_text())
+        if "anchor_unix_ns" in found and "anchor_monotonic_ns" in found:
+            return int(found["anchor_unix_ns"]), int(found["anchor_monotonic_ns"])
+    raise ValueError(f"{run_path}/load: no load result with anchor_unix_ns and anchor_monotonic_ns")
+
+
+def step_medians(requests: pd.DataFrame, anchors: dict[str, tuple[int, int]], timings: pd.DataFrame) -> pd.DataFrame:
+    """The probe's median time per :func:`unit` [ms] over each (run_id, workload, step) of ``requests``'s steps, from
+    the first scheduled request to the last answer, matched by wall clock through each run's ``anchors``
+    (:func:`run_anchor`); NaN where no timing fell (the probe did not run then, or on another machine's clock)."""
+    steps = requests[requests["phase"] == "step"]
+    spans = steps.groupby(["run_id", "workload", "step"]).agg(start=("scheduled_ns", "min"), end=("done_ns", "max"))
+    unix = timings["unix_ns"].to_numpy()
+    order = np.argsort(unix)
+    unix, seconds = unix[order], timings["seconds"].to_numpy()[order]
+    rows = []
+    for (run_id, workload, step), span in spans.iterrows():
+        anchor_unix, anchor_mono = anchors[run_id]
+        shift = anchor_unix - anchor_mono
+        lo, hi = np.searchsorted(unix, [span["start"] + shift, span["end"] + shift])
+        rows.append({"run_id": run_id, "workload": workload, "step": step,
+                     "probe_ms": float(np.median(seconds[lo:hi])) * 1e3 if hi > lo else np.nan})
+    return pd.DataFrame(rows, columns=["run_id", "workload", "step", "probe_ms"])
 
 
 def main(argv: list[str] | None = None) -> int:

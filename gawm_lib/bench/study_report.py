@@ -38,6 +38,9 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
 - ``tail_window_floor.csv``: that floor again with every step cut into shorter windows (a sixth, a third, a half of
   it, and whole): flat across window lengths, the steps differ from each other and longer steps will not settle
   them; falling as 1/sqrt(window), they are short-step sampling noise;
+- with ``--speed-probe FILE`` (``python -m gawm_lib.bench.speed_probe`` run beside the suites): each step's median
+  probe time in ``steps.csv`` (``probe_ms``: how fast the machine ran Python then), and in ``report.json`` the probe's
+  spread and, over rates visited more than once, the rank correlation of each visit's p95 with its probe time;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
 
 A workload run with different ``decode_workers`` counts (or ``gc_freeze``, ``gc_thresholds``) is reported as one
@@ -58,8 +61,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from gawm_lib import analysis, paths, plots, runs, suite
+from gawm_lib.bench import speed_probe
 from gawm_lib.models import TandemServer, plan_tandem
 from gawm_lib.models.scaling import mva
 
@@ -261,6 +266,29 @@ def tail_cross_validation(requests: pd.DataFrame, info: dict[str, Any]) -> tuple
     return crossed, repeats
 
 
+def probe_summary(timings: pd.DataFrame, steps: pd.DataFrame, files: list[str]) -> dict[str, Any]:
+    """The speed probe's timings (median, 5th and 95th percentile [ms]) and, over the Poisson steps of rates visited
+    more than once, how each visit's p95 and probe time stood against the rate's mean: their Spearman rank correlation
+    (near +1: the slow visits came when the machine's Python ran slow), per workload configuration."""
+    ms = timings["seconds"].to_numpy() * 1e3
+    summary = {"files": files, "timings": int(ms.size),
+               "probe_ms": {k: round(float(np.quantile(ms, q)), 3) for k, q in (("p5", .05), ("median", .5),
+                                                                                  ("p95", .95))} if ms.size else {},
+               "revisit_correlation": {}}
+    visits = steps[(steps["scenario"] == "poisson") & steps["probe_ms"].notna()]
+    relative = []
+    for _, group in visits.groupby(["workload", "replicas", "level"]):
+        if len(group) >= 2:
+            relative.append(group.assign(p95_rel=group["p95_ms"] / group["p95_ms"].mean(),
+                                         probe_rel=group["probe_ms"] / group["probe_ms"].mean()))
+    for (workload, replicas), group in (pd.concat(relative).groupby(["workload", "replicas"]) if relative else ()):
+        if len(group) >= 3:
+            rho = stats.spearmanr(group["probe_rel"], group["p95_rel"]).statistic
+            summary["revisit_correlation"].setdefault(workload, {})[f"replicas_{replicas}"] = {
+                "visits": len(group), "spearman_rho": round(float(rho), 3)}
+    return summary
+
+
 def tail_window_floors(requests: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
     """:func:`gawm_lib.analysis.tail_window_floor` of the Poisson steps, summarised into ``info`` over 10-85 % of
     the capacity as ``window_floor_p95_mape_pct`` (window length [s] to the floor, averaged over the windows): does
@@ -356,11 +384,12 @@ def _for_configurations(per: dict[str, Any] | None, labels: set[str]) -> dict[st
 
 def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] | None = None,
           loads: dict[str, list[float]] | None = None, repeat_ids: list[str] | None = None,
-          heldout_ids: list[str] | None = None) -> dict[str, Any]:
+          heldout_ids: list[str] | None = None, speed_probes: list[Path] | None = None) -> dict[str, Any]:
     """The report of ``run_ids`` (any workloads; closed-loop replica studies get the scaling models, open-loop runs
     are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs), with
     ``repeat_ids`` how far the same configurations' runs in another session landed from these, and with
-    ``heldout_ids`` how well the tail curves (and the tandem model) fitted here predict those runs."""
+    ``heldout_ids`` how well the tail curves (and the tandem model) fitted here predict those runs, and with
+    ``speed_probes`` (:mod:`gawm_lib.bench.speed_probe` files) each step's probe time beside its latency."""
     requests, loaded = analysis.load_requests(run_ids)
     heldout = pd.DataFrame()
     if heldout_ids:
@@ -378,10 +407,17 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         single = gpu["run_id"].map(per_run.nunique() == 1)
         gpu.loc[single, "workload"] = gpu.loc[single, "run_id"].map(per_run.first())
     steps = table.merge(gpu, on=["run_id", "workload", "step"], how="left") if len(gpu) else table
+    probe = None
+    if speed_probes:
+        timings = pd.concat([speed_probe.read(p) for p in speed_probes], ignore_index=True)
+        anchors = {r.id: speed_probe.run_anchor(r.path) for r in loaded}
+        steps = steps.merge(speed_probe.step_medians(requests, anchors, timings), on=["run_id", "workload", "step"],
+                            how="left")
+        probe = probe_summary(timings, steps, [str(p) for p in speed_probes])
     out.mkdir(parents=True, exist_ok=True)
     keep = ["run_id", "workload", "replicas", "placement", "scenario", "step", "level", "ok", "errors",
             "throughput_rps", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "compute_ms", "batch_size_mean",
-            *[c for c in GPU_QUERIES.values() if c in steps]]
+            *[c for c in (*GPU_QUERIES.values(), "probe_ms") if c in steps]]
     steps[keep].round(4).to_csv(out / "steps.csv", index=False)
 
     closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
@@ -483,6 +519,7 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         "scaling": json.loads(joined.round(3).to_json(orient="records")) if joined is not None else [],
         "capacity_plan": json.loads(plan.to_json(orient="records")) if plan is not None else None,
         "repeatability": repeats,
+        "speed_probe": probe,
         "figures": figures,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -589,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-json", type=Path,
                         help="also write the tandem model's errors against the 10 %% goal under 'gpu' in this models "
                              "report (data/benchmarks/models.json)")
+    parser.add_argument("--speed-probe", nargs="+", default=[], type=Path, metavar="FILE",
+                        help="python -m gawm_lib.bench.speed_probe files recorded beside the runs: each step's "
+                             "median probe time goes into steps.csv (probe_ms)")
     parser.add_argument("--loads-rps", nargs="+", default=[], metavar="WORKLOAD=R1,R2",
                         help="loads to plan for [req/s], e.g. resnet50=100,400,1600")
     args = parser.parse_args(argv)
@@ -612,7 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     heldout_ids = suite_runs(args.heldout)
     if args.heldout and not heldout_ids:
         raise SystemExit(f"--heldout {args.heldout}: no completed runs under {paths.raw_dir()}")
-    report = build(run_ids, args.out, command, slo_ms, loads, repeat_ids, heldout_ids)
+    missing = [str(p) for p in args.speed_probe if not p.is_file()]
+    if missing:
+        raise SystemExit(f"--speed-probe: no such file: {', '.join(missing)}")
+    report = build(run_ids, args.out, command, slo_ms, loads, repeat_ids, heldout_ids, args.speed_probe)
     if args.models_json:
         write_gpu_goal(args.models_json, gpu_goal(report, 10.0, str(args.out / "report.json")))
     print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "tandem_model", "tail_curve",
