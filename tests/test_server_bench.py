@@ -134,6 +134,13 @@ def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back_per_window
     timings = speed_probe.read(out)
     assert len(timings) == count >= 3
     assert (timings["seconds"] > 0).all() and timings["monotonic_ns"].is_monotonic_increasing
+    # the machine's CPU shares since the previous line, from /proc/stat (this machine is Linux; the first line may
+    # come before the kernel's next clock tick, with nothing to share yet)
+    later = timings.iloc[1:]
+    assert later["cpu_busy"].between(0, 1).all() and later["cpu_steal"].between(0, 1).all()
+    assert speed_probe.cpu_shares(None, speed_probe.cpu_times()) == {}
+    assert speed_probe.cpu_shares(np.zeros(8), np.array([3.0, 0, 1, 4, 1, 0, 0, 1])) == {"cpu_busy": 0.5,
+                                                                                         "cpu_steal": 0.1}
     start = int(timings["monotonic_ns"].iloc[0])
     windows = speed_probe.by_window(timings, start, start + 3_000_000_000, window_s=1.0)
     assert windows.index.tolist() == [0, 1, 2] and windows.iloc[0] > 0 and windows.iloc[2] != windows.iloc[2]

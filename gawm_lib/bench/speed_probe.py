@@ -5,8 +5,10 @@ time, and a model server whose CPU side holds Python's GIL runs at the speed of 
 the server's own behaviour, ``python -m gawm_lib.bench.speed_probe --out FILE --duration-s S`` times a fixed piece of
 pure-Python work (:func:`unit`) every ``--interval-s`` seconds in a process of its own and appends one JSON line per
 timing: ``monotonic_ns`` (the clock the load generator's request records use, on the same machine), ``unix_ns`` and
-``seconds``. It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`step_medians` the
-median time over each step of a run's request records (placed on the probe's clock by the run's wall-clock anchor),
+``seconds``, and on Linux the machine's ``cpu_busy`` and ``cpu_steal`` shares since the previous line (from
+``/proc/stat``: how busy all its cores were, and how much time the hypervisor gave to others while they waited).
+It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`step_medians` the median time
+over each step of a run's request records (placed on the probe's clock by the run's wall-clock anchor),
 :func:`by_window` over windows of one stretch of time. ``study_report --speed-probe FILE`` puts the step medians
 beside each step's latency.
 """
@@ -34,20 +36,45 @@ def unit(loops: int = LOOPS) -> int:
     return total + len(seen)
 
 
+def cpu_times() -> np.ndarray | None:
+    """The machine's cumulative CPU times (``/proc/stat``'s first line: user, nice, system, idle, iowait, irq,
+    softirq, steal), or None where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as stat:
+            return np.array(stat.readline().split()[1:9], dtype=float)
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_shares(before: np.ndarray | None, after: np.ndarray | None) -> dict[str, float]:
+    """``cpu_busy`` (not idle nor waiting on I/O) and ``cpu_steal`` shares of the CPU time between two
+    :func:`cpu_times` readings (empty if either is missing or no time passed)."""
+    if before is None or after is None:
+        return {}
+    spent = after - before
+    total = spent.sum()
+    if total <= 0:
+        return {}
+    return {"cpu_busy": round(float(1 - (spent[3] + spent[4]) / total), 4),
+            "cpu_steal": round(float(spent[7] / total), 4)}
+
+
 def probe(out: Path, duration_s: float, interval_s: float = 0.5, loops: int = LOOPS) -> int:
     """Time :func:`unit` every ``interval_s`` for ``duration_s`` seconds, one JSON line a timing appended to ``out``
     (flushed each time, so a probe stopped by a signal keeps what it measured); returns how many timings."""
     if not duration_s > 0 or not interval_s > 0:
         raise ValueError(f"duration_s and interval_s must be > 0 seconds, got {duration_s} and {interval_s}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    count, end = 0, time.monotonic() + duration_s
+    count, end, times = 0, time.monotonic() + duration_s, cpu_times()
     with out.open("a") as lines:
         while time.monotonic() < end:
             started = time.perf_counter()
             unit(loops)
             took = time.perf_counter() - started
-            lines.write(json.dumps({"monotonic_ns": time.monotonic_ns(), "unix_ns": time.time_ns(),
-                                    "seconds": took}) + "\n")
+            now = cpu_times()
+            lines.write(json.dumps({"monotonic_ns": time.monotonic_ns(), "unix_ns": time.time_ns(), "seconds": took,
+                                    **cpu_shares(times, now)}) + "\n")
+            times = now
             lines.flush()
             count += 1
             time.sleep(max(0.0, interval_s - took))
@@ -55,16 +82,17 @@ def probe(out: Path, duration_s: float, interval_s: float = 0.5, loops: int = LO
 
 
 def read(path: Path) -> pd.DataFrame:
-    """The timings of a probe file (columns ``monotonic_ns``, ``unix_ns``, ``seconds``), with the line of any bad
-    entry named in the error."""
+    """The timings of a probe file (columns ``monotonic_ns``, ``unix_ns``, ``seconds``, ``cpu_busy``,
+    ``cpu_steal``; the last two NaN where not recorded), with the line of any bad entry named in the error."""
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         try:
             row = json.loads(line)
-            rows.append((int(row["monotonic_ns"]), int(row["unix_ns"]), float(row["seconds"])))
+            rows.append((int(row["monotonic_ns"]), int(row["unix_ns"]), float(row["seconds"]),
+                         float(row.get("cpu_busy", np.nan)), float(row.get("cpu_steal", np.nan))))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{number}: not a speed-probe timing ({exc!r}): {line[:80]!r}") from exc
-    return pd.DataFrame(rows, columns=["monotonic_ns", "unix_ns", "seconds"])
+    return pd.DataFrame(rows, columns=["monotonic_ns", "unix_ns", "seconds", "cpu_busy", "cpu_steal"])
 
 
 def by_window(timings: pd.DataFrame, start_ns: int, end_ns: int, window_s: float) -> pd.Series:
