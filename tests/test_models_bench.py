@@ -191,3 +191,19 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
     # Text-length variability (lognormal, CV ~30 %) is the service time itself: (almost) nothing is left out.
     wide = 0.04 * sizes * rng.lognormal(0.0, 0.3, sizes.size)
     assert mb.interfered(sizes, wide).sum() <= 1
+
+
+def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_ran(tmp_path, monkeypatch):
+    commits = iter([{"short": "started"}, {"short": "made-later"}, {"short": "made-later"}])
+    monkeypatch.setattr(mb.runs, "git_info", lambda: next(commits))
+    step = {"utilisation": 0.5, "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0},
+            "predicted": {"throughput_rps": 1.0, "p50_ms": 11.0, "p95_ms": 21.0}}
+    monkeypatch.setattr(mb, "validate_workload", lambda name, tmp, quick, plan: mb.summarise_workload(
+        {"workload": name, "capacity_rps": 2.0, "held_out": [step]}))
+    monkeypatch.setattr(mb, "analysis_speed", lambda records: {"records": records, "seconds": 0.1})
+    monkeypatch.setattr(mb, "draw_figures", lambda *a: None)
+    out = tmp_path / "models.json"
+    assert mb.main(["--workloads", "whisper", "--out", str(out), "--records", "10"]) == 0
+    report = json.loads(out.read_text())
+    assert report["workloads"][0]["run"]["git"] == {"short": "started"}
+    assert report["analysis_speed"]["run"]["git"] == {"short": "started"}

@@ -606,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for other in args.merge:
         report = merge_report(report, json.loads(other.read_text()), replace_speed=False)
-    run_info = {"command": command, "quick": args.quick}
+    # the code that runs is the code of now: commits made while a long run goes on must not be credited with it
+    run_info = {"command": command, "quick": args.quick, "git": runs.git_info()}
     results = []
     for name in workloads:
         started = runs.utc_now()
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan = replace(plan, min_step_s=args.min_step_s)
             result = validate_workload(name, Path(tmp), args.quick, plan=plan)
         result["run"] = {**run_info, "started_utc": started.isoformat(), "finished_utc": runs.utc_now().isoformat(),
-                         "git": runs.git_info(), "host": runs.host_info(), "packages": runs.package_versions(),
+                         "host": runs.host_info(), "packages": runs.package_versions(),
                          "threads": {"torch_per_server": 1, **runs.thread_settings()}}
         results.append(result)
         # written after each workload, so a long run that stops later keeps what it measured
@@ -627,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
     speed = None
     if args.records is not None or not (report or {}).get("analysis_speed"):
-        speed = {**analysis_speed(args.records or 10_000_000), "run": {**run_info, "git": runs.git_info()}}
+        speed = {**analysis_speed(args.records or 10_000_000), "run": run_info}
     report = merge_report(report, {"workloads": [], "analysis_speed": speed})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
