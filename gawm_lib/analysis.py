@@ -283,9 +283,9 @@ def _step_length(t_s: pd.Series) -> float:
 
 def tail_window_floor(requests: pd.DataFrame, windows_s=None) -> pd.DataFrame:
     """How the revisit floor of :func:`tail_repeats` depends on how long a visit lasts, per rate visited by two or
-    more Poisson steps: each step is cut into consecutive windows of ``window_s`` seconds (by schedule, from its first
-    request; windows of fewer than 20 ok requests are dropped), and each window's p95 is set against the mean p95 of
-    the *other* steps' windows of that length at the same rate; ``floor_pct`` is that error averaged.
+    more Poisson steps: each step is cut into consecutive windows of each length in ``windows_s`` (by schedule, from
+    its first request; windows of fewer than 20 ok requests are dropped), and each window's p95 is set against the
+    mean p95 of the *other* steps' windows of that length at the same rate; ``floor_pct`` is that error averaged.
 
     If the floor falls about as 1/sqrt(window), what scatters is the sampling noise of short steps, and longer steps
     lower it; if it stays flat, the steps differ from each other (the server's or the machine's state during each),
@@ -315,11 +315,11 @@ def tail_window_floor(requests: pd.DataFrame, windows_s=None) -> pd.DataFrame:
         if keys.nunique() < 2:
             continue
         cap = capacity.get((workload, replicas), np.nan)
+        span = visits.assign(key=keys).groupby("key")["t_s"].agg(_step_length)
         for window in windows_s:
             index = (visits["t_s"] // window).astype(int)
             per_step_windows = (visits.assign(key=keys, index=index).groupby(["key", "index"])["latency_ms"]
                                 .agg(p95=lambda x: np.quantile(x, 0.95), n="size").reset_index())
-            span = visits.assign(key=keys).groupby("key")["t_s"].agg(_step_length)
             full = per_step_windows["index"] < (per_step_windows["key"].map(span) / window + 0.01).astype(int)
             kept = per_step_windows[full & (per_step_windows["n"] >= 20)]
             if kept["key"].nunique() < 2:
