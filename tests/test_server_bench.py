@@ -126,7 +126,7 @@ def test_an_unknown_transport_is_refused_before_anything_runs(capsys):
     assert "--transports: grpc: expected binary and/or shm" in capsys.readouterr().err
 
 
-def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back_per_window(tmp_path):
+def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back(tmp_path):
     from gawm_lib.bench import speed_probe
 
     out = tmp_path / "probe" / "speed.jsonl"
@@ -141,10 +141,6 @@ def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back_per_window
     assert speed_probe.cpu_shares(None, speed_probe.cpu_times()) == {}
     assert speed_probe.cpu_shares(np.zeros(8), np.array([3.0, 0, 1, 4, 1, 0, 0, 1])) == {"cpu_busy": 0.5,
                                                                                          "cpu_steal": 0.1}
-    start = int(timings["monotonic_ns"].iloc[0])
-    windows = speed_probe.by_window(timings, start, start + 3_000_000_000, window_s=1.0)
-    assert windows.index.tolist() == [0, 1, 2] and windows.iloc[0] > 0 and windows.iloc[2] != windows.iloc[2]
-    assert windows.iloc[0] == timings[timings["monotonic_ns"] < start + 1_000_000_000]["seconds"].median()
     out.write_text(out.read_text() + '{"monotonic_ns": 1}\n')
     with pytest.raises(ValueError, match=rf"speed.jsonl:{count + 1}: not a speed-probe timing"):
         speed_probe.read(out)
@@ -152,22 +148,15 @@ def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back_per_window
         speed_probe.probe(out, duration_s=0.0)
 
 
-def test_each_step_gets_the_probe_median_over_its_span_placed_by_the_runs_wall_clock_anchor(tmp_path):
+def test_each_step_gets_the_probe_median_over_its_wall_clock_span_from_the_run_phases():
     from gawm_lib.bench import speed_probe
 
-    run = tmp_path / "run"
-    (run / "load").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no load result with anchor_unix_ns"):
-        speed_probe.run_anchor(run)
-    (run / "load" / "w-load-result.json").write_text(json.dumps({"anchor_unix_ns": 1_000 * 10**9,
-                                                                  "anchor_monotonic_ns": 5 * 10**9}))
-    assert speed_probe.run_anchor(run) == (1_000 * 10**9, 5 * 10**9)
-    # step 0 ran from monotonic 6 s to 7 s (unix 1,001-1,002 s), step 1 from 8 s to 9 s (1,003-1,004 s)
-    requests = pd.DataFrame({"run_id": "r", "workload": "w", "phase": "step", "step": [0, 0, 1, 1],
-                             "scheduled_ns": [6 * 10**9, int(6.5e9), 8 * 10**9, int(8.5e9)],
-                             "done_ns": [int(6.1e9), 7 * 10**9, int(8.1e9), 9 * 10**9]})
+    # a run manifest's phases: a warm-up, step 0 from unix 1,001 s to 1,002 s, step 1 from 1,003 s to 1,004 s
+    phases = [{"phase": "warmup", "step": -1, "start_unix_ns": 1000 * 10**9, "end_unix_ns": 1001 * 10**9},
+              {"phase": "step", "step": 0, "start_unix_ns": 1001 * 10**9, "end_unix_ns": 1002 * 10**9},
+              {"phase": "step", "step": 1, "start_unix_ns": 1003 * 10**9, "end_unix_ns": 1004 * 10**9}]
     timings = pd.DataFrame({"monotonic_ns": 0, "unix_ns": [int(1002.5e9), int(1001.5e9), int(1001.6e9)],
                             "seconds": [0.009, 0.002, 0.004]})  # the first fell between the steps
-    medians = speed_probe.step_medians(requests, {"r": speed_probe.run_anchor(run)}, timings)
+    medians = speed_probe.phase_medians(phases, timings)
     assert medians["step"].tolist() == [0, 1]
     assert medians["probe_ms"].iloc[0] == pytest.approx(3.0) and np.isnan(medians["probe_ms"].iloc[1])

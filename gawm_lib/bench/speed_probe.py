@@ -7,10 +7,9 @@ pure-Python work (:func:`unit`) every ``--interval-s`` seconds in a process of i
 timing: ``monotonic_ns`` (the clock the load generator's request records use, on the same machine), ``unix_ns`` and
 ``seconds``, and on Linux the machine's ``cpu_busy`` and ``cpu_steal`` shares since the previous line (from
 ``/proc/stat``: how busy all its cores were, and how much time the hypervisor gave to others while they waited).
-It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`step_medians` the median time
-over each step of a run's request records (placed on the probe's clock by the run's wall-clock anchor),
-:func:`by_window` over windows of one stretch of time. ``study_report --speed-probe FILE`` puts the step medians
-beside each step's latency.
+It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`phase_medians` the median time
+over each load step of a run (its manifest's phases, in wall-clock time). ``study_report --speed-probe FILE`` puts
+them beside each step's latency.
 """
 
 from __future__ import annotations
@@ -95,44 +94,19 @@ def read(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["monotonic_ns", "unix_ns", "seconds", "cpu_busy", "cpu_steal"])
 
 
-def by_window(timings: pd.DataFrame, start_ns: int, end_ns: int, window_s: float) -> pd.Series:
-    """The median seconds per :func:`unit` in each ``window_s`` window from ``start_ns`` to ``end_ns`` (monotonic),
-    indexed by the window's number (NaN where no timing fell)."""
-    if not window_s > 0:
-        raise ValueError(f"window_s must be > 0 seconds, got {window_s}")
-    count = max(1, int(np.ceil((end_ns - start_ns) / 1e9 / window_s - 1e-9)))
-    inside = timings[(timings["monotonic_ns"] >= start_ns) & (timings["monotonic_ns"] < end_ns)]
-    index = ((inside["monotonic_ns"] - start_ns) / 1e9 // window_s).astype(int)
-    return inside.groupby(index)["seconds"].median().reindex(range(count))
-
-
-def run_anchor(run_path: Path) -> tuple[int, int]:
-    """``(anchor_unix_ns, anchor_monotonic_ns)`` of a run's load generator (its ``load/*-load-result.json``): the
-    wall-clock time of one monotonic instant, which places the run's request records on the probe's clock."""
-    for result in sorted(Path(run_path, "load").glob("*-load-result.json")):
-        found = json.loads(result.read_text())
-        if "anchor_unix_ns" in found and "anchor_monotonic_ns" in found:
-            return int(found["anchor_unix_ns"]), int(found["anchor_monotonic_ns"])
-    raise ValueError(f"{run_path}/load: no load result with anchor_unix_ns and anchor_monotonic_ns")
-
-
-def step_medians(requests: pd.DataFrame, anchors: dict[str, tuple[int, int]], timings: pd.DataFrame) -> pd.DataFrame:
-    """The probe's median time per :func:`unit` [ms] over each (run_id, workload, step) of ``requests``'s steps, from
-    the first scheduled request to the last answer, matched by wall clock through each run's ``anchors``
-    (:func:`run_anchor`); NaN where no timing fell (the probe did not run then, or on another machine's clock)."""
-    steps = requests[requests["phase"] == "step"]
-    spans = steps.groupby(["run_id", "workload", "step"]).agg(start=("scheduled_ns", "min"), end=("done_ns", "max"))
-    unix = timings["unix_ns"].to_numpy()
-    order = np.argsort(unix)
-    unix, seconds = unix[order], timings["seconds"].to_numpy()[order]
+def phase_medians(phases: list[dict], timings: pd.DataFrame) -> pd.DataFrame:
+    """The probe's median time per :func:`unit` [ms] over each load step of one workload's run phases (a run
+    manifest's ``phases[workload]``: each with ``phase``, ``step`` and its wall-clock ``start_unix_ns`` /
+    ``end_unix_ns``); NaN where no timing fell (the probe did not run then, or ran on another machine)."""
+    order = np.argsort(timings["unix_ns"].to_numpy())
+    unix, seconds = timings["unix_ns"].to_numpy()[order], timings["seconds"].to_numpy()[order]
     rows = []
-    for (run_id, workload, step), span in spans.iterrows():
-        anchor_unix, anchor_mono = anchors[run_id]
-        shift = anchor_unix - anchor_mono
-        lo, hi = np.searchsorted(unix, [span["start"] + shift, span["end"] + shift])
-        rows.append({"run_id": run_id, "workload": workload, "step": step,
-                     "probe_ms": float(np.median(seconds[lo:hi])) * 1e3 if hi > lo else np.nan})
-    return pd.DataFrame(rows, columns=["run_id", "workload", "step", "probe_ms"])
+    for phase in phases:
+        if phase["phase"] == "step":
+            lo, hi = np.searchsorted(unix, [phase["start_unix_ns"], phase["end_unix_ns"]])
+            rows.append({"step": int(phase["step"]),
+                         "probe_ms": float(np.median(seconds[lo:hi])) * 1e3 if hi > lo else np.nan})
+    return pd.DataFrame(rows, columns=["step", "probe_ms"])
 
 
 def main(argv: list[str] | None = None) -> int:

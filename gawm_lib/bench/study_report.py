@@ -402,18 +402,19 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     slo_ms, loads = _for_configurations(slo_ms, labels), _for_configurations(loads, labels)
     table = analysis.summarise_runs(requests)
     gpu = pd.concat([step_metrics(r) for r in loaded], ignore_index=True)
+    timings = None
+    if speed_probes:
+        timings = pd.concat([speed_probe.read(p) for p in speed_probes], ignore_index=True)
+        probes = pd.concat([speed_probe.phase_medians(phases, timings).assign(run_id=r.id, workload=workload)
+                            for r in loaded for workload, phases in r.manifest.get("phases", {}).items()],
+                           ignore_index=True)
+        gpu = gpu.merge(probes, on=["run_id", "workload", "step"], how="outer") if len(gpu) else probes
     if len(gpu):  # the same configuration labels as the requests (a run of one workload is one configuration)
         per_run = requests.groupby("run_id")["workload"]
         single = gpu["run_id"].map(per_run.nunique() == 1)
         gpu.loc[single, "workload"] = gpu.loc[single, "run_id"].map(per_run.first())
     steps = table.merge(gpu, on=["run_id", "workload", "step"], how="left") if len(gpu) else table
-    probe = None
-    if speed_probes:
-        timings = pd.concat([speed_probe.read(p) for p in speed_probes], ignore_index=True)
-        anchors = {r.id: speed_probe.run_anchor(r.path) for r in loaded}
-        steps = steps.merge(speed_probe.step_medians(requests, anchors, timings), on=["run_id", "workload", "step"],
-                            how="left")
-        probe = probe_summary(timings, steps, [str(p) for p in speed_probes])
+    probe = probe_summary(timings, steps, [str(p) for p in speed_probes]) if timings is not None else None
     out.mkdir(parents=True, exist_ok=True)
     keep = ["run_id", "workload", "replicas", "placement", "scenario", "step", "level", "ok", "errors",
             "throughput_rps", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "compute_ms", "batch_size_mean",
