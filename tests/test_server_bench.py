@@ -160,3 +160,33 @@ def test_each_step_gets_the_probe_median_over_its_wall_clock_span_from_the_run_p
     medians = speed_probe.phase_medians(phases, timings)
     assert medians["step"].tolist() == [0, 1]
     assert medians["probe_ms"].iloc[0] == pytest.approx(3.0) and np.isnan(medians["probe_ms"].iloc[1])
+
+
+def test_the_survey_pins_the_probe_to_each_core_in_turn_and_summarises_each_core(tmp_path):
+    import os
+
+    from gawm_lib.bench import speed_probe
+
+    before = os.sched_getaffinity(0)
+    cores = sorted(before)
+    out = tmp_path / "survey.jsonl"
+    count = speed_probe.survey(out, seconds_per_cpu=0.3, rounds=2, interval_s=0.05, loops=2_000)
+    assert os.sched_getaffinity(0) == before  # the affinity it had is given back
+    timings = speed_probe.read(out)
+    assert len(timings) == count
+    # each timing names the core it was pinned to, every core in turn, twice over
+    runs = timings["cpu"].loc[timings["cpu"].shift() != timings["cpu"]].tolist()
+    assert runs == cores * 2
+    table = speed_probe.by_cpu(timings)
+    assert table["cpu"].tolist() == cores and table["count"].sum() == count
+    assert (table["p5"] <= table["median"]).all() and (table["median"] <= table["p95"]).all()
+    # a core whose timings are sometimes 2x the fastest core's median shows it in its slow share
+    made = pd.DataFrame({"seconds": [0.002, 0.002, 0.002, 0.002, 0.002, 0.004, 0.001], "cpu": [0, 0, 1, 1, 1, 1, -1]})
+    shares = speed_probe.by_cpu(made).set_index("cpu")["slow_share"]
+    assert shares.to_dict() == {0: 0.0, 1: 0.25}  # the core-less timing is left out
+    with pytest.raises(ValueError, match="no timing records its core"):
+        speed_probe.by_cpu(made[made["cpu"] < 0])
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        speed_probe.survey(out, seconds_per_cpu=1.0, rounds=0)
+    # the core a timing ended on is read from /proc/self/stat and is one this process may use
+    assert speed_probe.current_cpu() in before

@@ -4,12 +4,18 @@ A shared machine (a cloud VM) can run slower or faster from one minute to the ne
 time, and a model server whose CPU side holds Python's GIL runs at the speed of about one core. To tell such drift from
 the server's own behaviour, ``python -m gawm_lib.bench.speed_probe --out FILE --duration-s S`` times a fixed piece of
 pure-Python work (:func:`unit`) every ``--interval-s`` seconds in a process of its own and appends one JSON line per
-timing: ``monotonic_ns`` (the clock the load generator's request records use, on the same machine), ``unix_ns`` and
-``seconds``, and on Linux the machine's ``cpu_busy`` and ``cpu_steal`` shares since the previous line (from
-``/proc/stat``: how busy all its cores were, and how much time the hypervisor gave to others while they waited).
-It costs under 1 % of one core at the defaults. :func:`read` loads the lines, :func:`phase_medians` the median time
-over each load step of a run (its manifest's phases, in wall-clock time). ``study_report --speed-probe FILE`` puts
-them beside each step's latency.
+timing: ``monotonic_ns`` (the clock the load generator's request records use, on the same machine), ``unix_ns``,
+``seconds``, ``cpu`` (the core the probe was on when the timing ended), and on Linux the machine's ``cpu_busy`` and
+``cpu_steal`` shares since the previous line (from ``/proc/stat``: how busy all its cores were, and how much time the
+hypervisor gave to others while they waited). It costs under 1 % of one core at the defaults. :func:`read` loads the
+lines, :func:`phase_medians` the median time over each load step of a run (its manifest's phases, in wall-clock
+time). ``study_report --speed-probe FILE`` puts them beside each step's latency.
+
+``--survey`` asks instead whether the speed belongs to the cores: it pins the probe to each core in turn
+(``--survey-s`` seconds each, ``--rounds`` passes over all of them), so that a core that is always slow (say, a
+hyper-thread whose sibling another tenant keeps busy) can be told from a whole machine that changes speed, and
+:func:`by_cpu` summarises each core's timings. A core that stays fast is one to pin a server to
+(``backend.cpus``).
 """
 
 from __future__ import annotations
@@ -58,6 +64,25 @@ def cpu_shares(before: np.ndarray | None, after: np.ndarray | None) -> dict[str,
             "cpu_steal": round(float(spent[7] / total), 4)}
 
 
+def current_cpu() -> int:
+    """The core this process is running on (``/proc/self/stat``'s ``processor`` field), or -1 where unknown."""
+    try:
+        with open("/proc/self/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _timing(loops: int, times: np.ndarray | None) -> tuple[dict, np.ndarray | None]:
+    """One timed :func:`unit`: its JSON line's fields, and the CPU times read at its end."""
+    started = time.perf_counter()
+    unit(loops)
+    took = time.perf_counter() - started
+    now = cpu_times()
+    return ({"monotonic_ns": time.monotonic_ns(), "unix_ns": time.time_ns(), "seconds": took, "cpu": current_cpu(),
+             **cpu_shares(times, now)}, now)
+
+
 def probe(out: Path, duration_s: float, interval_s: float = 0.5, loops: int = LOOPS) -> int:
     """Time :func:`unit` every ``interval_s`` for ``duration_s`` seconds, one JSON line a timing appended to ``out``
     (flushed each time, so a probe stopped by a signal keeps what it measured); returns how many timings."""
@@ -67,31 +92,75 @@ def probe(out: Path, duration_s: float, interval_s: float = 0.5, loops: int = LO
     count, end, times = 0, time.monotonic() + duration_s, cpu_times()
     with out.open("a") as lines:
         while time.monotonic() < end:
-            started = time.perf_counter()
-            unit(loops)
-            took = time.perf_counter() - started
-            now = cpu_times()
-            lines.write(json.dumps({"monotonic_ns": time.monotonic_ns(), "unix_ns": time.time_ns(), "seconds": took,
-                                    **cpu_shares(times, now)}) + "\n")
-            times = now
+            line, times = _timing(loops, times)
+            lines.write(json.dumps(line) + "\n")
             lines.flush()
             count += 1
-            time.sleep(max(0.0, interval_s - took))
+            time.sleep(max(0.0, interval_s - line["seconds"]))
     return count
 
 
+def survey(out: Path, seconds_per_cpu: float, rounds: int = 1, interval_s: float = 0.05, loops: int = LOOPS,
+           cpus: list[int] | None = None) -> int:
+    """Pin this process to each of ``cpus`` (default: every core it may use) in turn, for ``seconds_per_cpu`` each,
+    ``rounds`` times over, timing :func:`unit` every ``interval_s`` as :func:`probe` does (each line's ``cpu`` is
+    the pinned core); restores the affinity it had and returns how many timings."""
+    import os
+
+    if not seconds_per_cpu > 0 or not interval_s > 0 or rounds < 1:
+        raise ValueError(f"seconds_per_cpu and interval_s must be > 0 and rounds >= 1, got {seconds_per_cpu}, "
+                         f"{interval_s} and {rounds}")
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before) if cpus is None else list(cpus)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count, times = 0, cpu_times()
+    try:
+        with out.open("a") as lines:
+            for _ in range(rounds):
+                for cpu in cpus:
+                    os.sched_setaffinity(0, {cpu})
+                    end = time.monotonic() + seconds_per_cpu
+                    while time.monotonic() < end:
+                        line, times = _timing(loops, times)
+                        lines.write(json.dumps(line) + "\n")
+                        count += 1
+                        time.sleep(max(0.0, interval_s - line["seconds"]))
+                    lines.flush()
+    finally:
+        os.sched_setaffinity(0, before)
+    return count
+
+
+def by_cpu(timings: pd.DataFrame) -> pd.DataFrame:
+    """Each core's timings [ms]: ``count``, ``p5``, ``median``, ``p95`` and ``slow_share`` (the share of its timings
+    above 1.5 times the fastest core's median: a core that is sometimes slow shows it here even if its median is
+    fast), one row a core, sorted by core; timings without a core (-1) are left out."""
+    known = timings[timings["cpu"] >= 0]
+    if known.empty:
+        raise ValueError("no timing records its core (the probe ran where /proc/self/stat is not available)")
+    ms = known["seconds"] * 1e3
+    grouped = ms.groupby(known["cpu"].astype(int))
+    table = pd.DataFrame({"count": grouped.size(), "p5": grouped.quantile(0.05), "median": grouped.median(),
+                          "p95": grouped.quantile(0.95)})
+    fastest = table["median"].min()
+    table["slow_share"] = (ms > 1.5 * fastest).groupby(known["cpu"].astype(int)).mean()
+    table.index.name = "cpu"
+    return table.reset_index()
+
+
 def read(path: Path) -> pd.DataFrame:
-    """The timings of a probe file (columns ``monotonic_ns``, ``unix_ns``, ``seconds``, ``cpu_busy``,
-    ``cpu_steal``; the last two NaN where not recorded), with the line of any bad entry named in the error."""
+    """The timings of a probe file (columns ``monotonic_ns``, ``unix_ns``, ``seconds``, ``cpu``, ``cpu_busy``,
+    ``cpu_steal``; ``cpu`` -1 and the shares NaN where not recorded), with the line of any bad entry named in the
+    error."""
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         try:
             row = json.loads(line)
-            rows.append((int(row["monotonic_ns"]), int(row["unix_ns"]), float(row["seconds"]),
+            rows.append((int(row["monotonic_ns"]), int(row["unix_ns"]), float(row["seconds"]), int(row.get("cpu", -1)),
                          float(row.get("cpu_busy", np.nan)), float(row.get("cpu_steal", np.nan))))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{number}: not a speed-probe timing ({exc!r}): {line[:80]!r}") from exc
-    return pd.DataFrame(rows, columns=["monotonic_ns", "unix_ns", "seconds", "cpu_busy", "cpu_steal"])
+    return pd.DataFrame(rows, columns=["monotonic_ns", "unix_ns", "seconds", "cpu", "cpu_busy", "cpu_steal"])
 
 
 def phase_medians(phases: list[dict], timings: pd.DataFrame) -> pd.DataFrame:
@@ -112,10 +181,22 @@ def phase_medians(phases: list[dict], timings: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append the timings to")
-    parser.add_argument("--duration-s", type=float, required=True, help="how long to probe [s]")
-    parser.add_argument("--interval-s", type=float, default=0.5, help="time between timings [s] (default 0.5)")
+    parser.add_argument("--duration-s", type=float, help="how long to probe [s] (not with --survey)")
+    parser.add_argument("--interval-s", type=float, help="time between timings [s] (default 0.5; 0.05 with --survey)")
+    parser.add_argument("--survey", action="store_true", help="pin the probe to each core in turn; prints each core's "
+                                                              "summary")
+    parser.add_argument("--survey-s", type=float, default=5.0, help="seconds on each core with --survey (default 5)")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over all cores with --survey (default 1)")
     args = parser.parse_args(argv)
-    probe(args.out, args.duration_s, args.interval_s)
+    if args.survey == (args.duration_s is not None):
+        parser.error("give either --duration-s (probe beside a run) or --survey (each core in turn)")
+    if args.survey:
+        start = time.time_ns()
+        survey(args.out, args.survey_s, args.rounds, args.interval_s or 0.05)
+        timings = read(args.out)
+        print(by_cpu(timings[timings["unix_ns"] >= start]).to_string(index=False, float_format="%.2f"))
+    else:
+        probe(args.out, args.duration_s, args.interval_s or 0.5)
     return 0
 
 
