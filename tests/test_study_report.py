@@ -153,11 +153,25 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     study_report.write_gpu_goal(path, section)
     study_report.write_gpu_goal(path, section)  # the same report again replaces itself
     assert json.loads(path.read_text())["gpu"] == section and "gpu_superseded" not in json.loads(path.read_text())
-    newer = {**section, "source": "data/benchmarks/h200/tail/report.json", "goal_met": {}}
-    study_report.write_gpu_goal(path, newer)  # another report's verdict: the earlier one is kept, superseded
-    assert json.loads(path.read_text())["gpu_superseded"] == [section]
-    merged = models_bench.merge_report(json.loads(path.read_text()), {"workloads": []})  # the CPU benchmark's write
-    assert merged["gpu"] == newer and merged["gpu_superseded"] == [section]
+    assert json.loads(path.read_text())["gpu_goal_met"] == {"distilbert": False, "resnet50": True, "whisper": True}
+    newer = {**section, "source": "data/benchmarks/h200/tail/report.json", "goal_met": {"resnet50": False}}
+    study_report.write_gpu_goal(path, newer)  # another report over the same configurations: the earlier superseded
+    written = json.loads(path.read_text())
+    assert written["gpu_superseded"] == [section] and "gpu_also" not in written
+    assert written["gpu_goal_met"] == {"resnet50": False} and written["gpu_goal_met_by"] == {"resnet50": []}
+    # a report on another configuration (ResNet50 with 8 replicas) leaves the earlier one standing beside it, and
+    # the goal is met for a workload where any standing report's configuration meets it
+    other = {"source": "data/benchmarks/h200/x8/report.json", "command": "study_report --suite x8",
+             "goal_met": {"resnet50": True}, "p95_mape_pct": {},
+             "tail_curve": {"cross_run_p95_mape_pct": {"resnet50": {"replicas_8": 5.0}}}}
+    assert study_report.checked_configurations(other) == {("resnet50", "replicas_8")}
+    study_report.write_gpu_goal(path, other)
+    written = json.loads(path.read_text())
+    assert written["gpu"] == other and written["gpu_also"] == [newer] and written["gpu_superseded"] == [section]
+    assert written["gpu_goal_met"] == {"resnet50": True}
+    assert written["gpu_goal_met_by"] == {"resnet50": ["data/benchmarks/h200/x8/report.json"]}
+    merged = models_bench.merge_report(written, {"workloads": []})  # the CPU benchmark's write keeps all of it
+    assert {k: merged[k] for k in models_bench.GPU_KEYS} == {k: written[k] for k in models_bench.GPU_KEYS}
 
 
 def test_the_model_plan_sits_beside_the_measured_one_up_to_the_fitted_replica_counts():

@@ -76,6 +76,7 @@ WORKLOADS = ("resnet50", "distilbert", "whisper")
 METRICS = ("throughput_rps", "p50_ms", "p95_ms")
 GOAL_MAPE_PCT = 10.0
 QUIET_OTHER_CORES = 0.25  # other processes using more than this (mean cores over a span): timings suspect
+GPU_KEYS = ("gpu", "gpu_also", "gpu_superseded", "gpu_goal_met", "gpu_goal_met_by")  # written by study_report
 # Batching settings per workload: what a user of the CPU backend would pick (a few items, a short delay). Whisper:
 # random weights never emit end-of-text, so every clip decodes exactly decode_tokens tokens, and the server pads every
 # clip to the 30 s window, so a clip costs the same (~0.5 s on one core) whatever its length; one temperature, so no
@@ -557,7 +558,7 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
         "p95_goal_met_same_schedule": {e["workload"]: e["mape_pct_same_schedule"]["p95_ms"] <= GOAL_MAPE_PCT
                                        for e in ordered if "mape_pct_same_schedule" in e},
         "workloads": ordered, "analysis_speed": speed, "superseded": superseded,
-        **{key: existing[key] for key in ("gpu", "gpu_superseded") if existing.get(key)},  # by study_report
+        **{key: existing[key] for key in GPU_KEYS if existing.get(key)},  # written by study_report
     }
 
 

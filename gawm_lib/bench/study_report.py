@@ -586,14 +586,39 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     }
 
 
+def checked_configurations(section: dict[str, Any]) -> set[tuple[str, str]]:
+    """The (workload, ``replicas_N``) pairs a :func:`gpu_goal` section checks: by the tandem model or a tail curve."""
+    tail = section.get("tail_curve") or {}
+    found = set()
+    for errors in (section.get("p95_mape_pct"), tail.get("p95_mape_pct"), tail.get("cross_run_p95_mape_pct")):
+        found |= {(w, r) for w, per in (errors or {}).items() for r in per}
+    return found
+
+
 def write_gpu_goal(path: Path, section: dict[str, Any]) -> None:
-    """Put ``section`` under ``gpu`` in the models report at ``path``; the section it replaces moves to the end of
-    ``gpu_superseded`` unless it came from the same report and command (everything else is kept as it is)."""
+    """Put ``section`` under ``gpu`` in the models report at ``path`` (everything else is kept as it is).
+
+    The sections already there (``gpu`` and ``gpu_also``) that came from another report stay standing under
+    ``gpu_also`` where they check a configuration (workload, replicas) this one does not, and move to the end of
+    ``gpu_superseded`` where this one checks every configuration they did; one from the same report and command is
+    replaced. ``gpu_goal_met`` says per workload whether any standing section meets the goal, and ``gpu_goal_met_by``
+    which reports' configurations do."""
     data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "models"}
-    previous = data.get("gpu")
-    if previous and (previous.get("source"), previous.get("command")) != (section["source"], section["command"]):
-        data["gpu_superseded"] = [*data.get("gpu_superseded", []), previous]
+    standing = [s for s in [data.get("gpu"), *data.get("gpu_also", [])]
+                if s and (s.get("source"), s.get("command")) != (section["source"], section["command"])]
+    covered = checked_configurations(section)
+    kept = [s for s in standing if not checked_configurations(s) <= covered]
+    superseded = [s for s in standing if checked_configurations(s) <= covered]
     data["gpu"] = section
+    data["gpu_also"] = kept
+    if superseded:
+        data["gpu_superseded"] = [*data.get("gpu_superseded", []), *superseded]
+    sections = [section, *kept]
+    workloads = sorted({w for s in sections for w in s.get("goal_met", {})})
+    data["gpu_goal_met"] = {w: any(s["goal_met"].get(w, False) for s in sections) for w in workloads}
+    data["gpu_goal_met_by"] = {w: [s["source"] for s in sections if s["goal_met"].get(w, False)] for w in workloads}
+    if not kept:
+        del data["gpu_also"]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")  # as models_bench writes it
     tmp.replace(path)
