@@ -86,8 +86,41 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
     assert run_ids[1] not in [p["run_id"] for p in state["points"].values()]
     assert len(runs.list_runs(tmp_path / "raw")) == 3
 
+    # the rates a Poisson sweep would take as shares of the suite's measured capacity (both runs: one configuration)
+    levels = subprocess.run([sys.executable, "-m", "gawm_lib.bench.capacity_levels", "--suite", "tiny",
+                             "--fractions", "0.2,0.8", "--step", "0.5"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert levels.returncode == 0, levels.stderr[-2000:]
+    from gawm_lib import analysis
+    from gawm_lib.bench import capacity_levels
+
+    done = [p["run_id"] for p in state["points"].values()]
+    capacity = float(analysis.measured_capacity(analysis.load_requests(
+        [tmp_path / "raw" / r for r in done])[0]).loc[("resnet50", 1)])
+    assert json.loads(levels.stdout) == capacity_levels.levels(capacity, [0.2, 0.8], 0.5)
+    assert f"resnet50 x1: capacity {capacity:.1f} req/s" in levels.stderr
+    none = subprocess.run([sys.executable, "-m", "gawm_lib.bench.capacity_levels", "--suite", "tiny", "--fractions",
+                           "0.5", "--replicas", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert none.returncode == 1 and "suite tiny: expected one configuration with a closed-loop run, found none" in \
+        none.stderr
+
     report = gawm("report", run_ids[0], "--prefix", "again")
     assert report.returncode == 0, report.stderr[-2000:]
     assert (tmp_path / "figures" / "again_latency_vs_throughput.pdf").is_file()
     unknown = gawm("report", "no-such-run")
     assert unknown.returncode == 2 and "no-such-run" in unknown.stderr
+
+
+def test_capacity_levels_are_shares_of_the_capacity_rounded_and_bad_shares_are_refused():
+    from gawm_lib.bench import capacity_levels
+
+    assert capacity_levels.levels(1367.2, [0.15, 0.35, 0.83]) == [205.0, 480.0, 1135.0]
+    assert capacity_levels.levels(12.7, [0.1], step=5.0) == [5.0]  # never below one step
+    with pytest.raises(ValueError, match="fractions must be between 0 and 1"):
+        capacity_levels.levels(100.0, [0.5, 1.2])
+    with pytest.raises(ValueError, match="fractions must be between 0 and 1"):
+        capacity_levels.levels(100.0, [])
+    with pytest.raises(ValueError, match="capacity must be > 0"):
+        capacity_levels.levels(0.0, [0.5])
+    with pytest.raises(ValueError, match="step must be > 0"):
+        capacity_levels.levels(100.0, [0.5], step=0)
