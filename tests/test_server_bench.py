@@ -180,8 +180,9 @@ def test_the_survey_pins_the_probe_to_each_core_in_turn_and_summarises_each_core
     table = speed_probe.by_cpu(timings)
     assert table["cpu"].tolist() == cores and table["count"].sum() == count
     assert (table["p5"] <= table["median"]).all() and (table["median"] <= table["p95"]).all()
-    # a core whose timings are sometimes 2x the fastest core's median shows it in its slow share
-    made = pd.DataFrame({"seconds": [0.002, 0.002, 0.002, 0.002, 0.002, 0.004, 0.001], "cpu": [0, 0, 1, 1, 1, 1, -1]})
+    # a core whose timings are sometimes 2x the machine's fast speed shows it in its slow share
+    made = pd.DataFrame({"unix_ns": range(7), "seconds": [0.002, 0.002, 0.002, 0.002, 0.002, 0.004, 0.001],
+                         "cpu": [0, 0, 1, 1, 1, 1, -1]})
     shares = speed_probe.by_cpu(made).set_index("cpu")["slow_share"]
     assert shares.to_dict() == {0: 0.0, 1: 0.25}  # the core-less timing is left out
     with pytest.raises(ValueError, match="no timing records its core"):
@@ -190,3 +191,23 @@ def test_the_survey_pins_the_probe_to_each_core_in_turn_and_summarises_each_core
         speed_probe.survey(out, seconds_per_cpu=1.0, rounds=0)
     # the core a timing ended on is read from /proc/self/stat and is one this process may use
     assert speed_probe.current_cpu() in before
+
+
+def test_flips_tell_cores_that_slow_down_on_their_own_from_a_machine_that_slows_down_at_once():
+    from gawm_lib.bench import speed_probe
+
+    def timings(slow_0, slow_1):  # two cores probed at once, one timing per 0.1 s for 2 s: 2 or 4 ms each
+        rows = [{"unix_ns": int(i * 1e8), "seconds": 0.004 if slow[i] else 0.002, "cpu": cpu}
+                for cpu, slow in ((0, slow_0), (1, slow_1)) for i in range(20)]
+        return pd.DataFrame(rows)
+
+    spells = [i // 5 % 2 == 1 for i in range(20)]  # slow every other half-second, 5 timings a spell
+    together = speed_probe.flips(timings(spells, spells))
+    assert together["slow_stretch_median"] == 5 and together["slow_stretch_max"] == 5
+    assert together["mean_pairwise_correlation"] == 1.0
+    assert (together["machine_slow_share_min"], together["machine_slow_share_max"]) == (0.0, 1.0)
+    apart = speed_probe.flips(timings(spells, [not s for s in spells]))  # one core slow while the other is fast
+    assert apart["mean_pairwise_correlation"] == -1.0
+    assert apart["machine_slow_share_min"] == apart["machine_slow_share_max"] == 0.5
+    one = speed_probe.flips(timings(spells, spells).query("cpu == 0"))  # a single core: no correlation to give
+    assert one["slow_stretch_median"] == 5 and "mean_pairwise_correlation" not in one

@@ -14,8 +14,9 @@ time). ``study_report --speed-probe FILE`` puts them beside each step's latency.
 ``--survey`` asks instead whether the speed belongs to the cores: it pins the probe to each core in turn
 (``--survey-s`` seconds each, ``--rounds`` passes over all of them), so that a core that is always slow (say, a
 hyper-thread whose sibling another tenant keeps busy) can be told from a whole machine that changes speed, and
-:func:`by_cpu` summarises each core's timings. A core that stays fast is one to pin a server to
-(``backend.cpus``).
+:func:`by_cpu` summarises each core's timings and :func:`flips` how their slow spells come and go (and, for
+probes pinned to every core at once, whether the cores slow down together); ``--summarise`` prints both for a file.
+A core that stays fast is one to pin a server to (``backend.cpus``).
 """
 
 from __future__ import annotations
@@ -131,19 +132,26 @@ def survey(out: Path, seconds_per_cpu: float, rounds: int = 1, interval_s: float
     return count
 
 
-def by_cpu(timings: pd.DataFrame) -> pd.DataFrame:
-    """Each core's timings [ms]: ``count``, ``p5``, ``median``, ``p95`` and ``slow_share`` (the share of its timings
-    above 1.5 times the fastest core's median: a core that is sometimes slow shows it here even if its median is
-    fast), one row a core, sorted by core; timings without a core (-1) are left out."""
-    known = timings[timings["cpu"] >= 0]
+SLOW = 1.5  # a timing is slow above this many times the machine's fast speed (the 5th percentile of all timings)
+
+
+def _known(timings: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The timings that record their core, in order per core, and whether each was slow."""
+    known = timings[timings["cpu"] >= 0].sort_values(["cpu", "unix_ns"], kind="stable")
     if known.empty:
         raise ValueError("no timing records its core (the probe ran where /proc/self/stat is not available)")
-    ms = known["seconds"] * 1e3
-    grouped = ms.groupby(known["cpu"].astype(int))
+    return known, known["seconds"] > SLOW * known["seconds"].quantile(0.05)
+
+
+def by_cpu(timings: pd.DataFrame) -> pd.DataFrame:
+    """Each core's timings [ms]: ``count``, ``p5``, ``median``, ``p95`` and ``slow_share`` (the share of its timings
+    above 1.5 times the machine's fast speed, the 5th percentile of all timings: a core that is sometimes slow shows
+    it here even if its median is fast), one row a core, sorted by core; timings without a core (-1) are left out."""
+    known, slow = _known(timings)
+    cores = known["cpu"].astype(int)
+    grouped = (known["seconds"] * 1e3).groupby(cores)
     table = pd.DataFrame({"count": grouped.size(), "p5": grouped.quantile(0.05), "median": grouped.median(),
-                          "p95": grouped.quantile(0.95)})
-    fastest = table["median"].min()
-    table["slow_share"] = (ms > 1.5 * fastest).groupby(known["cpu"].astype(int)).mean()
+                          "p95": grouped.quantile(0.95), "slow_share": slow.groupby(cores).mean()})
     table.index.name = "cpu"
     return table.reset_index()
 
@@ -178,6 +186,30 @@ def phase_medians(phases: list[dict], timings: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "probe_ms"])
 
 
+def flips(timings: pd.DataFrame, bin_s: float = 0.5) -> dict[str, float]:
+    """How the cores' slow spells (timings above 1.5 times the machine's fast speed, as in :func:`by_cpu`) come and
+    go: ``slow_stretch_median`` / ``slow_stretch_max``, the length of a core's runs of slow timings (in timings, over
+    each core's timings in order), and where several cores were probed at once (one probe pinned to each), over bins
+    of ``bin_s`` seconds: ``mean_pairwise_correlation`` of the cores' slow shares (near 0: each core on its own; near
+    1: the whole machine at once) and the range of the share of slow timings over all cores (``machine_slow_share_min``
+    / ``_max``; absent with fewer than two cores or bins)."""
+    known, slow = _known(timings)
+    stretch = ((slow != slow.shift()) | (known["cpu"] != known["cpu"].shift())).cumsum()
+    lengths = slow.groupby(stretch).agg(["first", "size"])
+    lengths = lengths.loc[lengths["first"].astype(bool), "size"]
+    out = {"slow_stretch_median": float(lengths.median()) if len(lengths) else 0.0,
+           "slow_stretch_max": int(lengths.max()) if len(lengths) else 0}
+    bins = (known["unix_ns"] - known["unix_ns"].min()) // int(bin_s * 1e9)
+    shares = slow.groupby([bins, known["cpu"]]).mean().unstack()
+    if shares.shape[1] >= 2 and shares.dropna().shape[0] >= 2:
+        pairs = shares.dropna().corr().to_numpy()[np.triu_indices(shares.shape[1], 1)]
+        machine = shares.mean(axis=1)
+        out.update(mean_pairwise_correlation=round(float(np.nanmean(pairs)), 3),
+                   machine_slow_share_min=round(float(machine.min()), 3),
+                   machine_slow_share_max=round(float(machine.max()), 3))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append the timings to")
@@ -187,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
                                                               "summary")
     parser.add_argument("--survey-s", type=float, default=5.0, help="seconds on each core with --survey (default 5)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all cores with --survey (default 1)")
+    parser.add_argument("--summarise", action="store_true", help="probe nothing: print each core's summary and "
+                                                                 "how its slow spells come and go, from --out")
     args = parser.parse_args(argv)
+    if args.summarise:
+        timings = read(args.out)
+        print(by_cpu(timings).to_string(index=False, float_format="%.2f"))
+        print(json.dumps(flips(timings)))
+        return 0
     if args.survey == (args.duration_s is not None):
         parser.error("give either --duration-s (probe beside a run) or --survey (each core in turn)")
     if args.survey:
