@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -106,8 +107,6 @@ def survey(out: Path, seconds_per_cpu: float, rounds: int = 1, interval_s: float
     """Pin this process to each of ``cpus`` (default: every core it may use) in turn, for ``seconds_per_cpu`` each,
     ``rounds`` times over, timing :func:`unit` every ``interval_s`` as :func:`probe` does (each line's ``cpu`` is
     the pinned core); restores the affinity it had and returns how many timings."""
-    import os
-
     if not seconds_per_cpu > 0 or not interval_s > 0 or rounds < 1:
         raise ValueError(f"seconds_per_cpu and interval_s must be > 0 and rounds >= 1, got {seconds_per_cpu}, "
                          f"{interval_s} and {rounds}")
