@@ -610,15 +610,16 @@ def write_gpu_goal(path: Path, section: dict[str, Any]) -> None:
     kept = [s for s in standing if not checked_configurations(s) <= covered]
     superseded = [s for s in standing if checked_configurations(s) <= covered]
     data["gpu"] = section
-    data["gpu_also"] = kept
+    if kept:
+        data["gpu_also"] = kept
+    else:
+        data.pop("gpu_also", None)
     if superseded:
         data["gpu_superseded"] = [*data.get("gpu_superseded", []), *superseded]
     sections = [section, *kept]
     workloads = sorted({w for s in sections for w in s.get("goal_met", {})})
     data["gpu_goal_met"] = {w: any(s["goal_met"].get(w, False) for s in sections) for w in workloads}
     data["gpu_goal_met_by"] = {w: [s["source"] for s in sections if s["goal_met"].get(w, False)] for w in workloads}
-    if not kept:
-        del data["gpu_also"]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")  # as models_bench writes it
     tmp.replace(path)
