@@ -16,7 +16,7 @@ time). ``study_report --speed-probe FILE`` puts them beside each step's latency.
 hyper-thread whose sibling another tenant keeps busy) can be told from a whole machine that changes speed, and
 :func:`by_cpu` summarises each core's timings and :func:`flips` how their slow spells come and go (and, for
 probes pinned to every core at once, whether the cores slow down together); ``--summarise`` prints both for a file.
-A core that stays fast is one to pin a server to (``backend.cpus``).
+A core that stays fast is one to pin a CPU server to (``backend.placement``, ``backend.cpus``).
 """
 
 from __future__ import annotations
@@ -102,22 +102,20 @@ def probe(out: Path, duration_s: float, interval_s: float = 0.5, loops: int = LO
     return count
 
 
-def survey(out: Path, seconds_per_cpu: float, rounds: int = 1, interval_s: float = 0.05, loops: int = LOOPS,
-           cpus: list[int] | None = None) -> int:
-    """Pin this process to each of ``cpus`` (default: every core it may use) in turn, for ``seconds_per_cpu`` each,
+def survey(out: Path, seconds_per_cpu: float, rounds: int = 1, interval_s: float = 0.05, loops: int = LOOPS) -> int:
+    """Pin this process to each core it may use in turn, for ``seconds_per_cpu`` each,
     ``rounds`` times over, timing :func:`unit` every ``interval_s`` as :func:`probe` does (each line's ``cpu`` is
     the pinned core); restores the affinity it had and returns how many timings."""
     if not seconds_per_cpu > 0 or not interval_s > 0 or rounds < 1:
         raise ValueError(f"seconds_per_cpu and interval_s must be > 0 and rounds >= 1, got {seconds_per_cpu}, "
                          f"{interval_s} and {rounds}")
     before = os.sched_getaffinity(0)
-    cpus = sorted(before) if cpus is None else list(cpus)
     out.parent.mkdir(parents=True, exist_ok=True)
     count, times = 0, cpu_times()
     try:
         with out.open("a") as lines:
             for _ in range(rounds):
-                for cpu in cpus:
+                for cpu in sorted(before):
                     os.sched_setaffinity(0, {cpu})
                     end = time.monotonic() + seconds_per_cpu
                     while time.monotonic() < end:
@@ -214,27 +212,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append the timings to")
     parser.add_argument("--duration-s", type=float, help="how long to probe [s] (not with --survey)")
     parser.add_argument("--interval-s", type=float, help="time between timings [s] (default 0.5; 0.05 with --survey)")
-    parser.add_argument("--survey", action="store_true", help="pin the probe to each core in turn; prints each core's "
-                                                              "summary")
+    parser.add_argument("--survey", action="store_true", help="pin the probe to each core in turn; prints the summary "
+                                                              "--summarise prints")
     parser.add_argument("--survey-s", type=float, default=5.0, help="seconds on each core with --survey (default 5)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all cores with --survey (default 1)")
     parser.add_argument("--summarise", action="store_true", help="probe nothing: print each core's summary and "
                                                                  "how its slow spells come and go, from --out")
     args = parser.parse_args(argv)
-    if args.summarise:
-        timings = read(args.out)
-        print(by_cpu(timings).to_string(index=False, float_format="%.2f"))
-        print(json.dumps(flips(timings)))
-        return 0
-    if args.survey == (args.duration_s is not None):
+    if not args.summarise and args.survey == (args.duration_s is not None):
         parser.error("give either --duration-s (probe beside a run) or --survey (each core in turn)")
+    start = time.time_ns()
     if args.survey:
-        start = time.time_ns()
         survey(args.out, args.survey_s, args.rounds, args.interval_s or 0.05)
-        timings = read(args.out)
-        print(by_cpu(timings[timings["unix_ns"] >= start]).to_string(index=False, float_format="%.2f"))
-    else:
+    elif not args.summarise:
         probe(args.out, args.duration_s, args.interval_s or 0.5)
+        return 0
+    timings = read(args.out)
+    if args.survey:  # this survey's timings, not those the file already held
+        timings = timings[timings["unix_ns"] >= start]
+    print(by_cpu(timings).to_string(index=False, float_format="%.2f"))
+    print(json.dumps(flips(timings)))
     return 0
 
 

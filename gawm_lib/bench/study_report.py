@@ -607,8 +607,9 @@ def write_gpu_goal(path: Path, section: dict[str, Any]) -> None:
     standing = [s for s in [data.get("gpu"), *data.get("gpu_also", [])]
                 if s and (s.get("source"), s.get("command")) != (section["source"], section["command"])]
     covered = checked_configurations(section)
-    kept = [s for s in standing if not checked_configurations(s) <= covered]
-    superseded = [s for s in standing if checked_configurations(s) <= covered]
+    kept, superseded = [], []
+    for earlier in standing:
+        (superseded if checked_configurations(earlier) <= covered else kept).append(earlier)
     data["gpu"] = section
     if kept:
         data["gpu_also"] = kept
