@@ -1,9 +1,10 @@
 """Dynamic-batching latency model, validated against the discrete-event simulator."""
 
+import numpy as np
 import pytest
 
-from gawm_lib.models import (BatchLatencyModel, UnstableSystemError, md1, predict_batching, simulate_batching,
-                             summarize_latencies)
+from gawm_lib.models import (BatchLatencyModel, BatchLatencyTable, UnstableSystemError, md1, predict_batching,
+                             replay_batching, simulate_batching, summarize_latencies)
 
 SERVICE = BatchLatencyModel(alpha=0.002, beta=0.010, floor=0.015)  # s(1) = 15 ms, s(8) = 26 ms, s(16) = 42 ms
 FAST = BatchLatencyModel(alpha=0.0005, beta=0.002, floor=0.005)  # s(8) = 6 ms: here D = 20 ms exceeds s(B)
@@ -76,3 +77,54 @@ def test_unstable_and_invalid_inputs():
         predict_batching(10.0, SERVICE, 8, -1.0)
     with pytest.raises(ValueError, match="quantile must be in"):
         predict_batching(10.0, SERVICE, 8, 0.0).response_quantile(0.0)
+
+
+# DistilBERT's table under load on one CPU core (models.json, eighth session) and batch-time factors with its measured
+# spread (CV 0.23, text lengths): the steady-state model must carry that variability, as the simulator does.
+DISTILBERT = BatchLatencyTable((0.0461, 0.0843, 0.1282, 0.1675, 0.2158, 0.2597, 0.2984, 0.3533))
+SPREAD = np.random.default_rng(5).lognormal(0.0, 0.23, 300)
+
+
+@pytest.mark.parametrize("rho", [0.1, 0.5, 0.85])
+def test_random_batch_times_match_simulation(rho):
+    lam = rho * capacity(DISTILBERT, 8) / SPREAD.mean()
+    pred = predict_batching(lam, DISTILBERT, 8, 0.005, service_factors=SPREAD)
+    arrivals = np.cumsum(np.random.default_rng(11).exponential(1.0 / lam, 600_000))
+    latency, _ = replay_batching(arrivals, DISTILBERT, 8, 0.005, service_factors=SPREAD, seed=3)
+    sim = summarize_latencies(latency[2_000:])
+    assert pred.utilisation == pytest.approx(rho)
+    assert pred.requests_per_cycle == pytest.approx(pred.mean_batch_size, rel=1e-3)
+    assert pred.mean_response_s == pytest.approx(sim.mean, rel=0.03)
+    assert pred.p50_s == pytest.approx(sim.p50, rel=0.03)
+    assert pred.p95_s == pytest.approx(sim.p95, rel=0.04)
+    fixed = predict_batching(lam, DISTILBERT, 8, 0.005)
+    if rho >= 0.5:  # the deterministic model misses the tail the variability adds (9 % at 50 %, 25 % at 85 %)
+        assert pred.p95_s > 1.07 * fixed.p95_s
+        assert fixed.p95_s < 0.95 * sim.p95
+
+
+def test_random_batch_times_of_one_are_mg1_exactly():
+    # B = 1: M/G/1 with service 15 ms x {0.5, 1, 2}; the Pollaczek-Khinchine mean.
+    factors = np.array([0.5, 1.0, 2.0])
+    mean_s, second = 0.015 * factors.mean(), 0.015 ** 2 * (factors ** 2).mean()
+    for lam in (10.0, 30.0, 50.0):
+        pred = predict_batching(lam, BatchLatencyTable((0.015,)), 1, 0.0, service_factors=factors)
+        assert pred.utilisation == pytest.approx(lam * mean_s)
+        assert pred.mean_response_s == pytest.approx(mean_s + lam * second / (2 * (1 - lam * mean_s)), rel=1e-6)
+
+
+def test_one_factor_of_one_is_the_deterministic_model():
+    lam = 0.7 * capacity(SERVICE, 8)
+    a, b = predict_batching(lam, SERVICE, 8, 0.002), predict_batching(lam, SERVICE, 8, 0.002, service_factors=[1.0])
+    assert (a.mean_response_s, a.p50_s, a.p95_s) == (b.mean_response_s, b.p50_s, b.p95_s)
+
+
+def test_random_batch_times_bad_input():
+    with pytest.raises(ValueError, match="service_factors must be one or more positive finite"):
+        predict_batching(10.0, SERVICE, 8, 0.005, service_factors=[1.0, -0.2])
+    with pytest.raises(ValueError, match="service_factors must be one or more positive finite"):
+        predict_batching(10.0, SERVICE, 8, 0.005, service_factors=[])
+    with pytest.raises(ValueError, match="factor_points must be a positive integer"):
+        predict_batching(10.0, SERVICE, 8, 0.005, service_factors=[1.0, 1.1], factor_points=0)
+    with pytest.raises(UnstableSystemError):  # stable with the fitted times, not with factors averaging 1.2
+        predict_batching(0.9 * capacity(SERVICE, 8), SERVICE, 8, 0.005, service_factors=[1.2])
