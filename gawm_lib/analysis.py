@@ -75,6 +75,18 @@ def fit_service(requests: pd.DataFrame) -> tuple[BatchLatencyModel, float]:
     return model, max(0.0, float(np.median(overhead)))
 
 
+def batch_time_factors(requests: pd.DataFrame, service: BatchLatencyModel | BatchLatencyTable) -> np.ndarray:
+    """Each server batch's compute time over the ``service`` model's for its size: the batch-time variability that
+    :func:`gawm_lib.models.predict_batching` and :func:`gawm_lib.models.plan_capacity` take as ``service_factors``.
+    One value per batch (its requests share the replica, size and compute time)."""
+    ok = requests[(requests["error"] == "") & (requests["batch_size"] > 0) & (requests["server_compute_ns"] > 0)]
+    batches = ok.drop_duplicates([c for c in ("run_id", "replica", "batch_size", "server_compute_ns") if c in ok])
+    if batches.empty:
+        raise ValueError("no successful requests with server-reported batch times: no batch-time variability")
+    return (batches["server_compute_ns"].to_numpy() / 1e9
+            / np.asarray(service.predict(batches["batch_size"].to_numpy()), dtype=float))
+
+
 BATCHER_BOUND = 0.85  # a step whose batcher computed this share of the time was limited by the model, not the CPU
 
 

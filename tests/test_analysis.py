@@ -29,6 +29,19 @@ def test_fit_service_recovers_the_batch_model_and_overhead():
         analysis.fit_service(rows([1, 2]).assign(error="timeout"))
 
 
+def test_batch_time_factors_count_each_batch_once():
+    # Batches of 2 (two requests each, one row per request) at 1.2x the model, one of 4 at 0.9x; two replicas ran a
+    # batch of 4 that took the same time: two batches.
+    service = BatchLatencyModel(alpha=0.01, beta=0.005)
+    b = np.array([2, 2, 4, 4, 4, 4, 4, 4, 4, 4])
+    compute = np.array([0.030, 0.030, 0.0405, 0.0405, 0.0405, 0.0405, 0.0405, 0.0405, 0.0405, 0.0405]) * 1e9
+    replica = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    table = rows(b).assign(server_compute_ns=compute.astype(np.int64), replica=replica)
+    np.testing.assert_allclose(np.sort(analysis.batch_time_factors(table, service)), [0.9, 0.9, 1.2])
+    with pytest.raises(ValueError, match="no successful requests with server-reported batch times"):
+        analysis.batch_time_factors(table.assign(error="timeout"), service)
+
+
 def test_closed_loop_cycle_model_by_hand():
     service = BatchLatencyModel(alpha=0.01, beta=0.005)
     assert analysis.closed_loop_latency_s(3, service, 4, 0.0) == pytest.approx(0.035)  # one batch of 3

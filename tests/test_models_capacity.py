@@ -44,6 +44,23 @@ def test_batching_replicas_are_the_fewest():
     assert util_fewer > 0.85 or predict_batching(900.0 / (c - 1), service, 16, 0.005).p95_s > 0.045
 
 
+def test_batch_time_variability_can_take_another_replica():
+    # The same plan with batch times varying by a third either way (factors 2/3, 1, 4/3): the p95 the planner checks
+    # is predict_batching's with those factors, and the fewest replicas meeting it are more than without them.
+    service = BatchLatencyModel(alpha=0.001, beta=0.0166, floor=0.020)
+    factors = [2 / 3, 1.0, 4 / 3]
+    fixed = plan_capacity(900.0, 0.045, service, server="batching", max_batch=16, max_delay_s=0.005)
+    plan = plan_capacity(900.0, 0.045, service, server="batching", max_batch=16, max_delay_s=0.005,
+                         service_factors=factors)
+    c = plan.replicas
+    assert c > fixed.replicas
+    assert plan.p95_s == predict_batching(900.0 / c, service, 16, 0.005, service_factors=factors).p95_s <= 0.045
+    assert predict_batching(900.0 / (c - 1), service, 16, 0.005, service_factors=factors).p95_s > 0.045
+    assert plan.utilisation == pytest.approx(900.0 / c * service.predict(16) / 16)  # factors of mean 1
+    with pytest.raises(ValueError, match="service_factors are for server='batching'; mg1 takes"):
+        plan_capacity(10.0, 1.0, CONSTANT, service_factors=factors)
+
+
 def test_uncertainty_range_from_fit_errors():
     sizes = [1, 2, 4, 8, 16, 32] * 3
     true = BatchLatencyModel(alpha=0.001, beta=0.0166, floor=0.020)
