@@ -88,28 +88,38 @@ def run_suite(suite_file: str | Path, overrides: list[str]) -> int:
     try:
         spec = suite.load_suite(suite_file)
         points = suite.expand(spec, overrides)
-        suite.validate_points(points)
+        configs = suite.validate_points(points)
     except config.ConfigError as exc:
         print(f"gawm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     state = suite.read_state(spec.suite)
     print(f"suite {spec.suite}: {len(points)} runs; progress in {suite.state_path(spec.suite)}", flush=True)
     failed = 0
-    for number, (key, params, point_overrides) in enumerate(points, 1):
-        done = suite.completed_run(state, key)
+    for number, point in enumerate(points, 1):
+        done = suite.completed_run(state, point.key)
         if done:
-            print(f"[{number}/{len(points)}] done before: {key} -> {done}", flush=True)
+            print(f"[{number}/{len(points)}] done before: {point.key} -> {done}", flush=True)
             continue
-        print(f"[{number}/{len(points)}] {key}", flush=True)
-        code, run = run_experiment(paths.project_root() / params, point_overrides)
+        print(f"[{number}/{len(points)}] {point.key}", flush=True)
+        point_overrides = point.overrides
+        if point.shares:
+            try:
+                capacity, rates = suite.capacity_levels(state, points, number - 1, configs[number - 1])
+            except RuntimeError as exc:
+                print(f"gawm: suite {spec.suite} [{number}/{len(points)}]: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"    load.levels={rates}: shares {list(point.shares)} of {capacity:.4g} req/s", flush=True)
+            point_overrides = [*point.overrides, f"load.levels={json.dumps(rates)}"]
+        code, run = run_experiment(paths.project_root() / point.params, point_overrides)
         if run is not None:
-            state["points"][key] = {"run_id": run.id, "status": run.status}
+            state["points"][point.key] = {"run_id": run.id, "status": run.status}
             suite.write_state(state)
         if code == EXIT_INTERRUPTED:
             print(f"gawm: suite interrupted; run it again to resume from [{number}/{len(points)}]", file=sys.stderr)
             return EXIT_INTERRUPTED
         failed += code != 0
-    run_ids = [state["points"][key]["run_id"] for key, _, _ in points if suite.completed_run(state, key)]
+    run_ids = [state["points"][p.key]["run_id"] for p in points if suite.completed_run(state, p.key)]
     for notebook in spec.report:
         report(run_ids, notebook, prefix=spec.suite)
     print(f"suite {spec.suite}: {len(run_ids)}/{len(points)} runs completed")

@@ -16,18 +16,36 @@ gives one run per point::
 
 Every point is validated before anything starts. Progress is kept in ``data/suites/<suite>.json`` (point -> run id):
 running the suite again skips the points whose run COMPLETED and redoes the others.
+
+Open-loop rates as shares of a capacity measured in the same suite (a lent machine's capacity moves 15-25 % between
+leases, so fixed rates land at different utilisations): an entry with ``capacity_shares`` runs Poisson steps at those
+shares of the capacity that the suite's earlier runs without shares measured for its workload and replica count
+(:func:`gawm_lib.analysis.measured_capacity`), worked out when its turn comes::
+
+    runs:
+      - params: params/h200_resnet50.yaml              # the capacity: closed loop
+        overrides: ["backend.replicas=4", "load.levels=[64,128,256]"]
+      - params: params/h200_resnet50.yaml              # three sweeps at 15-83 % of it
+        overrides: ["backend.replicas=4", "load.scenario=poisson"]
+        capacity_shares: [0.15, 0.35, 0.55, 0.70, 0.78, 0.83]
+        grid:
+          load.arrival_seed: [1, 2, 3]
+
+Every sweep of the entry takes the same rates (Poisson runs do not count towards the capacity); each run records
+them in its params, and the point keeps its key across resumes.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gawm_lib import paths, runs
 from gawm_lib.config import ConfigError, ExperimentConfig, load_params
@@ -39,6 +57,34 @@ class SuiteEntry(BaseModel):
     params: str = Field(description="params file, from the project root")
     overrides: list[str] = Field(default_factory=list, description="-p style overrides for every point")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="key path -> values; one run per combination")
+    capacity_shares: list[float] = Field(
+        default_factory=list, description="load.levels as these shares of the capacity the suite's earlier runs "
+                                          "measured for the same workload and replicas (open loop; see the module)")
+
+    @field_validator("capacity_shares")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        bad = [share for share in value if not 0 < share < 1]
+        if bad:
+            raise ValueError(f"each share must be between 0 and 1 (a share of the capacity), got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _levels_set_once(self) -> SuiteEntry:
+        if self.capacity_shares and ("load.levels" in self.grid
+                                     or any(o.split("=", 1)[0].strip() == "load.levels" for o in self.overrides)):
+            raise ValueError("capacity_shares sets load.levels: drop the load.levels override or grid")
+        return self
+
+
+class Point(NamedTuple):
+    """One run of a suite: its key (params file and overrides, stable across resumes), params file, overrides, and
+    the capacity shares its ``load.levels`` are (empty: the overrides say it all)."""
+
+    key: str
+    params: str
+    overrides: list[str]
+    shares: tuple[float, ...] = ()
 
 
 class SuiteConfig(BaseModel):
@@ -74,30 +120,92 @@ def _literal(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def expand(suite: SuiteConfig, extra: list[str] = ()) -> list[tuple[str, str, list[str]]]:
-    """Every point as (key, params file, overrides), in order; the key identifies the point across resumes."""
+def expand(suite: SuiteConfig, extra: list[str] = ()) -> list[Point]:
+    """Every point, in order; the key identifies the point across resumes."""
     points = []
     for entry in suite.runs:
         keys = list(entry.grid)
+        shares = tuple(entry.capacity_shares)
         for values in itertools.product(*(entry.grid[k] for k in keys)) if keys else [()]:
             overrides = [*entry.overrides, *(f"{k}={_literal(v)}" for k, v in zip(keys, values)), *extra]
-            points.append((" ".join([entry.params, *overrides]), entry.params, overrides))
+            key = " ".join([entry.params, *overrides, *([f"load.levels=capacity x {list(shares)}"] if shares else [])])
+            points.append(Point(key, entry.params, overrides, shares))
     return points
 
 
-def validate_points(points: list[tuple[str, str, list[str]]]) -> list[ExperimentConfig]:
-    """Validate every point before any runs; one ConfigError lists all the bad ones."""
+_CAPACITY_SCENARIOS = ("closed_loop", "single_stream")  # what measures a capacity (analysis.measured_capacity)
+
+
+def _configuration(cfg: ExperimentConfig) -> tuple[str, int]:
+    return cfg.workloads[0].name, cfg.backend.replicas
+
+
+def validate_points(points: list[Point]) -> list[ExperimentConfig]:
+    """Validate every point before any runs; one ConfigError lists all the bad ones. A point with capacity shares
+    (validated with a placeholder rate) must be open loop, for one workload, after a run without shares that measures
+    the capacity of the same workload and replica count."""
     configs, problems = [], []
     root = paths.project_root()
-    for _, params, overrides in points:
+    for number, point in enumerate(points):
         try:
-            cfg, _ = load_params(root / params, overrides)
-            configs.append(cfg)
+            cfg, _ = load_params(root / point.params, [*point.overrides, *(["load.levels=[1.0]"] if point.shares
+                                                                           else [])])
         except ConfigError as exc:
             problems.append(str(exc))
+            continue
+        configs.append(cfg)
+        if not point.shares:
+            continue
+        where = f"{point.params} {' '.join(point.overrides)}: capacity_shares"
+        if cfg.load.scenario != "poisson":
+            problems.append(f"{where}: the rates are for an open-loop run (load.scenario=poisson), got "
+                            f"load.scenario={cfg.load.scenario}")
+        elif len(cfg.workloads) != 1:
+            problems.append(f"{where}: one workload per run (each has its own capacity), got "
+                            f"{[w.name for w in cfg.workloads]}")
+        elif not any(not earlier.shares and _measures_capacity(root, earlier, _configuration(cfg))
+                     for earlier in points[:number]):
+            workload, replicas = _configuration(cfg)
+            problems.append(f"{where}: no earlier run of the suite measures the capacity of {workload} x{replicas} "
+                            f"(a closed-loop or single-stream run of it, without capacity_shares, before this one)")
     if problems:
         raise ConfigError("\n".join(problems))
     return configs
+
+
+def _measures_capacity(root: Path, point: Point, configuration: tuple[str, int]) -> bool:
+    try:
+        cfg, _ = load_params(root / point.params, point.overrides)
+    except ConfigError:
+        return False
+    return (cfg.load.scenario in _CAPACITY_SCENARIOS and cfg.backend.replicas == configuration[1]
+            and configuration[0] in [w.name for w in cfg.workloads])
+
+
+def rates_at_shares(capacity_rps: float, shares: list[float] | tuple[float, ...]) -> list[float]:
+    """``capacity_rps`` times each share, to four significant figures of the capacity (1,367 req/s: whole req/s)."""
+    if not (capacity_rps > 0 and math.isfinite(capacity_rps)):
+        raise ValueError(f"capacity must be a positive number of req/s, got {capacity_rps}")
+    digits = 3 - math.floor(math.log10(capacity_rps))
+    return [round(capacity_rps * share, digits) for share in shares]
+
+
+def capacity_levels(state: dict[str, Any], points: list[Point], number: int, cfg: ExperimentConfig) -> \
+        tuple[float, list[float]]:
+    """The capacity [req/s] of point ``number``'s workload and replica count, measured by the suite's completed
+    earlier runs without capacity shares, and the rates at the point's shares of it. RuntimeError if none measured
+    it (the closed-loop run failed)."""
+    from gawm_lib import analysis  # pandas and the models: only when a suite needs them
+
+    workload, replicas = _configuration(cfg)
+    run_ids = [run_id for point in points[:number] if not point.shares
+               and (run_id := completed_run(state, point.key))]
+    capacity = analysis.measured_capacity(analysis.load_requests(run_ids)[0]) if run_ids else None
+    if capacity is None or (workload, replicas) not in capacity.index:
+        raise RuntimeError(f"no completed earlier run of the suite measured the capacity of {workload} x{replicas}: "
+                           f"the rates at capacity_shares {list(points[number].shares)} cannot be set")
+    rps = float(capacity.loc[(workload, replicas)])
+    return rps, rates_at_shares(rps, points[number].shares)
 
 
 def state_path(name: str) -> Path:

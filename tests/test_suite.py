@@ -49,6 +49,45 @@ def test_suite_file_errors_name_the_file(tmp_path):
         suite.load_suite(path)
 
 
+def test_capacity_shares_expand_with_a_stable_key_and_are_validated_first():
+    spec = suite.SuiteConfig.model_validate({"suite": "s", "runs": [
+        {"params": "params/quick.yaml", "overrides": ["load.levels=[1,2]"]},
+        {"params": "params/quick.yaml", "overrides": ["load.scenario=poisson"], "capacity_shares": [0.2, 0.8],
+         "grid": {"load.arrival_seed": [1, 2]}}]})
+    points = suite.expand(spec)
+    assert [p.shares for p in points] == [(), (0.2, 0.8), (0.2, 0.8)]
+    assert points[1].key == ("params/quick.yaml load.scenario=poisson load.arrival_seed=1 "
+                             "load.levels=capacity x [0.2, 0.8]")
+    assert points[1].overrides == ["load.scenario=poisson", "load.arrival_seed=1"]  # the rates come when it runs
+    configs = suite.validate_points(points)
+    assert len(configs) == 3 and configs[1].load.scenario == "poisson"
+
+    def problems(runs_):
+        with pytest.raises(ConfigError) as err:
+            suite.validate_points(suite.expand(suite.SuiteConfig.model_validate({"suite": "s", "runs": runs_})))
+        return str(err.value)
+
+    closed = {"params": "params/quick.yaml"}
+    assert "the rates are for an open-loop run (load.scenario=poisson), got load.scenario=closed_loop" in problems(
+        [closed, {"params": "params/quick.yaml", "capacity_shares": [0.5]}])
+    assert "no earlier run of the suite measures the capacity of resnet50 x2" in problems(
+        [closed, {"params": "params/quick.yaml", "overrides": ["load.scenario=poisson", "backend.replicas=2"],
+                  "capacity_shares": [0.5]}])
+    assert "no earlier run of the suite measures the capacity of resnet50 x1" in problems(  # after, not before
+        [{"params": "params/quick.yaml", "overrides": ["load.scenario=poisson"], "capacity_shares": [0.5]}, closed])
+    with pytest.raises(ValueError, match="each share must be between 0 and 1"):
+        suite.SuiteEntry(params="params/quick.yaml", capacity_shares=[0.5, 1.0])
+    with pytest.raises(ValueError, match="capacity_shares sets load.levels: drop the load.levels override"):
+        suite.SuiteEntry(params="params/quick.yaml", overrides=["load.levels=[3]"], capacity_shares=[0.5])
+
+
+def test_rates_at_shares_keep_four_figures_of_the_capacity():
+    assert suite.rates_at_shares(1367.2, [0.15, 0.35, 0.83]) == [205.0, 479.0, 1135.0]
+    assert suite.rates_at_shares(14.46, [0.1, 0.85]) == [1.45, 12.29]  # to 0.01 req/s
+    with pytest.raises(ValueError, match="capacity must be a positive number of req/s"):
+        suite.rates_at_shares(0.0, [0.5])
+
+
 @pytest.mark.integration
 def test_a_suite_runs_resumes_and_reports(tmp_path):
     env = {**os.environ, "GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(tmp_path / "figures")}
@@ -109,6 +148,41 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
     assert (tmp_path / "figures" / "again_latency_vs_throughput.pdf").is_file()
     unknown = gawm("report", "no-such-run")
     assert unknown.returncode == 2 and "no-such-run" in unknown.stderr
+
+
+@pytest.mark.integration
+def test_a_suite_runs_its_sweeps_at_shares_of_the_capacity_it_measured(tmp_path):
+    env = {**os.environ, "GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(tmp_path / "figures")}
+    spec = tmp_path / "suite.yaml"
+    quick = "'load.step_duration_s=2', 'load.warmup_s=0', 'figures_notebook=null'"
+    spec.write_text(
+        "suite: shares\nruns:\n  - params: params/quick.yaml\n"
+        f"    overrides: ['load.levels=[2]', {quick}]\n"
+        "  - params: params/quick.yaml\n"
+        f"    overrides: ['load.scenario=poisson', {quick}]\n"
+        "    capacity_shares: [0.2, 0.5]\n"
+        "    grid:\n      load.arrival_seed: [1, 2]\n")
+
+    def gawm(*args):
+        return subprocess.run([sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    first = gawm("run", str(spec))
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = json.loads((tmp_path / "suites" / "shares.json").read_text())
+    run_ids = [p["run_id"] for p in state["points"].values()]
+    assert len(run_ids) == 3
+    from gawm_lib import analysis
+
+    capacity = float(analysis.measured_capacity(analysis.load_requests([tmp_path / "raw" / run_ids[0]])[0])
+                     .loc[("resnet50", 1)])
+    rates = suite.rates_at_shares(capacity, [0.2, 0.5])
+    for run_id in run_ids[1:]:  # both sweeps at the same rates, from the closed-loop run alone
+        load = runs.load_run(run_id, tmp_path / "raw").manifest["params"]["effective"]["load"]
+        assert load["scenario"] == "poisson" and load["levels"] == rates
+    assert first.stdout.count(f"load.levels={rates}: shares [0.2, 0.5] of") == 2
+    again = gawm("run", str(spec))  # the keys hold: nothing runs again
+    assert again.returncode == 0 and again.stdout.count("done before") == 3, again.stdout[-2000:]
 
 
 def test_capacity_levels_are_shares_of_the_capacity_rounded_and_bad_shares_are_refused():

@@ -7,6 +7,10 @@ first measures the capacity (a closed-loop run), and then ``python -m gawm_lib.b
 suite's completed runs, per (workload, replicas), their :func:`gawm_lib.analysis.measured_capacity`, times each
 fraction, rounded to ``--step`` req/s. With ``--workload`` / ``--replicas`` where the suite holds several
 configurations.
+
+A suite can do this itself: an entry with ``capacity_shares`` runs at those shares of the capacity its earlier runs
+measured (:mod:`gawm_lib.suite`), so one ``gawm run`` measures the capacity and sweeps; this command stays for
+looking at a finished suite's rates, or for rates to copy into another suite.
 """
 
 from __future__ import annotations
