@@ -370,8 +370,11 @@ def closed_loop_latency_s(users: int, service: BatchLatencyModel, max_batch: int
     return cycle + overhead_s
 
 
-def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s: float) -> pd.DataFrame:
-    """Measured vs predicted throughput [req/s], p50 and p95 [s] for each measured step of each run."""
+def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s: float,
+                  service_factors=None) -> pd.DataFrame:
+    """Measured vs predicted throughput [req/s], p50 and p95 [s] for each measured step of each run; open-loop steps
+    by :func:`gawm_lib.models.predict_batching`, with batch times varying by ``service_factors`` where given
+    (:func:`batch_time_factors` of the fit runs)."""
     rows = []
     table = summary.summarise(requests.drop(columns=["run_id"]).assign(workload=requests["run_id"] + "|"
                                                                        + requests["workload"]))
@@ -384,7 +387,8 @@ def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s
                "p50": step["p50_ms"] / 1e3, "p95": step["p95_ms"] / 1e3}
         if meta["scenario"] == "poisson":
             try:
-                pred = predict_batching(step["level"] / replicas, service, big, meta["max_queue_delay_ms"] / 1e3)
+                pred = predict_batching(step["level"] / replicas, service, big, meta["max_queue_delay_ms"] / 1e3,
+                                        service_factors=service_factors)
             except (UnstableSystemError, ValueError):
                 continue  # past saturation: the queue model has no steady state to compare with
             row.update(predicted_throughput=step["level"], predicted_p50=pred.p50_s + overhead_s,

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from gawm_lib import analysis
-from gawm_lib.models import BatchLatencyModel
+from gawm_lib.models import BatchLatencyModel, predict_batching
 
 
 def rows(batch_sizes, alpha=0.01, beta=0.005, overhead=0.002, level=1):
@@ -40,6 +40,19 @@ def test_batch_time_factors_count_each_batch_once():
     np.testing.assert_allclose(np.sort(analysis.batch_time_factors(table, service)), [0.9, 0.9, 1.2])
     with pytest.raises(ValueError, match="no successful requests with server-reported batch times"):
         analysis.batch_time_factors(table.assign(error="timeout"), service)
+
+
+def test_open_loop_steps_are_predicted_with_the_batch_time_variability():
+    service = BatchLatencyModel(alpha=0.01, beta=0.005)
+    step = rows([1, 2, 1, 3], level=20.0).assign(run_id="r", scenario="poisson", replicas=1, max_batch_size=4,
+                                                 max_queue_delay_ms=5.0)
+    factors = [0.7, 1.0, 1.3]
+    fixed = analysis.predict_steps(step, service, 0.002)
+    varied = analysis.predict_steps(step, service, 0.002, service_factors=factors)
+    expected = predict_batching(20.0, service, 4, 0.005, service_factors=factors)
+    assert varied["predicted_p95"].iloc[0] == pytest.approx(expected.p95_s + 0.002)
+    assert varied["predicted_p95"].iloc[0] > fixed["predicted_p95"].iloc[0]
+    assert varied["predicted_throughput"].iloc[0] == 20.0
 
 
 def test_closed_loop_cycle_model_by_hand():
