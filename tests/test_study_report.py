@@ -148,6 +148,13 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     assert section["goal_met"] == {"distilbert": False, "resnet50": True, "whisper": True}
     assert section["p95_mape_pct"]["resnet50"] == {"replicas_1": 7.8, "replicas_4": 5.5}
     assert section["devices"] == ["NVIDIA H200"] and "whisper" in section["not_fitted"]
+    # Sweeps that agree with each other but not with another lease's (held out): the held-out check decides.
+    leases = {"command": "c", "runs": {}, "tandem_model": {}, "tail_curve": {"resnet50": {"replicas_4": {
+        "held_out_p95_mape_pct": 12.0, "held_out_utilisation": [0.15, 0.83],
+        "cross_run_p95_mape_pct": 5.6, "cross_run_utilisation": [0.15, 0.83]}}}}
+    assert study_report.gpu_goal(leases, 10.0, "x")["goal_met"] == {"resnet50": False}
+    del leases["tail_curve"]["resnet50"]["replicas_4"]["held_out_p95_mape_pct"]  # one lease only: the sweeps decide
+    assert study_report.gpu_goal(leases, 10.0, "x")["goal_met"] == {"resnet50": True}
     path = tmp_path / "models.json"
     path.write_text(json.dumps({"benchmark": "models", "workloads": [], "superseded": []}))
     study_report.write_gpu_goal(path, section)

@@ -237,6 +237,8 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
         entry = info[workload][f"replicas_{replicas}"]
         entry["held_out"] = sorted(rows["run_id"].unique().tolist())
         entry["held_out_p95_mape_pct"] = round(float(rows["ape_pct"].mean()), 1)
+        entry["held_out_p95_mape_pct_by_run"] = {run: round(float(mine["ape_pct"].mean()), 1)
+                                                 for run, mine in rows.groupby("run_id")}
         entry["held_out_utilisation"] = _span(rows["utilisation"])
         if rows["interpolated_ape_pct"].notna().any():  # the fitted sweep itself, read at the held-out rates
             entry["sweep_interpolated_p95_mape_pct"] = round(float(rows["interpolated_ape_pct"].mean()), 1)
@@ -536,7 +538,10 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     same for the tail curves, checked on other suites' runs (``held_out``) or run by run against the configuration's
     other runs (``cross_run``), each with the utilisation its steps spanned (a tail check that stayed below
     ``TAIL_REACH`` does not count: the high-load tail is the hard part) and the floors under any model's error; and
-    ``goal_met``: whether any of these meets the goal for the workload."""
+    ``goal_met``: whether the tandem model or the tail curves meet the goal for the workload. Where a workload's tail
+    curves were checked both on held-out runs and run by run, the held-out check decides: held-out suites run in other
+    leases, and ResNet50 x4's sweeps agreed within 5.6 % in one lease while a fourth lease's sweep missed the curve by
+    15 %, which the cross-run check cannot see."""
     mape = {w: {r: v["p95"] for r, v in info.get("held_out_mape_pct", {}).items()}
             for w, info in report["tandem_model"].items()}
     repeat = (report.get("repeatability") or {}).get("by_workload", {})
@@ -561,7 +566,7 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
         "source": source, "command": report["command"], "model": "gawm_lib.models.TandemServer",
         "devices": sorted({d.get("name", "?") for r in report["runs"].values()
                            for d in ((r.get("gpu") or {}).get("devices") or [])}),
-        "goal_met": {w: any(m.get(w, False) for m in (tandem_met, tail_met, cross_met))
+        "goal_met": {w: tandem_met.get(w, False) or (tail_met[w] if w in tail_met else cross_met.get(w, False))
                      for w in sorted({*tandem_met, *tail_met, *cross_met})},
         "p95_mape_pct": mape,
         "p95_goal_met": tandem_met,
