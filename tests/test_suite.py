@@ -16,6 +16,17 @@ from gawm_lib.config import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def gawm_in(tmp_path):
+    """``gawm`` on the command line, its runs, suites and figures under ``tmp_path``."""
+    env = {**os.environ, "GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(tmp_path / "figures")}
+
+    def gawm(*args):
+        return subprocess.run([sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+    gawm.env = env
+    return gawm
+
+
 def test_grid_expands_to_the_cartesian_product_in_order():
     spec = suite.SuiteConfig.model_validate({"suite": "s", "runs": [
         {"params": "params/quick.yaml", "overrides": ["load.warmup_s=0"],
@@ -90,17 +101,13 @@ def test_rates_at_shares_keep_four_figures_of_the_capacity():
 
 @pytest.mark.integration
 def test_a_suite_runs_resumes_and_reports(tmp_path):
-    env = {**os.environ, "GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(tmp_path / "figures")}
+    gawm = gawm_in(tmp_path)
     spec = tmp_path / "suite.yaml"
     spec.write_text(
         "suite: tiny\nruns:\n  - params: params/quick.yaml\n"
         "    overrides: ['load.levels=[1]', 'load.step_duration_s=1', 'load.warmup_s=0', 'figures_notebook=null']\n"
         "    grid:\n      workloads.0.max_batch_size: [1, 2]\n"
         "report:\n  - notebooks/02_figures_load_sweep.ipynb\n")
-
-    def gawm(*args):
-        return subprocess.run([sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
 
     first = gawm("run", str(spec))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -127,7 +134,7 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
 
     # the rates a Poisson sweep would take as shares of the suite's measured capacity (both runs: one configuration)
     levels = subprocess.run([sys.executable, "-m", "gawm_lib.bench.capacity_levels", "--suite", "tiny",
-                             "--fractions", "0.2,0.8", "--step", "0.5"], cwd=ROOT, env=env, capture_output=True,
+                             "--fractions", "0.2,0.8", "--step", "0.5"], cwd=ROOT, env=gawm.env, capture_output=True,
                             text=True, timeout=120)
     assert levels.returncode == 0, levels.stderr[-2000:]
     from gawm_lib import analysis
@@ -139,7 +146,8 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
     assert json.loads(levels.stdout) == capacity_levels.levels(capacity, [0.2, 0.8], 0.5)
     assert f"resnet50 x1: capacity {capacity:.1f} req/s" in levels.stderr
     none = subprocess.run([sys.executable, "-m", "gawm_lib.bench.capacity_levels", "--suite", "tiny", "--fractions",
-                           "0.5", "--replicas", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                           "0.5", "--replicas", "4"], cwd=ROOT, env=gawm.env, capture_output=True, text=True,
+                          timeout=120)
     assert none.returncode == 1 and "suite tiny: expected one configuration with a closed-loop run, found none" in \
         none.stderr
 
@@ -152,7 +160,7 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
 
 @pytest.mark.integration
 def test_a_suite_runs_its_sweeps_at_shares_of_the_capacity_it_measured(tmp_path):
-    env = {**os.environ, "GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(tmp_path / "figures")}
+    gawm = gawm_in(tmp_path)
     spec = tmp_path / "suite.yaml"
     quick = "'load.step_duration_s=2', 'load.warmup_s=0', 'figures_notebook=null'"
     spec.write_text(
@@ -162,10 +170,6 @@ def test_a_suite_runs_its_sweeps_at_shares_of_the_capacity_it_measured(tmp_path)
         f"    overrides: ['load.scenario=poisson', {quick}]\n"
         "    capacity_shares: [0.2, 0.5]\n"
         "    grid:\n      load.arrival_seed: [1, 2]\n")
-
-    def gawm(*args):
-        return subprocess.run([sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
 
     first = gawm("run", str(spec))
     assert first.returncode == 0, first.stderr[-3000:]
