@@ -540,8 +540,8 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     ``TAIL_REACH`` does not count: the high-load tail is the hard part) and the floors under any model's error; and
     ``goal_met``: whether the tandem model or the tail curves meet the goal for the workload. Where a workload's tail
     curves were checked both on held-out runs and run by run, the held-out check decides: held-out suites run in other
-    leases, and ResNet50 x4's sweeps agreed within 5.6 % in one lease while a fourth lease's sweep missed the curve by
-    15 %, which the cross-run check cannot see."""
+    leases, and ResNet50 x4's sweeps agreed within 5.6 % in one lease while two later leases' sweeps missed its curve
+    by 13.6 and 15.2 %, which the cross-run check cannot see."""
     mape = {w: {r: v["p95"] for r, v in info.get("held_out_mape_pct", {}).items()}
             for w, info in report["tandem_model"].items()}
     repeat = (report.get("repeatability") or {}).get("by_workload", {})
