@@ -47,7 +47,8 @@ _NX = 96  # midpoint-rule points per service window: quantiles resolve to ~ s / 
 class BatchingPrediction:
     """Steady-state prediction at one arrival rate [requests/s]; times in seconds.
 
-    ``utilisation`` is load relative to full-batch capacity ``lambda * s(B) / B`` (stability needs < 1);
+    ``utilisation`` is load relative to full-batch capacity, ``lambda * s(B) / B`` times the batch-time factors' mean
+    (stability needs < 1);
     ``busy_fraction`` is the share of time the server computes; ``mean_batch_size`` is items per dispatched batch.
     ``requests_per_cycle`` is the model's count of requests arriving per dispatch; it must equal the mean batch size
     (flow balance), so their ratio is a check on the numerics.
