@@ -23,9 +23,9 @@ shares of the capacity that the suite's earlier runs without shares measured for
 (:func:`gawm_lib.analysis.measured_capacity`), worked out when its turn comes::
 
     runs:
-      - params: params/h200_resnet50.yaml              # the capacity: closed loop
+      - params: params/h200_scaling.yaml               # the capacity: closed loop
         overrides: ["backend.replicas=4", "load.levels=[64,128,256]"]
-      - params: params/h200_resnet50.yaml              # three sweeps at 15-83 % of it
+      - params: params/h200_scaling.yaml               # three sweeps at 15-83 % of it
         overrides: ["backend.replicas=4", "load.scenario=poisson"]
         capacity_shares: [0.15, 0.35, 0.55, 0.70, 0.78, 0.83]
         grid:
