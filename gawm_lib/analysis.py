@@ -75,12 +75,17 @@ def fit_service(requests: pd.DataFrame) -> tuple[BatchLatencyModel, float]:
     return model, max(0.0, float(np.median(overhead)))
 
 
+def server_batches(requests: pd.DataFrame) -> pd.DataFrame:
+    """One row per server batch: the successful requests of a batch share its replica, size and compute time."""
+    ok = requests[(requests["error"] == "") & (requests["batch_size"] > 0) & (requests["server_compute_ns"] > 0)]
+    return ok.drop_duplicates([c for c in ("run_id", "replica", "batch_size", "server_compute_ns") if c in ok])
+
+
 def batch_time_factors(requests: pd.DataFrame, service: BatchLatencyModel | BatchLatencyTable) -> np.ndarray:
     """Each server batch's compute time over the ``service`` model's for its size: the batch-time variability that
     :func:`gawm_lib.models.predict_batching` and :func:`gawm_lib.models.plan_capacity` take as ``service_factors``.
     One value per batch (its requests share the replica, size and compute time)."""
-    ok = requests[(requests["error"] == "") & (requests["batch_size"] > 0) & (requests["server_compute_ns"] > 0)]
-    batches = ok.drop_duplicates([c for c in ("run_id", "replica", "batch_size", "server_compute_ns") if c in ok])
+    batches = server_batches(requests)
     if batches.empty:
         raise ValueError("no successful requests with server-reported batch times: no batch-time variability")
     return (batches["server_compute_ns"].to_numpy() / 1e9

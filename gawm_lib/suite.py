@@ -145,6 +145,7 @@ def validate_points(points: list[Point]) -> list[ExperimentConfig]:
     (validated with a placeholder rate) must be open loop, for one workload, after a run without shares that measures
     the capacity of the same workload and replica count."""
     configs, problems = [], []
+    measures: list[set[tuple[str, int]]] = []  # per point: the capacities its run measures (workload, replicas)
     root = paths.project_root()
     for number, point in enumerate(points):
         try:
@@ -152,8 +153,11 @@ def validate_points(points: list[Point]) -> list[ExperimentConfig]:
                                                                            else [])])
         except ConfigError as exc:
             problems.append(str(exc))
+            measures.append(set())
             continue
         configs.append(cfg)
+        measures.append({(w.name, cfg.backend.replicas) for w in cfg.workloads}
+                        if not point.shares and cfg.load.scenario in _CAPACITY_SCENARIOS else set())
         if not point.shares:
             continue
         where = f"{point.params} {' '.join(point.overrides)}: capacity_shares"
@@ -163,23 +167,13 @@ def validate_points(points: list[Point]) -> list[ExperimentConfig]:
         elif len(cfg.workloads) != 1:
             problems.append(f"{where}: one workload per run (each has its own capacity), got "
                             f"{[w.name for w in cfg.workloads]}")
-        elif not any(not earlier.shares and _measures_capacity(root, earlier, _configuration(cfg))
-                     for earlier in points[:number]):
+        elif not any(_configuration(cfg) in earlier for earlier in measures[:number]):
             workload, replicas = _configuration(cfg)
             problems.append(f"{where}: no earlier run of the suite measures the capacity of {workload} x{replicas} "
                             f"(a closed-loop or single-stream run of it, without capacity_shares, before this one)")
     if problems:
         raise ConfigError("\n".join(problems))
     return configs
-
-
-def _measures_capacity(root: Path, point: Point, configuration: tuple[str, int]) -> bool:
-    try:
-        cfg, _ = load_params(root / point.params, point.overrides)
-    except ConfigError:
-        return False
-    return (cfg.load.scenario in _CAPACITY_SCENARIOS and cfg.backend.replicas == configuration[1]
-            and configuration[0] in [w.name for w in cfg.workloads])
 
 
 def rates_at_shares(capacity_rps: float, shares: list[float] | tuple[float, ...]) -> list[float]:

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gawm_lib import paths, plots, runs, summary
+from gawm_lib import analysis, paths, plots, runs, summary
 from gawm_lib.backends import open_backend
 from gawm_lib.config import BackendConfig, LoadConfig, WorkloadConfig
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
@@ -184,15 +184,9 @@ class CpuMeter:
                 "load_average_1m_start": load0, "load_average_1m_end": load1}
 
 
-def _batches(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per server batch: the requests of a batch share its size and compute time."""
-    ok = rows[(rows["error"] == "") & (rows["batch_size"] > 0) & (rows["server_compute_ns"] > 0)]
-    return ok.drop_duplicates(["batch_size", "server_compute_ns"])
-
-
 def _batch_times(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each server batch's size and compute time [s] in ``rows``, and which of them another process slowed down."""
-    batches = _batches(rows)
+    batches = analysis.server_batches(rows)
     sizes, seconds = batches["batch_size"].to_numpy(), batches["server_compute_ns"].to_numpy() / 1e9
     return sizes, seconds, interfered(sizes, seconds)
 
@@ -428,7 +422,7 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             in_step = rows[rows["phase"] == "step"]
             predicted = predict_batching(rate, step_service, big, delay_s, service_factors=factors)
             same = replay_step(rows, step_service, factors, big, delay_s, overhead_s, plan.replays)
-            step_batches = _batches(in_step)
+            step_batches = analysis.server_batches(in_step)
             drift = (step_batches["server_compute_ns"].to_numpy() / 1e9
                      / np.asarray(step_service.predict(step_batches["batch_size"].to_numpy())))
             held_out.append({
