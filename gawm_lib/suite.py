@@ -161,6 +161,9 @@ def validate_points(points: list[Point]) -> list[ExperimentConfig]:
         if not point.shares:
             continue
         where = f"{point.params} {' '.join(point.overrides)}: capacity_shares"
+        if any(o.split("=", 1)[0].strip() == "load.levels" for o in point.overrides):  # e.g. from -p
+            problems.append(f"{where}: the entry's rates come from its capacity shares; an override of load.levels "
+                            f"would be ignored: leave it out")
         if cfg.load.scenario != "poisson":
             problems.append(f"{where}: the rates are for an open-loop run (load.scenario=poisson), got "
                             f"load.scenario={cfg.load.scenario}")

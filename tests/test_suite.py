@@ -86,6 +86,8 @@ def test_capacity_shares_expand_with_a_stable_key_and_are_validated_first():
                   "capacity_shares": [0.5]}])
     assert "no earlier run of the suite measures the capacity of resnet50 x1" in problems(  # after, not before
         [{"params": "params/quick.yaml", "overrides": ["load.scenario=poisson"], "capacity_shares": [0.5]}, closed])
+    with pytest.raises(ConfigError, match="an override of load.levels would be ignored"):  # `gawm run -p ...`
+        suite.validate_points(suite.expand(spec, ["load.levels=[5]"]))
     with pytest.raises(ValueError, match="each share must be between 0 and 1"):
         suite.SuiteEntry(params="params/quick.yaml", capacity_shares=[0.5, 1.0])
     with pytest.raises(ValueError, match="capacity_shares sets load.levels: drop the load.levels override"):
