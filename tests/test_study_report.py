@@ -153,6 +153,15 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
         "held_out_p95_mape_pct": 12.0, "held_out_utilisation": [0.15, 0.83],
         "cross_run_p95_mape_pct": 5.6, "cross_run_utilisation": [0.15, 0.83]}}}}
     assert study_report.gpu_goal(leases, 10.0, "x")["goal_met"] == {"resnet50": False}
+    levelled = {**leases["tail_curve"]["resnet50"]["replicas_4"], "held_out_levelled_p95_mape_pct": 9.0,
+                "held_out_levelled_utilisation": [0.35, 0.83]}  # told each lease's level, the curve meets it
+    told = {**leases, "tail_curve": {"resnet50": {"replicas_4": levelled}}}
+    section_levelled = study_report.gpu_goal(told, 10.0, "x")
+    assert section_levelled["goal_met"] == {"resnet50": True}
+    assert section_levelled["tail_curve"]["p95_goal_met"] == {"resnet50": False}  # the unlevelled check stays
+    assert section_levelled["tail_curve"]["levelled_p95_goal_met"] == {"resnet50": True}
+    levelled["held_out_levelled_p95_mape_pct"] = 10.5
+    assert study_report.gpu_goal(told, 10.0, "x")["goal_met"] == {"resnet50": False}
     del leases["tail_curve"]["resnet50"]["replicas_4"]["held_out_p95_mape_pct"]  # one lease only: the sweeps decide
     assert study_report.gpu_goal(leases, 10.0, "x")["goal_met"] == {"resnet50": True}
     path = tmp_path / "models.json"
@@ -179,6 +188,20 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     assert written["gpu_goal_met_by"] == {"resnet50": ["data/benchmarks/h200/x8/report.json"]}
     merged = models_bench.merge_report(written, {"workloads": []})  # the CPU benchmark's write keeps all of it
     assert {k: merged[k] for k in models_bench.GPU_KEYS} == {k: written[k] for k in models_bench.GPU_KEYS}
+
+
+def test_levelling_scales_each_runs_curve_by_its_lowest_rate_step_and_scores_the_others():
+    validation = pd.DataFrame({
+        "run_id": ["a", "a", "a", "b", "b", "c"], "level": [200.0, 500.0, 900.0, 200.0, 900.0, 500.0],
+        "measured": [0.011, 0.0165, 0.03, 0.010, 0.024, 0.02], "predicted": [0.010, 0.015, 0.025, 0.010, 0.025, 0.02]})
+    out = study_report.levelled(validation)
+    assert out["level_factor"].tolist()[:5] == pytest.approx([1.1, 1.1, 1.1, 1.0, 1.0])
+    assert np.isnan(out["level_factor"].iloc[5])  # one rate: nothing left to score
+    assert out["levelled_predicted"].tolist()[1:3] == pytest.approx([0.0165, 0.0275])
+    assert out["levelled_ape_pct"].tolist()[1:3] == pytest.approx([0.0, 100 * (1 - 0.0275 / 0.03)])
+    assert out["levelled_ape_pct"].tolist()[4] == pytest.approx(100 * (0.025 / 0.024 - 1))
+    assert out["levelled_ape_pct"].iloc[[0, 3, 5]].isna().all()  # the level steps are not scored
+    assert out[["measured", "predicted"]].equals(validation[["measured", "predicted"]])
 
 
 def test_the_model_plan_sits_beside_the_measured_one_up_to_the_fitted_replica_counts():
