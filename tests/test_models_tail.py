@@ -185,3 +185,21 @@ def test_the_capacity_is_the_highest_throughput_of_any_step_where_a_closed_loop_
     assert capacity.to_dict() == {("w", 1): pytest.approx(578.0, rel=0.01)}
     assert analysis.measured_capacity(closed)[("w", 1)] == pytest.approx(554.0, rel=0.01)
     assert analysis.measured_capacity(sweep).empty
+
+
+def test_the_held_out_check_told_the_leases_level_by_its_first_step_scores_the_rest():
+    from gawm_lib.bench import study_report
+
+    closed = _step("closed", "closed_loop", 0, 600.0, 0.005)
+    sweep = pd.concat([_step("sweep", "poisson", i, r, float(CURVE.p95_s(r))) for i, r in enumerate(RATES)])
+    # another lease: every step 10 % slower than the curve, the last one 30 % (the level is not all a lease changes)
+    slower = [1.1] * (RATES.size - 1) + [1.3]
+    held = pd.concat([_step("lease2", "poisson", i, r, float(CURVE.p95_s(r)) * f)
+                      for i, (r, f) in enumerate(zip(RATES, slower))])
+    validation, info = study_report.tail_validation(pd.concat([closed, sweep], ignore_index=True), held, {})
+    entry = info["w"]["replicas_1"]
+    assert entry["held_out_p95_mape_pct"] == pytest.approx(100 * (5 * (1 - 1 / 1.1) + (1 - 1 / 1.3)) / 6, abs=0.1)
+    assert entry["held_out_level_factor_by_run"] == {"lease2": pytest.approx(1.1, abs=1e-3)}
+    assert entry["held_out_levelled_p95_mape_pct"] == pytest.approx(100 * (1 - 1.1 / 1.3) / 5, abs=0.1)
+    assert entry["held_out_levelled_utilisation"][0] == pytest.approx(RATES[1] / 600.0, rel=0.02)  # not the level step
+    assert validation["levelled_ape_pct"].isna().sum() == 1
