@@ -31,6 +31,7 @@ STATUSES = ("RUNNING", "COMPLETED", "FAILED", "INTERRUPTED")
 MANIFEST = "manifest.json"
 _PACKAGES = (
     "gawm", "torch", "torchvision", "transformers", "openai-whisper", "numpy", "pandas", "pyarrow", "fastapi", "uvicorn",
+    "httptools", "uvloop", "h11",  # uvicorn serves with httptools and uvloop where installed, else h11 and asyncio
     "httpx", "prometheus-client", "prometheus-api-client", "kubernetes", "papermill", "pydantic", "matplotlib", "seaborn",
 )
 
