@@ -365,3 +365,16 @@ def test_garbage_collections_are_timed_and_the_loaded_model_is_frozen_out_of_the
     before = full_collections()
     gc.collect()
     assert full_collections() == before + 1
+
+
+def test_the_server_is_served_on_httptools_and_uvloop_not_the_pure_python_fallbacks():
+    """uvicorn falls back to h11 and asyncio without a word where httptools and uvloop are missing; on the H200 that
+    cost DistilBERT x4 11-17 % of its capacity (data/benchmarks/h200/tail_goal_x4_httptools)."""
+    import importlib.util
+
+    import uvicorn
+
+    config = uvicorn.Config(lambda scope, receive, send: None)  # the server's own settings leave http and loop at auto
+    config.load()
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    assert config.loop == "auto" and importlib.util.find_spec("uvloop") is not None  # auto takes uvloop if importable
