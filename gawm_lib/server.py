@@ -137,8 +137,11 @@ class Batcher:
         self.max_queue = workload.cfg.max_queue_size
         self.depth = 0  # admitted and not yet in a forward pass (decoding, queued, or collated)
         self._depth_lock = threading.Lock()
-        self._cond = threading.Condition()  # guards _waiting, _idle, _closed
+        self._cond = threading.Condition()  # guards _waiting, _head, _idle, _closed
         self._waiting: collections.deque[_Pending] = collections.deque()
+        # the next batch as the waiting requests fill it: (requests, items, full), kept up as requests arrive so that
+        # the collate thread, woken by each arrival, does not walk the queue again (O(max_batch) per wake)
+        self._head = (0, 0, False)
         self._idle = True  # the compute thread waits for a batch
         self._closed = False
         self._prepared: queue.Queue = queue.Queue(maxsize=1)  # one batch collated ahead of the running one
@@ -181,21 +184,20 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         with self._cond:
             self._waiting.append(_Pending(items, time.monotonic_ns(), future))
+            self._head = self._grow(self._head, len(items))
             self._cond.notify()
         return await future
 
     # -- the collate thread ------------------------------------------------------------------------------------------
-    def _fitting(self) -> tuple[int, bool]:
-        """How many waiting requests the next batch takes (at least one; a request is never split), and whether that
-        batch is full (no room for the next request)."""
-        count, size = 0, 0
-        for pending in self._waiting:
-            if count and size + len(pending.items) > self.max_batch:
-                return count, True
-            count, size = count + 1, size + len(pending.items)
-            if size >= self.max_batch:
-                return count, True
-        return count, False
+    def _grow(self, head: tuple[int, int, bool], items: int) -> tuple[int, int, bool]:
+        """The next batch with one more waiting request of ``items`` items: it takes at least one request (a request
+        is never split), and is full once the next request would not fit."""
+        count, size, full = head
+        if full:
+            return head
+        if count and size + items > self.max_batch:
+            return count, size, True
+        return count + 1, size + items, size + items >= self.max_batch
 
     def _next_batch(self) -> tuple[list[_Pending], bool] | None:
         """A batch: full, or closed once the oldest request has waited ``max_queue_delay_ms`` and the model is idle
@@ -211,7 +213,7 @@ class Batcher:
                 return None
             deadline = self._waiting[0].enqueued_ns + self.max_delay_ns
             while True:
-                count, full = self._fitting()
+                count, _, full = self._head
                 if full:
                     break
                 remaining = deadline - time.monotonic_ns()
@@ -221,7 +223,13 @@ class Batcher:
                 if self._closed:
                     return None
             was_idle, self._idle = self._idle, False  # the model has this batch coming: the next fills until it is idle
-            return [self._waiting.popleft() for _ in range(count)], was_idle
+            batch = [self._waiting.popleft() for _ in range(count)]
+            head = (0, 0, False)  # the requests left behind start the next batch (a walk of at most one batch)
+            for pending in self._waiting:
+                if (head := self._grow(head, len(pending.items)))[2]:
+                    break
+            self._head = head
+            return batch, was_idle
 
     def _collate(self) -> None:
         while (taken := self._next_batch()) is not None:

@@ -91,6 +91,29 @@ def test_a_busy_model_lets_the_next_batch_fill_past_the_delay_and_requests_are_n
     assert all(timing["queue_ns"] >= 0 and timing["compute_ns"] > 0 for _, timing in results)
 
 
+def test_a_backlog_of_requests_of_several_items_is_cut_into_the_greedy_batches_in_order():
+    model = Model(max_batch=4, delay_ms=1, forward_s=0.15)
+    sizes = [1, 3, 2, 2, 1, 1, 1, 4, 3, 1, 2, 3, 1, 1, 2]
+    requests = [[f"r{i}.{k}" for k in range(n)] for i, n in enumerate(sizes)]
+    expected, batch = [], []  # each batch takes requests in order while they fit, a request never split
+    for items in requests:
+        if batch and len(batch) + len(items) > 4:
+            expected.append(batch)
+            batch = []
+        batch = batch + items
+    expected.append(batch)
+
+    async def scenario(batcher):
+        first = asyncio.create_task(submit(batcher, "x"))
+        await asyncio.sleep(0.03)  # the model is busy with [x]: the backlog arrives meanwhile
+        rest = [asyncio.create_task(submit(batcher, *items)) for items in requests]
+        return await asyncio.gather(first, *rest)
+
+    results = serve(model, scenario)
+    assert model.batches == [["x"], *expected]
+    assert [answers for answers, _ in results[1:]] == [[{"item": i} for i in items] for items in requests]
+
+
 def test_a_batch_that_fails_to_collate_fails_its_requests_and_the_next_partial_batch_still_runs():
     model = Model(max_batch=4, delay_ms=20)
     model.fail_prepare = {"bad"}
