@@ -286,7 +286,8 @@ def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float]
         ax.set_xlabel(f"measured {metric} [{unit}]")
         ax.set_ylabel(f"predicted [{unit}]")
         ax.set_title(metric)
-    axes[0, -1].legend(loc="lower right")  # below the identity line, where few points are
+    handles, names = axes[0, -1].get_legend_handles_labels()  # under the panels: a legend inside one covered points
+    fig.legend(handles, names, loc="outside lower center", ncol=len(names))
     if title:
         fig.suptitle(title)
     return fig
