@@ -536,6 +536,15 @@ def switch_interval_ms(cfg: WorkloadConfig) -> float:
     return 0.5 if cfg.device == "cuda" else sys.getswitchinterval() * 1000
 
 
+def uvicorn_config(app):
+    """How uvicorn serves ``app``: HTTP parser and event loop left to uvicorn's choice (httptools and uvloop, which
+    gawm depends on; it falls back to h11 and asyncio without a word where they are missing), a deep accept backlog (a
+    burst of clients is queued by the kernel, then answered: 503 when over the queue)."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, backlog=2048)
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -565,10 +574,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(str(sock.getsockname()[1]))
         tmp.replace(args.port_file)
-    # A deep accept backlog: a burst of clients is queued by the kernel, then answered (503 when over the queue).
-    config = uvicorn.Config(create_app(cfg, args.replica), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5, backlog=2048)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(create_app(cfg, args.replica))).run(sockets=[sock])
 
 
 if __name__ == "__main__":

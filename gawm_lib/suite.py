@@ -51,6 +51,10 @@ from gawm_lib import paths, runs
 from gawm_lib.config import ConfigError, ExperimentConfig, load_params
 
 
+def _sets_levels(overrides: list[str]) -> bool:
+    return any(o.split("=", 1)[0].strip() == "load.levels" for o in overrides)
+
+
 class SuiteEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,8 +75,7 @@ class SuiteEntry(BaseModel):
 
     @model_validator(mode="after")
     def _levels_set_once(self) -> SuiteEntry:
-        if self.capacity_shares and ("load.levels" in self.grid
-                                     or any(o.split("=", 1)[0].strip() == "load.levels" for o in self.overrides)):
+        if self.capacity_shares and ("load.levels" in self.grid or _sets_levels(self.overrides)):
             raise ValueError("capacity_shares sets load.levels: drop the load.levels override or grid")
         return self
 
@@ -161,7 +164,7 @@ def validate_points(points: list[Point]) -> list[ExperimentConfig]:
         if not point.shares:
             continue
         where = f"{point.params} {' '.join(point.overrides)}: capacity_shares"
-        if any(o.split("=", 1)[0].strip() == "load.levels" for o in point.overrides):  # e.g. from -p
+        if _sets_levels(point.overrides):  # e.g. from `gawm run -p`
             problems.append(f"{where}: the entry's rates come from its capacity shares; an override of load.levels "
                             f"would be ignored: leave it out")
         if cfg.load.scenario != "poisson":

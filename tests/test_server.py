@@ -372,9 +372,9 @@ def test_the_server_is_served_on_httptools_and_uvloop_not_the_pure_python_fallba
     cost DistilBERT x4 11-17 % of its capacity (data/benchmarks/h200/tail_goal_x4_httptools)."""
     import importlib.util
 
-    import uvicorn
+    from gawm_lib.server import uvicorn_config
 
-    config = uvicorn.Config(lambda scope, receive, send: None)  # the server's own settings leave http and loop at auto
+    config = uvicorn_config(lambda scope, receive, send: None)  # the settings the server runs with
     config.load()
     assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
     assert config.loop == "auto" and importlib.util.find_spec("uvloop") is not None  # auto takes uvloop if importable
