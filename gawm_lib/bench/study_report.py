@@ -210,18 +210,20 @@ def _p95_table(predicted: pd.DataFrame) -> pd.DataFrame:
 
 
 def levelled(validation: pd.DataFrame) -> pd.DataFrame:
-    """``validation`` (one row per held-out step) with the curve levelled to each run's lease: the run's lowest-rate
-    step, its sweep's first, says how fast the lease runs the configuration (``level_factor``: measured over predicted
-    p95 there), and the run's other steps are predicted by the curve times that factor (``levelled_predicted``,
-    ``levelled_ape_pct``; NaN on the level step itself, and in a run with one rate). As the CPU benchmark's speed
-    check does, it takes one short measurement in the place predicted: the lent VM's leases differ in level (leases 4
-    and 5 of ResNet50 x4 ran every rate slower than lease 1) and nothing measured in another lease predicts that."""
+    """``validation`` (one row per held-out step) with the curve levelled to each run's lease: the run's steps at its
+    lowest rate say how fast the lease runs the configuration (``level_factor``: the median of their measured p95 over
+    the predicted), and the run's other steps are predicted by the curve times that factor (``levelled_predicted``,
+    ``levelled_ape_pct``; NaN on the level steps themselves, and in a run with one rate). As the CPU benchmark's speed
+    check does, it takes short measurements in the place predicted: the lent VM's leases differ in level (leases 4 and
+    5 of ResNet50 x4 ran every rate slower than lease 1) and nothing measured in another lease predicts that. The
+    tenth session's sweeps visit the lowest rate once, first; the eleventh's three times (first, middle, last), so that
+    one visit's scatter, or a stall in it, does not set the level alone."""
     out = validation.assign(level_factor=np.nan, levelled_predicted=np.nan, levelled_ape_pct=np.nan)
     for _, rows in out.groupby("run_id"):
         if rows["level"].nunique() < 2:
             continue
         lowest = rows[rows["level"] == rows["level"].min()]
-        factor = float(lowest["measured"].mean() / lowest["predicted"].mean())
+        factor = float((lowest["measured"] / lowest["predicted"]).median())
         scored = rows.index.difference(lowest.index)
         out.loc[rows.index, "level_factor"] = factor
         out.loc[scored, "levelled_predicted"] = out.loc[scored, "predicted"] * factor
