@@ -614,7 +614,7 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
             "model": "gawm_lib.models.TailCurve",
             "scope": "other rates of a configuration (workload, replicas) from Poisson sweeps of it and its "
                      "measured capacity: not a new configuration; the levelled check also takes each held-out "
-                     "sweep's first (lowest-rate) step, in the lease it predicts",
+                     "sweep's visits to its lowest rate, in the lease it predicts",
             "reach_needed": TAIL_REACH,
             "p95_mape_pct": tail,
             "utilisation": per_replicas("held_out_utilisation"),
