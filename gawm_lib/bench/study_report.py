@@ -267,10 +267,9 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
         scored = rows[rows["levelled_ape_pct"].notna()]
         if len(scored):
             entry["held_out_levelled_p95_mape_pct"] = round(float(scored["levelled_ape_pct"].mean()), 1)
-            entry["held_out_levelled_p95_mape_pct_by_run"] = {
-                run: round(float(mine["levelled_ape_pct"].mean()), 1) for run, mine in scored.groupby("run_id")}
-            entry["held_out_level_factor_by_run"] = {run: round(float(mine["level_factor"].iloc[0]), 4)
-                                                     for run, mine in scored.groupby("run_id")}
+            by_run = scored.groupby("run_id").agg(mape=("levelled_ape_pct", "mean"), factor=("level_factor", "first"))
+            entry["held_out_levelled_p95_mape_pct_by_run"] = by_run["mape"].round(1).to_dict()
+            entry["held_out_level_factor_by_run"] = by_run["factor"].round(4).to_dict()
             entry["held_out_levelled_utilisation"] = _span(scored["utilisation"])
         if rows["interpolated_ape_pct"].notna().any():  # the fitted sweep itself, read at the held-out rates
             entry["sweep_interpolated_p95_mape_pct"] = round(float(rows["interpolated_ape_pct"].mean()), 1)
