@@ -204,7 +204,6 @@ def test_levelling_scales_each_runs_curve_by_its_lowest_rate_step_and_scores_the
     assert out[["measured", "predicted"]].equals(validation[["measured", "predicted"]])
 
 
-
 def test_a_level_read_from_three_visits_is_their_median_so_one_stalled_visit_does_not_set_it():
     validation = pd.DataFrame({
         "run_id": ["a"] * 5, "level": [200.0, 500.0, 200.0, 900.0, 200.0],
@@ -213,6 +212,7 @@ def test_a_level_read_from_three_visits_is_their_median_so_one_stalled_visit_doe
     assert out["level_factor"].tolist() == pytest.approx([1.1] * 5)
     assert out["levelled_ape_pct"].iloc[[0, 2, 4]].isna().all()
     assert out["levelled_predicted"].iloc[[1, 3]].tolist() == pytest.approx([0.0165, 0.0275])
+
 
 def test_the_model_plan_sits_beside_the_measured_one_up_to_the_fitted_replica_counts():
     from gawm_lib.models import BatchLatencyTable, TandemServer
