@@ -90,9 +90,11 @@ def test_the_collector_probe_counts_fewer_collections_with_the_servers_threshold
     assert gc_probe.main(["--connections", "128", "--duration-s", "3", "--out", str(tmp_path / "gc.json")]) == 0
     results = json.loads((tmp_path / "gc.json").read_text())["results"]
     python, default = results["python"], results["server default"]
-    assert default["gc_thresholds"] == [10_000, 10, 10] and python["requests_per_s"] > 0
-    young = [r["generations"]["0"]["collections"] for r in (python, default)]
-    assert young[0] > 2 * young[1] + 5, young  # a young collection every 700 surviving allocations, or every 10,000
+    assert default["gc_thresholds"] == [10_000, 10, 10] and python["requests_per_s"] > 0 and default["requests_per_s"] > 0
+    # a young collection every 700 surviving allocations, or every 10,000: per request served, so that the two 3 s
+    # runs need not serve as many requests on a loaded machine
+    young = [r["generations"]["0"]["collections"] / r["requests_per_s"] for r in (python, default)]
+    assert python["generations"]["0"]["collections"] > 5 and young[0] > 3 * young[1], young
 
 
 def test_shared_memory_bodies_carry_only_a_header_and_are_answered_by_every_replica(tmp_path):
