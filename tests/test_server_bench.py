@@ -90,7 +90,8 @@ def test_the_collector_probe_counts_fewer_collections_with_the_servers_threshold
     assert gc_probe.main(["--connections", "128", "--duration-s", "3", "--out", str(tmp_path / "gc.json")]) == 0
     results = json.loads((tmp_path / "gc.json").read_text())["results"]
     python, default = results["python"], results["server default"]
-    assert default["gc_thresholds"] == [10_000, 10, 10] and python["requests_per_s"] > 0 and default["requests_per_s"] > 0
+    assert default["gc_thresholds"] == [10_000, 10, 10]
+    assert python["requests_per_s"] > 0 and default["requests_per_s"] > 0
     # a young collection every 700 surviving allocations, or every 10,000: per request served, so that the two 3 s
     # runs need not serve as many requests on a loaded machine
     young = [r["generations"]["0"]["collections"] / r["requests_per_s"] for r in (python, default)]

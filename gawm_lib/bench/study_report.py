@@ -215,8 +215,8 @@ def levelled(validation: pd.DataFrame) -> pd.DataFrame:
     the predicted), and the run's other steps are predicted by the curve times that factor (``levelled_predicted``,
     ``levelled_ape_pct``; NaN on the level steps themselves, and in a run with one rate). As the CPU benchmark's speed
     check does, it takes short measurements in the place predicted: the lent VM's leases differ in level (leases 4 and
-    5 of ResNet50 x4 ran every rate slower than lease 1) and nothing measured in another lease predicts that. The
-    tenth session's sweeps visit the lowest rate once, first; the eleventh's three times (first, middle, last), so that
+    5 of ResNet50 x4 ran every rate slower than lease 1) and nothing measured in another lease predicts that. A sweep
+    that visits its lowest rate several times (first, in the middle, last) is levelled by the median visit, so that
     one visit's scatter, or a stall in it, does not set the level alone."""
     out = validation.assign(level_factor=np.nan, levelled_predicted=np.nan, levelled_ape_pct=np.nan)
     for _, rows in out.groupby("run_id"):
