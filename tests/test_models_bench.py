@@ -11,7 +11,7 @@ import pytest
 
 from gawm_lib.bench import models_bench as mb
 from gawm_lib.config import WorkloadConfig
-from gawm_lib.models import BatchLatencyModel, predict_batching
+from gawm_lib.models import BatchLatencyModel, BatchLatencyTable, predict_batching
 
 
 def _entry(workload: str, p95_measured: float, command: str = "python -m gawm_lib.bench.models_bench") -> dict:
@@ -102,7 +102,7 @@ def test_whisper_settings_payloads_and_plan():
     wall = sum(max(plan.min_step_s, plan.requests / (u * capacity)) + plan.warmup_s for u in plan.utilisations)
     wall += sum(max(plan.fit_s, plan.fit_batches * b * clip_s) for b in range(1, settings["max_batch_size"] + 1))
     wall += max(plan.calibration_min_s, plan.calibration_requests / (plan.calibration_utilisation * capacity))
-    wall += len(plan.utilisations) * max(plan.speed_check_min_s, plan.speed_check_requests
+    wall += (len(plan.utilisations) + 1) * max(plan.speed_check_min_s, plan.speed_check_requests
                                          / (plan.calibration_utilisation * capacity))
     assert wall < 36 * 60
 
@@ -138,11 +138,23 @@ def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
             assert all(np.isfinite(v) and v > 0 for v in step[key].values()), (key, step[key])
         assert 0.3 < step["service_drift"]["median"] < 3
         assert 0.3 < step["speed_check"]["factor"] < 3 and step["speed_check"]["requests"] >= 3
-        # the step's rate is its share of the capacity the speed check found just before it
+        # the step's rate is its share of the capacity the speed check found just before it; its predictions are from
+        # the mean of that check and the one just after it
         assert step["capacity_rps"] == pytest.approx(entry["capacity_rps"] / step["speed_check"]["factor"])
         assert step["rate_rps"] == pytest.approx(step["utilisation"] * step["capacity_rps"])
+        assert step["speed_check_after"]["requests"] >= 3
+        assert step["speed_factor"] == pytest.approx((step["speed_check"]["factor"]
+                                                      + step["speed_check_after"]["factor"]) / 2)
         assert 1 <= step["mean_batch_size"]["measured"] <= step["mean_batch_size"]["measured_per_request"] <= 2
         assert step["cpu"]["busy_cores"] >= 0
+        service = BatchLatencyTable(tuple(entry["service_used_s"])).scaled(step["speed_factor"])
+        predicted = predict_batching(step["rate_rps"], service, 2, 0.005,
+                                     service_factors=entry["service_variability"]["factors"])
+        assert step["predicted"]["p95_ms"] == pytest.approx(predicted.p95_s * 1e3 + entry["client_overhead_ms"],
+                                                            rel=2e-3)
+    first, second = entry["held_out"]
+    assert second["speed_check"] == first["speed_check_after"]  # one check between two steps, not two
+    assert np.isfinite(entry["p95_mape_pct_from_check_before"])  # the earlier design's error, for comparison
     for key in ("mape_pct", "mape_pct_same_schedule"):
         assert set(entry[key]) == set(mb.METRICS) and all(np.isfinite(v) for v in entry[key].values())
 
