@@ -48,6 +48,7 @@ def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Ru
         rows["replicas"] = effective["backend"]["replicas"]
         rows["placement"] = effective["backend"].get("placement", "none")  # runs before placement were not pinned
         rows["scenario"] = effective["load"]["scenario"]
+        rows["payloads_per_request"] = effective["load"].get("payloads_per_request", 1)  # items (texts, images)
         rows["payload_audio_s"] = effective["load"].get("payload_audio_s") or np.nan
         frames.append(rows)
     return pd.concat(frames, ignore_index=True), loaded

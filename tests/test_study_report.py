@@ -30,6 +30,7 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
                                 heldout_ids=[ids[2]])
 
     assert analysis.load_requests(ids)[0]["gc_thresholds"].unique().tolist() == ["10000,10,10"]  # the server default
+    assert report["payloads_per_request"] == {"distilbert": 1}  # one text a request: the load's default
     steps = pd.read_csv(out / "steps.csv")
     assert sorted(steps["replicas"].unique()) == [1, 2] and len(steps) == 6 and (steps["throughput_rps"] > 0).all()
     scaling = pd.read_csv(out / "scaling.csv").set_index("replicas")
@@ -180,12 +181,20 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     other = {"source": "data/benchmarks/h200/x8/report.json", "command": "study_report --suite x8",
              "goal_met": {"resnet50": True}, "p95_mape_pct": {},
              "tail_curve": {"cross_run_p95_mape_pct": {"resnet50": {"replicas_8": 5.0}}}}
-    assert study_report.checked_configurations(other) == {("resnet50", "replicas_8")}
+    assert study_report.checked_configurations(other) == {("resnet50", "replicas_8", 1)}
     study_report.write_gpu_goal(path, other)
     written = json.loads(path.read_text())
     assert written["gpu"] == other and written["gpu_also"] == [newer] and written["gpu_superseded"] == [section]
     assert written["gpu_goal_met"] == {"resnet50": True}
     assert written["gpu_goal_met_by"] == {"resnet50": ["data/benchmarks/h200/x8/report.json"]}
+    # the same workload and replicas with eight images a request is another configuration: it stands beside them
+    bigger = {**other, "source": "data/benchmarks/h200/x8_images8/report.json", "goal_met": {"resnet50": False},
+              "payloads_per_request": {"resnet50": 8}}
+    assert study_report.checked_configurations(bigger) == {("resnet50", "replicas_8", 8)}
+    study_report.write_gpu_goal(path, bigger)
+    written = json.loads(path.read_text())
+    assert written["gpu"] == bigger and written["gpu_also"] == [other, newer]
+    assert written["gpu_superseded"] == [section] and written["gpu_goal_met"] == {"resnet50": True}
     merged = models_bench.merge_report(written, {"workloads": []})  # the CPU benchmark's write keeps all of it
     assert {k: merged[k] for k in models_bench.GPU_KEYS} == {k: written[k] for k in models_bench.GPU_KEYS}
 
@@ -232,7 +241,7 @@ def test_an_unknown_suite_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
         study_report.main(["--suite", "no-such-suite", "--out", str(tmp_path / "out")])
 
 
-def test_a_workload_run_with_several_decode_worker_counts_is_one_configuration_per_count():
+def test_a_workload_run_with_several_values_of_a_setting_is_one_configuration_per_value():
     rows = pd.DataFrame({"workload": ["distilbert", "distilbert", "resnet50", "distilbert", "resnet50"],
                          "decode_workers": [4, 0, 4, 4, 4], "gc_freeze": [True, True, True, True, False]})
     labelled = study_report.configurations(rows)
@@ -244,6 +253,9 @@ def test_a_workload_run_with_several_decode_worker_counts_is_one_configuration_p
     collector = pd.DataFrame({"workload": ["distilbert"] * 3, "gc_thresholds": ["python", "10000,10,10", "python"]})
     assert study_report.configurations(collector)["workload"].tolist() == [
         "distilbert gc_thresholds=python", "distilbert gc_thresholds=10000,10,10", "distilbert gc_thresholds=python"]
+    texts = pd.DataFrame({"workload": ["distilbert"] * 2, "payloads_per_request": [1, 8]})  # texts a request
+    assert study_report.configurations(texts)["workload"].tolist() == ["distilbert payloads_per_request=1",
+                                                                      "distilbert payloads_per_request=8"]
 
 
 def test_the_probe_summary_ranks_each_revisits_p95_against_its_probe_time():

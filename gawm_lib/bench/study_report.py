@@ -43,8 +43,9 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
   spread and, over rates visited more than once, the rank correlation of each visit's p95 with its probe time;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
 
-A workload run with different ``decode_workers`` counts (or ``gc_freeze``, ``gc_thresholds``) is reported as one
-configuration per value (``distilbert decode_workers=0``): its models are fitted and checked per configuration.
+A workload run with different ``decode_workers`` counts (or ``gc_freeze``, ``gc_thresholds``, or items a request,
+``load.payloads_per_request``) is reported as one configuration per value (``distilbert decode_workers=0``): its
+models are fitted and checked per configuration.
 
 Several suites and workloads go into one report (``--suite a b``): the scaling models are fitted per workload on its
 closed-loop runs with one replica, and open-loop (Poisson) runs are predicted by that workload's batch-service model.
@@ -71,7 +72,7 @@ from gawm_lib.models.scaling import mva
 GPU_QUERIES = {"gpu_util_nvml": "gpu_util", "gpu_memory_used_nvml": "gpu_memory_bytes", "gpu_power_nvml": "gpu_power_w",
                "energy_per_request_nvml": "energy_per_request_j", "gc_pause_ratio": "gc_pause_share"}
 # a workload run with several values of one of these is one configuration per value
-SERVER_SETTINGS = ("decode_workers", "gc_freeze", "gc_thresholds")
+CONFIGURATION_SETTINGS = ("decode_workers", "gc_freeze", "gc_thresholds", "payloads_per_request")
 
 
 def step_metrics(run: runs.Run) -> pd.DataFrame:
@@ -389,10 +390,10 @@ def _repeat_summary(pairs: pd.DataFrame) -> dict[str, Any]:
     return summary
 
 
-def configurations(requests: pd.DataFrame, settings=SERVER_SETTINGS) -> pd.DataFrame:
+def configurations(requests: pd.DataFrame, settings=CONFIGURATION_SETTINGS) -> pd.DataFrame:
     """``requests`` with each workload that ran with different values of a server setting (``decode_workers``,
-    ``gc_freeze``) relabelled per value (``distilbert decode_workers=0``), so that its models are fitted and checked
-    per configuration."""
+    ``gc_freeze``) or of the items a request carries (``payloads_per_request``) relabelled per value
+    (``distilbert decode_workers=0``), so that its models are fitted and checked per configuration."""
     label = requests["workload"].copy()
     for setting in settings:
         if setting not in requests:
@@ -544,6 +545,9 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         "run_ids": run_ids,
         "runs": {r.id: {"git": r.manifest.get("git"), "host": r.manifest.get("host"), "gpu": r.manifest.get("gpu"),
                         "status": r.manifest.get("status"), "weights": r.manifest.get("workloads")} for r in loaded},
+        # one value per configuration (configurations() splits a workload sent with several)
+        "payloads_per_request": {w: int(v) for w, v in pd.concat([requests, heldout]).groupby("workload")[
+            "payloads_per_request"].max().items()},
         "model_mape_pct": mape,
         "mva_delay_bottleneck": {w: {**{k: round(v, 3) for k, v in fitted[w].items()},
                                      "held_out_mape_pct": mva_mape[w]} for w in fitted},
@@ -600,6 +604,7 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     return {
         "goal": f"held-out p95 MAPE <= {goal_pct:g} % from 10 % to 85 % utilisation on a GPU (open-loop steps)",
         "source": source, "command": report["command"], "model": "gawm_lib.models.TandemServer",
+        "payloads_per_request": report.get("payloads_per_request", {}),
         "devices": sorted({d.get("name", "?") for r in report["runs"].values()
                            for d in ((r.get("gpu") or {}).get("devices") or [])}),
         "goal_met": {w: tandem_met.get(w, False) or (held_out_met[w] if w in held_out_met
@@ -633,12 +638,15 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     }
 
 
-def checked_configurations(section: dict[str, Any]) -> set[tuple[str, str]]:
-    """The (workload, ``replicas_N``) pairs a :func:`gpu_goal` section checks: by the tandem model or a tail curve."""
+def checked_configurations(section: dict[str, Any]) -> set[tuple[str, str, int]]:
+    """The (workload, ``replicas_N``, items a request) a :func:`gpu_goal` section checks: by the tandem model or a
+    tail curve. A section that does not record ``payloads_per_request`` (written before it did) sent one item a
+    request, as every run did then."""
     tail = section.get("tail_curve") or {}
+    items = section.get("payloads_per_request") or {}
     found = set()
     for errors in (section.get("p95_mape_pct"), tail.get("p95_mape_pct"), tail.get("cross_run_p95_mape_pct")):
-        found |= {(w, r) for w, per in (errors or {}).items() for r in per}
+        found |= {(w, r, int(items.get(w, 1))) for w, per in (errors or {}).items() for r in per}
     return found
 
 
@@ -646,9 +654,9 @@ def write_gpu_goal(path: Path, section: dict[str, Any]) -> None:
     """Put ``section`` under ``gpu`` in the models report at ``path`` (everything else is kept as it is).
 
     The sections already there (``gpu`` and ``gpu_also``) that came from another report stay standing under
-    ``gpu_also`` where they check a configuration (workload, replicas) this one does not, and move to the end of
-    ``gpu_superseded`` where this one checks every configuration they did; one from the same report and command is
-    replaced. ``gpu_goal_met`` says per workload whether any standing section meets the goal, and ``gpu_goal_met_by``
+    ``gpu_also`` where they check a configuration (workload, replicas, items a request) this one does not, and move
+    to the end of ``gpu_superseded`` where this one checks every configuration they did; one from the same report and
+    command is replaced. ``gpu_goal_met`` says per workload whether any standing section meets the goal, and ``gpu_goal_met_by``
     which reports' configurations do."""
     data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "models"}
     standing = [s for s in [data.get("gpu"), *data.get("gpu_also", [])]
