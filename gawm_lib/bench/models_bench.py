@@ -297,10 +297,11 @@ def _speed_check(rows: pd.DataFrame, service: BatchLatencyTable) -> dict[str, An
     mean of its batch times over the table under load, interfered batches left out, with its standard error.
 
     The held-out step's rate (its share of the capacity the machine has then) is from the table under load times the
-    factor of the check before it, its batch times from the table times the mean of the checks before and after it. On the 2-core build machine the same model ran 20 % slower than three hours before
-    (ResNet50 79.6 against 65.8 ms an image back to back), and 5-7 % faster in the held-out steps than in the
-    calibration step half an hour before them (in the next run 20 % faster than the calibration ten minutes before),
-    which at 85 % utilisation is a p95 a third too long."""
+    factor of the check before it, its batch times from the table times the mean of the checks before and after it.
+    On the 2-core build machine the same model ran 20 % slower than three hours before (ResNet50 79.6 against 65.8 ms
+    an image back to back), and 5-7 % faster in the held-out steps than in the calibration step half an hour before
+    them (in the next run 20 % faster than the calibration ten minutes before), which at 85 % utilisation is a p95 a
+    third too long."""
     sizes, seconds, slow = _batch_times(rows[rows["phase"] == "step"])
     if not len(seconds):
         raise RuntimeError("the speed check ran no batch: is the server answering?")

@@ -656,8 +656,8 @@ def write_gpu_goal(path: Path, section: dict[str, Any]) -> None:
     The sections already there (``gpu`` and ``gpu_also``) that came from another report stay standing under
     ``gpu_also`` where they check a configuration (workload, replicas, items a request) this one does not, and move
     to the end of ``gpu_superseded`` where this one checks every configuration they did; one from the same report and
-    command is replaced. ``gpu_goal_met`` says per workload whether any standing section meets the goal, and ``gpu_goal_met_by``
-    which reports' configurations do."""
+    command is replaced. ``gpu_goal_met`` says per workload whether any standing section meets the goal, and
+    ``gpu_goal_met_by`` which reports' configurations do."""
     data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "models"}
     standing = [s for s in [data.get("gpu"), *data.get("gpu_also", [])]
                 if s and (s.get("source"), s.get("command")) != (section["source"], section["command"])]
