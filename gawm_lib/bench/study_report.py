@@ -546,8 +546,8 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         "runs": {r.id: {"git": r.manifest.get("git"), "host": r.manifest.get("host"), "gpu": r.manifest.get("gpu"),
                         "status": r.manifest.get("status"), "weights": r.manifest.get("workloads")} for r in loaded},
         # one value per configuration (configurations() splits a workload sent with several)
-        "payloads_per_request": {w: int(v) for w, v in pd.concat([requests, heldout]).groupby("workload")[
-            "payloads_per_request"].max().items()},
+        "payloads_per_request": {w: int(v) for frame in (requests, heldout) if len(frame)
+                                 for w, v in frame.groupby("workload")["payloads_per_request"].max().items()},
         "model_mape_pct": mape,
         "mva_delay_bottleneck": {w: {**{k: round(v, 3) for k, v in fitted[w].items()},
                                      "held_out_mape_pct": mva_mape[w]} for w in fitted},
