@@ -83,6 +83,70 @@ def test_noise_floor_is_small_for_a_long_quiet_step_and_large_for_a_short_busy_o
     assert quiet["p95_mean_abs_error_pct"] < 8 < busy["p95_mean_abs_error_pct"]
 
 
+def _whisper_like() -> tuple[BatchLatencyModel, float]:
+    service = BatchLatencyModel(alpha=0.46, beta=0.03, floor=0.0)  # Whisper tiny on one core: ~0.5 s a clip
+    return service, 4 / service.predict(4)
+
+
+def test_step_length_for_floor_is_the_shortest_that_meets_the_target_or_says_it_cannot():
+    service, cap = _whisper_like()
+    rate, factors = 0.85 * cap, np.array([0.95, 1.0, 1.05])
+    sized = mb.step_length_for_floor(rate, service, factors, 4, 0.005, target_pct=6.0, min_s=60.0, max_s=20_000.0,
+                                     min_requests=50, warmup_s=2.0, runs_=40)
+    assert sized["target_met"] and sized["noise_floor_pct"] <= 6.0 < sized["tried"][0]["noise_floor_pct"]
+    assert sized["tried"][0]["step_s"] == 60.0 and sized["tried"][-1]["step_s"] == sized["step_s"]
+    assert sized["tried"][-1]["requests"] == int(np.ceil(rate * sized["step_s"]))
+    # not far past the shortest: a step half as long misses the target (the same simulated runs, so no luck)
+    p95 = predict_batching(rate, service, 4, 0.005, service_factors=factors).p95_s
+    half = mb.noise_floor(rate, int(np.ceil(rate * sized["step_s"] / 2)), int(np.ceil(rate * 2.0)), service, factors,
+                          4, 0.005, p95, 40)
+    assert half["p95_mean_abs_error_pct"] > 6.0
+    capped = mb.step_length_for_floor(rate, service, factors, 4, 0.005, target_pct=6.0, min_s=60.0, max_s=120.0,
+                                      runs_=40)
+    assert capped["step_s"] == 120.0 and not capped["target_met"] and capped["noise_floor_pct"] > 6.0
+    short_enough = mb.step_length_for_floor(0.1 * cap, service, factors, 4, 0.005, target_pct=50.0, min_s=60.0,
+                                            max_s=120.0, runs_=40)
+    assert short_enough["step_s"] == 60.0 and len(short_enough["tried"]) == 1
+    with pytest.raises(ValueError, match="target_pct"):
+        mb.step_length_for_floor(rate, service, factors, 4, 0.005, target_pct=0.0, min_s=60.0, max_s=120.0)
+    with pytest.raises(ValueError, match="min_s <= max_s"):
+        mb.step_length_for_floor(rate, service, factors, 4, 0.005, target_pct=5.0, min_s=600.0, max_s=120.0)
+
+
+def test_plan_steps_prints_each_steps_length_from_a_recorded_fit(tmp_path, capsys):
+    service, cap = _whisper_like()
+    entry = {"workload": "whisper", "service_used_s": [float(service.predict(b)) for b in range(1, 5)],
+             "service_variability": {"factors": [0.97, 1.0, 1.03]},
+             "settings": {"max_batch_size": 4, "max_queue_delay_ms": 5.0},
+             "plan": {"utilisations": [0.1, 0.85], "requests": 20, "warmup_s": 2.0}}
+    report = tmp_path / "models.json"
+    report.write_text(json.dumps({"workloads": [entry]}))
+    assert mb.main(["--out", str(report), "--plan-steps", "--max-noise-floor-pct", "15", "--min-step-s", "60",
+                    "--max-step-s", "5000"]) == 0
+    out = capsys.readouterr().out
+    steps = mb.plan_steps(entry, 15.0, 60.0, 5000.0)
+    assert [s["utilisation"] for s in steps] == [0.1, 0.85] and all(s["target_met"] for s in steps)
+    assert steps[1]["rate_rps"] == pytest.approx(0.85 * cap)
+    for s in steps:
+        assert f"{s['step_s']:7.0f} s" in out and f"floor {s['noise_floor_pct']:4.1f} %" in out
+    assert "whisper: held-out steps for a noise floor <= 15 %" in out
+    # what is missing is named, with the file
+    del entry["service_variability"]
+    report.write_text(json.dumps({"workloads": [entry]}))
+    with pytest.raises(SystemExit):
+        mb.main(["--out", str(report), "--plan-steps", "--max-noise-floor-pct", "8"])
+    err = capsys.readouterr().err
+    assert str(report) in err and "service_variability" in err
+    for argv, says in ((["--plan-steps"], "--max-noise-floor-pct"),
+                       (["--plan-steps", "--max-noise-floor-pct", "8", "--workloads", "resnet50"], "no entry for resnet50"),
+                       (["--plan-steps", "--max-noise-floor-pct", "-1"], "expected a positive number"),
+                       (["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "900", "--max-step-s", "600"],
+                        "shorter than --min-step-s")):
+        with pytest.raises(SystemExit):
+            mb.main(["--out", str(report), *argv])
+        assert says in capsys.readouterr().err
+
+
 def test_whisper_settings_payloads_and_plan():
     settings = mb.SETTINGS["whisper"]
     cfg = WorkloadConfig(name="whisper", **settings)
@@ -112,8 +176,16 @@ def test_whisper_settings_payloads_and_plan():
 def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
     plan = mb.Plan(requests=5, min_step_s=2.0, fit_s=0.5, fit_batches=3, calibration_requests=5,
                    calibration_min_s=1.0, speed_check_requests=3, speed_check_min_s=1.0, utilisations=(0.3, 0.8),
-                   warmup_s=0.5, replays=2, noise_runs=5, busy_wait_s=0.0)
-    reads = []
+                   warmup_s=0.5, replays=2, noise_runs=5, busy_wait_s=0.0, arrival_seed=7,
+                   max_noise_floor_pct=0.1, max_step_s=3.0)
+    reads, loads = [], []
+    real_load = mb._load
+
+    def spied_load(workload, backend, bodies, out, work, **load):
+        loads.append((out.name, load))
+        return real_load(workload, backend, bodies, out, work, **load)
+
+    monkeypatch.setattr(mb, "_load", spied_load)
 
     class BusyAtFirst(mb.CpuMeter):  # another user's job during the first fit and the first step's first attempt
         def read(self):
@@ -154,6 +226,15 @@ def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
                                                             rel=2e-3)
     first, second = entry["held_out"]
     assert second["speed_check"] == first["speed_check_after"]  # one check between two steps, not two
+    # each held-out step sent the schedule of its own seed, as long as its noise floor asked (capped: 5 requests
+    # cannot come near a 0.1 % floor), and recorded both
+    sent = [load for name, load in loads if name.startswith("whisper-rate")]
+    assert [load["arrival_seed"] for load in sent] == [7, 7, 8]  # the first step twice: busy the first time
+    assert [h["arrival_seed"] for h in entry["held_out"]] == [7, 8]
+    for step, load in zip(entry["held_out"], sent[1:]):
+        sizing = step["step_sizing"]
+        assert sizing["step_s"] == load["step_duration_s"] == 3.0 and not sizing["target_met"]
+        assert sizing["noise_floor_pct"] > 0.1 and sizing["tried"][0]["step_s"] == 2.0
     assert np.isfinite(entry["p95_mape_pct_from_check_before"])  # the earlier design's error, for comparison
     for key in ("mape_pct", "mape_pct_same_schedule"):
         assert set(entry[key]) == set(mb.METRICS) and all(np.isfinite(v) for v in entry[key].values())

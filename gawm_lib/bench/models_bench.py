@@ -50,10 +50,19 @@ quiet machine::
     python -m gawm_lib.bench.models_bench --min-step-s 150       # longer held-out steps, a lower noise floor
     python -m gawm_lib.bench.models_bench --quick                # shorter steps, a smoke test
     python -m gawm_lib.bench.models_bench --merge other.json     # merge an earlier report's entries, run nothing
+    python -m gawm_lib.bench.models_bench --plan-steps --max-noise-floor-pct 5 --min-step-s 300  # run nothing: how
+                                                                 # long each step must be, from the recorded fits
+    python -m gawm_lib.bench.models_bench --workloads resnet50 --max-noise-floor-pct 5 --min-step-s 300
+    python -m gawm_lib.bench.models_bench --arrival-seed 200     # other arrival schedules than the recorded runs'
 
 The entries in ``data/benchmarks/models.json`` ran with ``--min-step-s 600`` (ResNet50, DistilBERT) and 900 (Whisper):
 with shorter steps a perfect steady-state model already misses the p95 by about the goal (ResNet50 with 300 s steps:
-8.7 % on average), so a shorter run cannot tell a good model from a bad one. Each entry records its command.
+8.7 % on average), so a shorter run cannot tell a good model from a bad one. Each entry records its command. A fixed
+length gives the steps at high load far more noise than those at low load; ``--max-noise-floor-pct`` makes each step
+as long as its own floor needs (from the fit, before the step runs), and ``--plan-steps`` says what that costs before
+anything runs: for a 5 % floor ResNet50 and DistilBERT need about 70 minutes of held-out steps, Whisper about 7.6
+hours (at 10 % its p95 falls among the one clip in ten that arrives while another runs and waits up to 0.5 s for it:
+the fitted server puts p90, p95 and p97 at 0.53, 0.80 and 0.90 s, so a few such clips more or less move the p95).
 """
 
 from __future__ import annotations
@@ -105,6 +114,10 @@ class Plan:
     Before each held-out step and after the last a *speed check* (the calibration step again, at least
     ``speed_check_min_s`` and ``speed_check_requests``) says how fast the machine runs the model then; 0 requests:
     none.
+    Held-out step i sends the Poisson schedule of seed ``arrival_seed + i`` (the same seed, the same schedule: run
+    again with another seed to see another sample of the arrivals).
+    ``max_noise_floor_pct`` (optional): each held-out step is made as long as its predicted noise floor needs to come
+    under this, from ``min_step_s`` up to ``max_step_s`` (:func:`step_length_for_floor`).
     ``replays``: replications of the same-schedule replay; ``noise_runs``: simulated runs per step for the noise
     floor. A fit during which other processes used more than ``QUIET_OTHER_CORES`` is done again (``fit_attempts`` in
     all, ``busy_wait_s`` apart), and so is such a held-out step (``step_attempts``; not steps over 10 minutes: at low
@@ -126,6 +139,9 @@ class Plan:
     fit_attempts: int = 3
     step_attempts: int = 2
     busy_wait_s: float = 30.0
+    arrival_seed: int = 100
+    max_noise_floor_pct: float | None = None
+    max_step_s: float = 4 * 3600.0
 
 
 PLANS = {
@@ -362,6 +378,60 @@ def noise_floor(rate: float, n_requests: int, n_warmup: int, service, factors: n
             "p95_bias_pct": float(errors.mean() * 100)}
 
 
+def step_length_for_floor(rate: float, service, factors: np.ndarray, max_batch: int, delay_s: float, *,
+                          target_pct: float, min_s: float, max_s: float, min_requests: int = 0, warmup_s: float = 0.0,
+                          runs_: int = 100, seed: int = 1000) -> dict[str, Any]:
+    """The shortest held-out step at ``rate`` (seconds, from ``min_s`` to ``max_s``) whose noise floor (the p95 error a
+    perfect steady-state model would show on average, :func:`noise_floor`) is at most ``target_pct``, for the fitted
+    server ``service`` with batch-time factors ``factors``. A step of ``s`` seconds sends ``max(min_requests, rate *
+    s)`` requests after ``rate * warmup_s`` of warm-up, as the load generator does.
+
+    The floor falls about as one over the square root of the requests, so each try jumps to where that rule puts the
+    target (10 % past it, at least 25 % longer than the last try) and checks it by simulation. Returns the length,
+    its floor, whether the target was met (not where even ``max_s`` is too short: the floor at ``max_s`` is then what
+    the step can do) and every length tried with its floor. Why: with 300 s steps a perfect model of ResNet50 on the
+    build machine already scored 8.7 % against the 10 % goal, so a run could not tell a good model from a bad one."""
+    if not target_pct > 0:
+        raise ValueError(f"target_pct: expected a positive noise floor in per cent, got {target_pct}")
+    if not 0 < min_s <= max_s:
+        raise ValueError(f"step length: expected 0 < min_s <= max_s, got min_s={min_s}, max_s={max_s}")
+    p95_s = predict_batching(rate, service, max_batch, delay_s, service_factors=factors).p95_s
+    n_warmup = int(np.ceil(rate * warmup_s))
+    seconds, tried = float(min_s), []
+    while True:
+        n = max(int(min_requests), int(np.ceil(rate * seconds)))
+        floor = noise_floor(rate, n, n_warmup, service, factors, max_batch, delay_s, p95_s, runs_,
+                            seed)["p95_mean_abs_error_pct"]
+        tried.append({"step_s": seconds, "requests": n, "noise_floor_pct": floor})
+        if floor <= target_pct or seconds >= max_s:
+            break
+        seconds = min(float(max_s), max(1.25 * seconds, 1.1 * seconds * (floor / target_pct) ** 2))
+    return {"step_s": seconds, "noise_floor_pct": floor, "target_pct": target_pct, "target_met": floor <= target_pct,
+            "tried": tried}
+
+
+def plan_steps(entry: dict[str, Any], target_pct: float, min_s: float, max_s: float, runs_: int = 100,
+               source: str = "the report") -> list[dict[str, Any]]:
+    """Before a run: how long each held-out step must be for its noise floor to come under ``target_pct``, from a
+    recorded entry's fitted server (its table under load, batch-time factors, batching settings and plan). The run
+    itself sizes each step again from its own fit (``--max-noise-floor-pct``); this says what that will cost."""
+    name = entry.get("workload", "?")
+    try:
+        service = BatchLatencyTable(tuple(entry["service_used_s"]))
+        factors = np.asarray(entry["service_variability"]["factors"], dtype=float)
+        big, delay_ms = entry["settings"]["max_batch_size"], entry["settings"]["max_queue_delay_ms"]
+        plan = entry["plan"]
+        utilisations, requests, warmup_s = plan["utilisations"], plan["requests"], plan["warmup_s"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{source}: the {name} entry lacks {err} (service_used_s, service_variability.factors, "
+                         "settings.max_batch_size / max_queue_delay_ms and plan are needed to plan steps)") from None
+    capacity = big / float(service.predict(big))
+    return [{"utilisation": u, "rate_rps": u * capacity,
+             **step_length_for_floor(u * capacity, service, factors, big, delay_ms / 1e3, target_pct=target_pct,
+                                     min_s=min_s, max_s=max_s, min_requests=requests, warmup_s=warmup_s, runs_=runs_)}
+            for u in utilisations]
+
+
 def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | None = None,
                       settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit, run the held-out steps and compare (see the module docstring). ``plan`` and ``settings`` override the
@@ -424,7 +494,14 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 # the step's rate from the machine's speed now: u of the capacity it has now
                 step_capacity = big / float(service.scaled(before["factor"]).predict(big))
                 rate = u * step_capacity
-                rows = open_loop(f"rate{i}", rate, plan.min_step_s, plan.requests, seed=100 + i)
+                sizing = None
+                if plan.max_noise_floor_pct is not None:  # as long as a perfect model needs to score under it
+                    sizing = step_length_for_floor(
+                        rate, service.scaled(before["factor"]), factors, big, delay_s,
+                        target_pct=plan.max_noise_floor_pct, min_s=plan.min_step_s, max_s=plan.max_step_s,
+                        min_requests=plan.requests, warmup_s=plan.warmup_s, runs_=max(1, plan.noise_runs // 2))
+                rows = open_loop(f"rate{i}", rate, sizing["step_s"] if sizing else plan.min_step_s, plan.requests,
+                                 seed=plan.arrival_seed + i)
                 check = after = speed_check(f"speed{i}-after")
                 cpu = meter.read()
                 if (cpu["other_processes_cores"] <= QUIET_OTHER_CORES or cpu["seconds"] > 600
@@ -462,6 +539,7 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                                     "predicted_same_schedule": same["mean_batch_size"],
                                     "measured_per_request": float(in_step["batch_size"].mean()),
                                     "predicted_same_schedule_per_request": same["mean_batch_size_per_request"]},
+                "arrival_seed": plan.arrival_seed + i, "step_sizing": sizing,
                 "speed_check": before, "speed_check_after": after, "speed_factor": speed_factor,
                 "service_drift": {"batches": int(len(drift)), "mean": float(drift.mean()),
                                   "median": float(np.median(drift))},
@@ -614,6 +692,40 @@ def draw_figures(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]
     return written
 
 
+def plan_with(plan: Plan, args: argparse.Namespace) -> Plan:
+    """``plan`` with the step options the command line gave."""
+    given = {"min_step_s": args.min_step_s, "max_step_s": args.max_step_s, "arrival_seed": args.arrival_seed,
+             "max_noise_floor_pct": args.max_noise_floor_pct}
+    return replace(plan, **{k: v for k, v in given.items() if v is not None})
+
+
+def print_step_plan(report: dict[str, Any], args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--plan-steps``: per workload in the report (or those named), each held-out step's length for the floor asked
+    for, and the held-out time in all."""
+    entries = {e["workload"]: e for e in report.get("workloads", [])}
+    names = args.workloads or list(entries)
+    missing = [n for n in names if n not in entries]
+    if missing:
+        parser.error(f"--plan-steps: {args.out} has no entry for {', '.join(missing)} (it has {sorted(entries)})")
+    for name in names:
+        plan = plan_with(plan_for(name, args.quick), args)
+        try:
+            steps = plan_steps(entries[name], plan.max_noise_floor_pct, plan.min_step_s, plan.max_step_s,
+                               source=str(args.out))
+        except ValueError as err:
+            parser.error(f"--plan-steps: {err}")
+        print(f"{name}: held-out steps for a noise floor <= {plan.max_noise_floor_pct:g} % (from {plan.min_step_s:g} "
+              f"to {plan.max_step_s:g} s a step)")
+        for s in steps:
+            print(f"  {100 * s['utilisation']:3.0f} %  {s['rate_rps']:8.2f} req/s  {s['step_s']:7.0f} s  "
+                  f"{s['tried'][-1]['requests']:7d} requests  floor {s['noise_floor_pct']:4.1f} %"
+                  + ("" if s["target_met"] else "  (even the longest step is short of the target)"))
+        total = sum(s["step_s"] + plan.warmup_s for s in steps)
+        mean_floor = np.mean([s["noise_floor_pct"] for s in steps])
+        print(f"  held-out steps in all: {total / 60:.0f} min; their mean floor {mean_floor:.1f} %")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS,
@@ -626,6 +738,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-step-s", type=float, default=None,
                         help="held-out step length in seconds (default: the plan's; longer steps lower the p95 noise "
                              "floor at high load, where a step's requests come fastest)")
+    parser.add_argument("--arrival-seed", type=int, default=None,
+                        help="held-out step i sends the Poisson schedule of this seed + i (default: the plan's, 100)")
+    parser.add_argument("--max-noise-floor-pct", type=float, default=None,
+                        help="make each held-out step as long as a perfect model needs to miss its p95 by at most this "
+                             "much on average (from --min-step-s up to --max-step-s)")
+    parser.add_argument("--max-step-s", type=float, default=None,
+                        help="longest held-out step with --max-noise-floor-pct (default: the plan's, 4 hours)")
+    parser.add_argument("--plan-steps", action="store_true",
+                        help="run nothing: print the step lengths --max-noise-floor-pct needs, from the fits in --out")
     parser.add_argument("--records", type=int, default=None,
                         help="analysis-speed records (default: 10 million when the report has no measurement yet)")
     args = parser.parse_args(argv)
@@ -634,6 +755,19 @@ def main(argv: list[str] | None = None) -> int:
     workloads = args.workloads if args.workloads is not None else ([] if args.merge else list(WORKLOADS))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report = json.loads(args.out.read_text()) if args.out.is_file() else None
+    for flag, value in (("--min-step-s", args.min_step_s), ("--max-step-s", args.max_step_s),
+                        ("--max-noise-floor-pct", args.max_noise_floor_pct)):
+        if value is not None and not value > 0:
+            parser.error(f"{flag}: expected a positive number, got {value}")
+    if args.max_noise_floor_pct is not None and None not in (args.min_step_s, args.max_step_s) \
+            and args.min_step_s > args.max_step_s:
+        parser.error(f"--max-step-s {args.max_step_s:g} is shorter than --min-step-s {args.min_step_s:g}")
+    if args.plan_steps:
+        if args.max_noise_floor_pct is None:
+            parser.error("--plan-steps: give the noise floor to plan for with --max-noise-floor-pct")
+        if report is None:
+            parser.error(f"--plan-steps: no report at {args.out} to take the fitted servers from")
+        return print_step_plan(report, args, parser)
     if args.figures:
         if report is None:
             parser.error(f"--figures: no report at {args.out}")
@@ -647,11 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in workloads:
         started = runs.utc_now()
         with tempfile.TemporaryDirectory(prefix="gawm-models-bench-") as tmp:
-            plan = plan_for(name, args.quick)
-            if args.min_step_s is not None:
-                if args.min_step_s <= 0:
-                    parser.error(f"--min-step-s: expected a positive number of seconds, got {args.min_step_s}")
-                plan = replace(plan, min_step_s=args.min_step_s)
+            plan = plan_with(plan_for(name, args.quick), args)
             result = validate_workload(name, Path(tmp), args.quick, plan=plan)
         result["run"] = {**run_info, "started_utc": started.isoformat(), "finished_utc": runs.utc_now().isoformat(),
                          "host": runs.host_info(), "packages": runs.package_versions(),
