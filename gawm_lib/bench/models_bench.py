@@ -492,12 +492,13 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 meter = CpuMeter(pid)
                 before = check if check is not None else speed_check(f"speed{i}")
                 # the step's rate from the machine's speed now: u of the capacity it has now
-                step_capacity = big / float(service.scaled(before["factor"]).predict(big))
+                service_now = service.scaled(before["factor"])
+                step_capacity = big / float(service_now.predict(big))
                 rate = u * step_capacity
                 sizing = None
                 if plan.max_noise_floor_pct is not None:  # as long as a perfect model needs to score under it
                     sizing = step_length_for_floor(
-                        rate, service.scaled(before["factor"]), factors, big, delay_s,
+                        rate, service_now, factors, big, delay_s,
                         target_pct=plan.max_noise_floor_pct, min_s=plan.min_step_s, max_s=plan.max_step_s,
                         min_requests=plan.requests, warmup_s=plan.warmup_s, runs_=max(1, plan.noise_runs // 2))
                 rows = open_loop(f"rate{i}", rate, sizing["step_s"] if sizing else plan.min_step_s, plan.requests,
@@ -517,8 +518,7 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             in_step = rows[rows["phase"] == "step"]
             predicted = predict_batching(rate, step_service, big, delay_s, service_factors=factors)
             # for comparison, within the same run: the earlier design, from the check before the step alone
-            before_only = predict_batching(rate, service.scaled(before["factor"]), big, delay_s,
-                                           service_factors=factors)
+            before_only = predict_batching(rate, service_now, big, delay_s, service_factors=factors)
             same = replay_step(rows, step_service, factors, big, delay_s, overhead_s, plan.replays)
             step_batches = analysis.server_batches(in_step)
             drift = (step_batches["server_compute_ns"].to_numpy() / 1e9
