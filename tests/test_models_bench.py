@@ -141,7 +141,13 @@ def test_plan_steps_prints_each_steps_length_from_a_recorded_fit(tmp_path, capsy
                        (["--plan-steps", "--max-noise-floor-pct", "8", "--workloads", "resnet50"], "no entry for resnet50"),
                        (["--plan-steps", "--max-noise-floor-pct", "-1"], "expected a positive number"),
                        (["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "900", "--max-step-s", "600"],
-                        "shorter than --min-step-s")):
+                        "shorter than --min-step-s"),
+                       # against the plan's default longest step (4 h), before any fit
+                       (["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "20000"],
+                        "--max-step-s 14400 is shorter than --min-step-s 20000"),
+                       # against the plan's default shortest step (Whisper's 150 s)
+                       (["--plan-steps", "--max-noise-floor-pct", "5", "--max-step-s", "100"],
+                        "whisper: --max-step-s 100 is shorter than --min-step-s 150")):
         with pytest.raises(SystemExit):
             mb.main(["--out", str(report), *argv])
         assert says in capsys.readouterr().err

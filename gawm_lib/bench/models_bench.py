@@ -759,9 +759,13 @@ def main(argv: list[str] | None = None) -> int:
                         ("--max-noise-floor-pct", args.max_noise_floor_pct)):
         if value is not None and not value > 0:
             parser.error(f"{flag}: expected a positive number, got {value}")
-    if args.max_noise_floor_pct is not None and None not in (args.min_step_s, args.max_step_s) \
-            and args.min_step_s > args.max_step_s:
-        parser.error(f"--max-step-s {args.max_step_s:g} is shorter than --min-step-s {args.min_step_s:g}")
+    if args.max_noise_floor_pct is not None:
+        # the step lengths each workload's plan will use, the defaults included: refused here, not after the fit
+        for name in args.workloads or WORKLOADS:
+            plan = plan_with(plan_for(name, args.quick), args)
+            if plan.min_step_s > plan.max_step_s:
+                parser.error(f"{name}: --max-step-s {plan.max_step_s:g} is shorter than --min-step-s "
+                             f"{plan.min_step_s:g} (a flag not given takes the plan's default)")
     if args.plan_steps:
         if args.max_noise_floor_pct is None:
             parser.error("--plan-steps: give the noise floor to plan for with --max-noise-floor-pct")
