@@ -242,7 +242,8 @@ def interpolate_sweeps(requests: pd.DataFrame, heldout: pd.DataFrame) -> pd.Data
 
 def predict_tail_steps(requests: pd.DataFrame, curves: dict[tuple[str, int], TailCurve]) -> pd.DataFrame:
     """Measured vs predicted p95 [s] of each Poisson step whose (workload, replicas) has a curve, with its
-    utilisation (offered rate over the curve's :func:`measured_capacity`)."""
+    utilisation (offered rate over the curve's :func:`measured_capacity`) and its failed requests (``errors``: a
+    step over the capacity of the machine it ran on fills the servers' queues, which refuse requests with 503)."""
     rows = []
     for _, step in _poisson_steps(requests).iterrows():
         curve = curves.get((str(step["workload"]), int(step["replicas"])))
@@ -251,7 +252,7 @@ def predict_tail_steps(requests: pd.DataFrame, curves: dict[tuple[str, int], Tai
         rows.append({"run_id": step["run_id"], "workload": step["workload"], "scenario": "poisson",
                      "level": step["level"], "replicas": int(step["replicas"]),
                      "utilisation": step["level"] / curve.capacity_rps, "p95": step["p95_ms"] / 1e3,
-                     "predicted_p95": float(curve.p95_s(step["level"]))})
+                     "predicted_p95": float(curve.p95_s(step["level"])), "errors": int(step["errors"])})
     return pd.DataFrame(rows)
 
 

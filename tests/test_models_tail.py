@@ -195,9 +195,14 @@ def test_the_held_out_check_told_the_leases_level_by_its_first_step_scores_the_r
     # another lease: every step 10 % slower than the curve, the last one 30 % (the level is not all a lease changes)
     slower = [1.1] * (RATES.size - 1) + [1.3]
     held = pd.concat([_step("lease2", "poisson", i, r, float(CURVE.p95_s(r)) * f)
-                      for i, (r, f) in enumerate(zip(RATES, slower))])
+                      for i, (r, f) in enumerate(zip(RATES, slower))], ignore_index=True)
+    # the last step went over this lease's capacity: its servers refused some requests (not counted in its p95)
+    last = held.index[held["step"] == RATES.size - 1][:5]
+    held.loc[last, "error"] = "http_5xx"
     validation, info = study_report.tail_validation(pd.concat([closed, sweep], ignore_index=True), held, {})
     entry = info["w"]["replicas_1"]
+    assert entry["held_out_steps_with_errors"] == {"lease2": {f"{RATES[-1]:g}": 5}}
+    assert validation["errors"].tolist() == [0] * (RATES.size - 1) + [5]
     assert entry["held_out_p95_mape_pct"] == pytest.approx(100 * (5 * (1 - 1 / 1.1) + (1 - 1 / 1.3)) / 6, abs=0.1)
     assert entry["held_out_level_factor_by_run"] == {"lease2": pytest.approx(1.1, abs=1e-3)}
     assert entry["held_out_levelled_p95_mape_pct"] == pytest.approx(100 * (1 - 1.1 / 1.3) / 5, abs=0.1)

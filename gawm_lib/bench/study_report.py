@@ -205,9 +205,10 @@ def _span(utilisation: pd.Series) -> list[float]:
 
 def _p95_table(predicted: pd.DataFrame) -> pd.DataFrame:
     """:func:`gawm_lib.analysis.validation_table` of the p95 alone, one row per predicted step (a rate may be visited
-    twice in a run), with its replicas and utilisation."""
+    twice in a run), with its replicas, utilisation and failed requests."""
     table = analysis.validation_table(predicted, metrics=("p95",))
-    return table.assign(replicas=predicted["replicas"].to_numpy(), utilisation=predicted["utilisation"].to_numpy())
+    return table.assign(replicas=predicted["replicas"].to_numpy(), utilisation=predicted["utilisation"].to_numpy(),
+                        errors=predicted["errors"].to_numpy())
 
 
 def levelled(validation: pd.DataFrame) -> pd.DataFrame:
@@ -265,6 +266,11 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
         entry["held_out_p95_mape_pct_by_run"] = {run: round(float(mine["ape_pct"].mean()), 1)
                                                  for run, mine in rows.groupby("run_id")}
         entry["held_out_utilisation"] = _span(rows["utilisation"])
+        failed = rows[rows["errors"] > 0]  # scored like the others, but the reader should know why they missed
+        if len(failed):
+            entry["held_out_steps_with_errors"] = {run: {f"{level:g}": int(n) for level, n in
+                                                         mine.groupby("level")["errors"].sum().items()}
+                                                   for run, mine in failed.groupby("run_id")}
         scored = rows[rows["levelled_ape_pct"].notna()]
         if len(scored):
             entry["held_out_levelled_p95_mape_pct"] = round(float(scored["levelled_ape_pct"].mean()), 1)
