@@ -58,11 +58,12 @@ quiet machine::
 The entries in ``data/benchmarks/models.json`` ran with steps sized to a 6 % (ResNet50) and 5 % (DistilBERT) noise
 floor, and 900 s steps (Whisper): with shorter steps a perfect steady-state model already misses the p95 by about the
 goal (ResNet50 with 300 s steps: 8.7 % on average), so a shorter run cannot tell a good model from a bad one. Each
-entry records its command. A fixed length gives the steps at high load far more noise than those at low load; ``--max-noise-floor-pct`` makes each step
-as long as its own floor needs (from the fit, before the step runs), and ``--plan-steps`` says what that costs before
-anything runs: for a 5 % floor ResNet50 and DistilBERT need about 70 minutes of held-out steps, Whisper about 8
-hours (at 10 % its p95 falls among the one clip in ten that arrives while another runs and waits up to 0.5 s for it:
-the fitted server puts p90, p95 and p97 at 0.53, 0.78 and 0.89 s, so a few such clips more or less move the p95).
+entry records its command. A fixed length gives the steps at high load far more noise than those at low load;
+``--max-noise-floor-pct`` makes each step as long as its own floor needs (from the fit, before the step runs), and
+``--plan-steps`` says what that costs before anything runs: for a 5 % floor ResNet50 and DistilBERT need about 70
+minutes of held-out steps, Whisper about 8 hours (at 10 % its p95 falls among the one clip in ten that arrives while
+another runs and waits up to 0.5 s for it: the fitted server puts p90, p95 and p97 at 0.53, 0.78 and 0.89 s, so a
+few such clips more or less move the p95).
 """
 
 from __future__ import annotations
