@@ -298,8 +298,8 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
     assert mb.interfered(sizes, wide).sum() <= 1
 
 
-def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_ran(tmp_path, monkeypatch):
-    commits = iter([{"short": "started"}, {"short": "made-later"}, {"short": "made-later"}])
+def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_ran(tmp_path, monkeypatch, capsys):
+    commits = iter([{"short": "started"}, {"short": "made-later"}, {"short": "made-later"}, {"short": "again"}])
     monkeypatch.setattr(mb.runs, "git_info", lambda: next(commits))
     step = {"utilisation": 0.5, "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0},
             "predicted": {"throughput_rps": 1.0, "p50_ms": 11.0, "p95_ms": 21.0}}
@@ -312,3 +312,9 @@ def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_r
     report = json.loads(out.read_text())
     assert report["workloads"][0]["run"]["git"] == {"short": "started"}
     assert report["analysis_speed"]["run"]["git"] == {"short": "started"}
+    assert "exists" not in capsys.readouterr().err
+    # a second run into the same file says so before it runs, and what it will replace there
+    assert mb.main(["--workloads", "whisper", "--out", str(out)]) == 0
+    assert f"{out} exists: this run's entries go into it (it has whisper); its entries for whisper move to superseded" \
+        in capsys.readouterr().err
+    assert json.loads(out.read_text())["superseded"][0]["run"]["git"] == {"short": "started"}

@@ -780,6 +780,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for other in args.merge:
         report = merge_report(report, json.loads(other.read_text()), replace_speed=False)
+    if workloads and args.out.is_file():  # said at the start, so that a stale file can still be swapped for a new one
+        held = sorted(e["workload"] for e in report.get("workloads", []))
+        again = sorted(set(held) & set(workloads))
+        print(f"{args.out} exists: this run's entries go into it (it has {', '.join(held) or 'no entries'})"
+              + (f"; its entries for {', '.join(again)} move to superseded" if again else ""), file=sys.stderr)
     # the code that runs is the code of now: commits made while a long run goes on must not be credited with it
     run_info = {"command": command, "quick": args.quick, "git": runs.git_info()}
     results = []
