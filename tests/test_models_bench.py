@@ -138,7 +138,8 @@ def test_plan_steps_prints_each_steps_length_from_a_recorded_fit(tmp_path, capsy
     err = capsys.readouterr().err
     assert str(report) in err and "service_variability" in err
     for argv, says in ((["--plan-steps"], "--max-noise-floor-pct"),
-                       (["--plan-steps", "--max-noise-floor-pct", "8", "--workloads", "resnet50"], "no entry for resnet50"),
+                       (["--plan-steps", "--max-noise-floor-pct", "8", "--workloads", "resnet50"],
+                        "no entry for resnet50"),
                        (["--plan-steps", "--max-noise-floor-pct", "-1"], "expected a positive number"),
                        (["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "900", "--max-step-s", "600"],
                         "shorter than --min-step-s"),

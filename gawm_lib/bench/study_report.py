@@ -266,11 +266,9 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
         entry["held_out_p95_mape_pct_by_run"] = {run: round(float(mine["ape_pct"].mean()), 1)
                                                  for run, mine in rows.groupby("run_id")}
         entry["held_out_utilisation"] = _span(rows["utilisation"])
-        failed = rows[rows["errors"] > 0]  # scored like the others, but the reader should know why they missed
-        if len(failed):
-            entry["held_out_steps_with_errors"] = {run: {f"{level:g}": int(n) for level, n in
-                                                         mine.groupby("level")["errors"].sum().items()}
-                                                   for run, mine in failed.groupby("run_id")}
+        failed = rows[rows["errors"] > 0].groupby(["run_id", "level"])["errors"].sum()  # scored like the others,
+        for (run, level), n in failed.items():  # but the reader should know why they missed
+            entry.setdefault("held_out_steps_with_errors", {}).setdefault(run, {})[f"{level:g}"] = int(n)
         scored = rows[rows["levelled_ape_pct"].notna()]
         if len(scored):
             entry["held_out_levelled_p95_mape_pct"] = round(float(scored["levelled_ape_pct"].mean()), 1)
