@@ -26,17 +26,78 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import OptimizeWarning
 
-from gawm_lib import runs, summary
+from gawm_lib import paths, runs, summary
 from gawm_lib.models import (BatchLatencyModel, BatchLatencyTable, TailCurve, TandemServer, UnstableSystemError,
                              fit_batch_latency, fit_slowdown, fit_tail_curve, fit_usl, mva, predict_batching)
 
 
+# Settings that never set a configuration apart in a label: where the notebooks are, what the run is called, and
+# the load levels (each step's level is on the figure already; capacity-share suites give every run its own rates).
+LABEL_IGNORED = frozenset({"description", "notebook", "figures_notebook", "levels", "stages", "trace_path",
+                           "startup_timeout_s", "teardown_timeout_s", "kubeconfig", "context", "process_cpus"})
+
+
+def run_settings(run: runs.Run) -> dict[str, dict[str, object]]:
+    """Per workload of the run, its effective settings flattened: the workload's own (``max_batch_size``, ...), the
+    backend's (``backend.replicas``, ...), the load's (``load.scenario``, ...) and the experiment's ``name``."""
+    effective = run.manifest["params"]["effective"]
+    shared = {"name": effective.get("name")}
+    for section in ("backend", "load"):
+        for key, value in (effective.get(section) or {}).items():
+            shared[f"{section}.{key}"] = value
+    return {w["name"]: {**shared, **{k: v for k, v in w.items() if k != "name"}} for w in effective["workloads"]}
+
+
+def _label_value(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_label_value(v) for v in value) + "]"
+    return str(value)
+
+
+def config_labels(loaded: list[runs.Run]) -> pd.DataFrame:
+    """A short label per (run, workload) made of the settings that differ between the runs shown, e.g. ``replicas=2,
+    max_batch_size=4``: one series per configuration in every figure of several runs. Settings named in
+    :data:`LABEL_IGNORED` are left out. Runs of a workload that differ in nothing else (repeats) are told apart by
+    their start time; a workload measured in one run only has the empty label (one series, nothing to tell apart). Columns ``run_id``,
+    ``workload``, ``config``."""
+    settings = {run.id: run_settings(run) for run in loaded}
+    rows = []
+    for workload in dict.fromkeys(w for per_run in settings.values() for w in per_run):
+        having = {run_id: per_run[workload] for run_id, per_run in settings.items() if workload in per_run}
+        keys = sorted({k for flat in having.values() for k in flat} - {f"{s}.{k}" for s in ("backend", "load")
+                                                                        for k in LABEL_IGNORED} - LABEL_IGNORED)
+        differing = [k for k in keys if len({_label_value(flat.get(k)) for flat in having.values()}) > 1]
+        short = {k: k.split(".")[-1] for k in differing}
+        if len(set(short.values())) < len(short):  # the same name in two sections: keep the section
+            short = {k: k for k in differing}
+        # the backend and load settings first (replicas, scenario), then the workload's own, then the name
+        differing.sort(key=lambda k: (0 if k.startswith("backend.") else 1 if k.startswith("load.") else
+                                      3 if k == "name" else 2, k))
+        labels = {run_id: ", ".join(f"{short[k]}={_label_value(flat.get(k))}" for k in differing)
+                  for run_id, flat in having.items()}
+        repeated = pd.Series(labels).duplicated(keep=False)
+        for run_id, label in labels.items():
+            if len(having) == 1:
+                label = ""
+            elif repeated[run_id]:  # repeats of one configuration: told apart by when they ran
+                label = ", ".join(filter(None, [label, f"run {run_id.split('-')[0]}"]))
+            rows.append({"run_id": run_id, "workload": workload, "config": label})
+    return pd.DataFrame(rows, columns=["run_id", "workload", "config"])
+
+
 def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Run]]:
-    """All request rows of the runs, with ``run_id`` and the run's batching settings per workload added."""
+    """All request rows of the runs, with ``run_id``, the run's configuration label per workload (``config``, see
+    :func:`config_labels`) and the run's batching settings per workload added."""
     loaded = [runs.load_run(r) for r in run_ids]
+    if len({run.id for run in loaded}) < len(loaded):
+        raise ValueError(f"a run is named twice in {[run.id for run in loaded]}")
+    labels = config_labels(loaded).set_index(["run_id", "workload"])["config"]
     frames = []
     for run in loaded:
         rows = summary.read_requests(run.requests_path).assign(run_id=run.id)
+        rows["config"] = [labels.get((run.id, w), "") for w in rows["workload"]]
         effective = run.manifest["params"]["effective"]
         settings = {w["name"]: w for w in effective["workloads"]}
         rows["max_batch_size"] = rows["workload"].map(lambda w: settings[w]["max_batch_size"])
@@ -383,10 +444,9 @@ def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s
     by :func:`gawm_lib.models.predict_batching`, with batch times varying by ``service_factors`` where given
     (:func:`batch_time_factors` of the fit runs)."""
     rows = []
-    table = summary.summarise(requests.drop(columns=["run_id"]).assign(workload=requests["run_id"] + "|"
-                                                                       + requests["workload"]))
+    table = summary.summarise(requests)
     for _, step in table.iterrows():
-        run_id, workload = step["workload"].split("|")
+        run_id, workload = step["run_id"], step["workload"]
         meta = requests[(requests["run_id"] == run_id) & (requests["workload"] == workload)].iloc[0]
         big, replicas = int(meta["max_batch_size"]), int(meta["replicas"])
         row = {"run_id": run_id, "workload": workload, "scenario": meta["scenario"], "level": step["level"],
@@ -435,10 +495,9 @@ def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.Da
     """:func:`gawm_lib.summary.summarise` per run: one row per (run, workload, step) with the run's ``replicas``,
     ``placement``, ``scenario``, ``payload_audio_s`` and ``max_batch_size``, and the server's own median ``compute_ms``
     per batch and per item (``compute_item_ms``) and mean ``batch_size_mean`` over the step's ok requests."""
-    keyed = requests.assign(workload=requests["run_id"] + "|" + requests["workload"])
-    table = summary.summarise(keyed.drop(columns=["run_id"]), slo_ms=slo_ms)
-    table[["run_id", "workload"]] = table["workload"].str.split("|", n=1, expand=True)
-    settings = ["replicas", "placement", "scenario", "payload_audio_s", "max_batch_size"]
+    table = summary.summarise(requests, slo_ms=slo_ms)
+    settings = [c for c in ("config", "replicas", "placement", "scenario", "payload_audio_s", "max_batch_size")
+                if c in requests]
     first = requests.groupby(["run_id", "workload"], as_index=False)[settings].first()
     ok = requests[(requests["phase"] == "step") & (requests["error"] == "") & (requests["server_compute_ns"] > 0)]
     server = ok.assign(compute_ms=ok["server_compute_ns"] / 1e6,
@@ -450,12 +509,19 @@ def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.Da
     return table.sort_values(["workload", "run_id", "step"], ignore_index=True)
 
 
+def _without_scaling_settings(config: str) -> str:
+    """A configuration label less its replicas and placement: what one line of a scaling figure holds fixed."""
+    parts = [part for part in str(config).split(", ") if part and not part.startswith(("replicas=", "placement="))]
+    return ", ".join(parts)
+
+
 def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Throughput and latency per (workload, placement, replicas) and what the models predict for them.
+    """Throughput and latency per (workload, placement, series, replicas) and what the models predict for them.
 
     ``table``: :func:`summarise_runs` rows of closed-loop runs. Each run contributes its step with the most users.
-    One replica is placed the same way by every placement (alone on the first cores or GPU), so a placement without
-    its own 1-replica run takes another's.
+    ``series`` is the run's configuration label less replicas and placement (runs that also differ in, say, batch
+    size make one line each). One replica is placed the same way by every placement (alone on the first cores or
+    GPU), so a placement without its own 1-replica run takes another's.
 
     The model (``model`` = ``MVA``) is exact Mean Value Analysis of N users with no think time against a station of
     ``c`` servers, each of demand ``S = 1 / X1`` [s], where X1 is the 1-replica throughput (one closed-loop replica is
@@ -463,48 +529,49 @@ def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     replicas on their own devices), ``shared`` c = 1 (R replicas time-slicing one device's worth of compute: no gain,
     the bound without the switching cost). With three or more replica counts a placement also gets a Universal
     Scalability Law fit of its throughput (``model`` = ``USL``, its ``sigma`` and ``kappa`` in the columns).
-    Returns (measured, predicted), both with ``workload``, ``placement``, ``replicas``, ``level``, ``throughput_rps``,
-    ``mean_ms``; ``predicted`` has one row per model and integer replica count from 1 to the largest measured.
+    Returns (measured, predicted), both with ``workload``, ``placement``, ``series``, ``replicas``, ``level``,
+    ``throughput_rps``, ``mean_ms``; ``predicted`` has one row per model and replica count measured.
     """
     closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
     if closed.empty:
         raise ValueError("replica scaling needs closed-loop runs (load.scenario closed_loop or single_stream): the "
                          "model counts users")
-    best = closed.sort_values("level").groupby(["workload", "placement", "replicas"]).tail(1)
+    closed = closed.assign(series=closed["config"].map(_without_scaling_settings) if "config" in closed else "")
+    keys = ["workload", "placement", "series"]
+    best = closed.sort_values("level").groupby([*keys, "replicas"]).tail(1)
     measured = []
-    for workload, rows in best.groupby("workload"):
+    for (workload, series), rows in best.groupby(["workload", "series"]):
         single = rows[rows["replicas"] == 1]
         for placement in rows["placement"].unique():
             mine = rows[rows["placement"] == placement]
             if 1 not in set(mine["replicas"]) and not single.empty:
                 mine = pd.concat([single.iloc[[0]].assign(placement=placement), mine])
             measured.append(mine)
-    measured_frame = pd.concat(measured, ignore_index=True).sort_values(["workload", "placement", "replicas"],
-                                                                         ignore_index=True)
+    measured_frame = pd.concat(measured, ignore_index=True).sort_values([*keys, "replicas"], ignore_index=True)
     predicted = []
-    for (workload, placement), rows in measured_frame.groupby(["workload", "placement"]):
+    for (workload, placement, series), rows in measured_frame.groupby(keys):
         one = rows[rows["replicas"] == 1]
         if one.empty:
             continue  # no 1-replica run of this workload: no demand to predict from
         demand_s = 1.0 / float(one["throughput_rps"].iloc[0])
         levels = dict(zip(rows["replicas"], rows["level"]))
-        for replicas in range(1, int(rows["replicas"].max()) + 1):
-            users = int(levels.get(replicas, max(levels.values())))
+        base = {"workload": workload, "placement": placement, "series": series}
+        for replicas in sorted(rows["replicas"].unique()):
+            users = int(levels[replicas])
             servers = replicas if placement == "exclusive" else 1
             result = mva(demand_s, users, 0.0, servers=min(servers, users))
-            predicted.append({"workload": workload, "placement": placement, "replicas": replicas, "level": users,
-                              "model": "MVA", "throughput_rps": float(result.throughput[-1]),
+            predicted.append({**base, "replicas": int(replicas), "level": users, "model": "MVA",
+                              "throughput_rps": float(result.throughput[-1]),
                               "mean_ms": float(result.response_time[-1]) * 1e3, "demand_ms": demand_s * 1e3})
         if rows["replicas"].nunique() >= 3:
             with warnings.catch_warnings():  # three counts fit USL's three parameters exactly: no standard errors
                 warnings.simplefilter("ignore", OptimizeWarning)
                 usl = fit_usl(rows["replicas"], rows["throughput_rps"])
-            for replicas in range(1, int(rows["replicas"].max()) + 1):
+            for replicas in range(int(rows["replicas"].min()), int(rows["replicas"].max()) + 1):
                 users = int(levels.get(replicas, max(levels.values())))
                 x = usl.predict(replicas)
-                predicted.append({"workload": workload, "placement": placement, "replicas": replicas, "level": users,
-                                  "model": "USL", "throughput_rps": x, "mean_ms": users / x * 1e3,
-                                  "sigma": usl.sigma, "kappa": usl.kappa})
+                predicted.append({**base, "replicas": replicas, "level": users, "model": "USL", "throughput_rps": x,
+                                  "mean_ms": users / x * 1e3, "sigma": usl.sigma, "kappa": usl.kappa})
     return measured_frame, pd.DataFrame(predicted)
 
 
@@ -524,3 +591,94 @@ def audio_duration(table: pd.DataFrame) -> pd.DataFrame:
     out["rtf_p95"] = out["p95_ms"] / 1e3 / out["audio_s"]
     out["rtf_server"] = out["compute_ms"] / 1e3 / out["audio_s"]
     return out.sort_values(["audio_s", "level"], ignore_index=True)
+
+
+# --- What the analysis notebooks show: explicit inputs, a runs table, a compact result table, sentences ---------------
+
+def select_runs(run_ids=(), suite_name: str = "", workload: str | None = None) -> tuple[list[str], str]:
+    """The runs a notebook analyses, and a sentence saying which and why.
+
+    ``run_ids`` are taken as given; else ``suite_name``'s completed runs; else the newest completed run with request
+    records (``workload`` given: the newest that measured it). A named run that lacks ``workload`` is refused with the
+    runs that have it."""
+    from gawm_lib import suite
+
+    if run_ids:
+        ids, why = [runs.load_run(r).id for r in run_ids], "the runs named in run_ids"
+    elif suite_name:
+        ids, why = suite.suite_run_ids(suite_name), f"the completed runs of suite {suite_name!r}"
+    else:
+        candidates = [r for r in reversed(runs.list_runs()) if r.status == "COMPLETED" and r.requests_path.exists()
+                      and (workload is None or workload in run_settings(r))]
+        if not candidates:
+            what = f" that measured {workload}" if workload else ""
+            raise runs.RunError(f"no completed run with request records{what} in {paths.raw_dir()}: run a "
+                                "measurement first (gawm demo) or name run_ids")
+        newest = candidates[0]
+        ids = [newest.id]
+        why = (f"no run_ids given: the newest completed run{f' that measured {workload}' if workload else ''} "
+               f"({newest.manifest.get('start_utc', '')[:19]} UTC)")
+    if workload is not None:
+        lacking = [r for r in ids if workload not in run_settings(runs.load_run(r))]
+        if lacking:
+            having = [r.id for r in runs.list_runs() if r.status == "COMPLETED" and workload in run_settings(r)]
+            raise ValueError(f"run(s) {', '.join(lacking)} did not measure {workload}; runs that did: "
+                             f"{', '.join(having[-10:]) or 'none'}")
+    return ids, f"{len(ids)} run(s), {why}: {', '.join(ids)}"
+
+
+def runs_table(loaded: list[runs.Run]) -> pd.DataFrame:
+    """One row per (run, workload): status, experiment, configuration label, replicas, scenario, weights, requests."""
+    labels = config_labels(loaded).set_index(["run_id", "workload"])["config"]
+    rows = []
+    for run in loaded:
+        for workload, flat in run_settings(run).items():
+            rows.append({"run_id": run.id, "status": run.status, "experiment": run.manifest.get("experiment", ""),
+                         "workload": workload, "config": labels.get((run.id, workload), ""),
+                         "replicas": flat.get("backend.replicas"), "scenario": flat.get("load.scenario"),
+                         "device": flat.get("device"), "weights": flat.get("weights"),
+                         "requests": run.results().get("requests", "")})
+    return pd.DataFrame(rows)
+
+
+RESULT_COLUMNS = {"workload": "workload", "config": "configuration", "level": "level", "sent": "requests",
+                  "errors": "errors", "throughput_rps": "throughput [req/s]", "p50_ms": "p50 [ms]",
+                  "p95_ms": "p95 [ms]", "p99_ms": "p99 [ms]"}
+
+
+def result_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The compact per-step table a notebook shows (nine columns: workload, configuration, level, requests, errors,
+    throughput, p50, p95, p99), rounded for reading; the full table stays in each run's ``summary.csv``."""
+    shown = table.assign(config=table["config"] if "config" in table else "")
+    out = shown[list(RESULT_COLUMNS)].rename(columns=RESULT_COLUMNS)
+    return out.round({"throughput [req/s]": 2, "p50 [ms]": 1, "p95 [ms]": 1, "p99 [ms]": 1})
+
+
+def describe_steps(table: pd.DataFrame, min_requests: int = 20) -> list[str]:
+    """Two or three sentences per workload and configuration, made from the numbers: the peak throughput and at what
+    level, where adding load stopped paying (throughput up less than 10 % while p95 rose by half or more), errors,
+    and percentiles drawn from fewer than ``min_requests`` requests."""
+    sentences = []
+    configs = table.assign(config=table["config"] if "config" in table else "")
+    for (workload, config), steps in configs.groupby(["workload", "config"], sort=False):
+        steps = steps.sort_values("level")
+        name = f"{workload}" + (f" ({config})" if config else "")
+        peak = steps.loc[steps["throughput_rps"].idxmax()]
+        text = (f"{name}: peak {peak['throughput_rps']:.3g} req/s at level {peak['level']:g}, p95 "
+                f"{peak['p95_ms']:.3g} ms there (p95 {steps['p95_ms'].iloc[0]:.3g} ms at the lowest level, "
+                f"{steps['level'].iloc[0]:g}).")
+        for before, after in zip(steps.iloc[:-1].itertuples(), steps.iloc[1:].itertuples()):
+            gain = after.throughput_rps / before.throughput_rps - 1 if before.throughput_rps > 0 else np.inf
+            if gain < 0.10 and after.p95_ms >= 1.5 * before.p95_ms:
+                text += (f" It saturates by level {before.level:g}: going to {after.level:g} added "
+                         f"{100 * gain:+.0f} % throughput and {100 * (after.p95_ms / before.p95_ms - 1):.0f} % p95.")
+                break
+        failed = int(steps["errors"].sum())
+        if failed:
+            text += f" {failed} request(s) failed."
+        few = steps[steps["ok"] < min_requests]
+        if len(few):
+            text += (f" Level(s) {', '.join(f'{v:g}' for v in few['level'])} have fewer than {min_requests} ok "
+                     "requests: their p95 and p99 are not reliable.")
+        sentences.append(text)
+    return sentences

@@ -71,7 +71,9 @@ def _rate(times_ns: pd.Series) -> float:
 
 
 def summarise(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFrame:
-    """One row per (workload, step) of the measured steps (warm-up excluded).
+    """One row per (workload, step) of the measured steps (warm-up excluded); per (run_id, workload, step) when the
+    rows carry a ``run_id`` column, so that steps of different runs are never pooled (a step of run A and the step of
+    the same number in run B are two rows, each with its own duration and rates).
 
     Columns: ``level`` (at the step's start), ``duration_s`` (first scheduled to last done), ``sent`` (every request),
     ``ok``, ``errors`` (failed, by kind in ``errors_<kind>``), ``cancelled`` (in flight at a stop), ``offered_rps``
@@ -85,8 +87,10 @@ def summarise(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFra
     if "latency_ms" not in requests:
         requests = requests.assign(latency_ms=(requests["done_ns"] - requests["scheduled_ns"]) / 1e6)
     steps = requests[requests["phase"] == "step"]
+    keys = ["run_id", "workload", "step"] if "run_id" in requests else ["workload", "step"]
     rows = []
-    for (workload, step), group in steps.groupby(["workload", "step"], sort=True):
+    for key, group in steps.groupby(keys, sort=True):
+        *run, workload, step = key
         ok = group[group["error"] == ""]
         cancelled = int((group["error"] == "cancelled").sum())
         failed = group["error"][(group["error"] != "") & (group["error"] != "cancelled")]
@@ -94,6 +98,7 @@ def summarise(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFra
         latency = ok["latency_ms"].to_numpy()
         sent = group["sent_ns"] > 0 if "sent_ns" in group else pd.Series(True, index=group.index)
         row = {
+            **({"run_id": run[0]} if run else {}),
             "workload": workload, "step": int(step), "level": float(group["level"].iloc[group["scheduled_ns"].argmin()]),
             "duration_s": duration_s,
             "sent": len(group), "ok": len(ok), "errors": len(failed), "cancelled": cancelled,
