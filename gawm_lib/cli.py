@@ -58,8 +58,8 @@ def run_experiment(params_file: str | Path, overrides: list[str]):
     try:
         for output, notebook, kind in notebooks:
             print(f"  executing {notebook.relative_to(root)} -> {output}", flush=True)
-            if kind == "figures":  # figure ids start with the experiment's name
-                parameters = {"run_ids": [run.id], "fig_prefix": cfg.name}
+            if kind == "figures":  # figure ids start with the run id: a second run never replaces them
+                parameters = {"run_ids": [run.id], "fig_prefix": run.id}
             else:
                 parameters = {"run_dir": str(run.path), "params": effective}
             _execute(notebook, run.path / output, parameters)
@@ -121,22 +121,34 @@ def run_suite(suite_file: str | Path, overrides: list[str]) -> int:
         failed += code != 0
     run_ids = [state["points"][p.key]["run_id"] for p in points if suite.completed_run(state, p.key)]
     for notebook in spec.report:
-        report(run_ids, notebook, prefix=spec.suite)
+        report(run_ids, notebook, name=spec.suite, overwrite=True)  # the suite's report is redrawn on each resume
     print(f"suite {spec.suite}: {len(run_ids)}/{len(points)} runs completed")
     return 1 if failed else 0
 
 
-def report(run_ids: list[str], notebook: str, prefix: str) -> int:
-    """Rebuild figures from run ids (no cluster touched); the executed notebook is saved beside the figures."""
-    from gawm_lib import runs
+def report(run_ids: list[str], notebook: str, name: str = "", overwrite: bool = False) -> int:
+    """Rebuild figures from run ids (no cluster touched); the executed notebook is saved beside the figures, and the
+    figures it wrote are listed. Figure ids start with ``name`` (a suite's or a report's), or the run id for one
+    run, or ``report-<UTC time>``; an existing figure is replaced only with ``overwrite``."""
+    import time
 
-    for run_id in run_ids:
-        runs.load_run(run_id)  # a clear error for an unknown id before any kernel starts
+    from gawm_lib import plots, runs
+
+    ids = [runs.load_run(run_id).id for run_id in run_ids]  # a clear error for an unknown id before any kernel starts
+    prefix = plots.figure_prefix(ids, name)
     path = paths.project_root() / notebook
+    if not path.is_file():
+        raise runs.RunError(f"notebook {notebook} does not exist")
     output = paths.figures_dir() / f"{prefix}_{path.stem}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
-    print(f"report: {notebook} on {len(run_ids)} run(s) -> {output}", flush=True)
-    _execute(path, output, {"run_ids": run_ids, "fig_prefix": prefix})
+    print(f"report {prefix}: {notebook} on {len(ids)} run(s) -> {output}", flush=True)
+    started = time.time()
+    _execute(path, output, {"run_ids": ids, "fig_prefix": prefix, "overwrite": overwrite})
+    written = sorted(p for p in paths.figures_dir().glob(f"{prefix}*") if p.stat().st_mtime >= started - 1
+                     and p.suffix in (".png", ".pdf", ".csv") and p != output)
+    print(f"  {len(written)} file(s) written:" if written else "  no figure written")
+    for file in written:
+        print(f"    {file}")
     return 0
 
 
@@ -166,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="rebuild figures from run ids with a figures notebook (no cluster needed)")
     rep.add_argument("run_ids", nargs="+")
     rep.add_argument("--notebook", default="notebooks/02_figures_load_sweep.ipynb")
-    rep.add_argument("--prefix", default="report", help="figure ids start with this")
+    rep.add_argument("--name", "--prefix", dest="name", default="",
+                     help="figure ids start with this (default: the run id for one run, else report-<UTC time>)")
+    rep.add_argument("--force", action="store_true", help="replace figures of the same name (default: a new name)")
     serve = sub.add_parser("serve", help="serve one workload (OIP v2 HTTP); options as python -m gawm_lib.server")
     serve.add_argument("server_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         from gawm_lib import runs
 
         try:
-            return report(args.run_ids, args.notebook, args.prefix)
+            return report(args.run_ids, args.notebook, args.name, args.force)
         except runs.RunError as exc:
             print(f"gawm: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -64,11 +64,13 @@ def test_demo_with_tiny_parameters_records_all_three_workloads(env, tmp_path):
     assert set(metrics["workload"]) == {"resnet50", "distilbert", "whisper"}
     assert (run.path / "notebook.ipynb").is_file() and (run.path / "figures.ipynb").is_file()
     assert {p.name for p in (run.path / "logs").glob("*.log")} >= {"resnet50-0.log", "distilbert-0.log", "whisper-0.log"}
-    for fig_id in ("demo_latency_cdf", "demo_latency_vs_throughput"):  # figure ids start with the experiment
+    for fig_id in (f"{run.id}_latency_cdf", f"{run.id}_latency_vs_throughput"):  # figure ids start with the run id
         sidecar = json.loads((tmp_path / "figures" / f"{fig_id}.json").read_text())
         assert sidecar["run_ids"] == [run.id] and sidecar["notebook"].endswith("02_figures_load_sweep.ipynb")
         assert (tmp_path / "figures" / f"{fig_id}.pdf").stat().st_size > 1000
         assert (tmp_path / "figures" / f"{fig_id}.png").read_bytes()[:4] == b"\x89PNG"
+        assert len(pd.read_csv(tmp_path / "figures" / f"{fig_id}.csv")) > 0  # the plotted points beside it
+        assert str(tmp_path / "figures" / f"{fig_id}.png") in out.stdout  # gawm run says what it wrote
     listing = gawm("runs", env=env)
     assert run.id in listing.stdout and "COMPLETED" in listing.stdout
     assert not leftovers(str(run.path))
