@@ -688,7 +688,8 @@ def draw_figures(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]
             continue
         fig = plots.predicted_vs_measured(pd.DataFrame(rows), title=titles[key])
         files = plots.save_figure(fig, f"{stem}_predicted_vs_measured{suffix}", [], "gawm_lib/bench/models_bench.py",
-                                  {"prediction": key, "commands": report["commands"]}, out_dir=out_dir)
+                                  {"prediction": key, "commands": report["commands"]}, out_dir=out_dir,
+                                  overwrite=True)  # the benchmark's own figure, redrawn from its report
         written.append(files["png"])
     return written
 

@@ -543,7 +543,8 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
         drawn.append(("scaling_vs_replicas", plots.scaling_vs_replicas(measured, predicted)))
     for fig_id, fig in drawn:
         figures[fig_id] = [str(p) for p in plots.save_figure(fig, fig_id, run_ids, "gawm_lib/bench/study_report.py",
-                                                             {"command": command}, out_dir=out).values()]
+                                                             {"command": command}, out_dir=out,
+                                                             overwrite=True).values()]
     report = {
         "command": command,
         "run_ids": run_ids,
