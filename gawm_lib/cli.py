@@ -181,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--name", "--prefix", dest="name", default="",
                      help="figure ids start with this (default: the run id for one run, else report-<UTC time>)")
     rep.add_argument("--force", action="store_true", help="replace figures of the same name (default: a new name)")
-    serve = sub.add_parser("serve", help="serve one workload (OIP v2 HTTP); options as python -m gawm_lib.server")
-    serve.add_argument("server_args", nargs=argparse.REMAINDER)
+    from gawm_lib import server
+
+    server.add_arguments(sub.add_parser("serve", help="serve one workload over OIP v2 HTTP until Ctrl-C",
+                                        description="Serve one workload over the Open Inference Protocol v2 (HTTP), "
+                                                    "with dynamic batching and Prometheus /metrics."))
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -200,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gawm: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     if args.command == "serve":
-        from gawm_lib import server
-
-        server.main(args.server_args)
+        try:
+            server.serve(args)
+        except ValueError as exc:
+            print(f"gawm serve: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
     return 1
 

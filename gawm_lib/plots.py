@@ -702,7 +702,7 @@ def save_figure(fig, fig_id: str, run_ids: list[str], notebook: str, parameters:
 
 
 def figures_for_run(run_id: str, out_dir: Path | None = None) -> list[Path]:
-    """Figure files (PDF and PNG) whose provenance names ``run_id``."""
+    """Figure files (PDF, PNG and the plotted points' CSV) whose provenance names ``run_id``."""
     out_dir = Path(out_dir or paths.figures_dir())
     found = []
     for sidecar in sorted(out_dir.glob("*.json")):
@@ -711,7 +711,8 @@ def figures_for_run(run_id: str, out_dir: Path | None = None) -> list[Path]:
         except (OSError, json.JSONDecodeError):
             continue
         if run_id in meta.get("run_ids", []) and "fig_id" in meta:
-            found += [sidecar.with_suffix(f".{ext}") for ext in ("pdf", "png")]
+            found += [sidecar.with_suffix(f".{ext}") for ext in ("pdf", "png", "csv")
+                      if sidecar.with_suffix(f".{ext}").exists()]
     return found
 
 

@@ -545,21 +545,54 @@ def uvicorn_config(app):
     return uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, backlog=2048)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", required=True, help="resnet50 | distilbert | whisper")
-    parser.add_argument("--settings", default="{}", help="JSON of WorkloadConfig fields (batching, precision, ...)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The server's command-line options (``python -m gawm_lib.server`` and ``gawm serve`` take the same)."""
+    parser.add_argument("--workload", required=True, choices=["resnet50", "distilbert", "whisper"],
+                        help="the model to serve")
+    parser.add_argument("--settings", default="{}", metavar="JSON",
+                        help="WorkloadConfig fields as JSON, e.g. '{\"max_batch_size\": 8, \"max_queue_delay_ms\": 2}' "
+                             "(batching, device, precision, threads, ...: see gawm_lib/config.py)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     parser.add_argument("--replica", default="0", help="replica label on the metrics")
-    parser.add_argument("--exit-with-parent", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--exit-with-parent", action="store_true", help="stop when the starting process is gone")
+    return parser
+
+
+def workload_settings(workload: str, settings_json: str) -> WorkloadConfig:
+    """The served workload's settings from ``--settings``; ValueError naming the field and what was expected."""
+    import difflib
+
+    from pydantic import ValidationError
+
+    try:
+        settings = json.loads(settings_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--settings: not JSON ({exc}); expected an object such as '{{\"max_batch_size\": 8}}'") \
+            from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--settings: expected a JSON object of WorkloadConfig fields, got {settings_json!r}")
+    try:
+        return WorkloadConfig(name=workload, **settings)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                hint = difflib.get_close_matches(key, list(WorkloadConfig.model_fields), n=1)
+                problems.append(f"--settings: unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            else:
+                problems.append(f"--settings: {key}: {err['msg']} (got {err.get('input')!r})")
+        raise ValueError("\n".join(problems)) from None
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Serve ``args.workload`` until stopped (what ``main`` and ``gawm serve`` run)."""
+    import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = WorkloadConfig(name=args.workload, **json.loads(args.settings))
+    cfg = workload_settings(args.workload, args.settings)
     sys.setswitchinterval(switch_interval_ms(cfg) / 1000)
     if args.exit_with_parent:
         _exit_with_parent()
@@ -575,6 +608,15 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_text(str(sock.getsockname()[1]))
         tmp.replace(args.port_file)
     uvicorn.Server(uvicorn_config(create_app(cfg, args.replica))).run(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        serve(args)
+    except ValueError as exc:
+        parser.exit(2, f"gawm serve: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -116,3 +116,40 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_its_records(env, tmp_path):
     while leftovers(str(run.path)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not leftovers(str(run.path)), "processes outlived the interrupted run"
+
+
+def test_gawm_serve_takes_the_server_options_as_the_readme_shows_them(env, tmp_path):
+    """``gawm serve --workload ... --port ... --settings ...`` serves OIP v2 until stopped; bad settings are refused
+    naming the key."""
+    import httpx
+
+    helped = gawm("serve", "--help", env=env, timeout=60)
+    assert helped.returncode == 0 and "--workload" in helped.stdout and "--settings" in helped.stdout
+    bad = gawm("serve", "--workload", "distilbert", "--settings", '{"max_batch_sise": 4}', env=env, timeout=60)
+    assert bad.returncode == 2 and "unknown key 'max_batch_sise' (did you mean 'max_batch_size'?)" in bad.stderr
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.cli", "serve", "--workload", "distilbert", "--port", "0",
+                             "--port-file", str(port_file), "--settings", '{"max_batch_size": 4, "threads": 1}'],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    try:
+        deadline = time.monotonic() + 180
+        while not port_file.exists():
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "gawm serve did not bind a port in 180 s"
+            time.sleep(0.1)
+        base = f"http://127.0.0.1:{port_file.read_text()}"
+        while True:  # the model loads and warms up before the server says ready
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.2)
+        assert httpx.get(f"{base}/v2/models/distilbert", timeout=10).json()["name"] == "distilbert"
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello world"]}]}
+        answer = httpx.post(f"{base}/v2/models/distilbert/infer", json=body, timeout=60)
+        assert answer.status_code == 200 and answer.json()["model_name"] == "distilbert"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

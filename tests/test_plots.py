@@ -182,7 +182,7 @@ def test_save_figure_writes_pdf_png_csv_and_provenance_and_never_replaces_silent
     csv = pd.read_csv(written["csv"])
     assert len(csv) == 12 and set(csv["y_name"]) == {"p50_ms", "p95_ms"}
     assert "t_fig.png" in capsys.readouterr().out  # it says what it wrote
-    assert plots.figures_for_run("run-b", tmp_path) == [tmp_path / "t_fig.pdf", tmp_path / "t_fig.png"]
+    assert plots.figures_for_run("run-b", tmp_path) == [tmp_path / f"t_fig.{ext}" for ext in ("pdf", "png", "csv")]
     assert plots.figures_for_run("run-c", tmp_path) == []
     before = written["png"].stat().st_mtime_ns
     again = plots.save_figure(plots.latency_vs_throughput(steps), "t_fig", ["run-a"], "x", out_dir=tmp_path)
