@@ -87,6 +87,27 @@ def config_labels(loaded: list[runs.Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run_id", "workload", "config"])
 
 
+def run_labels(loaded: list[runs.Run]) -> dict[str, str]:
+    """Per run, the settings that differ between the runs given (whole runs: which workloads, the backend's and the
+    load's settings, and each workload's own as ``<workload>.<key>``), e.g. ``scenario=poisson,
+    workloads=[distilbert]``: what ``gawm runs`` shows to tell a suite's points apart."""
+    flat = {}
+    for run in loaded:
+        per_workload = run_settings(run)
+        shared = next(iter(per_workload.values()), {})
+        mine = {k: v for k, v in shared.items() if k.startswith(("backend.", "load."))}
+        mine["workloads"] = list(per_workload)
+        for workload, settings in per_workload.items():
+            mine.update({f"{workload}.{k}": v for k, v in settings.items() if not k.startswith(("backend.", "load."))
+                         and k != "name"})
+        flat[run.id] = {k: v for k, v in mine.items() if k.split(".")[-1] not in LABEL_IGNORED}
+    keys = sorted({k for settings in flat.values() for k in settings})
+    # a workload's own key differs only between runs that served that workload (the others say workloads=[...])
+    differing = [k for k in keys if len({_label_value(settings[k]) for settings in flat.values() if k in settings}) > 1]
+    return {run_id: ", ".join(f"{k.removeprefix('backend.').removeprefix('load.')}={_label_value(settings[k])}"
+                              for k in differing if k in settings) for run_id, settings in flat.items()}
+
+
 def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Run]]:
     """All request rows of the runs, with ``run_id``, the run's configuration label per workload (``config``, see
     :func:`config_labels`) and the run's batching settings per workload added."""

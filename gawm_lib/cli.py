@@ -153,15 +153,26 @@ def report(run_ids: list[str], notebook: str, name: str = "", overwrite: bool = 
 
 
 def list_runs_command() -> int:
-    from gawm_lib import runs
+    """Every run with its status, requests and what sets it apart from the other runs of its experiment (the
+    settings that differ between them, e.g. a suite's grid point)."""
+    from gawm_lib import analysis, runs
 
     found = runs.list_runs()
     if not found:
         print(f"no runs in {paths.raw_dir()}")
         return 0
-    print(f"{'run id':<52} {'status':<44} {'requests':>8}")
+    apart: dict[str, str] = {}
+    by_experiment: dict[str, list] = {}
     for run in found:
-        print(f"{run.id:<52} {runs.display_status(run):<44} {run.results().get('requests', ''):>8}")
+        by_experiment.setdefault(run.manifest.get("experiment", ""), []).append(run)
+    for group in by_experiment.values():
+        if len(group) > 1:
+            apart.update(analysis.run_labels(group))
+    width = max(len(run.id) for run in found)
+    print(f"{'run id':<{width}}  {'status':<10} {'requests':>8}  settings that set it apart")
+    for run in found:
+        print(f"{run.id:<{width}}  {runs.display_status(run):<10} {run.results().get('requests', ''):>8}  "
+              f"{apart.get(run.id, '')}")
     return 0
 
 

@@ -3,6 +3,8 @@ validation table, on hand-made rows whose answer is known."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -127,3 +129,27 @@ def test_audio_duration_gives_the_real_time_factor_per_clip_length():
     assert out["rtf_server"].tolist() == pytest.approx([0.15, 0.045])
     with pytest.raises(ValueError, match="no Whisper runs with load.payload_audio_s"):
         analysis.audio_duration(table.assign(payload_audio_s=np.nan))
+
+
+def fake_run(run_id: str, replicas: int = 1, scenario: str = "closed_loop", **workloads) -> "runs.Run":
+    from gawm_lib import runs
+
+    effective = {"name": "quick", "backend": {"replicas": replicas, "placement": "none"},
+                 "load": {"scenario": scenario, "levels": [1, 2], "arrival_seed": 1},
+                 "workloads": [{"name": name, **settings} for name, settings in (workloads or {"resnet50": {}}).items()]}
+    return runs.Run(path=Path("/nonexistent") / run_id, manifest={"run_id": run_id, "params": {"effective": effective}})
+
+
+def test_configuration_labels_name_what_differs_between_the_runs_shown():
+    grid = [fake_run(f"r{i}", replicas=r, resnet50={"max_batch_size": b})
+            for i, (r, b) in enumerate([(1, 1), (1, 4), (2, 1), (2, 4)])]
+    labels = analysis.config_labels(grid).set_index("run_id")["config"]
+    assert list(labels) == ["replicas=1, max_batch_size=1", "replicas=1, max_batch_size=4",
+                            "replicas=2, max_batch_size=1", "replicas=2, max_batch_size=4"]
+    repeats = analysis.config_labels([fake_run("20260101T000000Z-a"), fake_run("20260102T000000Z-b")])
+    assert list(repeats["config"]) == ["run 20260101T000000Z", "run 20260102T000000Z"]  # told apart by start
+    alone = analysis.config_labels([fake_run("x")])
+    assert list(alone["config"]) == [""]  # one run: nothing to tell apart
+    mixed = [fake_run("a", resnet50={"max_batch_size": 1}), fake_run("b", scenario="poisson", distilbert={})]
+    assert analysis.run_labels(mixed) == {"a": "scenario=closed_loop, workloads=[resnet50]",
+                                          "b": "scenario=poisson, workloads=[distilbert]"}
