@@ -28,6 +28,12 @@ def test_environment_yml_matches_pyproject():
     assert drifted == {}, "version specifiers differ"
 
 
+def test_make_installs_nvml_so_gpu_machines_record_gpu_metrics():
+    """`make` installs the core dependencies and the test extra: NVML must be among them, not an extra of its own."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "nvidia-ml-py" in {_name(s) for s in project["dependencies"]}
+
+
 def test_console_script_and_layout():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["gawm"] == "gawm_lib.cli:main"
