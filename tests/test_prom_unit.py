@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from gawm_lib.prom import (CATALOGUE, FRAME_COLUMNS, GRAFANA_UNITS, SOURCES, UNITS, LocalPrometheus, Phase,
-                           Prefix, PrometheusNotInstalled, SeedCsvError, Target, format_duration, get_query,
-                           grafana_dashboard, import_seed_csv, load_run_metrics, matcher, parse_duration,
-                           quote_regex, quote_string, save_run_metrics)
+from gawm_lib.prom import (CATALOGUE, GRAFANA_UNITS, SOURCES, UNITS, LocalPrometheus, Phase,
+                           Prefix, PrometheusNotInstalled, Target, format_duration, get_query, grafana_dashboard,
+                           load_run_metrics, matcher, parse_duration, quote_regex, quote_string, save_run_metrics)
 from gawm_lib.prom.query import _chunks, as_phase
 
-SEED = Path(__file__).parent / "fixtures" / "seed_csv"
 HOSTILE = [
     'a"b', "back\\slash", "new\nline", "tab\tcr\r", ".*", "resnet50|distilbert", 'x"} or vector(1) or up{job="',
     "$window", "${sel}", "[a-z]+(?:x){2}^$", "é🙂", "\x00\x1f\x7f", "", "\\\"", "trailing\\",
@@ -146,43 +143,6 @@ def test_save_and_load_run_metrics(tmp_path):
     assert str(back["time"].dtype).endswith("UTC]")
     with pytest.raises(ValueError, match="missing columns"):
         save_run_metrics(tmp_path, frame.drop(columns=["phase"]))
-
-
-def test_import_seed_csv_fixtures():
-    frame = import_seed_csv(SEED)
-    assert list(frame.columns) == [*FRAME_COLUMNS, "workload", "replicas"]
-    assert len(frame) == 11
-    assert set(zip(frame["workload"], frame["replicas"])) == {("resnet50", 1), ("resnet50", 2), ("distilbert", 1)}
-    assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
-    thr = frame[frame["query"] == "throughput"]
-    assert thr["unit"].unique().tolist() == ["requests/s"] and thr["value"].isna().sum() == 1
-    assert thr["time"].iloc[0] == pd.Timestamp("2025-03-01T12:00:00Z")
-    assert (thr["time"].diff().dropna() == pd.Timedelta(seconds=5)).all()
-    lat = frame[frame["query"] == "latency_p95"]
-    assert lat["time"].iloc[0] == pd.Timestamp("2025-03-02T08:55:00Z") and lat["unit"].iloc[0] == "seconds"
-    gpu = frame[frame["query"] == "gpu_util_dcgm"]
-    assert {json.loads(s)["gpu"] for s in gpu["labels"]} == {"0", "1"}
-    assert json.loads(gpu["labels"].iloc[0]) == {"gpu": "0", "pod": "resnet50-7d9f-abc"}
-    assert (frame["phase"] == "seed").all()
-
-
-@pytest.mark.parametrize("rel, content, match", [
-    ("resnet50/resnet50_throughput_20250301_120000.csv", "timestamp,value\n1,2\n", "expected"),
-    ("resnet50_r1/resnet50_r2_throughput_20250301_120000.csv", "timestamp,value\n1,2\n", "does not match"),
-    ("resnet50_r1/resnet50_r1_throughput_2025-03-01.csv", "timestamp,value\n1,2\n", "does not match"),
-    ("resnet50_r1/resnet50_r1_throughput_20251399_120000.csv", "timestamp,value\n1,2\n", "bad export timestamp"),
-    ("resnet50_r1/resnet50_r1_throughput_20250301_120000.csv", "time,value\n1,2\n", r"missing column\(s\) \['timestamp'\]"),
-    ("resnet50_r1/resnet50_r1_throughput_20250301_120000.csv", "timestamp,value\n1,abc\n", "line 2"),
-    ("resnet50_r1/resnet50_r1_throughput_20250301_120000.csv", "timestamp,value\nyesterday,1\n", "not times"),
-    ("stray_20250301_120000.csv", "timestamp,value\n1,2\n", "expected"),
-])
-def test_seed_csv_errors_name_the_file(tmp_path, rel, content, match):
-    path = tmp_path / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
-    with pytest.raises(SeedCsvError, match=match) as info:
-        import_seed_csv(tmp_path)
-    assert str(path) in str(info.value)
 
 
 def test_grafana_dashboard():

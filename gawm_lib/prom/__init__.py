@@ -4,7 +4,8 @@
 - :mod:`.promql`: escaped label matchers (hostile values match literally), durations.
 - :mod:`.local`: ``LocalPrometheus`` (a real ``prometheus`` on 127.0.0.1), ``wait_for_targets_up``.
 - :mod:`.query`: ``query_phases`` / ``query_run_phases`` -> tidy long DataFrame; ``save_run_metrics``.
-- :mod:`.seed`: ``import_seed_csv`` for the seed study's CSV exports.
+- :mod:`.seed`: ``import_seed_csv`` for the seed study's CSV exports (time zone, metric names, phases), and its
+  figures (``seed_timeline``; ``notebooks/07_seed_import.ipynb``).
 - :mod:`.grafana`: ``grafana_dashboard``.
 
 Names are imported lazily so that ``import gawm_lib.prom`` stays cheap (no pandas).
@@ -22,7 +23,7 @@ _EXPORTS = {
     "local": ("LocalPrometheus", "Target", "wait_for_targets_up", "find_binary", "prometheus_version"),
     "query": ("FRAME_COLUMNS", "Phase", "query_phases", "save_run_metrics", "load_run_metrics",
               "fetch_scrape_interval_s", "phases_from_now", "empty_frame", "query_run_phases", "RUN_QUERIES"),
-    "seed": ("import_seed_csv", "read_seed_csv", "SeedCsvError"),
+    "seed": ("import_seed_csv", "read_seed_csv", "read_seed_phases", "SeedCsvError", "SEED_METRICS"),
     "grafana": ("grafana_dashboard", "GRAFANA_UNITS"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
@@ -49,4 +50,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .promql import Prefix, format_duration, matcher, parse_duration, quote_regex, quote_string
     from .query import (FRAME_COLUMNS, RUN_QUERIES, Phase, empty_frame, fetch_scrape_interval_s, load_run_metrics,
                         phases_from_now, query_phases, query_run_phases, save_run_metrics)
-    from .seed import SeedCsvError, import_seed_csv, read_seed_csv
+    from .seed import SEED_METRICS, SeedCsvError, import_seed_csv, read_seed_csv, read_seed_phases
