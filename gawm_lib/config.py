@@ -3,6 +3,11 @@
 Precedence is defaults < params file < overrides. Validation happens before anything starts: an unknown key, a wrong type
 or an out-of-range value raises :class:`ConfigError`, whose message names the file (or the override), the key path and what
 was expected. Units are in the field names (``_s``, ``_ms``).
+
+Validation is pure: it checks types, ranges, names and the consistency of the settings with one another, never this
+machine, so a params file for a cluster or a GPU machine validates anywhere. What the settings need of the machine that
+runs them (local weights paths, the kubeconfig file, the trace file, CPU cores and GPUs for placement, the Prometheus
+binary) is checked by :func:`preflight` at the start of a run, before anything starts, with messages of the same form.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ class WorkloadConfig(_Settings):
     """One served model and how the server runs it (units in the field names; sizes in bytes)."""
 
     name: WorkloadName
-    weights: str = Field("random", description="'random' (same compute, recorded as such), 'pretrained', or a local path")
+    weights: str = Field("random", description="'random' (same compute, recorded as such), 'pretrained', or a local "
+                                               "path (checked at the start of a local run: preflight)")
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per replica")
@@ -63,8 +69,12 @@ class WorkloadConfig(_Settings):
     model_size: Literal["tiny", "tiny.en", "base", "base.en", "small", "medium", "large-v3"] = Field(
         "tiny", description="Whisper model size"
     )
-    decode_tokens: int = Field(8, ge=1, le=224, description="Whisper: most tokens decoded per clip (random weights "
-                                                           "never stop early, so this fixes the decode length)")
+    decode_tokens: int | None = Field(
+        None, ge=1, le=224,
+        description="Whisper: most tokens decoded per clip; unset: 224 (the full window: a 30 s clip's transcript "
+                    "fits) with real weights, 8 with random weights (which never emit end-of-text, so this fixes the "
+                    "decode length); the effective value is recorded with the run's weights. A clip cut at this "
+                    "limit is counted as truncated")
     temperatures: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.0], min_length=1, max_length=10,
         description="Whisper: decoding temperatures; more than one turns on openai-whisper's fallback (retry a clip at "
@@ -96,9 +106,10 @@ class WorkloadConfig(_Settings):
     @field_validator("weights")
     @classmethod
     def _weights(cls, value: str) -> str:
-        if value in ("random", "pretrained") or Path(value).expanduser().exists():
+        # Whether a path exists is the machine's business: preflight checks it where the replicas run.
+        if value in ("random", "pretrained") or (value.strip() and value == value.strip()):
             return value
-        raise ValueError(f"expected 'random', 'pretrained' or an existing path, got {value!r}")
+        raise ValueError(f"expected 'random', 'pretrained' or a path, got {value!r}")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -152,7 +163,8 @@ class BackendConfig(_Settings):
                                           "are placed on; empty: every visible GPU")
     startup_timeout_s: float = Field(180.0, gt=0, le=3600, description="until every replica is ready (rollout) [s]")
     namespace: str = Field("gawm", description="kubernetes: namespace of the replicas; it must exist (k8s/base makes it)")
-    kubeconfig: str | None = Field(None, description="kubernetes: kubeconfig file; unset: $KUBECONFIG or ~/.kube/config, "
+    kubeconfig: str | None = Field(None, description="kubernetes: kubeconfig file (on the machine that runs gawm: "
+                                                     "checked by the preflight); unset: $KUBECONFIG or ~/.kube/config, "
                                                      "else the in-cluster service account")
     context: str | None = Field(None, description="kubernetes: kubeconfig context; unset: its current context")
     image: str = Field("gawm-model-server:0.1.0", description="kubernetes: model-server image (k8s/Dockerfile)")
@@ -214,8 +226,9 @@ class BackendConfig(_Settings):
     @field_validator("kubeconfig")
     @classmethod
     def _kubeconfig(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).expanduser().is_file():
-            raise ValueError(f"expected an existing kubeconfig file, got {value!r}")
+        # Whether the file exists is the machine's business (preflight): a cluster's params file validates anywhere.
+        if value is not None and not value.strip():
+            raise ValueError("expected a kubeconfig file path, or leave it out ($KUBECONFIG or ~/.kube/config)")
         return value
 
     @field_validator("tolerations")
@@ -230,14 +243,9 @@ class BackendConfig(_Settings):
     @field_validator("cpus", "gpus")
     @classmethod
     def _unique_devices(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        # Whether this machine has them is the preflight's question.
         if len(set(value)) != len(value):
             raise ValueError(f"expected each {'core' if info.field_name == 'cpus' else 'GPU'} once, got {value}")
-        if info.field_name == "cpus":
-            from gawm_lib.backends.placement import available_cpus
-
-            missing = [cpu for cpu in value if cpu not in available_cpus()]
-            if missing:
-                raise ValueError(f"CPU cores {missing} are not available here (available: {available_cpus()})")
         return value
 
     @model_validator(mode="after")
@@ -273,6 +281,7 @@ class LoadStage(_Settings):
         return self
 
 
+_TRACE_SUFFIXES = (".csv", ".parquet", ".pq")  # what gawm_lib.loadgen.schedule.read_trace reads
 LoadScenario = Literal["single_stream", "closed_loop", "poisson", "constant_rate", "offline", "stages", "trace"]
 _OPEN_LOOP = ("poisson", "constant_rate", "offline", "trace")
 
@@ -377,27 +386,15 @@ class LoadConfig(_Settings):
             return value
         if not value:
             raise ValueError("scenario trace needs trace_path: a CSV or parquet file with a column arrival_s")
-        from gawm_lib.loadgen.schedule import read_trace  # the one reader, also used by the load process
-
-        read_trace(value, info.data.get("payload_count", 1))  # raises ValueError saying what is wrong
-        return value
+        if Path(value).suffix.lower() not in _TRACE_SUFFIXES:
+            raise ValueError(f"expected a .csv or .parquet trace file, got {value!r}")
+        return value  # its contents are read at the start of a run (preflight), by the load process's own reader
 
     @field_validator("processes")
     @classmethod
     def _processes(cls, value: int, info: ValidationInfo) -> int:
         if value > 1 and info.data.get("scenario") == "single_stream":
             raise ValueError("single_stream keeps one request outstanding: one process")
-        return value
-
-    @field_validator("process_cpus")
-    @classmethod
-    def _cpus(cls, value: list[int]) -> list[int]:
-        import os
-
-        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        missing = [cpu for cpu in value if available and cpu not in available]
-        if missing:
-            raise ValueError(f"CPU cores {missing} are not available here (available: {available})")
         return value
 
 
@@ -432,20 +429,6 @@ class ExperimentConfig(_Settings):
         names = [w.name for w in self.workloads]
         if len(names) != len(set(names)):
             raise ValueError(f"each workload may appear once, got {names}")
-        return self
-
-    @model_validator(mode="after")
-    def _placeable(self) -> "ExperimentConfig":
-        # Cores are known before anything starts; GPUs are counted when the replicas start (no driver call here).
-        if self.backend.kind == "local" and self.backend.placement != "none":
-            from gawm_lib.backends.placement import PlacementError, plan_for
-
-            for workload in self.workloads:
-                if workload.device == "cpu":
-                    try:
-                        plan_for(workload, self.backend)
-                    except PlacementError as exc:
-                        raise ValueError(f"{exc} (workload {workload.name})") from None
         return self
 
     @model_validator(mode="after")
@@ -539,6 +522,129 @@ def validate_load(tree: dict, source: str = "<load>") -> LoadConfig:
         return LoadConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source, (), prefix=("load",))) from None
+
+
+def preflight(cfg: ExperimentConfig, source: str = "<settings>", overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Check what valid settings need of this machine, at the start of a run and before anything starts.
+
+    Only what the chosen backend uses: on ``local``, the weights paths, the CPU cores of ``backend.cpus`` and of the
+    placement, and a GPU for ``device: cuda``; on ``kubernetes``, the kubeconfig file (the replicas' cores, GPUs and
+    weights are the cluster's). On this machine for either backend (gawm's side of the run): the trace file (read by
+    the load process's own reader), the cores of ``load.process_cpus`` and the Prometheus binary. Raises
+    :class:`ConfigError` listing every problem as ``source: key.path: what was expected`` (``-p key=value`` where an
+    override set the key)."""
+    problems = machine_problems(cfg)
+    if problems:
+        raise ConfigError(_describe_problems(problems, source, overrides))
+
+
+def preflight_load(load: LoadConfig, source: str = "<load>") -> None:
+    """:func:`preflight` of the load section on its own (what a load process is given), named ``load.<key>``."""
+    problems = _load_problems(load)
+    if problems:
+        raise ConfigError(_describe_problems(problems, source, ()))
+
+
+def machine_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """What the settings need and this machine lacks, as (key path, what was expected); empty: runnable here."""
+    problems: list[tuple[str, str]] = []
+    backend = cfg.backend
+    if backend.kind == "kubernetes":
+        problems += _kubeconfig_problems(backend)
+    else:
+        problems += _local_problems(cfg)
+    problems += _load_problems(cfg.load)
+    if cfg.prometheus.enabled:
+        from gawm_lib.prom.local import PrometheusNotInstalled, find_binary
+
+        try:
+            find_binary(cfg.prometheus.binary)
+        except PrometheusNotInstalled:
+            problems.append(("prometheus.binary", f"expected the Prometheus binary on this machine, got "
+                                                  f"{cfg.prometheus.binary!r}: not found or not executable (install it "
+                                                  f"with `apt-get install prometheus`, point prometheus.binary at one, "
+                                                  f"or set prometheus.enabled: false)"))
+    return problems
+
+
+def _kubeconfig_problems(backend: BackendConfig) -> list[tuple[str, str]]:
+    import os
+
+    if backend.kubeconfig is not None:
+        if not Path(backend.kubeconfig).expanduser().is_file():
+            return [("backend.kubeconfig", f"expected an existing kubeconfig file on this machine, got "
+                                           f"{backend.kubeconfig!r}: no such file")]
+        return []
+    # As gawm_lib.cluster.connect: $KUBECONFIG (a list of files) or ~/.kube/config, else the pod's service account.
+    default = os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
+    if any(Path(p).expanduser().is_file() for p in default.split(os.pathsep) if p) or \
+            os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return []
+    return [("backend.kubeconfig", f"expected a kubeconfig file: unset, and {default} does not exist and this is not "
+                                   f"a pod (set backend.kubeconfig or KUBECONFIG)")]
+
+
+def _local_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    from gawm_lib.backends.placement import PlacementError, available_cpus, plan_for, visible_gpus
+
+    problems: list[tuple[str, str]] = []
+    backend = cfg.backend
+    for index, workload in enumerate(cfg.workloads):
+        if workload.weights not in ("random", "pretrained") and not Path(workload.weights).expanduser().exists():
+            problems.append((f"workloads.{index}.weights", f"expected 'random', 'pretrained' or an existing path on "
+                                                           f"this machine, got {workload.weights!r}: no such file or "
+                                                           f"directory"))
+    available = available_cpus()
+    missing = [cpu for cpu in backend.cpus if cpu not in available]
+    if missing:
+        problems.append(("backend.cpus", f"CPU cores {missing} are not available here (available: {available})"))
+    gpus = None
+    for index, workload in enumerate(cfg.workloads):
+        if workload.device == "cuda" and backend.placement == "none":
+            gpus = visible_gpus() if gpus is None else gpus
+            if not gpus:
+                problems.append((f"workloads.{index}.device",
+                                 "expected a GPU on this machine for device 'cuda', none is visible here "
+                                 "(CUDA_VISIBLE_DEVICES, NVML, nvidia-smi)"))
+        elif backend.placement != "none" and not (missing and workload.device == "cpu"):  # missing cores: said once
+            try:
+                plan_for(workload, backend)
+            except PlacementError as exc:
+                key, _, what = str(exc).partition(": ")
+                problems.append((key, f"{what} (workload {workload.name})"))
+    return problems
+
+
+def _load_problems(load: LoadConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if load.scenario == "trace" and load.trace_path:
+        from gawm_lib.loadgen.schedule import read_trace  # the one reader, also used by the load process
+
+        try:
+            read_trace(load.trace_path, load.payload_count)
+        except ValueError as exc:
+            problems.append(("load.trace_path", str(exc)))
+    if load.process_cpus:
+        from gawm_lib.backends.placement import available_cpus
+
+        available = available_cpus()
+        missing = [cpu for cpu in load.process_cpus if cpu not in available]
+        if missing:
+            problems.append(("load.process_cpus", f"CPU cores {missing} are not available here (available: "
+                                                  f"{available})"))
+    return problems
+
+
+def _describe_problems(problems: list[tuple[str, str]], source: str, overrides: list[str] | tuple[str, ...]) -> str:
+    override_keys = {o.partition("=")[0].strip(): o for o in overrides}
+    count = len(problems)
+    lines = [f"this machine cannot run these settings ({count} problem{'s' if count > 1 else ''}; they are valid, "
+             f"checked at the start of the run):"]
+    for key, what in problems:
+        path = key.split(" ")[0]  # "backend.placement exclusive": the key and its value
+        origin = next((f"-p {o}" for k, o in override_keys.items() if path == k or path.startswith(k + ".")), source)
+        lines.append(f"  {origin}: {key}: {what}")
+    return "\n".join(lines)
 
 
 def _describe(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...],

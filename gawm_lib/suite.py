@@ -14,8 +14,10 @@ gives one run per point::
     report:                                   # executed once at the end on all the suite's runs
       - notebooks/02_figures_load_sweep.ipynb
 
-Every point is validated before anything starts. Progress is kept in ``data/suites/<suite>.json`` (point -> run id):
-running the suite again skips the points whose run COMPLETED and redoes the others.
+Every point is validated before anything starts (:func:`validate_points`: the settings alone, on any machine), then
+checked against this machine (:func:`preflight_points`: cores, files, kubeconfig, binaries). Progress is kept in
+``data/suites/<suite>.json`` (point -> run id): running the suite again skips the points whose run COMPLETED and redoes
+the others.
 
 Open-loop rates as shares of a capacity measured in the same suite (a lent machine's capacity moves 15-25 % between
 leases, so fixed rates land at different utilisations): an entry with ``capacity_shares`` runs Poisson steps at those
@@ -23,9 +25,9 @@ shares of the capacity that the suite's earlier runs without shares measured for
 (:func:`gawm_lib.analysis.measured_capacity`), worked out when its turn comes::
 
     runs:
-      - params: params/h200_scaling.yaml               # the capacity: closed loop
+      - params: params/gpu_scaling.yaml                # the capacity: closed loop
         overrides: ["backend.replicas=4", "load.levels=[64,128,256]"]
-      - params: params/h200_scaling.yaml               # three sweeps at 15-83 % of it
+      - params: params/gpu_scaling.yaml                # three sweeps at 15-83 % of it
         overrides: ["backend.replicas=4", "load.scenario=poisson"]
         capacity_shares: [0.15, 0.35, 0.55, 0.70, 0.78, 0.83]
         grid:
@@ -48,7 +50,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gawm_lib import paths, runs
-from gawm_lib.config import ConfigError, ExperimentConfig, load_params
+from gawm_lib.config import ConfigError, ExperimentConfig, load_params, preflight
 
 
 def _sets_levels(overrides: list[str]) -> bool:
@@ -180,6 +182,19 @@ def validate_points(points: list[Point]) -> list[ExperimentConfig]:
     if problems:
         raise ConfigError("\n".join(problems))
     return configs
+
+
+def preflight_points(points: list[Point], configs: list[ExperimentConfig]) -> None:
+    """:func:`gawm_lib.config.preflight` of every point (``configs``: what :func:`validate_points` gave), at the start
+    of a suite's run, before the first point starts; one ConfigError lists every point this machine cannot run."""
+    problems = []
+    for point, cfg in zip(points, configs, strict=True):
+        try:
+            preflight(cfg, source=point.key)  # the point's key names the file and the overrides that make it
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def rates_at_shares(capacity_rps: float, shares: list[float] | tuple[float, ...]) -> list[float]:

@@ -111,11 +111,10 @@ def test_bodies_join_along_the_first_dimension():
     ({"scenario": "stages", "stages": [{"duration_s": 1, "rate_rps": 2, "end_users": 3}]}, "end_users ramps users"),
     ({"scenario": "poisson", "think_time_s": 1}, "load.think_time_s: Value error, think time is for closed loops"),
     ({"scenario": "trace"}, "load.trace_path: Value error, scenario trace needs trace_path"),
-    ({"scenario": "trace", "trace_path": "/no/such.csv"}, "load.trace_path: Value error, no trace file at"),
+    ({"scenario": "trace", "trace_path": "/no/such.txt"}, "load.trace_path: Value error, expected a .csv or .parquet"),
     ({"trace_path": "x.csv"}, "load.trace_path: Value error, trace_path is used by scenario trace only"),
     ({"scenario": "single_stream", "levels": [4]}, "load.levels: Value error, scenario single_stream does not use"),
     ({"step_duration_s": 10, "max_step_duration_s": 5}, "load.max_step_duration_s: Value error, max_step_duration_s"),
-    ({"process_cpus": [100_000]}, "load.process_cpus: Value error, CPU cores [100000] are not available"),
     ({"stages": [{"duration_s": 1, "users": 1}]}, "load.stages: Value error, stages are used by scenario stages only"),
 ])
 def test_invalid_settings_name_the_field(load, message):
@@ -124,11 +123,42 @@ def test_invalid_settings_name_the_field(load, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(("load", "message"), [
+    ({"scenario": "trace", "levels": [1], "trace_path": "/no/such.csv"},
+     "load.trace_path: no trace file at '/no/such.csv'"),
+    ({"process_cpus": [100_000]}, "load.process_cpus: CPU cores [100000] are not available here"),
+])
+def test_what_the_load_needs_of_this_machine_is_valid_and_stops_at_the_preflight(load, message):
+    from gawm_lib.config import preflight, preflight_load
+
+    cfg = validate_params({"load": load}, source="p.yaml")  # valid on any machine
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg, source="p.yaml")
+    assert f"p.yaml: {message}" in str(err.value)
+    with pytest.raises(ConfigError, match="load settings: load."):
+        preflight_load(cfg.load, source="load settings")
+
+
+def test_a_trace_file_is_read_by_the_preflight_with_the_load_process_reader(tmp_path):
+    from gawm_lib.config import preflight
+
+    path = tmp_path / "trace.csv"
+    pd.DataFrame({"arrival_s": [0.0, 0.5], "payload_id": [0, 3]}).to_csv(path, index=False)
+    cfg = validate_params({"load": {"scenario": "trace", "levels": [1], "trace_path": str(path), "payload_count": 2}})
+    with pytest.raises(ConfigError, match=r"<settings>: load.trace_path: trace.csv: payload_id must be whole numbers "
+                                          r"from 0 to payload_count - 1 = 1"):
+        preflight(cfg)
+    preflight(cfg.model_copy(update={"load": cfg.load.model_copy(update={"payload_count": 4})}))
+
+
 def test_run_load_refuses_bad_settings_before_starting_anything(tmp_path):
     bodies = write_bodies(tmp_path / "bodies.jsonl", [{"inputs": []}])
     spec = LoadSpec("w", "w", ["http://127.0.0.1:9"], str(bodies), str(tmp_path / "requests.parquet"),
                     {"scenario": "poisson", "levels": [-1]})
     with pytest.raises(ConfigError, match="load settings: load.levels.0: Input should be greater than 0"):
+        run_load(spec, tmp_path / "work", progress=False)
+    spec.load = {"process_cpus": [100_000]}  # valid, but not on this machine
+    with pytest.raises(ConfigError, match=r"load settings: load.process_cpus: CPU cores \[100000\] are not available"):
         run_load(spec, tmp_path / "work", progress=False)
     spec.load, spec.targets = {}, ["127.0.0.1:9"]
     with pytest.raises(LoadError, match="expected a base URL"):

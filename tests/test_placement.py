@@ -9,7 +9,7 @@ import os
 import pytest
 
 from gawm_lib.backends.placement import PlacementError, plan, scaling_points
-from gawm_lib.config import ConfigError, validate_params
+from gawm_lib.config import ConfigError, preflight, validate_params
 
 CORES = sorted(os.sched_getaffinity(0))
 
@@ -66,25 +66,66 @@ def test_placements_that_cannot_be_made_say_which_setting(args, kwargs, message)
 
 
 @pytest.mark.parametrize("backend, message", [
-    ({"placement": "exclusive", "replicas": len(CORES) + 1},
-     f"backend.placement exclusive: {len(CORES) + 1} replica(s) x 1 thread(s) need {len(CORES) + 1} CPU core(s)"),
     ({"cpus": [CORES[0], CORES[0]]}, f"backend.cpus: Value error, expected each core once, got [{CORES[0]}, {CORES[0]}]"),
-    ({"cpus": [max(CORES) + 1]}, f"backend.cpus: Value error, CPU cores [{max(CORES) + 1}] are not available here"),
     ({"placement": "spread"}, "backend.placement: Input should be 'none', 'shared' or 'exclusive'"),
     ({"kind": "kubernetes", "placement": "shared"},
      "placement, cpus and gpus place local replicas; on kubernetes the device plugin places them"),
 ])
-def test_settings_that_cannot_be_placed_stop_before_anything_starts(backend, message):
+def test_settings_that_cannot_be_placed_anywhere_are_invalid(backend, message):
     with pytest.raises(ConfigError) as err:
         validate_params({"backend": backend}, source="p.yaml")
     assert message in str(err.value) and "p.yaml" in str(err.value)
 
 
-def test_gpu_replicas_are_counted_when_they_start_not_when_validated():
-    # No driver call while validating: a params file for a GPU machine validates on a laptop.
+@pytest.mark.parametrize("backend, message", [
+    ({"placement": "exclusive", "replicas": len(CORES) + 1},
+     f"p.yaml: backend.placement exclusive: {len(CORES) + 1} replica(s) x 1 thread(s) need {len(CORES) + 1} CPU "
+     f"core(s), {len(CORES)} available (this process may use: {CORES}) (workload resnet50)"),
+    ({"cpus": [max(CORES) + 1]}, f"p.yaml: backend.cpus: CPU cores [{max(CORES) + 1}] are not available here "
+                                 f"(available: {CORES})"),
+    ({"placement": "shared", "cpus": [max(CORES) + 1]}, f"backend.cpus: CPU cores [{max(CORES) + 1}] are not "
+                                                        f"available here"),
+])
+def test_placements_this_machine_cannot_make_are_valid_and_stop_at_the_preflight(backend, message):
+    # Valid on any machine (a params file for a bigger one validates here); the run's preflight names the setting.
+    cfg = validate_params({"backend": backend}, source="p.yaml")
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg, source="p.yaml")
+    assert message in str(err.value)
+    assert str(err.value).count("\n") == 1  # one problem, said once (missing cores are not planned with again)
+
+
+def test_a_placement_override_is_named_by_the_preflight():
+    cfg = validate_params({"backend": {"cpus": [max(CORES) + 1]}})
+    with pytest.raises(ConfigError, match=rf"-p backend.cpus=\[{max(CORES) + 1}\]: backend.cpus: CPU cores"):
+        preflight(cfg, source="p.yaml", overrides=[f"backend.cpus=[{max(CORES) + 1}]"])
+
+
+def test_gpu_replicas_are_counted_when_the_run_starts_not_when_validated(monkeypatch):
+    # No driver call while validating: a params file for a GPU machine validates on a laptop; the preflight counts
+    # the GPUs this process sees (here: as CUDA_VISIBLE_DEVICES says).
     cfg = validate_params({"workloads": [{"name": "resnet50", "device": "cuda"}],
                            "backend": {"placement": "exclusive", "replicas": 8}})
     assert cfg.backend.placement == "exclusive"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ConfigError, match=r"p.yaml: backend.placement exclusive: 8 replica\(s\) need 8 GPU\(s\), 2 "
+                                          r"available \(visible here: 0, 1\) \(workload resnet50\)"):
+        preflight(cfg, source="p.yaml")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(8))))
+    preflight(cfg, source="p.yaml")
+    unplaced = validate_params({"workloads": [{"name": "resnet50", "device": "cuda"}]})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match=r"workloads.0.device: expected a GPU on this machine for device 'cuda'"):
+        preflight(unplaced, source="p.yaml")
+
+
+def test_kubernetes_replicas_are_not_checked_against_local_cores(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    cfg = validate_params({"workloads": [{"name": "resnet50", "threads": len(CORES) + 1, "weights": "/in/the/image",
+                                          "device": "cuda"}],
+                           "backend": {"kind": "kubernetes", "replicas": 64, "gpu": 1, "kubeconfig": str(kubeconfig)}})
+    preflight(cfg, source="p.yaml")  # cores, GPUs and weights are the cluster's
 
 
 def test_a_scaling_study_skips_what_cannot_be_placed_and_says_why(monkeypatch):

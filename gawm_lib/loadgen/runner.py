@@ -26,9 +26,9 @@ class LoadError(RuntimeError):
 def check(spec: LoadSpec) -> None:
     """Refuse a spec that cannot run, before anything is sent: settings (naming the field as ``load.<field>``), request
     bodies and targets. Raises :class:`gawm_lib.config.ConfigError` or :class:`LoadError`."""
-    from gawm_lib.config import validate_load
+    from gawm_lib.config import preflight_load, validate_load
 
-    validate_load(spec.load, source="load settings")
+    preflight_load(validate_load(spec.load, source="load settings"), source="load settings")  # trace file, cores
     if not spec.targets:
         raise LoadError("no targets: give at least one server base URL, e.g. http://127.0.0.1:8000")
     for target in spec.targets:
