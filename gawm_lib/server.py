@@ -13,7 +13,8 @@ waiting at most ``max_queue_delay_ms`` after the first; one thread collates (and
 another runs the current one, both off the event loop, which only reads, admits and answers requests. Every answer
 carries ``parameters``: ``queue_ns`` (enqueued to its batch's forward pass), ``compute_ns`` (the forward pass),
 ``decode_ns`` (arrival to enqueued: body, parsing, decoding), ``prepare_ns`` (collation and copy), ``batch_size``, and
-workload totals (``tokens``; ``audio_s`` and ``rtf`` = compute time / audio time for Whisper). Bad input gets a 4xx with
+workload totals (``tokens``; ``audio_s``, ``rtf`` = compute time / audio time and ``truncated`` = clips cut at
+``decode_tokens`` for Whisper). Bad input gets a 4xx with
 ``{"error", "field", "expected"}``; the server stays ready.
 Once the model is loaded it is frozen out of Python's garbage collector (``gc_freeze``) and the collector's thresholds
 are raised (``gc_thresholds``), so that a backlog's objects are not scanned again and again; every collection is timed

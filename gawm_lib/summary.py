@@ -82,7 +82,9 @@ def summarise(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFra
     ``p99.9_ms`` latency from the schedule, ``p90_bound_ms``/``p99_bound_ms`` (MLPerf early-stopping upper bounds at
     99 % confidence; NaN below 64 / 662 ok requests), ``service_p50_ms``/``service_p99_ms`` (from the send),
     ``ttfb_p50_ms`` (send to first byte), ``lag_p50_ms``/``lag_p99_ms``/``lag_max_ms`` (schedule lag); latencies over
-    the ok requests.
+    the ok requests. ``truncated``: items of the ok requests whose output was cut at a limit (Whisper's
+    ``decode_tokens``; every clip with random weights, which never emit end-of-text), NaN where unknown (other
+    workloads, records from before the column).
     """
     if "latency_ms" not in requests:
         requests = requests.assign(latency_ms=(requests["done_ns"] - requests["scheduled_ns"]) / 1e6)
@@ -124,8 +126,17 @@ def summarise(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFra
             row["lag_p50_ms"] = float(np.percentile(lag, 50)) if len(lag) else np.nan
             row["lag_p99_ms"] = float(np.percentile(lag, 99)) if len(lag) else np.nan
             row["lag_max_ms"] = float(lag.max()) if len(lag) else np.nan
+        row["truncated"] = _truncated(ok)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _truncated(ok: pd.DataFrame) -> float:
+    """Items cut at a limit over the requests that report it (-1 or NaN: unknown); NaN when none does."""
+    if "truncated" not in ok:
+        return np.nan
+    known = ok["truncated"][ok["truncated"] >= 0]
+    return float(known.sum()) if len(known) else np.nan
 
 
 def errors_by_kind(requests: pd.DataFrame) -> dict[str, int]:

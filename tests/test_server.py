@@ -369,7 +369,7 @@ def test_garbage_collections_are_timed_and_the_loaded_model_is_frozen_out_of_the
 
 def test_the_server_is_served_on_httptools_and_uvloop_not_the_pure_python_fallbacks():
     """uvicorn falls back to h11 and asyncio without a word where httptools and uvloop are missing; on the H200 that
-    cost DistilBERT x4 11-17 % of its capacity (data/benchmarks/h200/tail_goal_x4_httptools)."""
+    cost DistilBERT x4 11-17 % of its capacity (studies/h200/results/tail_goal_x4_httptools)."""
     import importlib.util
 
     from gawm_lib.server import uvicorn_config

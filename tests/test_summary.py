@@ -85,3 +85,15 @@ def test_early_stopping_bound_is_an_upper_bound_of_the_percentile():
     assert misses <= 8
     table = summary.summarise(rows(latency))
     assert table.iloc[0]["p90_bound_ms"] == 2048 - 172 and table.iloc[0]["p99_bound_ms"] >= table.iloc[0]["p99_ms"]
+
+
+def test_truncated_items_are_counted_and_unknown_is_nan(tmp_path):
+    frame = rows(np.ones(6), errors=[""] * 5 + ["http_5xx"]).assign(truncated=[2, 0, 1, -1, 3, 7])
+    assert summary.summarise(frame).iloc[0]["truncated"] == 6  # ok requests that report it; failed ones never do
+    assert math.isnan(summary.summarise(frame.assign(truncated=-1)).iloc[0]["truncated"])  # no server reported it
+    # records written before the column existed: still readable, truncated unknown
+    old = tmp_path / "old.parquet"
+    old.mkdir()
+    rows(np.ones(4)).drop(columns=["truncated"]).to_parquet(old / "w-part-00000.parquet")
+    table = summary.summarise(summary.read_requests(old))
+    assert table.iloc[0]["ok"] == 4 and math.isnan(table.iloc[0]["truncated"])

@@ -125,6 +125,7 @@ def test_whisper_batch_with_fixed_decode_length_fallback_and_segments(whisper, m
     assert all(text for _, text in clips)
     answers = whisper.predict(whisper.decode_tensor(tensor("audio", "BYTES", [c for c, _ in clips])))
     assert [a["tokens"] for a in answers] == [3, 3]  # random weights: always the full decode length
+    assert [a["truncated"] for a in answers] == [True, True]  # ... which is reported, not silent
     assert [a["temperature"] for a in answers] == [0.5, 0.5]  # decoded again, together, at the next temperature
     for a in answers:
         assert 1.0 < a["audio_s"] < 20.0
@@ -215,6 +216,7 @@ def test_real_tiny_en_weights_from_ctranslate2_transcribe_speech():
     error = jiwer.wer([normalise(t) for _, t in clips], [normalise(a["text"]) for a in answers])
     assert error < 0.5, [(t, a["text"]) for (_, t), a in zip(clips, answers)]
     assert all(a["tokens"] < 64 for a in answers)  # real weights stop at end-of-text
+    assert not any(a["truncated"] for a in answers)
 
 
 def test_decoders_answer_any_damaged_file_with_an_image_or_an_inference_error(resnet, tmp_path):

@@ -57,6 +57,8 @@ def _labels(workload: str, managed_by: str | None) -> dict[str, str]:
 
 
 def _env_value(value: Any) -> str:
+    if value is None:  # JSON's null in the --settings argument (e.g. decode_tokens: the weights' default)
+        return "null"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

@@ -63,16 +63,20 @@ def status_kind(status: int) -> str:
     return f"http_{status // 100}xx" if status // 100 in (1, 3, 4, 5) else "other"
 
 
-def server_timing(payload: bytes) -> tuple[int, int, int, int]:
-    """``(batch_size, queue_ns, compute_ns, decode_ns)`` from an OIP v2 answer's ``parameters`` (-1 where not
-    reported)."""
+SERVER_PARAMETERS = ("batch_size", "queue_ns", "compute_ns", "decode_ns", "truncated")
+UNKNOWN = (-1,) * len(SERVER_PARAMETERS)
+
+
+def server_timing(payload: bytes) -> tuple[int, ...]:
+    """``(batch_size, queue_ns, compute_ns, decode_ns, truncated)`` from an OIP v2 answer's ``parameters`` (-1 where
+    not reported; ``truncated``: items cut at a limit, Whisper's decode_tokens)."""
     if len(payload) > 1 << 20 or b'"parameters"' not in payload:
-        return -1, -1, -1, -1
+        return UNKNOWN
     try:
         params = json.loads(payload).get("parameters") or {}
-        return tuple(int(params.get(key, -1)) for key in ("batch_size", "queue_ns", "compute_ns", "decode_ns"))
+        return tuple(int(params.get(key, -1)) for key in SERVER_PARAMETERS)
     except (ValueError, TypeError, AttributeError):
-        return -1, -1, -1, -1
+        return UNKNOWN
 
 
 def join_bodies(bodies: list[dict[str, Any]]) -> dict[str, Any]:

@@ -81,7 +81,7 @@ class Load:
         target = next(self.targets)
         self.in_flight += 1
         sent = first = 0
-        status, error, bytes_in, timing = 0, "", 0, (-1, -1, -1, -1)
+        status, error, bytes_in, timing = 0, "", 0, client.UNKNOWN
         try:
             async with self.slots:
                 sent = monotonic_ns()

@@ -46,6 +46,8 @@ COLUMNS = {  # name -> meaning [unit]
     "server_queue_ns": "server: arrival to batch start [ns] (-1 unknown)",
     "server_compute_ns": "server: forward pass of the batch [ns] (-1 unknown)",
     "server_decode_ns": "server: arrival to enqueued: body, parsing, decoding (JPEG, text, audio) [ns] (-1 unknown)",
+    "truncated": "items whose output was cut at a limit, Whisper's decode_tokens (server-reported; -1 unknown: other "
+                 "workloads, older servers; a records file without the column: unknown)",
     "replica": "address of the replica that got it",
     "process": "index of the load process that sent it",
 }
@@ -58,7 +60,7 @@ _PACKED = (  # what ROW holds, in order: (column, struct code); workload and pro
     ("phase", "b"), ("step", "i"), ("level", "d"), ("scheduled_ns", "q"), ("sent_ns", "q"), ("first_byte_ns", "q"),
     ("done_ns", "q"), ("status", "i"), ("error", "b"), ("bytes_out", "q"), ("bytes_in", "q"), ("items", "i"),
     ("batch_size", "q"), ("server_queue_ns", "q"), ("server_compute_ns", "q"), ("server_decode_ns", "q"),
-    ("replica", "h"))
+    ("truncated", "i"), ("replica", "h"))
 ROW = struct.Struct("<" + "".join(code for _, code in _PACKED))
 _DTYPE = np.dtype([(name, "<" + code) for name, code in _PACKED])
 
@@ -72,7 +74,8 @@ def schema():
 
 class Recorder:
     """Collects packed rows (``buffer += ROW.pack(...)``: phase code, step, level, the four times, status, error code,
-    bytes out and in, items, batch size, server queue, compute and decode times, replica index) and writes them as
+    bytes out and in, items, batch size, server queue, compute and decode times, truncated items, replica index) and
+    writes them as
     part files ``<prefix>NNNNN.parquet``."""
 
     def __init__(self, out_dir: Path, prefix: str, workload: str, replicas: list[str], process: int):

@@ -4,6 +4,9 @@ Input ``text`` (BYTES, ``[n]``): UTF-8 strings of at most ``max_text_chars`` cha
 (truncated to ``max_seq_len`` tokens, [CLS] and [SEP] included); a request's texts are tokenised together (the Rust
 tokenizer, off the GIL). A batch is padded to its longest sequence (to ``max_seq_len`` when compiled or graphed, for
 one static shape). Answers: label, score and the tokens processed (padding not counted).
+``weights: pretrained`` loads a DistilBERT saved in ``<cache>/weights/distilbert/`` if there is one, else
+distilbert-base-uncased-finetuned-sst-2-english from Hugging Face: no package ships DistilBERT weights offline
+(``gawm weights fetch distilbert`` installs the real vocabulary only, the one ``random`` already uses).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from gawm_lib import paths
+from gawm_lib import weights as weights_store
 from gawm_lib.workloads import samples
-from gawm_lib.workloads.base import InputSpec, Workload
+from gawm_lib.workloads.base import InputSpec, WeightsError, Workload
 from gawm_lib.workloads.device import maybe_compile
 from gawm_lib.workloads.oip import InferenceError, Tensor
 
@@ -40,9 +44,22 @@ class DistilBert(Workload):
             model = DistilBertForSequenceClassification(config)
             info = {"weights": "random", "seed": 0, "tokenizer": "bert-base-uncased WordPiece (shipped)"}
         else:
-            source = PRETRAINED if weights == "pretrained" else str(Path(weights).expanduser())
-            self.tokenizer = DistilBertTokenizer.from_pretrained(source)
-            model = DistilBertForSequenceClassification.from_pretrained(source)
+            # pretrained: a DistilBERT of the user's own saved in the cache (no package ships DistilBERT weights,
+            # see gawm_lib.weights), else the Hugging Face hub.
+            own = weights_store.distilbert_model() if weights == "pretrained" else None
+            source = str(own) if own else PRETRAINED if weights == "pretrained" else str(Path(weights).expanduser())
+            try:
+                self.tokenizer = DistilBertTokenizer.from_pretrained(source)
+                model = DistilBertForSequenceClassification.from_pretrained(source)
+            except OSError as exc:  # transformers: no hub access and nothing cached, or no model in the folder
+                if weights != "pretrained" or own:
+                    raise WeightsError(f"cannot load a DistilBERT model from {source}: {exc}") from None
+                raise WeightsError(
+                    f"distilbert: pretrained weights ({PRETRAINED}) come from Hugging Face, which cannot be reached "
+                    f"and is not cached here ({type(exc).__name__}). No package ships DistilBERT weights offline "
+                    f"(`gawm weights fetch distilbert` installs only the real vocabulary); save a DistilBERT model of "
+                    f"your own in {weights_store.distilbert_own_dir()}, give its path as weights, or use "
+                    "weights: random (same compute, real tokenizer)") from None
             info = {"weights": "pretrained" if weights == "pretrained" else "path", "source": source}
         self.id2label = model.config.id2label
         self.pad_id = self.tokenizer.pad_token_id

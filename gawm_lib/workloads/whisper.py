@@ -6,7 +6,14 @@ Two inputs, one per request, each clip at most ``max_audio_s`` (one 30 s window)
 - ``pcm`` (FP32, ``[n, samples]``): mono float PCM at 16 kHz, -1..1.
 
 The log-Mel spectrogram is computed on arrival; a batch runs the encoder once and decodes all clips together.
-``decode_tokens`` caps the decode length: random weights never emit end-of-text, so it fixes the cost per clip.
+``decode_tokens`` caps the decode length. Unset, it is 224 (Whisper's full window, enough for a 30 s clip) with real
+weights and 8 with random weights, which never emit end-of-text (so the cap fixes the cost per clip); the effective
+value is in the model's metadata (``weights.decode_tokens``) and so in the run's manifest. A clip whose decoding
+stopped at the cap without end-of-text is ``truncated`` (an output per clip, and a count per request in the answer's
+parameters): its text may be cut. With random weights every clip is truncated, which is true and harmless for
+performance work.
+``weights: pretrained`` loads the real weights that ``gawm weights fetch whisper:<size>`` installed
+(:mod:`gawm_lib.weights`; tiny.en and base exist offline), else ``whisper.load_model`` (OpenAI's servers).
 ``temperatures`` with more than one value turns on openai-whisper's fallback: clips whose text is too repetitive
 (gzip compression ratio > 2.4) or too unlikely (mean log-probability < -1) are decoded again, together, at the next one.
 """
@@ -22,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from gawm_lib import weights as weights_store
 from gawm_lib.workloads import samples
-from gawm_lib.workloads.base import InputSpec, Workload, load_checkpoint
+from gawm_lib.workloads.base import InputSpec, WeightsError, Workload, load_checkpoint
 from gawm_lib.workloads.device import maybe_compile
 from gawm_lib.workloads.oip import InferenceError, Tensor
 
@@ -31,6 +39,8 @@ SAMPLE_RATE = 16_000
 COMPRESSION_RATIO_THRESHOLD = 2.4  # openai-whisper's transcribe() defaults
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
+FULL_WINDOW_TOKENS = 224  # openai-whisper's default sample_len: n_text_ctx // 2
+RANDOM_DECODE_TOKENS = 8  # random weights never emit end-of-text: a short fixed decode keeps them cheap
 # Architecture of each size (openai-whisper's published ModelDimensions); n_vocab differs for English-only models.
 DIMENSIONS = {
     "tiny": (80, 384, 6, 4, 51865), "tiny.en": (80, 384, 6, 4, 51864),
@@ -46,7 +56,7 @@ class Whisper(Workload):
         InputSpec("pcm", ("FP32", "FP16", "BF16"), (-1, -1), "mono PCM at 16 kHz, -1..1, one row per clip"),
     )
     outputs = (("text", "BYTES", ()), ("segments", "BYTES", ()), ("audio_s", "FP32", ()), ("tokens", "INT32", ()),
-               ("temperature", "FP32", ()), ("avg_logprob", "FP32", ()))
+               ("temperature", "FP32", ()), ("avg_logprob", "FP32", ()), ("truncated", "BOOL", ()))
     pad_on_cuda = False  # padding a batch costs whole decodes; only torch.compile needs it
 
     def _build(self):
@@ -55,8 +65,22 @@ class Whisper(Workload):
         from whisper.model import ModelDimensions
 
         size = self.cfg.model_size
-        if self.cfg.weights == "pretrained":
-            model = whisper.load_model(size, device="cpu")
+        self.decode_tokens = effective_decode_tokens(self.cfg)
+        local = weights_store.whisper_checkpoint(size) if self.cfg.weights == "pretrained" else None
+        if local is not None:  # installed by `gawm weights fetch whisper:<size>`: real weights, offline
+            checkpoint = load_checkpoint(str(local))
+            model = whisper.model.Whisper(ModelDimensions(**checkpoint["dims"]))
+            model.load_state_dict(checkpoint["model_state_dict"])
+            info = {"weights": "pretrained", "path": str(local), **checkpoint.get("provenance", {})}
+        elif self.cfg.weights == "pretrained":
+            try:
+                model = whisper.load_model(size, device="cpu")
+            except OSError as exc:  # urllib's URLError and friends: no way to OpenAI's servers
+                offline = ", ".join(f"whisper:{s}" for s in weights_store.whisper_offline_sizes())
+                raise WeightsError(
+                    f"whisper {size}: pretrained weights are not installed here and downloading them from OpenAI "
+                    f"failed ({type(exc).__name__}: {exc}). Offline real weights: `gawm weights fetch {offline}` "
+                    f"(then model_size tiny.en or base), or weights: random (same compute)") from None
             info = {"weights": "pretrained", "source": f"whisper.load_model({size!r})"}
         elif self.cfg.weights == "random":
             n_mels, state, heads, layers, vocab = DIMENSIONS[size]
@@ -82,10 +106,12 @@ class Whisper(Workload):
                 module.float()
         model.encoder = maybe_compile(model.encoder, self.cfg)  # the decoder loop's cache hooks do not compile
         self.options = whisper.DecodingOptions(
-            language="en", without_timestamps=not self.cfg.timestamps, sample_len=self.cfg.decode_tokens,
+            language="en", without_timestamps=not self.cfg.timestamps, sample_len=self.decode_tokens,
             fp16=False,  # dtypes are handled here (see _Task), for bf16 too
         )
-        info.update(compiled_encoder=self.cfg.compile, decode_tokens=self.cfg.decode_tokens,
+        info.update(compiled_encoder=self.cfg.compile, decode_tokens=self.decode_tokens,
+                    decode_tokens_from="settings" if self.cfg.decode_tokens is not None else
+                    f"default for {'random' if self.cfg.weights == 'random' else 'real'} weights",
                     temperatures=self.cfg.temperatures)
         return model, info
 
@@ -147,7 +173,7 @@ class Whisper(Workload):
         logprob = float(result.avg_logprob) if np.isfinite(result.avg_logprob) else -100.0
         return {"text": result.text, "segments": json.dumps(self._segments(result.tokens, result.text, seconds)),
                 "audio_s": seconds, "tokens": len(result.tokens), "temperature": float(result.temperature),
-                "avg_logprob": logprob}
+                "avg_logprob": logprob, "truncated": is_truncated(result.tokens, self.decode_tokens)}
 
     def _segments(self, tokens: list[int], text: str, seconds: float) -> list[dict[str, Any]]:
         """Timed segments from timestamp tokens; without them, one segment for the clip."""
@@ -177,7 +203,8 @@ class Whisper(Workload):
         return get_tokenizer(m.is_multilingual, num_languages=m.num_languages, language="en", task="transcribe")
 
     def request_stats(self, answers: list[dict[str, Any]]) -> dict[str, float]:
-        return {"audio_s": sum(a["audio_s"] for a in answers), "tokens": sum(a["tokens"] for a in answers)}
+        return {"audio_s": sum(a["audio_s"] for a in answers), "tokens": sum(a["tokens"] for a in answers),
+                "truncated": sum(bool(a["truncated"]) for a in answers)}
 
     # -- samples ------------------------------------------------------------------------------------------------------
     def sample_items(self, count: int, seed: int) -> list[bytes]:
@@ -193,6 +220,19 @@ class Whisper(Workload):
 
     def warmup_item(self) -> bytes:
         return samples.speech(1, 0)[0][0]
+
+
+def effective_decode_tokens(cfg) -> int:
+    """``decode_tokens`` as set, else 224 (the full window) with real weights and 8 with random ones."""
+    if cfg.decode_tokens is not None:
+        return cfg.decode_tokens
+    return RANDOM_DECODE_TOKENS if cfg.weights == "random" else FULL_WINDOW_TOKENS
+
+
+def is_truncated(tokens: list[int], limit: int) -> bool:
+    """Whether decoding stopped at the ``limit`` without end-of-text: openai-whisper drops the end-of-text token, so
+    a clip that ended on its own has fewer than ``limit`` tokens (``limit`` steps make at most ``limit`` tokens)."""
+    return len(tokens) >= limit
 
 
 def _task(model, options):

