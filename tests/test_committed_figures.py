@@ -1,5 +1,5 @@
-"""No committed figure contradicts its tables: every figure committed under data/ or docs/ has the points it plots
-beside it (``<figure>.csv``), and where the folder holds the study's step table (``steps.csv``), every plotted
+"""No committed figure contradicts its tables: every figure committed under data/, docs/ or studies/ has the points it
+plots beside it (``<figure>.csv``), and where the folder holds the study's step table (``steps.csv``), every plotted
 throughput and latency equals that table's value for the same run, workload and step."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def committed_figures() -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "data", "docs"], cwd=ROOT, capture_output=True, text=True, check=True)
+    listed = subprocess.run(["git", "ls-files", "data", "docs", "studies"], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
     return [ROOT / name for name in listed.stdout.split() if name.endswith(".png") and (ROOT / name).exists()]
 
 

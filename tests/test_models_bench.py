@@ -9,23 +9,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gawm_lib.bench import models_bench as mb
+from studies.h200.scripts import models_bench as mb
 from gawm_lib.config import WorkloadConfig
 from gawm_lib.models import BatchLatencyModel, BatchLatencyTable, predict_batching
 
 
-def _entry(workload: str, p95_measured: float, command: str = "python -m gawm_lib.bench.models_bench") -> dict:
+def _entry(workload: str, p95_measured: float, command: str = "python -m studies.h200.scripts.models_bench") -> dict:
     held = [{"utilisation": u, "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": p95_measured},
              "predicted": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0}} for u in (0.1, 0.5)]
     return {"workload": workload, "held_out": held, "capacity_rps": 2.0, "run": {"command": command}}
 
 
 def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
-    schema1 = {"benchmark": "models", "schema_version": 1, "command": "python -m gawm_lib.bench.models_bench",
+    schema1 = {"benchmark": "models", "schema_version": 1, "command": "python -m studies.h200.scripts.models_bench",
                "started_utc": "t0", "git": {"short": "abc"},
                "workloads": [{k: v for k, v in _entry("distilbert", 20.0).items() if k != "run"}],
                "analysis_speed": {"records": 10_000_000, "seconds": 5.3}}
-    other = {"schema_version": 1, "command": "python -m gawm_lib.bench.models_bench",
+    other = {"schema_version": 1, "command": "python -m studies.h200.scripts.models_bench",
              "workloads": [{k: v for k, v in _entry("resnet50", 25.0).items() if k != "run"}],
              "analysis_speed": {"records": 1000, "seconds": 0.8}}
     merged = mb.merge_report(schema1, other, replace_speed=False)
@@ -41,7 +41,7 @@ def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
     assert again["workloads"][1]["run"]["command"] == "cmd distilbert"
     assert [e["workload"] for e in again["superseded"]] == ["distilbert"]  # the replaced run is kept
     assert again["superseded"][0]["held_out"][0]["measured"]["p95_ms"] == 20.0
-    assert set(again["commands"]) == {"python -m gawm_lib.bench.models_bench", "cmd distilbert", "cmd whisper"}
+    assert set(again["commands"]) == {"python -m studies.h200.scripts.models_bench", "cmd distilbert", "cmd whisper"}
     json.dumps(again)  # serialisable as written
     assert mb.merge_report(again, again)["superseded"] == again["superseded"]  # the same runs again: no duplicates
     assert again["machine_quiet"] == {"resnet50": None, "distilbert": None, "whisper": None}  # no CPU recorded

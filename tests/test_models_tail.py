@@ -188,7 +188,7 @@ def test_the_capacity_is_the_highest_throughput_of_any_step_where_a_closed_loop_
 
 
 def test_the_held_out_check_told_the_leases_level_by_its_first_step_scores_the_rest():
-    from gawm_lib.bench import study_report
+    from studies.h200.scripts import study_report
 
     closed = _step("closed", "closed_loop", 0, 600.0, 0.005)
     sweep = pd.concat([_step("sweep", "poisson", i, r, float(CURVE.p95_s(r))) for i, r in enumerate(RATES)])

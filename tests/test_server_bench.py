@@ -70,7 +70,7 @@ def test_the_gil_benchmark_keeps_every_repetition_and_restores_the_interval(tmp_
     import json
     import sys
 
-    from gawm_lib.bench import gil_bench
+    from studies.h200.scripts import gil_bench
 
     before = sys.getswitchinterval()
     assert gil_bench.main(["--intervals-ms", "5,0.5", "--repeats", "2", "--ops", "200",
@@ -85,7 +85,7 @@ def test_the_gil_benchmark_keeps_every_repetition_and_restores_the_interval(tmp_
 def test_the_collector_probe_counts_fewer_collections_with_the_servers_thresholds(tmp_path):
     import json
 
-    from gawm_lib.bench import gc_probe
+    from studies.h200.scripts import gc_probe
 
     assert gc_probe.main(["--connections", "128", "--duration-s", "3", "--out", str(tmp_path / "gc.json")]) == 0
     results = json.loads((tmp_path / "gc.json").read_text())["results"]
@@ -130,7 +130,7 @@ def test_an_unknown_transport_is_refused_before_anything_runs(capsys):
 
 
 def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back(tmp_path):
-    from gawm_lib.bench import speed_probe
+    from studies.h200.scripts import speed_probe
 
     out = tmp_path / "probe" / "speed.jsonl"
     count = speed_probe.probe(out, duration_s=1.0, interval_s=0.2, loops=2_000)
@@ -152,7 +152,7 @@ def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back(tmp_path):
 
 
 def test_each_step_gets_the_probe_median_over_its_wall_clock_span_from_the_run_phases():
-    from gawm_lib.bench import speed_probe
+    from studies.h200.scripts import speed_probe
 
     # a run manifest's phases: a warm-up, step 0 from unix 1,001 s to 1,002 s, step 1 from 1,003 s to 1,004 s
     phases = [{"phase": "warmup", "step": -1, "start_unix_ns": 1000 * 10**9, "end_unix_ns": 1001 * 10**9},
@@ -168,7 +168,7 @@ def test_each_step_gets_the_probe_median_over_its_wall_clock_span_from_the_run_p
 def test_the_survey_pins_the_probe_to_each_core_in_turn_and_summarises_each_core(tmp_path):
     import os
 
-    from gawm_lib.bench import speed_probe
+    from studies.h200.scripts import speed_probe
 
     before = os.sched_getaffinity(0)
     cores = sorted(before)
@@ -197,7 +197,7 @@ def test_the_survey_pins_the_probe_to_each_core_in_turn_and_summarises_each_core
 
 
 def test_flips_tell_cores_that_slow_down_on_their_own_from_a_machine_that_slows_down_at_once():
-    from gawm_lib.bench import speed_probe
+    from studies.h200.scripts import speed_probe
 
     def timings(slow_0, slow_1):  # two cores probed at once, one timing per 0.1 s for 2 s: 2 or 4 ms each
         rows = [{"unix_ns": int(i * 1e8), "seconds": 0.004 if slow[i] else 0.002, "cpu": cpu}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from gawm_lib import analysis, config, experiment
-from gawm_lib.bench import study_report
+from studies.h200.scripts import study_report
 
 pytestmark = pytest.mark.integration
 
@@ -114,9 +114,9 @@ def test_repeatability_pairs_the_same_configurations_and_leaves_out_steps_with_e
 
 
 def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tmp_path):
-    from gawm_lib.bench import models_bench
+    from studies.h200.scripts import models_bench
 
-    report = {"command": "python -m gawm_lib.bench.study_report --suite s", "runs": {
+    report = {"command": "python -m studies.h200.scripts.study_report --suite s", "runs": {
         "r1": {"gpu": {"devices": [{"name": "NVIDIA H200"}]}}, "r2": {"gpu": None}},
         "tandem_model": {"resnet50": {"held_out_mape_pct": {"replicas_1": {"p50": 10.1, "p95": 7.8},
                                                             "replicas_4": {"p50": 7.2, "p95": 5.5}}},
@@ -136,7 +136,7 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
                                                      "window_floor_p95_mape_pct": {"3": 7.0, "18": 5.5}}},
                        "whisper": {"replicas_1": {"t0_ms": 900.0, "cross_run_p95_mape_pct": 9.0,
                                                   "cross_run_utilisation": [0.2, 0.8]}}}}
-    section = study_report.gpu_goal(report, 10.0, "data/benchmarks/h200/report.json")
+    section = study_report.gpu_goal(report, 10.0, "studies/h200/results/report.json")
     assert section["p95_goal_met"] == {"resnet50": True, "distilbert": False, "whisper": False}
     assert section["tail_curve"]["p95_mape_pct"] == {"resnet50": {"replicas_1": 8.8, "replicas_4": 9.9},
                                                      "distilbert": {"replicas_1": 117.4}}
@@ -171,14 +171,14 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     study_report.write_gpu_goal(path, section)  # the same report again replaces itself
     assert json.loads(path.read_text())["gpu"] == section and "gpu_superseded" not in json.loads(path.read_text())
     assert json.loads(path.read_text())["gpu_goal_met"] == {"distilbert": False, "resnet50": True, "whisper": True}
-    newer = {**section, "source": "data/benchmarks/h200/tail/report.json", "goal_met": {"resnet50": False}}
+    newer = {**section, "source": "studies/h200/results/tail/report.json", "goal_met": {"resnet50": False}}
     study_report.write_gpu_goal(path, newer)  # another report over the same configurations: the earlier superseded
     written = json.loads(path.read_text())
     assert written["gpu_superseded"] == [section] and "gpu_also" not in written
     assert written["gpu_goal_met"] == {"resnet50": False} and written["gpu_goal_met_by"] == {"resnet50": []}
     # a report on another configuration (ResNet50 with 8 replicas) leaves the earlier one standing beside it, and
     # the goal is met for a workload where any standing report's configuration meets it
-    other = {"source": "data/benchmarks/h200/x8/report.json", "command": "study_report --suite x8",
+    other = {"source": "studies/h200/results/x8/report.json", "command": "study_report --suite x8",
              "goal_met": {"resnet50": True}, "p95_mape_pct": {},
              "tail_curve": {"cross_run_p95_mape_pct": {"resnet50": {"replicas_8": 5.0}}}}
     assert study_report.checked_configurations(other) == {("resnet50", "replicas_8", 1)}
@@ -186,9 +186,9 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     written = json.loads(path.read_text())
     assert written["gpu"] == other and written["gpu_also"] == [newer] and written["gpu_superseded"] == [section]
     assert written["gpu_goal_met"] == {"resnet50": True}
-    assert written["gpu_goal_met_by"] == {"resnet50": ["data/benchmarks/h200/x8/report.json"]}
+    assert written["gpu_goal_met_by"] == {"resnet50": ["studies/h200/results/x8/report.json"]}
     # the same workload and replicas with eight images a request is another configuration: it stands beside them
-    bigger = {**other, "source": "data/benchmarks/h200/x8_images8/report.json", "goal_met": {"resnet50": False},
+    bigger = {**other, "source": "studies/h200/results/x8_images8/report.json", "goal_met": {"resnet50": False},
               "payloads_per_request": {"resnet50": 8}}
     assert study_report.checked_configurations(bigger) == {("resnet50", "replicas_8", 8)}
     study_report.write_gpu_goal(path, bigger)

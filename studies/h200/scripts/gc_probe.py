@@ -1,16 +1,16 @@
 """How often the model server's garbage collector runs, and for how long, with a backlog of requests in flight.
 
 A server with a backlog holds every pending request's objects (futures, parsed bodies, tokenised text); they outlive the
-young collections, so every middle and full collection scans them again and the collector's cost grows with the
-backlog. ``python -m gawm_lib.bench.gc_probe`` starts a DistilBERT server on the CPU (one torch thread, short texts,
+young collections, so every middle and full collection scans them again and the collector's cost grows with the backlog.
+``python -m studies.h200.scripts.gc_probe`` starts a DistilBERT server on the CPU (one torch thread, short texts,
 batches of up to 64) once per collector setting (``WorkloadConfig.gc_thresholds``: Python's own and the server's
 default), holds ``--connections`` requests in flight for ``--duration-s`` seconds (closed loop, after a warm-up), and
 reads the server's ``gawm_gc_pause_seconds`` per generation before and after (the warm-up and the driver's start-up
 included): collections, total and mean pause, throughput and latency. Results, with the machine and packages, go to
-``data/benchmarks/gc_probe_cpu.json``.
+``studies/h200/results/probes/gc_probe_cpu.json``.
 
 On a CPU the collector's share stays small (the model is slow); on a GPU, where the same server answers 50 times as
-many requests a second, it reached 15 % with Python's thresholds (``data/benchmarks/h200/tail_goal_gc/README.md``).
+many requests a second, it reached 15 % with Python's thresholds (``studies/h200/results/tail_goal_gc/README.md``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gawm_lib import paths, runs
+from gawm_lib import runs
+from studies.h200.scripts import RESULTS
 
 SETTINGS: dict[str, tuple[int, int, int] | None] = {"python": None, "server default": (10_000, 10, 10)}
 
@@ -60,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=256, help="requests held in flight (the backlog)")
     parser.add_argument("--duration-s", type=float, default=12.0, help="measured window per setting")
-    parser.add_argument("--out", type=Path, default=paths.benchmarks_dir() / "gc_probe_cpu.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "probes" / "gc_probe_cpu.json")
     args = parser.parse_args(argv)
     if args.connections < 1 or args.duration_s <= 0:
         parser.error("--connections must be >= 1 and --duration-s > 0")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    report = {"benchmark": "gc_probe", "command": " ".join(["python -m gawm_lib.bench.gc_probe", *sys.argv[1:]]),
+    report = {"benchmark": "gc_probe", "command": " ".join(["python -m studies.h200.scripts.gc_probe", *sys.argv[1:]]),
               "started_utc": runs.utc_now().isoformat(), "git": runs.git_info(), "host": runs.host_info(),
               "load_average": os.getloadavg(), "packages": runs.package_versions(),
               "threads": {"torch_per_server": 1, **runs.thread_settings()}, "results": {}}

@@ -1,11 +1,11 @@
 """What Python's GIL switch interval does to a thread issuing many short torch ops while another thread runs Python.
 
 That is a GPU model server's situation: its compute thread launches thousands of short kernels per batch (Whisper's
-decode loop: ~100 ops a token), each op giving the GIL up and taking it back, while the event loop and decode threads run
-Python. A thread that wants the GIL back waits until the holder gives it up, at most one switch interval (Python's
-default 5 ms). ``python -m gawm_lib.bench.gil_bench`` times 20,000 small in-place ops alone and beside a busy Python
-thread, for several intervals, repeated in shuffled order (one torch thread; the result depends on the cores and on what
-else runs, so every repetition is kept), and writes ``data/benchmarks/gil_switch.json``.
+decode loop: ~100 ops a token), each op giving the GIL up and taking it back, while the event loop and decode threads
+run Python. A thread that wants the GIL back waits until the holder gives it up, at most one switch interval (Python's
+default 5 ms). ``python -m studies.h200.scripts.gil_bench`` times 20,000 small in-place ops alone and beside a busy
+Python thread, for several intervals, repeated in shuffled order (one torch thread; the result depends on the cores and
+on what else runs, so every repetition is kept), and writes ``studies/h200/results/probes/gil_switch.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from gawm_lib import paths, runs
+from gawm_lib import runs
+from studies.h200.scripts import RESULTS
 
 
 def small_ops(count: int) -> float:
@@ -76,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intervals-ms", type=lambda s: [float(x) for x in s.split(",")], default=[5.0, 0.5, 0.1])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--ops", type=int, default=20_000)
-    parser.add_argument("--out", type=Path, help="default data/benchmarks/gil_switch.json")
+    parser.add_argument("--out", type=Path, help="default studies/h200/results/probes/gil_switch.json")
     args = parser.parse_args(argv)
-    out = args.out or paths.benchmarks_dir() / "gil_switch.json"
+    out = args.out or RESULTS / "probes" / "gil_switch.json"
     rows = measure(args.intervals_ms, args.repeats, args.ops)
     record = {"created_utc": runs.utc_now().isoformat(), "git": runs.git_info(), "host": runs.host_info(),
               "load_average": os.getloadavg(), "python": sys.version.split()[0], "torch_threads": 1,
-              "command": "python -m gawm_lib.bench.gil_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+              "command": "python -m studies.h200.scripts.gil_bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "results": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=str) + "\n")

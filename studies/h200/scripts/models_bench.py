@@ -40,30 +40,30 @@ MAPE of throughput, p50 and p95 against the held-out records, per prediction, wi
 batch times over the fitted ones (service drift), load average and the CPU other processes used during the step.
 
 Then 10 million synthetic request records go through :func:`gawm_lib.summary.summarise` and
-:func:`gawm_lib.plots.latency_cdf`, timed. Results are merged per workload into ``data/benchmarks/models.json``: a run
-replaces the entries of the workloads it ran (the replaced ones move to ``superseded``), keeps the others, and
-records its command with each entry; the predicted-vs-measured figures are drawn from every current entry. Run it on a
-quiet machine::
+:func:`gawm_lib.plots.latency_cdf`, timed. Results are merged per workload into
+``studies/h200/results/models_cpu/models.json``: a run replaces the entries of the workloads it ran (the replaced ones
+move to ``superseded``), keeps the others, and records its command with each entry; the predicted-vs-measured figures
+are drawn from every current entry. Run it on a quiet machine::
 
-    python -m gawm_lib.bench.models_bench                        # all three, about an hour on 2 cores
-    python -m gawm_lib.bench.models_bench --workloads whisper    # about 40 minutes (capacity ~2 clips/s)
-    python -m gawm_lib.bench.models_bench --min-step-s 150       # longer held-out steps, a lower noise floor
-    python -m gawm_lib.bench.models_bench --quick                # shorter steps, a smoke test
-    python -m gawm_lib.bench.models_bench --merge other.json     # merge an earlier report's entries, run nothing
-    python -m gawm_lib.bench.models_bench --plan-steps --max-noise-floor-pct 5 --min-step-s 300  # run nothing: how
-                                                                 # long each step must be, from the recorded fits
-    python -m gawm_lib.bench.models_bench --workloads resnet50 --max-noise-floor-pct 5 --min-step-s 300
-    python -m gawm_lib.bench.models_bench --arrival-seed 200     # other arrival schedules than the recorded runs'
+    python -m studies.h200.scripts.models_bench                   # all three, about an hour on 2 cores
+    python -m studies.h200.scripts.models_bench --workloads whisper  # about 40 minutes (capacity ~2 clips/s)
+    python -m studies.h200.scripts.models_bench --min-step-s 150  # longer held-out steps, a lower noise floor
+    python -m studies.h200.scripts.models_bench --quick           # shorter steps, a smoke test
+    python -m studies.h200.scripts.models_bench --merge other.json  # merge an earlier report's entries, run nothing
+    python -m studies.h200.scripts.models_bench --plan-steps --max-noise-floor-pct 5 --min-step-s 300
+                                                # run nothing: how long each step must be, from the recorded fits
+    python -m studies.h200.scripts.models_bench --workloads resnet50 --max-noise-floor-pct 5 --min-step-s 300
+    python -m studies.h200.scripts.models_bench --arrival-seed 200  # other arrival schedules than the recorded runs'
 
-The entries in ``data/benchmarks/models.json`` ran with steps sized to a 6 % (ResNet50) and 5 % (DistilBERT) noise
-floor, and 900 s steps (Whisper): with shorter steps a perfect steady-state model already misses the p95 by about the
-goal (ResNet50 with 300 s steps: 8.7 % on average), so a shorter run cannot tell a good model from a bad one. Each
-entry records its command. A fixed length gives the steps at high load far more noise than those at low load;
-``--max-noise-floor-pct`` makes each step as long as its own floor needs (from the fit, before the step runs), and
+The entries in ``studies/h200/results/models_cpu/models.json`` ran with steps sized to a 6 % (ResNet50) and 5 %
+(DistilBERT) noise floor, and 900 s steps (Whisper): with shorter steps a perfect steady-state model already misses the
+p95 by about the goal (ResNet50 with 300 s steps: 8.7 % on average), so a shorter run cannot tell a good model from a
+bad one. Each entry records its command. A fixed length gives the steps at high load far more noise than those at low
+load; ``--max-noise-floor-pct`` makes each step as long as its own floor needs (from the fit, before the step runs), and
 ``--plan-steps`` says what that costs before anything runs: for a 5 % floor ResNet50 and DistilBERT need about 70
 minutes of held-out steps, Whisper about 8 hours (at 10 % its p95 falls among the one clip in ten that arrives while
-another runs and waits up to 0.5 s for it: the fitted server puts p90, p95 and p97 at 0.53, 0.78 and 0.89 s, so a
-few such clips more or less move the p95).
+another runs and waits up to 0.5 s for it: the fitted server puts p90, p95 and p97 at 0.53, 0.78 and 0.89 s, so a few
+such clips more or less move the p95).
 """
 
 from __future__ import annotations
@@ -82,12 +82,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gawm_lib import analysis, paths, plots, runs, summary
+from gawm_lib import analysis, plots, runs, summary
 from gawm_lib.backends import open_backend
 from gawm_lib.config import BackendConfig, LoadConfig, WorkloadConfig
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
 from gawm_lib.models import BatchLatencyTable, fit_batch_latency, mape, predict_batching, replay_batching
 from gawm_lib.workloads import build_workload, samples
+from studies.h200.scripts import RESULTS
 
 UTILISATIONS = (0.1, 0.3, 0.5, 0.7, 0.85)
 WORKLOADS = ("resnet50", "distilbert", "whisper")
@@ -687,7 +688,8 @@ def draw_figures(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]
         if not rows:
             continue
         fig = plots.predicted_vs_measured(pd.DataFrame(rows), title=titles[key])
-        files = plots.save_figure(fig, f"{stem}_predicted_vs_measured{suffix}", [], "gawm_lib/bench/models_bench.py",
+        files = plots.save_figure(fig, f"{stem}_predicted_vs_measured{suffix}", [],
+                                  "studies/h200/scripts/models_bench.py",
                                   {"prediction": key, "commands": report["commands"]}, out_dir=out_dir,
                                   overwrite=True)  # the benchmark's own figure, redrawn from its report
         written.append(files["png"])
@@ -733,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS,
                         help="workloads to run (default: all three, or none with --merge)")
     parser.add_argument("--quick", action="store_true", help="short steps: a smoke test, not a measurement")
-    parser.add_argument("--out", type=Path, default=paths.benchmarks_dir() / "models.json",
+    parser.add_argument("--out", type=Path, default=RESULTS / "models_cpu" / "models.json",
                         help="report to merge into (created if absent)")
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier reports whose entries to merge in")
     parser.add_argument("--figures", action="store_true", help="only redraw the figures from --out")
@@ -753,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="analysis-speed records (default: 10 million when the report has no measurement yet)")
     args = parser.parse_args(argv)
     words = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m gawm_lib.bench.models_bench", *map(shlex.quote, words)])
+    command = " ".join(["python -m studies.h200.scripts.models_bench", *map(shlex.quote, words)])
     workloads = args.workloads if args.workloads is not None else ([] if args.merge else list(WORKLOADS))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report = json.loads(args.out.read_text()) if args.out.is_file() else None

@@ -1,17 +1,20 @@
 """Redraw the H200 study's committed latency and scaling figures from the committed step tables.
 
-The figures were first drawn by ``gawm_lib.bench.study_report`` from the run directories (not committed). Each
+The figures were first drawn by ``studies.h200.scripts.study_report`` from the run directories (not committed). Each
 folder's ``steps.csv`` holds every step of its runs (one row per run, workload and step), which is all these two
 figures plot, so they can be redrawn anywhere, with their data (``<figure>.csv``) beside them:
 
-    .venv/bin/python data/benchmarks/h200/redraw_figures.py          # every folder under data/benchmarks/h200
+    .venv/bin/python -m studies.h200.scripts.redraw_figures      # from the project root: every folder under
+                                                                 # studies/h200/results
 
 The redrawn sidecar keeps the original command and says it was redrawn from ``steps.csv``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -19,9 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from gawm_lib import analysis, plots
-from gawm_lib.bench import study_report
-
-HERE = Path(__file__).resolve().parent
+from studies.h200.scripts import RESULTS, study_report
 
 
 def slo_from_command(command: str) -> dict[str, float]:
@@ -45,7 +46,7 @@ def redraw(folder: Path) -> list[Path]:
     if missing:
         raise SystemExit(f"{folder / 'steps.csv'}: no steps of run(s) {sorted(missing)} named in {sidecar}")
     parameters = {**meta.get("parameters", {}), "redrawn_from": "steps.csv",
-                  "redrawn_by": "data/benchmarks/h200/redraw_figures.py"}
+                  "redrawn_by": "studies/h200/scripts/redraw_figures.py"}
     command = parameters.get("command", "")
     slo = {w: v for w, v in slo_from_command(command).items() if w in set(table["workload"])}
     drawn = [("latency_vs_throughput", plots.tail_vs_throughput_by_replicas(table, slo))]
@@ -67,15 +68,15 @@ def redraw(folder: Path) -> list[Path]:
     return written
 
 
-def redraw_thesis(sidecar: Path) -> list[Path]:
+def redraw_thesis(sidecar: Path, results: Path = RESULTS) -> list[Path]:
     """A suite's latency-throughput and scaling figures of ``thesis/`` (notebook 09 on each suite, which pooled the
     steps of its runs), redrawn from the study's ``steps.csv``: one series per replica count."""
     meta = json.loads(sidecar.read_text())
-    steps = pd.read_csv(HERE / "steps.csv")
+    steps = pd.read_csv(results / "steps.csv")
     table = steps[steps["run_id"].isin(meta["run_ids"])]
     table = table.assign(config="replicas=" + table["replicas"].astype(str))
-    parameters = {**meta.get("parameters", {}), "redrawn_from": "data/benchmarks/h200/steps.csv",
-                  "redrawn_by": "data/benchmarks/h200/redraw_figures.py"}
+    parameters = {**meta.get("parameters", {}), "redrawn_from": "studies/h200/results/steps.csv",
+                  "redrawn_by": "studies/h200/scripts/redraw_figures.py"}
     prefix = sidecar.name.removesuffix("_latency_vs_throughput.json")
     drawn = [(f"{prefix}_latency_vs_throughput", plots.latency_vs_throughput(table, meta["parameters"]["slo_ms"]))]
     measured, predicted = analysis.replica_scaling(table)
@@ -88,15 +89,19 @@ def redraw_thesis(sidecar: Path) -> list[Path]:
     return written
 
 
-def main() -> int:
-    for sidecar in sorted(HERE.rglob("latency_vs_throughput.json")):
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the study's results folder to redraw in place (default: studies/h200/results)")
+    results = parser.parse_args(argv).results.resolve()
+    for sidecar in sorted(results.rglob("latency_vs_throughput.json")):
         if (sidecar.parent / "steps.csv").exists():
             for png in redraw(sidecar.parent):
-                print(png.relative_to(HERE.parent.parent.parent))
-    thesis = HERE / "thesis"
+                print(os.path.relpath(png))
+    thesis = results / "thesis"
     for sidecar in sorted(thesis.glob("*_latency_vs_throughput.json")):
-        for png in redraw_thesis(sidecar):
-            print(png.relative_to(HERE.parent.parent.parent))
+        for png in redraw_thesis(sidecar, results):
+            print(os.path.relpath(png))
     # the thesis figures that need the runs' request records (not committed) cannot be redrawn: their latency CDFs
     # pooled every load level, so they go; the per-run timelines, batch fits and model checks go with them
     redrawn = {p.stem for p in thesis.glob("*.csv")}

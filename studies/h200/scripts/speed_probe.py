@@ -2,14 +2,14 @@
 
 A shared machine (a cloud VM) can run slower or faster from one minute to the next without the guest seeing any steal
 time, and a model server whose CPU side holds Python's GIL runs at the speed of about one core. To tell such drift from
-the server's own behaviour, ``python -m gawm_lib.bench.speed_probe --out FILE --duration-s S`` times a fixed piece of
-pure-Python work (:func:`unit`) every ``--interval-s`` seconds in a process of its own and appends one JSON line per
+the server's own behaviour, ``python -m studies.h200.scripts.speed_probe --out FILE --duration-s S`` times a fixed piece
+of pure-Python work (:func:`unit`) every ``--interval-s`` seconds in a process of its own and appends one JSON line per
 timing: ``monotonic_ns`` (the clock the load generator's request records use, on the same machine), ``unix_ns``,
 ``seconds``, ``cpu`` (the core the probe was on when the timing ended), and on Linux the machine's ``cpu_busy`` and
 ``cpu_steal`` shares since the previous line (from ``/proc/stat``: how busy all its cores were, and how much time the
 hypervisor gave to others while they waited). It costs under 1 % of one core at the defaults. :func:`read` loads the
-lines, :func:`phase_medians` the median time over each load step of a run (its manifest's phases, in wall-clock
-time). ``study_report --speed-probe FILE`` puts them beside each step's latency.
+lines, :func:`phase_medians` the median time over each load step of a run (its manifest's phases, in wall-clock time).
+``study_report --speed-probe FILE`` puts them beside each step's latency.
 
 ``--survey`` asks instead whether the speed belongs to the cores: it pins the probe to each core in turn
 (``--survey-s`` seconds each, ``--rounds`` passes over all of them), so that a core that is always slow (say, a

@@ -1,7 +1,8 @@
 """A replica-scaling study's small, committable report, rebuilt from its run ids: what the H200 study keeps in git.
 
-``python -m gawm_lib.bench.study_report --suite h200-scaling --out data/benchmarks/h200`` (or ``--run-ids A B ...``)
-reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames stay there, out of git) and writes:
+``python -m studies.h200.scripts.study_report --suite h200-scaling --out studies/h200/results`` (from the project root;
+or ``--run-ids A B ...``) reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames stay there,
+out of git) and writes:
 
 - ``steps.csv``: one row per (run, step): replicas, users, throughput, latency percentiles, the servers' median
   compute time and batch size, and per step from Prometheus: GPU utilisation, memory, power and energy per request,
@@ -38,7 +39,7 @@ reads the runs under ``GAWM_RAW_DIR`` (raw request records and Prometheus frames
 - ``tail_window_floor.csv``: that floor again with every step cut into shorter windows (a sixth, a third, a half of
   it, and whole): flat across window lengths, the steps differ from each other and longer steps will not settle
   them; falling as 1/sqrt(window), they are short-step sampling noise;
-- with ``--speed-probe FILE`` (``python -m gawm_lib.bench.speed_probe`` run beside the suites): each step's median
+- with ``--speed-probe FILE`` (``python -m studies.h200.scripts.speed_probe`` run beside the suites): each step's median
   probe time in ``steps.csv`` (``probe_ms``: how fast the machine ran Python then), and in ``report.json`` the probe's
   spread and, over rates visited more than once, the rank correlation of each visit's p95 with its probe time;
 - ``report.json``: run ids, each run's commit and machine, MAPE per metric, and the command.
@@ -65,9 +66,9 @@ import pandas as pd
 from scipy import stats
 
 from gawm_lib import analysis, paths, plots, runs, suite
-from gawm_lib.bench import speed_probe
 from gawm_lib.models import TandemServer, plan_tandem
 from gawm_lib.models.scaling import mva
+from studies.h200.scripts import speed_probe
 
 GPU_QUERIES = {"gpu_util_nvml": "gpu_util", "gpu_memory_used_nvml": "gpu_memory_bytes", "gpu_power_nvml": "gpu_power_w",
                "energy_per_request_nvml": "energy_per_request_j", "gc_pause_ratio": "gc_pause_share"}
@@ -427,7 +428,7 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs), with
     ``repeat_ids`` how far the same configurations' runs in another session landed from these, and with
     ``heldout_ids`` how well the tail curves (and the tandem model) fitted here predict those runs, and with
-    ``speed_probes`` (:mod:`gawm_lib.bench.speed_probe` files) each step's probe time beside its latency."""
+    ``speed_probes`` (:mod:`studies.h200.scripts.speed_probe` files) each step's probe time beside its latency."""
     requests, loaded = analysis.load_requests(run_ids)
     heldout = pd.DataFrame()
     if heldout_ids:
@@ -542,7 +543,8 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     if measured is not None:
         drawn.append(("scaling_vs_replicas", plots.scaling_vs_replicas(measured, predicted)))
     for fig_id, fig in drawn:
-        figures[fig_id] = [str(p) for p in plots.save_figure(fig, fig_id, run_ids, "gawm_lib/bench/study_report.py",
+        figures[fig_id] = [str(p) for p in plots.save_figure(fig, fig_id, run_ids,
+                                                             "studies/h200/scripts/study_report.py",
                                                              {"command": command}, out_dir=out,
                                                              overwrite=True).values()]
     report = {
@@ -704,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--suite", nargs="+", help="suites whose completed runs to report (gawm run params/suite_*.yaml)")
     which.add_argument("--run-ids", nargs="+", help="run ids under GAWM_RAW_DIR")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the report (e.g. data/benchmarks/h200)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the report (e.g. studies/h200/results)")
     parser.add_argument("--slo-ms", nargs="+", default=[], metavar="WORKLOAD=MS",
                         help="p95 targets for a capacity plan from the measured steps, e.g. resnet50=15")
     parser.add_argument("--repeat", nargs="+", default=[], metavar="SUITE",
@@ -713,9 +715,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="suites whose Poisson runs the tail curves fitted here (and the tandem model) predict")
     parser.add_argument("--models-json", type=Path,
                         help="also write the tandem model's errors against the 10 %% goal under 'gpu' in this models "
-                             "report (data/benchmarks/models.json)")
+                             "report (studies/h200/results/models_cpu/models.json)")
     parser.add_argument("--speed-probe", nargs="+", default=[], type=Path, metavar="FILE",
-                        help="python -m gawm_lib.bench.speed_probe files recorded beside the runs: each step's "
+                        help="python -m studies.h200.scripts.speed_probe files recorded beside the runs: each step's "
                              "median probe time goes into steps.csv (probe_ms)")
     parser.add_argument("--loads-rps", nargs="+", default=[], metavar="WORKLOAD=R1,R2",
                         help="loads to plan for [req/s], e.g. resnet50=100,400,1600")
@@ -733,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     run_ids = args.run_ids or suite_runs(args.suite)
     if not run_ids:
         raise SystemExit(f"suites {args.suite}: no completed runs under {paths.raw_dir()}")
-    command = "python -m gawm_lib.bench.study_report " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m studies.h200.scripts.study_report " + " ".join(sys.argv[1:] if argv is None else argv)
     repeat_ids = suite_runs(args.repeat)
     if args.repeat and not repeat_ids:
         raise SystemExit(f"--repeat {args.repeat}: no completed runs under {paths.raw_dir()}")
