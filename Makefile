@@ -33,8 +33,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-lab: env  ## JupyterLab on the project's environment, opened on notebooks/
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
+# Rooted at the project, so data/figures/ and params/ open from the file browser; the first view is notebooks/.
+lab: env  ## JupyterLab on the project's environment, at the project root, opened on notebooks/
+	$(BIN)/jupyter lab --notebook-dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks --ip=127.0.0.1 \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 runs: env
 	$(BIN)/gawm runs

@@ -27,6 +27,8 @@ TEST_PROGRAMS = {
     "shellcheck": ("shellcheck", "checking the cluster scripts in k8s/cluster/"),
     "etcd": ("etcd-server", "the test Kubernetes control plane (k8s/testenv/)"),
     "openssl": ("openssl", "certificates of the test Kubernetes control plane"),
+    "chromium": ("chromium", "the headless browser of the JupyterLab browser test (tests/test_lab_browser.py)"),
+    "chromedriver": ("chromium-driver", "Selenium's driver for that browser, so Selenium downloads none"),
 }
 
 
