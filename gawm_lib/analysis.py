@@ -460,11 +460,16 @@ def closed_loop_latency_s(users: int, service: BatchLatencyModel, max_batch: int
 
 
 def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s: float,
-                  service_factors=None) -> pd.DataFrame:
+                  service_factors=None, return_dropped: bool = False):
     """Measured vs predicted throughput [req/s], p50 and p95 [s] for each measured step of each run; open-loop steps
     by :func:`gawm_lib.models.predict_batching`, with batch times varying by ``service_factors`` where given
-    (:func:`batch_time_factors` of the fit runs)."""
-    rows = []
+    (:func:`batch_time_factors` of the fit runs).
+
+    An open-loop step past the model's saturation (its queue has no steady state) has no prediction and is left out;
+    the steps left out, with the reason (``run_id``, ``workload``, ``scenario``, ``level``, ``replicas``,
+    ``utilisation``, ``reason``), are returned as a second frame with ``return_dropped=True`` (and kept as records
+    in the result's ``attrs["dropped"]``): a validation says which steps it used and why the others were dropped."""
+    rows, dropped = [], []
     table = summary.summarise(requests)
     for _, step in table.iterrows():
         run_id, workload = step["run_id"], step["workload"]
@@ -477,8 +482,14 @@ def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s
             try:
                 pred = predict_batching(step["level"] / replicas, service, big, meta["max_queue_delay_ms"] / 1e3,
                                         service_factors=service_factors)
-            except (UnstableSystemError, ValueError):
-                continue  # past saturation: the queue model has no steady state to compare with
+            except (UnstableSystemError, ValueError) as exc:  # past saturation: no steady state to compare with
+                rho = getattr(exc, "utilisation", float("nan"))
+                reason = (f"past saturation: the queue model's utilisation is {rho:.2f} >= 1 at "
+                          f"{step['level'] / replicas:g} req/s per replica" if isinstance(exc, UnstableSystemError)
+                          else f"no steady state in the queue model ({exc})")
+                dropped.append({**{k: row[k] for k in ("run_id", "workload", "scenario", "level", "replicas")},
+                                "utilisation": rho, "reason": reason})
+                continue
             row.update(predicted_throughput=step["level"], predicted_p50=pred.p50_s + overhead_s,
                        predicted_p95=pred.p95_s + overhead_s)
         else:
@@ -486,7 +497,13 @@ def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s
             latency = closed_loop_latency_s(users, service, big, overhead_s)
             row.update(predicted_throughput=step["level"] / latency, predicted_p50=latency, predicted_p95=latency)
         rows.append(row)
-    return pd.DataFrame(rows)
+    predicted = pd.DataFrame(rows, columns=["run_id", "workload", "scenario", "level", "replicas", "max_batch_size",
+                                            "throughput", "p50", "p95", "predicted_throughput", "predicted_p50",
+                                            "predicted_p95"])
+    dropped_frame = pd.DataFrame(dropped, columns=["run_id", "workload", "scenario", "level", "replicas",
+                                                   "utilisation", "reason"])
+    predicted.attrs["dropped"] = dropped  # records, not a frame: pandas compares attrs when it concatenates
+    return (predicted, dropped_frame) if return_dropped else predicted
 
 
 def validation_table(predicted: pd.DataFrame, metrics=("throughput", "p50", "p95")) -> pd.DataFrame:
@@ -505,11 +522,15 @@ def validation_table(predicted: pd.DataFrame, metrics=("throughput", "p50", "p95
 def predict_runs(requests: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[BatchLatencyModel, float]]]:
     """:func:`fit_service` and :func:`predict_steps` per workload; returns the predictions and each workload's
     (service model, overhead [s])."""
-    frames, services = [], {}
+    frames, dropped, services = [], [], {}
     for workload, rows in requests.groupby("workload", sort=True):
         services[workload] = fit_service(rows)
-        frames.append(predict_steps(rows, *services[workload]))
-    return pd.concat(frames, ignore_index=True), services
+        predicted, left_out = predict_steps(rows, *services[workload], return_dropped=True)
+        frames.append(predicted)
+        dropped += left_out.to_dict(orient="records")
+    predicted = pd.concat(frames, ignore_index=True)
+    predicted.attrs["dropped"] = dropped  # steps past saturation, with the reason (as in predict_steps)
+    return predicted, services
 
 
 def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFrame:
@@ -660,6 +681,57 @@ def runs_table(loaded: list[runs.Run]) -> pd.DataFrame:
                          "device": flat.get("device"), "weights": flat.get("weights"),
                          "requests": run.results().get("requests", "")})
     return pd.DataFrame(rows)
+
+
+def run_configuration(run: runs.Run, workload: str) -> dict[str, object]:
+    """How ``run`` served ``workload``: replicas, placement, threads per replica, device, the cores its replicas ran
+    on (as the kernel reported them; else the backend's ``cpus``; else the host's) and the host's cores, batching."""
+    flat = run_settings(run)[workload]
+    placed = (run.manifest.get("workloads", {}).get(workload) or {}).get("placement") or []
+    cores = sorted({c for p in placed for c in (p.get("cpus_actual") or p.get("cpus") or [])})
+    host = run.manifest.get("host", {})
+    host_cores = host.get("cpu_affinity") or host.get("cpu_count")
+    if not cores and flat.get("backend.kind", "local") == "local":
+        cores = list(flat.get("backend.cpus") or []) or (list(range(host_cores)) if host_cores else [])
+    return {"run_id": run.id, "workload": workload, "backend": flat.get("backend.kind"),
+            "replicas": flat.get("backend.replicas"), "placement": flat.get("backend.placement", "none"),
+            "threads": flat.get("threads"), "device": flat.get("device"), "cores": len(cores) or None,
+            "host_cores": host_cores, "max_batch_size": flat.get("max_batch_size"),
+            "max_queue_delay_ms": flat.get("max_queue_delay_ms"), "scenario": flat.get("load.scenario"),
+            "weights": flat.get("weights")}
+
+
+def service_time_caveats(run: runs.Run, workload: str, requests: pd.DataFrame | None = None) -> list[str]:
+    """Why a run's service times might not be those of one replica with its own device: sentences, empty when
+    none. Replicas (x threads) on fewer cores than they need (four replicas on one core time-slice it: each batch
+    takes about four times as long), replicas sharing one GPU, a run that did not complete, failed requests, and
+    (given its ``requests``) too few batches or a single batch size to fit the service time's slope."""
+    conf = run_configuration(run, workload)
+    notes = []
+    replicas, threads, cores = conf["replicas"] or 1, conf["threads"] or 1, conf["cores"]
+    if conf["backend"] == "local" and conf["device"] == "cpu" and cores and replicas * threads > cores:
+        notes.append(f"{replicas} replica(s) x {threads} thread(s) ran on {cores} core(s): the replicas time-sliced "
+                     f"the cores, so each batch's time includes waiting for a core (about {replicas * threads / cores:.1f}"
+                     " x a replica's own); measure one replica, or as many replicas as cores, to plan from")
+    if conf["device"] == "cuda" and replicas > 1 and conf["placement"] in ("shared", "none"):
+        gpus = {p.get("gpu") for p in (run.manifest.get("workloads", {}).get(workload) or {}).get("placement") or []}
+        if len(gpus) < replicas:
+            notes.append(f"{replicas} replicas shared {len(gpus) or 1} GPU(s): batch times include time-slicing")
+    if run.status != "COMPLETED":
+        notes.append(f"the run's status is {run.status}, not COMPLETED: it may be cut short")
+    if requests is not None:
+        mine = requests[requests["workload"] == workload] if "workload" in requests else requests
+        failed = int((mine["error"] != "").sum())
+        if failed:
+            notes.append(f"{failed} of {len(mine)} requests failed: the batch times are of the ones that did not")
+        batches = server_batches(mine)
+        if len(batches) < 20:
+            notes.append(f"only {len(batches)} server batches: the service time and its variability rest on few "
+                         "points")
+        if batches["batch_size"].nunique() < 2 and len(batches):
+            notes.append(f"every batch had {int(batches['batch_size'].iloc[0])} item(s): the fit assumes no batching "
+                         "gain (measure with more users to fit the slope)")
+    return notes
 
 
 RESULT_COLUMNS = {"workload": "workload", "config": "configuration", "level": "level", "sent": "requests",

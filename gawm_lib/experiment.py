@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 
 from gawm_lib import runs, summary
 from gawm_lib.backends import open_backend
-from gawm_lib.config import ExperimentConfig, apply_override, validate_params
+from gawm_lib.config import ConfigError, ExperimentConfig, apply_override, preflight, validate_params
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
 from gawm_lib.workloads import build_workload, sample_payloads
 
@@ -80,13 +81,75 @@ def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg:
     on_gpu = any(w.device == "cuda" for w in cfg.workloads)
     names = [n for n in prom.RUN_QUERIES if on_gpu or prom.CATALOGUE[n].source != "nvml"]  # no GPU, no NVML series
     try:
-        frame = prom.query_run_phases(prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s,
-                                      query_names=names)
+        with warnings.catch_warnings(record=True) as caught:  # counted in the manifest, not one warning per query
+            warnings.simplefilter("always", prom.EmptyQueryWarning)
+            frame = prom.query_run_phases(prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s,
+                                          query_names=names)
+        empty: dict[str, list[str]] = {}
+        for item in caught:
+            if isinstance(item.message, prom.EmptyQueryWarning):
+                name = getattr(item.message, "query_name", str(item.message))
+                empty.setdefault(name, []).extend(getattr(item.message, "phases", []))
+            else:  # anything else is shown as it would have been
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
         prom.save_run_metrics(run.path, frame)
-        run.update(metrics={"rows": len(frame), "queries": sorted(frame["query"].unique()) if len(frame) else []})
+        run.update(metrics={"rows": len(frame), "queries": sorted(frame["query"].unique()) if len(frame) else [],
+                            "asked": len(names), "empty_queries": empty})
+        log.info(metrics_note(run))
     except prom.PrometheusQueryError as exc:  # keep the load records whatever happens to the metrics
         log.error("metrics not saved: %s", exc)
         run.update(metrics={"error": str(exc)})
+
+
+LEVEL_UNITS = {"closed_loop": "users", "offline": "requests queued",
+               "poisson": "req/s", "constant_rate": "req/s"}
+
+
+def settings_line(cfg: ExperimentConfig) -> str:
+    """What a run of ``cfg`` will do, in one line: workloads (weights, device, threads, batching), replicas and where,
+    the load (scenario, levels, step length, warm-up) and whether Prometheus records metrics. The full settings are
+    in the run's manifest."""
+    workloads = "; ".join(
+        f"{w.name} ({w.weights} weights, {w.device}, {w.threads} thread{'s' if w.threads > 1 else ''}, "
+        f"max batch {w.max_batch_size})" for w in cfg.workloads)
+    backend = cfg.backend
+    where = f"{backend.kind}" + (f", {backend.placement}" if backend.placement != "none" else "")
+    load = cfg.load
+    if load.scenario in ("stages", "trace"):
+        levels = f"{len(load.stages)} stages" if load.scenario == "stages" else f"trace {load.trace_path}"
+    elif load.scenario == "single_stream":
+        levels = "one request at a time"
+    else:
+        unit = LEVEL_UNITS.get(load.scenario, "")
+        levels = "levels " + ", ".join(f"{v:g}" for v in load.levels) + (f" {unit}" if unit else "")
+    step = f"steps of at least {load.step_duration_s:g} s"
+    if load.min_requests_per_step > 1:
+        step += f" and {load.min_requests_per_step} requests"
+    extra = f", {load.payload_audio_s:g} s clips" if load.payload_audio_s else ""
+    return (f"{cfg.name}: {workloads}; {backend.replicas} replica{'s' if backend.replicas > 1 else ''} ({where}); "
+            f"{load.scenario}, {levels}, {step} (at most {load.max_step_duration_s:g} s), warm-up "
+            f"{load.warmup_s:g} s{extra}; Prometheus {'on' if cfg.prometheus.enabled else 'off'}")
+
+
+def metrics_note(run: runs.Run) -> str:
+    """One line on the Prometheus metrics a run saved: how many queries, and how many returned no series in some
+    phase (named, with the phases; the manifest's ``metrics.empty_queries``). Usually the warm-up: a rate needs two
+    scrapes inside its window, and GPU or GC queries have no series on a CPU server."""
+    metrics = run.manifest.get("metrics")
+    if not metrics:
+        return "Prometheus: not enabled for this run (prometheus.enabled), no metrics saved"
+    if "error" in metrics:
+        return f"Prometheus: metrics not saved: {metrics['error']}"
+    empty = metrics.get("empty_queries") or {}
+    asked = metrics.get("asked", len(metrics.get("queries", [])))
+    line = f"Prometheus: {metrics['rows']} points of {len(metrics.get('queries', []))} queries saved"
+    if not empty:
+        return line + f"; all {asked} queries returned series in every phase"
+    by_phases: dict[str, list[str]] = {}
+    for name, phases in empty.items():
+        by_phases.setdefault(", ".join(dict.fromkeys(phases)), []).append(name)
+    where = "; ".join(f"{', '.join(names)} in {phases}" for phases, names in by_phases.items())
+    return line + f"; {len(empty)} of {asked} queries returned no series in some phase ({where})"
 
 
 def summarise_run(run: runs.Run, slo_ms: float | None = None) -> pd.DataFrame:
@@ -101,7 +164,11 @@ def summarise_run(run: runs.Run, slo_ms: float | None = None) -> pd.DataFrame:
 
 def run_experiment(cfg: ExperimentConfig, requested: dict | None = None, run_dir: str | Path = "",
                    progress: bool = True) -> tuple[runs.Run, pd.DataFrame]:
-    """Measure into ``run_dir`` (a run created by ``gawm run``, which finalises it) or into a new run of its own."""
+    """Measure into ``run_dir`` (a run created by ``gawm run``, which finalises it) or into a new run of its own.
+
+    First the preflight (:func:`gawm_lib.config.preflight`): what the settings need of this machine, before anything
+    starts; a :class:`gawm_lib.config.ConfigError` lists what is missing."""
+    preflight(cfg, source="settings")
     if run_dir:
         run = runs.load_run(run_dir)
         return run, measure(cfg, run, progress)
@@ -126,8 +193,16 @@ def point_settings(params: dict, points: list[dict[str, Any]], source: str = "<p
 def run_points(params: dict, points: list[dict[str, Any]], source: str = "<params>",
                progress: bool = True) -> list[runs.Run]:
     """One run per point of a study (``points``: key path -> value applied to ``params``), in order; all are validated
-    before the first starts, and each run records its point in ``results.json``."""
+    before the first starts (settings and preflight), and each run records its point in ``results.json``."""
     settings = point_settings(params, points, source)
+    problems = []
+    for point, (_, cfg) in zip(points, settings):
+        try:
+            preflight(cfg, source=f"{source} at {', '.join(f'{k}={v}' for k, v in point.items())}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
     done = []
     for point, (tree, cfg) in zip(points, settings):
         run, _ = run_experiment(cfg, requested=tree, progress=progress)

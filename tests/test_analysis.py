@@ -153,3 +153,37 @@ def test_configuration_labels_name_what_differs_between_the_runs_shown():
     mixed = [fake_run("a", resnet50={"max_batch_size": 1}), fake_run("b", scenario="poisson", distilbert={})]
     assert analysis.run_labels(mixed) == {"a": "scenario=closed_loop, workloads=[resnet50]",
                                           "b": "scenario=poisson, workloads=[distilbert]"}
+
+
+def test_steps_past_saturation_are_dropped_with_the_reason():
+    service = BatchLatencyModel(alpha=0.01, beta=0.005)  # at most 4 / 0.045 = 89 req/s with batches of 4
+    steps = [rows([1, 2, 1, 3], level=level).assign(step=i) for i, level in enumerate([20.0, 200.0])]
+    table = pd.concat(steps, ignore_index=True).assign(run_id="r", scenario="poisson", replicas=1, max_batch_size=4,
+                                                      max_queue_delay_ms=5.0)
+    predicted, dropped = analysis.predict_steps(table, service, 0.002, return_dropped=True)
+    assert list(predicted["level"]) == [20.0]
+    assert list(dropped["level"]) == [200.0] and dropped["reason"].iloc[0].startswith("past saturation")
+    assert dropped["utilisation"].iloc[0] == pytest.approx(200 * 0.045 / 4)
+    plain = analysis.predict_steps(table, service, 0.002)  # the one-frame call of before still works
+    assert plain.equals(predicted) and [d["level"] for d in plain.attrs["dropped"]] == [200.0]
+    both = pd.concat([plain, plain], ignore_index=True)  # concatenating results must not trip over their attrs
+    assert len(both) == 2
+    nothing, dropped = analysis.predict_steps(table[table["level"] == 200.0], service, 0.002, return_dropped=True)
+    assert nothing.empty and "predicted_p95" in nothing and len(dropped) == 1
+
+
+def test_service_time_caveats_flag_replicas_that_time_sliced_one_core():
+    run = fake_run("r", replicas=4, resnet50={"threads": 1, "device": "cpu", "max_batch_size": 8})
+    run.manifest["params"]["effective"]["backend"]["kind"] = "local"
+    run.manifest["status"] = "COMPLETED"
+    run.manifest["host"] = {"cpu_count": 2, "cpu_affinity": 2}
+    run.manifest["workloads"] = {"resnet50": {"placement": [{"replica": i, "cpus_actual": [0]} for i in range(4)]}}
+    conf = analysis.run_configuration(run, "resnet50")
+    assert (conf["replicas"], conf["cores"], conf["host_cores"], conf["threads"]) == (4, 1, 2, 1)
+    (note,) = analysis.service_time_caveats(run, "resnet50")
+    assert note.startswith("4 replica(s) x 1 thread(s) ran on 1 core(s)")
+    run.manifest["workloads"]["resnet50"]["placement"] = [{"replica": i, "cpus_actual": [i]} for i in range(4)]
+    assert analysis.service_time_caveats(run, "resnet50") == []
+    few = rows([1, 1, 1]).assign(run_id="r", workload="resnet50", error=["", "", "timeout"], replica=0)
+    notes = analysis.service_time_caveats(run, "resnet50", few)
+    assert any("1 of 3 requests failed" in n for n in notes) and any("every batch had 1 item" in n for n in notes)

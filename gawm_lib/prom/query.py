@@ -170,8 +170,10 @@ def _run(url: str, queries: list, phase_list: list[Phase], step_s: float, window
         prom.close()
     for name, (phases, promql) in empty.items():
         shown = phases if len(phases) <= 5 else phases[:5] + [f"... {len(phases) - 5} more"]
-        warnings.warn(f"query {name!r} returned no series from {url} in {len(phases)} phase(s) {shown}; "
-                      f"PromQL: {promql}", EmptyQueryWarning, stacklevel=3)
+        warning = EmptyQueryWarning(f"query {name!r} returned no series from {url} in {len(phases)} phase(s) "
+                                    f"{shown}; PromQL: {promql}")
+        warning.query_name, warning.phases, warning.promql = name, list(phases), promql  # for callers that count
+        warnings.warn(warning, stacklevel=3)
     if not cols["time"]:
         frame = empty_frame()
         frame["_phase_index"] = pd.Series([], dtype="int64")
