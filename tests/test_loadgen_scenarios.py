@@ -138,3 +138,12 @@ def test_arrival_and_payload_seeds_are_independent(tmp_path, server):
     n = min(len(payloads[1, 1]), len(payloads[2, 1]))
     assert np.array_equal(payloads[1, 1][:n], payloads[2, 1][:n])  # the same payloads, in order, on another schedule
     assert len(schedule[1, 1]) != len(schedule[2, 1]) or not np.array_equal(schedule[1, 1], schedule[2, 1])
+
+
+def test_a_low_rate_poisson_step_lasts_its_duration_not_until_its_last_arrival(tmp_path, server):
+    """At 3 req/s a 1.5 s step has few arrivals and long gaps: the step (and the next one's start) follows the clock,
+    so its phase spans the step's duration and the warm-up its own."""
+    result, rows = run(tmp_path, server, scenario="poisson", levels=[3, 3], step_duration_s=1.5, warmup_s=0.5)
+    phases = {(p["phase"], p["step"]): (p["end_ns"] - p["start_ns"]) / 1e9 for p in result["phases"]}
+    assert phases[("warmup", -1)] >= 0.5 and phases[("step", 0)] >= 1.5 and phases[("step", 1)] >= 1.5, phases
+    assert phases[("step", 0)] < 2.5, phases  # and not much longer: the answers drain quickly

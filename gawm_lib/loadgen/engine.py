@@ -158,6 +158,10 @@ class Load:
         launch = asyncio.get_running_loop().create_task
         for due in schedule.arrival_times_ns(step, self.arrival_rng, start_ns, self.process, self.processes):
             if due >= max_end or (due >= min_end and self.issued >= min_requests):
+                # The step lasts until its end, not until its last arrival: the quiet time before the next arrival
+                # is part of a Poisson step (ending at the last arrival cut low-rate steps short and started the
+                # next one early: 1.1 s instead of 2 s for 5 req/s).
+                await self._until(max_end if due >= max_end else min_end)
                 break
             if due > monotonic_ns():
                 await self._until(due)
