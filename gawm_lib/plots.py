@@ -438,7 +438,11 @@ def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = No
             lo, hi = mine["replicas"].min(), mine["replicas"].max()
             model_rows = model_rows[(model_rows["replicas"] >= lo) & (model_rows["replicas"] <= hi)]
             models = model_rows.groupby("model", sort=False) if "model" in model_rows else [("model", model_rows)]
-            for model_style, (name, lines) in zip(PREDICTION_STYLES, models):
+            models = list(models)
+            placement_index = sorted(table["placement"].unique()).index(placement)
+            for i_model, (name, lines) in enumerate(models):  # a style per model, or per placement with one model
+                model_style = PREDICTION_STYLES[(i_model if len(models) > 1 else placement_index)
+                                                % len(PREDICTION_STYLES)]
                 lines = lines.sort_values("replicas")
                 for ax, column in ((top, "throughput_rps"), (bottom, "mean_ms")):
                     ax.plot(lines["replicas"], lines[column], linestyle=model_style, linewidth=0.9,
@@ -588,7 +592,7 @@ def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float]
         mine = validation[validation["metric"] == metric]
         k = scale.get(metric, 1e3)  # seconds -> ms unless told otherwise
         unit = "req/s" if metric == "throughput" else "ms"
-        lo = min(mine["measured"].min(), mine["predicted"].min()) * k * 0.8
+        lo = 0.0 if metric == "throughput" else min(mine["measured"].min(), mine["predicted"].min()) * k * 0.8
         hi = max(mine["measured"].max(), mine["predicted"].max()) * k * 1.2
         line = np.array([lo, hi])
         ax.fill_between(line, line * 0.9, line * 1.1, color="0.85", label="±10 %")
@@ -628,6 +632,7 @@ def capacity_plan(plans: pd.DataFrame, slo_ms: float | None = None):
         group = group.sort_values("arrival_rate")
         ax.step(group["arrival_rate"], group["replicas"], where="post", color=colour,
                 label=workload_name(name) if name else None)
+        ax.plot(group["arrival_rate"], group["replicas"], "o", color=colour, markersize=3)  # the planned loads
         ax.fill_between(group["arrival_rate"], group["replicas_low"], group["replicas_high"], step="post",
                         color=colour, alpha=0.2)
         rows += [{"panel": "plan", "series": name, "x_name": "arrival_rate_rps", "x": x, "y_name": "replicas",
