@@ -228,3 +228,30 @@ def test_notebook_02_run_all_in_jupyterlab_shows_its_figures_inline_and_no_error
             browser.save_screenshot(str(tmp_path / "failure.png"))
             print(f"screenshot of the page: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
             raise
+
+
+# The other figure notebooks, each run with Run All Cells on the same recorded run (03, 04, 09 read it; 05 and 06 start
+# their own small servers with their offline defaults): every one shows its figures inline and no error.
+OTHER_NOTEBOOKS = ["notebooks/03_analyze_models.ipynb", "notebooks/04_capacity_plan.ipynb",
+                   "notebooks/05_replica_scaling.ipynb", "notebooks/06_whisper_audio_duration.ipynb",
+                   "notebooks/09_thesis_figures.ipynb"]
+
+
+@pytest.mark.parametrize("notebook", OTHER_NOTEBOOKS, ids=[Path(n).stem[:2] for n in OTHER_NOTEBOOKS])
+def test_each_figure_notebook_run_all_in_jupyterlab_shows_its_figures_inline(tmp_path, browser, notebook):
+    raw, figures = tmp_path / "raw", tmp_path / "figures"
+    write_run(raw)
+    for name, settings in LAB_SETTINGS.items():
+        path = tmp_path / "cfg" / "lab" / "user-settings" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+    with start_lab(tmp_path, env={"GAWM_RAW_DIR": str(raw), "GAWM_FIGURES_DIR": str(figures)}) as (base, token, _):
+        try:
+            state = open_and_run_all(browser, base, token, notebook, timeout_s=420)
+            assert state["errors"] == [], "\n\n".join(state["errors"])[-3000:]
+            assert state["images"] >= 1, state
+            assert list(figures.glob("*.png")), "no figure saved"
+        except BaseException:
+            browser.save_screenshot(str(tmp_path / "failure.png"))
+            print(f"screenshot of the page: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
+            raise
