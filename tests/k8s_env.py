@@ -1,8 +1,9 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager and kube-scheduler
-(Kubernetes 1.20.2, built once from Debian's source package by ``k8s/testenv/build-control-plane.sh`` and cached in
-``~/.cache/gawm/kubernetes-1.20.2/bin``), all on loopback with free ports, plus the node simulator of
-``gawm_lib.cluster.simulator`` (there is no kubelet). tests/conftest.py imports the fixtures, so that every test
-module shares one plane; test modules import only the plain names they need (``Cluster``, ``GPU_NODE``, ...).
+(Kubernetes 1.20.2, built once from Debian's source package by ``k8s/testenv/build-control-plane.sh``, which
+``make test-prereqs`` runs before pytest, and cached in ``~/.cache/gawm/kubernetes-1.20.2/bin``), all on loopback with
+free ports, plus the node simulator of ``gawm_lib.cluster.simulator`` (there is no kubelet). tests/conftest.py imports
+the fixtures, so that every test module shares one plane; test modules import only the plain names they need
+(``Cluster``, ``GPU_NODE``, ...).
 
 ``cluster`` (session): the running plane with two simulated nodes, ``sim-gpu-0`` (4 x nvidia.com/gpu, tainted
 ``nvidia.com/gpu:NoSchedule`` as GPU nodes usually are) and ``sim-cpu-0``, and the RuntimeClass ``nvidia``.
@@ -37,6 +38,7 @@ from gawm_lib.cluster.simulator import NodeSimulator, SimNode
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "k8s" / "testenv" / "build-control-plane.sh"
+FETCH_SCRIPT = ROOT / "k8s" / "testenv" / "fetch-prometheus3.sh"
 VERSION = "1.20.2"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Controllers that need a kubelet, a cloud or volumes; without them the plane does what gawm needs.
@@ -45,22 +47,43 @@ CONTROLLERS = "*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle,-attachdetach,-p
 SERVICE_RANGE = "127.0.2.0/24"  # cluster IPs are only numbers here (no kube-proxy); keep even those on loopback
 
 
+def cache_base() -> Path:
+    return Path(os.environ.get("GAWM_CACHE_DIR") or Path.home() / ".cache" / "gawm")
+
+
 def bin_dir() -> Path:
     cache = os.environ.get("GAWM_K8S_CACHE")
     if cache:
         return Path(cache) / "bin"
-    base = Path(os.environ.get("GAWM_CACHE_DIR") or Path.home() / ".cache" / "gawm")
-    return base / f"kubernetes-{VERSION}" / "bin"
+    return cache_base() / f"kubernetes-{VERSION}" / "bin"
+
+
+PREREQS = "make test-prereqs"
 
 
 def ensure_binaries() -> Path:
-    """Build the control plane if it is not cached (about 7 min on 2 cores, once per machine)."""
+    """The cached control-plane binaries; the tests never build them (``make test-prereqs`` does, before pytest, in
+    6-16 min on 2 cores, once per machine): if they are missing this fails at once, naming the command."""
     folder = bin_dir()
-    if not all((folder / name).is_file() for name in BINARIES) or shutil.which("etcd") is None:
-        result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{BUILD_SCRIPT} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    missing = [str(folder / name) for name in BINARIES if not (folder / name).is_file()]
+    if shutil.which("etcd") is None:
+        missing.append("etcd on PATH (Debian package etcd-server)")
+    if missing:
+        pytest.fail(f"the Kubernetes {VERSION} test control plane is not set up: missing {', '.join(missing)}. "
+                    f"Build it once with `{PREREQS}` (or `bash {BUILD_SCRIPT.relative_to(ROOT)}`; 6-16 min on "
+                    "2 cores); `make test` does this before pytest starts.", pytrace=False)
     return folder
+
+
+def prometheus3_binary() -> Path:
+    """Prometheus 3 (with Kubernetes service discovery), fetched once by ``make test-prereqs``
+    (k8s/testenv/fetch-prometheus3.sh); fails at once, naming the command, when it is missing."""
+    binary = cache_base() / "prometheus-3" / "usr" / "bin" / "prometheus"
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"Prometheus 3 is not fetched: no {binary}. Fetch it once with `{PREREQS}` "
+                    f"(or `bash {FETCH_SCRIPT.relative_to(ROOT)}`); `make test` does this before pytest starts.",
+                    pytrace=False)
+    return binary
 
 
 def free_port() -> int:

@@ -1,7 +1,8 @@
-"""Prometheus 3 (Debian sid's, fetched by k8s/testenv/fetch-prometheus3.sh) discovers the model-server pods of a
-Deployment through ``kubernetes_sd_configs`` against the test control plane (tests/k8s_env.py), with the relabelling
-rules shipped in k8s/monitoring/prometheus.yaml, and scrapes the real servers the node simulator starts on the pod IPs.
-Debian 12's Prometheus 2.42 is built without Kubernetes service discovery, hence the separate binary."""
+"""Prometheus 3 (Debian sid's, fetched by k8s/testenv/fetch-prometheus3.sh in `make test-prereqs`) discovers the
+model-server pods of a Deployment through ``kubernetes_sd_configs`` against the test control plane (tests/k8s_env.py),
+with the relabelling rules shipped in k8s/monitoring/prometheus.yaml, and scrapes the real servers the node simulator
+starts on the pod IPs. Debian 12's Prometheus 2.42 is built without Kubernetes service discovery, hence the separate
+binary."""
 
 from __future__ import annotations
 
@@ -17,22 +18,20 @@ from gawm_lib.backends.kubernetes import KubernetesBackend
 from gawm_lib.config import BackendConfig, WorkloadConfig
 from gawm_lib.prom import LocalPrometheus, wait_for_targets_up
 from gawm_lib.prom.common import connect
-from k8s_env import Cluster  # the fixtures cluster and namespace come from conftest.py
+from k8s_env import Cluster, prometheus3_binary  # the fixtures cluster and namespace come from conftest.py
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]  # the first use may build the control plane
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-FETCH = ROOT / "k8s" / "testenv" / "fetch-prometheus3.sh"
 MONITORING = ROOT / "k8s" / "monitoring" / "prometheus.yaml"
 JOB = "gawm-k8s"
 
 
 @pytest.fixture(scope="module")
 def prometheus3() -> str:
-    """The Prometheus 3 binary, fetched once per machine (a failed fetch fails the test with the script's output)."""
-    result = subprocess.run(["bash", str(FETCH)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{FETCH} failed ({result.returncode}):\n{result.stderr[-4000:]}"
-    binary = result.stdout.strip().splitlines()[-1]
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    """The Prometheus 3 binary, fetched once per machine by `make test-prereqs` (the test fails at once, naming that
+    command, when it is missing)."""
+    binary = str(prometheus3_binary())
+    version = subprocess.run([binary, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
     assert re.search(r"version 3\.", version), version
     return binary
 

@@ -1,37 +1,74 @@
 #!/usr/bin/env bash
 # Build the Kubernetes 1.20.2 control-plane binaries (kube-apiserver, kube-controller-manager, kube-scheduler) used by
 # the integration tests, from Debian bookworm's source package `kubernetes` (the only source of them reachable here).
+# `make test-prereqs` (a step of `make test`, before pytest starts) runs it; the tests never build.
 #
-#   k8s/testenv/build-control-plane.sh            # build if missing (about 7 min and 2.3 GB on 2 cores, once)
+#   k8s/testenv/build-control-plane.sh            # build if missing (6-16 min and 2.3 GB on 2 cores, once)
 #   k8s/testenv/build-control-plane.sh --dry-run  # say what would be done, change nothing
 #
 # The binaries (243 MB) are cached outside the repository in $GAWM_K8S_CACHE/bin, by default
-# ${GAWM_CACHE_DIR:-~/.cache/gawm}/kubernetes-1.20.2/bin; the build tree is removed afterwards. When the three binaries
-# and etcd are there, this does nothing. As root it installs the Debian packages it needs (golang-go rsync jq
-# etcd-server dpkg-dev make) and adds a deb-src entry for bookworm; otherwise it names what is missing.
+# ${GAWM_CACHE_DIR:-~/.cache/gawm}/kubernetes-1.20.2/bin. When the three binaries and etcd are there, this does
+# nothing. As root it installs the Debian packages it needs (golang-go rsync jq etcd-server dpkg-dev make) and adds a
+# deb-src entry for bookworm; otherwise it names what is missing. One build at a time: a second caller waits on the
+# lock <cache>/lock, then finds the binaries. The build runs in a fresh <cache>/build.XXXXXX, removed at the end; a
+# killed build's tree is removed by the next run, and its compilers die with it. GAWM_BUILD_JOBS=N: N compile jobs.
 set -euo pipefail
 
 VERSION=1.20.2
 DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE=${GAWM_K8S_CACHE:-${GAWM_CACHE_DIR:-$HOME/.cache/gawm}/kubernetes-$VERSION}
 BIN=$CACHE/bin
+LOCK=$CACHE/lock
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
 PACKAGES=(golang-go rsync jq etcd-server dpkg-dev make)
-SRC_LIST=/etc/apt/sources.list.d/gawm-bookworm-src.sources
+SRC_LIST=${GAWM_K8S_SRC_LIST:-/etc/apt/sources.list.d/gawm-bookworm-src.sources}
 DRY_RUN=0
 
 for arg in "$@"; do
   case $arg in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build-control-plane: unknown argument $arg (use --dry-run)" >&2; exit 2 ;;
   esac
 done
 
 log() { echo "[build-control-plane $(date -u +%H:%M:%S)] $*" >&2; }
+# A short command; fd 9 (the lock) is not handed on, so nothing this starts can hold the lock after we are gone.
 run() {
   log "+ $*"
-  if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+  if [[ $DRY_RUN == 0 ]]; then "$@" 9>&-; fi
+}
+
+# A long command (download, unpack, make) runs in a process group of its own, led by a small bash that SIGTERMs the
+# whole group when told to stop or when this script dies, even by SIGKILL (its parent-death signal): no compiler
+# outlives the build, and none holds the lock.
+STEP_PID=""
+step() {
+  log "+ $*"
+  if [[ $DRY_RUN == 1 ]]; then return 0; fi
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  setsid setpriv --pdeathsig TERM -- bash -c \
+    'trap "trap - TERM HUP; kill -TERM -- -\$\$ 2>/dev/null; exit 143" TERM HUP; "$@" & wait "$!"' \
+    build-step "$@" 9>&- </dev/null &
+  STEP_PID=$!
+  local rc=0
+  wait "$STEP_PID" || rc=$?
+  STEP_PID=""
+  return "$rc"
+}
+
+WORK=""
+cleanup() {
+  local rc=$?
+  if [[ -n $STEP_PID ]]; then
+    kill -TERM -- "-$STEP_PID" 2>/dev/null || true
+    wait "$STEP_PID" 2>/dev/null || true
+  fi
+  if [[ -n $WORK && -d $WORK ]]; then
+    log "removing build tree $WORK"
+    cd / && rm -rf "$WORK"
+  fi
+  exit "$rc"
 }
 
 have_all() {
@@ -42,6 +79,27 @@ have_all() {
 if have_all && command -v etcd >/dev/null; then
   log "binaries present in $BIN and etcd installed: nothing to do"
   exit 0
+fi
+
+# 0. One build at a time (a second caller waits here, then finds the binaries).
+if [[ $DRY_RUN == 0 ]]; then
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+  mkdir -p "$CACHE"
+  exec 9>>"$LOCK"
+  if ! flock -n 9; then
+    log "another build of the control plane holds $LOCK: waiting for it to finish"
+    flock 9
+    log "the other build has finished"
+    if have_all && command -v etcd >/dev/null; then
+      log "binaries present in $BIN and etcd installed: nothing to do"
+      exit 0
+    fi
+  fi
+else
+  log "would take the lock $LOCK (one build at a time)"
 fi
 log "setting up the Kubernetes $VERSION control plane in $BIN (dry run: $DRY_RUN)"
 
@@ -54,7 +112,7 @@ need_src=1
 if have_all; then  # only etcd is missing
   missing=(); dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed" || missing=(etcd-server)
   need_src=0
-elif grep -rqsE '^(Types:.*deb-src|deb-src ).*' /etc/apt/sources.list /etc/apt/sources.list.d/ \
+elif grep -rqsE '^(Types:.*deb-src|deb-src ).*' /etc/apt/sources.list /etc/apt/sources.list.d/ "$SRC_LIST" \
    && apt-cache showsrc kubernetes 2>/dev/null | grep -q "^Version: $DEB_VERSION"; then
   need_src=0
 fi
@@ -92,30 +150,47 @@ if have_all; then
   exit 0
 fi
 
-# 2. The source package, unpacked in a build tree under the cache (removed at the end, also on failure).
-WORK=$CACHE/build
-run mkdir -p "$WORK" "$BIN"
-if [[ $DRY_RUN == 0 ]]; then trap 'log "removing build tree $WORK"; rm -rf "$WORK"' EXIT; fi
-cd_work() { if [[ $DRY_RUN == 0 ]]; then cd "$1"; else log "+ cd $1"; fi; }
-cd_work "$WORK"
-run apt-get source --download-only "kubernetes=$DEB_VERSION"
-run dpkg-source --no-check -x "kubernetes_${DEB_VERSION#*:}.dsc" src
-cd_work "$WORK/src"
+# 2. What an interrupted build left (we hold the lock: no build is running): its tree, half-installed binaries.
+for stale in "$CACHE/build" "$CACHE"/build.* "$BIN"/.*.tmp.*; do
+  if [[ -e $stale ]]; then
+    log "removing what an interrupted build left: $stale"
+    run rm -rf "$stale"
+  fi
+done
 
-# 3. Generated code, then the three static binaries (no cgo, stripped). GOFLAGS=-mod=vendor: no network for modules.
+# 3. The source package, unpacked in a fresh build tree under the cache (removed at the end, also on failure).
+build_start=$(date +%s)
+if [[ $DRY_RUN == 0 ]]; then
+  WORK=$(mktemp -d "$CACHE/build.XXXXXX")
+  chmod 755 "$WORK"  # for apt's download sandbox user (_apt), where the folders above let it in
+  cd "$WORK"
+else
+  WORK_SHOWN=$CACHE/build.XXXXXX
+  log "+ mktemp -d $WORK_SHOWN && cd $WORK_SHOWN"
+fi
+step apt-get source --download-only "kubernetes=$DEB_VERSION"
+step dpkg-source --no-check -x "kubernetes_${DEB_VERSION#*:}.dsc" src
+if [[ $DRY_RUN == 0 ]]; then cd "$WORK/src"; else log "+ cd src"; fi
+
+# 4. Generated code, then the three static binaries (no cgo, stripped). GOFLAGS=-mod=vendor: no network for modules.
 export CGO_ENABLED=0 GOFLAGS=-mod=vendor GOCACHE=$WORK/gocache GOPATH=$WORK/gopath GOTOOLCHAIN=local
+if [[ -n ${GAWM_BUILD_JOBS:-} ]]; then
+  export GOMAXPROCS=$GAWM_BUILD_JOBS  # go build's -p defaults to it (a -p in GOFLAGS upsets Kubernetes' make files)
+  log "compiling with $GAWM_BUILD_JOBS job(s) (GAWM_BUILD_JOBS)"
+fi
 export KUBE_GIT_VERSION=v$VERSION KUBE_GIT_TREE_STATE=clean
 start=$(date +%s)
-run nice -n 10 make generated_files
+step nice -n 10 make generated_files
 log "generated files in $(( $(date +%s) - start )) s"
 start=$(date +%s)
-run nice -n 10 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" GOLDFLAGS="-s -w"
+step nice -n 10 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" GOLDFLAGS="-s -w"
 log "binaries built in $(( $(date +%s) - start )) s"
 
-# 4. Into the cache, atomically per binary.
+# 5. Into the cache, atomically per binary (a half-copied file is never at its final name).
+run mkdir -p "$BIN"
 for name in "${BINARIES[@]}"; do
-  run install -m 0755 "_output/bin/$name" "$BIN/$name.tmp"
-  run mv -f "$BIN/$name.tmp" "$BIN/$name"
+  run install -m 0755 "_output/bin/$name" "$BIN/.$name.tmp.$$"
+  run mv -f "$BIN/.$name.tmp.$$" "$BIN/$name"
 done
 if [[ $DRY_RUN == 0 ]]; then "$BIN/kube-apiserver" --version >&2; fi
-log "done: $(ls "$BIN" 2>/dev/null | tr '\n' ' ')in $BIN"
+log "done in $(( $(date +%s) - build_start )) s: ${BINARIES[*]} in $BIN"

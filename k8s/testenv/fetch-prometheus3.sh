@@ -6,7 +6,8 @@
 #   k8s/testenv/fetch-prometheus3.sh --dry-run  # say what would be done, change nothing
 #
 # The package is unpacked (dpkg-deb -x, nothing is installed) into ${GAWM_CACHE_DIR:-~/.cache/gawm}/prometheus-3; the
-# binary is <that>/usr/bin/prometheus. When it is already there, this only prints its path. apt uses a separate,
+# binary is <that>/usr/bin/prometheus. When it is already there, this only prints its path. One fetch at a time
+# (a lock, <that>.lock); an interrupted fetch leaves only <that>.partial, replaced by the next. apt uses a separate,
 # temporary state (its own sources list and package lists), so the system's apt sources are not touched. Needs apt-get,
 # dpkg-deb and access to deb.debian.org; works as root or as any user.
 set -euo pipefail
@@ -20,7 +21,7 @@ DRY_RUN=0
 for arg in "$@"; do
   case $arg in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "fetch-prometheus3: unknown argument $arg (use --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -28,13 +29,24 @@ done
 log() { echo "[fetch-prometheus3 $(date -u +%H:%M:%S)] $*" >&2; }
 run() {
   log "+ $*"
-  if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+  if [[ $DRY_RUN == 0 ]]; then "$@" 9>&-; fi
 }
 
-if [[ -x $BIN ]]; then
+present() {
   log "present: $BIN ($("$BIN" --version 2>&1 | head -n1)); nothing to do"
   echo "$BIN"
   exit 0
+}
+if [[ -x $BIN ]]; then present; fi
+# One fetch at a time: a second caller waits on the lock, then finds the binary.
+if [[ $DRY_RUN == 0 ]]; then
+  mkdir -p "$(dirname "$CACHE")"
+  exec 9>>"$CACHE.lock"
+  if ! flock -n 9; then
+    log "another fetch holds $CACHE.lock: waiting for it to finish"
+    flock 9
+    if [[ -x $BIN ]]; then present; fi
+  fi
 fi
 for tool in apt-get dpkg-deb dpkg; do
   command -v "$tool" >/dev/null || { echo "fetch-prometheus3: $tool not found (a Debian system is needed)" >&2; exit 1; }
