@@ -62,7 +62,7 @@ def run_experiment(params_file: str | Path, overrides: list[str]):
             if kind == "figures":  # figure ids start with the run id: a second run never replaces them
                 parameters = {"run_ids": [run.id], "fig_prefix": run.id}
             else:
-                parameters = {"run_dir": str(run.path), "params": effective}
+                parameters = {"run_dir": str(run.path), "params": requested}  # the file + overrides, short
             _execute(notebook, run.path / output, parameters)
     except KeyboardInterrupt:
         run.finish("INTERRUPTED")
