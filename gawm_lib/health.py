@@ -51,8 +51,10 @@ TEST_POD_LABEL = "gawm-gpu-check"
 # Labels of the DCGM exporter: gawm's monitoring overlay and the upstream chart; the GPU Operator's.
 DCGM_SELECTORS = ("app.kubernetes.io/name=dcgm-exporter", "app=nvidia-dcgm-exporter")
 DCGM_PORT = 9400
-HINT_DEVICE_PLUGIN = "the NVIDIA device plugin is not running or not registered (docs/troubleshooting.md: " \
-                     "'The device plugin does not advertise GPUs')"
+HINT_DEVICE_PLUGIN = (
+    "the NVIDIA device plugin is not running or not registered (docs/troubleshooting.md: "
+    "'The device plugin does not advertise GPUs')"
+)
 _SERIES = re.compile(r"^(DCGM_FI_[A-Za-z0-9_]+)(\{[^}]*\})?\s")
 _REQUEST_TIMEOUT_S = 10
 
@@ -74,10 +76,16 @@ def report(results: Sequence[CheckResult]) -> str:
     return "\n".join([*(r.line() for r in results), summary])
 
 
-def check_cluster_gpus(api_client_or_kubeconfig: client.ApiClient | str | Path | None = None,
-                       namespace: str = DEFAULT_NAMESPACE, run_pod: bool = True, timeout_s: float = 180.0,
-                       image: str = DEFAULT_IMAGE, check_dcgm: bool = True, nodes: Sequence[str] | None = None,
-                       runtime_class: str | None = RUNTIME_CLASS) -> list[CheckResult]:
+def check_cluster_gpus(
+    api_client_or_kubeconfig: client.ApiClient | str | Path | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    run_pod: bool = True,
+    timeout_s: float = 180.0,
+    image: str = DEFAULT_IMAGE,
+    check_dcgm: bool = True,
+    nodes: Sequence[str] | None = None,
+    runtime_class: str | None = RUNTIME_CLASS,
+) -> list[CheckResult]:
     """Run the checks and return one result each (see the module docstring).
 
     ``namespace``: where the test pod runs; made when missing and then removed again. ``timeout_s``: longest wait for
@@ -85,8 +93,9 @@ def check_cluster_gpus(api_client_or_kubeconfig: client.ApiClient | str | Path |
     ``runtime_class``: the RuntimeClass GPU pods use; None: none (the test pod runs with the default runtime).
     """
     if isinstance(api_client_or_kubeconfig, client.ApiClient):
-        return _run_checks(api_client_or_kubeconfig, namespace, run_pod, timeout_s, image, check_dcgm, nodes,
-                           runtime_class)
+        return _run_checks(
+            api_client_or_kubeconfig, namespace, run_pod, timeout_s, image, check_dcgm, nodes, runtime_class
+        )
     try:
         api = connect(None if api_client_or_kubeconfig is None else str(Path(api_client_or_kubeconfig).expanduser()))
     except ClusterError as exc:
@@ -95,8 +104,16 @@ def check_cluster_gpus(api_client_or_kubeconfig: client.ApiClient | str | Path |
         return _run_checks(api, namespace, run_pod, timeout_s, image, check_dcgm, nodes, runtime_class)
 
 
-def _run_checks(api: client.ApiClient, namespace: str, run_pod: bool, timeout_s: float, image: str, check_dcgm: bool,
-                nodes: Sequence[str] | None, runtime_class: str | None) -> list[CheckResult]:
+def _run_checks(
+    api: client.ApiClient,
+    namespace: str,
+    run_pod: bool,
+    timeout_s: float,
+    image: str,
+    check_dcgm: bool,
+    nodes: Sequence[str] | None,
+    runtime_class: str | None,
+) -> list[CheckResult]:
     try:
         version = client.VersionApi(api).get_code(_request_timeout=_REQUEST_TIMEOUT_S).git_version
     except (ApiException, HTTPError) as exc:
@@ -109,8 +126,9 @@ def _run_checks(api: client.ApiClient, namespace: str, run_pod: bool, timeout_s:
         results.append(found)
         runtime_class = runtime_class if found.ok else None
     if run_pod:
-        results.append(_check_test_pod(api, namespace, timeout_s, image, nodes, runtime_class,
-                                       gpus_advertised=gpu_nodes.ok))
+        results.append(
+            _check_test_pod(api, namespace, timeout_s, image, nodes, runtime_class, gpus_advertised=gpu_nodes.ok)
+        )
     if check_dcgm:
         results.append(_check_dcgm(api, nodes))
     return results
@@ -157,8 +175,9 @@ def _check_nodes(api: client.ApiClient, only: Sequence[str] | None) -> CheckResu
             good.append(what)
     if good:
         return CheckResult(name, True, "; ".join(good + notes))
-    return CheckResult(name, False, f"no Ready node advertises {GPU_RESOURCE}: {'; '.join(notes)}. "
-                                    f"Likely {HINT_DEVICE_PLUGIN}")
+    return CheckResult(
+        name, False, f"no Ready node advertises {GPU_RESOURCE}: {'; '.join(notes)}. Likely {HINT_DEVICE_PLUGIN}"
+    )
 
 
 def _check_runtime_class(api: client.ApiClient, runtime_class: str) -> CheckResult:
@@ -167,19 +186,25 @@ def _check_runtime_class(api: client.ApiClient, runtime_class: str) -> CheckResu
         handler = client.NodeV1Api(api).read_runtime_class(runtime_class, _request_timeout=_REQUEST_TIMEOUT_S).handler
     except ApiException as exc:
         if exc.status == 404:
-            return CheckResult(name, False, f"not found: create it (create-cluster.sh does; on a managed cluster the "
-                                            "GPU Operator does), or where the NVIDIA runtime is the default one, "
-                                            "use none (--no-runtime-class; backend.runtime_class: null)")
+            return CheckResult(
+                name,
+                False,
+                "not found: create it (create-cluster.sh does; on a managed cluster the "
+                "GPU Operator does), or where the NVIDIA runtime is the default one, "
+                "use none (--no-runtime-class; backend.runtime_class: null)",
+            )
         return CheckResult(name, False, describe_api_error(exc, f"reading RuntimeClass {runtime_class}"))
     except HTTPError as exc:
         return CheckResult(name, False, describe_api_error(exc, f"reading RuntimeClass {runtime_class}"))
-    return CheckResult(name, True, f"exists, handler '{handler}' (the container runtime must have a runtime of "
-                                   "that name)")
+    return CheckResult(
+        name, True, f"exists, handler '{handler}' (the container runtime must have a runtime of that name)"
+    )
 
 
 # -- the GPU test pod --------------------------------------------------------------------------------------------------
-def _test_pod(name: str, image: str, timeout_s: float, nodes: Sequence[str] | None,
-              runtime_class: str | None) -> dict[str, Any]:
+def _test_pod(
+    name: str, image: str, timeout_s: float, nodes: Sequence[str] | None, runtime_class: str | None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # It needs no API access; and a namespace made just now has no ServiceAccount token yet (before 1.24 the pod
@@ -188,20 +213,41 @@ def _test_pod(name: str, image: str, timeout_s: float, nodes: Sequence[str] | No
         "activeDeadlineSeconds": max(int(timeout_s), 1),  # a pod stuck at run time is stopped by its kubelet
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "nvidia-smi", "image": image, "command": SMI_COMMAND,
-            "resources": {"limits": {GPU_RESOURCE: "1"}},
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        }],
+        "containers": [
+            {
+                "name": "nvidia-smi",
+                "image": image,
+                "command": SMI_COMMAND,
+                "resources": {"limits": {GPU_RESOURCE: "1"}},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
     }
     if runtime_class is not None:
         spec["runtimeClassName"] = runtime_class
     if nodes is not None:
-        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": list(nodes)}]}]}}}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "labels": {"app.kubernetes.io/name": TEST_POD_LABEL, "app.kubernetes.io/part-of": "gawm"}},
-        "spec": spec}
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "In", "values": list(nodes)}
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/name": TEST_POD_LABEL, "app.kubernetes.io/part-of": "gawm"},
+        },
+        "spec": spec,
+    }
 
 
 def _ensure_namespace(core: client.CoreV1Api, namespace: str, deadline: float) -> bool:
@@ -212,8 +258,10 @@ def _ensure_namespace(core: client.CoreV1Api, namespace: str, deadline: float) -
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            core.create_namespace({"metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "gawm"}}},
-                                  _request_timeout=_REQUEST_TIMEOUT_S)
+            core.create_namespace(
+                {"metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "gawm"}}},
+                _request_timeout=_REQUEST_TIMEOUT_S,
+            )
             return True
         if current.status.phase != "Terminating":
             return False
@@ -252,8 +300,10 @@ def _failure_hint(terminated: Any) -> str:
     if terminated.exit_code == 137 or terminated.reason == "OOMKilled":
         text += "; killed for memory (docs/troubleshooting.md: 'CrashLoopBackOff from out-of-memory')"
     elif terminated.exit_code in (126, 127) or "executable file not found" in (terminated.message or ""):
-        text += "; nvidia-smi is missing in the container: the nvidia runtime did not inject the driver " \
-                "(runtimeClassName nvidia; sudo nvidia-ctk runtime configure --runtime=crio)"
+        text += (
+            "; nvidia-smi is missing in the container: the nvidia runtime did not inject the driver "
+            "(runtimeClassName nvidia; sudo nvidia-ctk runtime configure --runtime=crio)"
+        )
     return text
 
 
@@ -281,8 +331,15 @@ def _pod_logs(core: client.CoreV1Api, pod: Any) -> tuple[str | None, str]:
         return None, str(exc)
 
 
-def _check_test_pod(api: client.ApiClient, namespace: str, timeout_s: float, image: str,
-                    nodes: Sequence[str] | None, runtime_class: str | None, gpus_advertised: bool) -> CheckResult:
+def _check_test_pod(
+    api: client.ApiClient,
+    namespace: str,
+    timeout_s: float,
+    image: str,
+    nodes: Sequence[str] | None,
+    runtime_class: str | None,
+    gpus_advertised: bool,
+) -> CheckResult:
     name = "GPU test pod"
     core = client.CoreV1Api(api)
     pod_name = f"{TEST_POD_LABEL}-{secrets.token_hex(3)}"
@@ -291,8 +348,9 @@ def _check_test_pod(api: client.ApiClient, namespace: str, timeout_s: float, ima
     made_namespace = created = False
     try:
         made_namespace = _ensure_namespace(core, namespace, deadline)
-        core.create_namespaced_pod(namespace, _test_pod(pod_name, image, timeout_s, nodes, runtime_class),
-                                   _request_timeout=_REQUEST_TIMEOUT_S)
+        core.create_namespaced_pod(
+            namespace, _test_pod(pod_name, image, timeout_s, nodes, runtime_class), _request_timeout=_REQUEST_TIMEOUT_S
+        )
         created = True
         where = f"pod {namespace}/{pod_name}" + ("" if runtime_class else " (default runtime, no runtimeClassName)")
         reason = None
@@ -306,8 +364,9 @@ def _check_test_pod(api: client.ApiClient, namespace: str, timeout_s: float, ima
                     output = ": " + " | ".join(logs.splitlines())
                 else:
                     output = f" (output not readable: {why})" if logs is None else " (no output)"
-                return CheckResult(name, True, f"{where} ran nvidia-smi on {pod.spec.node_name}, Succeeded in "
-                                               f"{elapsed:.1f} s{output}")
+                return CheckResult(
+                    name, True, f"{where} ran nvidia-smi on {pod.spec.node_name}, Succeeded in {elapsed:.1f} s{output}"
+                )
             if phase == "Failed":
                 logs, _ = _pod_logs(core, pod)
                 tail = f"; output: {logs[-300:]}" if logs else ""
@@ -316,15 +375,21 @@ def _check_test_pod(api: client.ApiClient, namespace: str, timeout_s: float, ima
             terminated = _terminated(pod)
             if terminated is not None and terminated.exit_code != 0:
                 # A container that ran and failed but is restarted: the pod never finishes (CrashLoopBackOff).
-                return CheckResult(name, False, f"{where} on {pod.spec.node_name}: {_pending_reason(pod) or phase}: "
-                                                f"{_failure_hint(terminated)}")
+                return CheckResult(
+                    name,
+                    False,
+                    f"{where} on {pod.spec.node_name}: {_pending_reason(pod) or phase}: {_failure_hint(terminated)}",
+                )
             reason = _pending_reason(pod) or reason
             if reason and reason.startswith("Unschedulable") and not gpus_advertised:
                 return CheckResult(name, False, f"{where} cannot be scheduled: {reason} ({HINT_DEVICE_PLUGIN})")
             if time.monotonic() > deadline:
                 node = f" on {pod.spec.node_name}" if pod.spec.node_name else ""
-                return CheckResult(name, False, f"{where} not finished after {timeout_s:g} s: {phase}{node}"
-                                                f"{f'; {reason}' if reason else ''}")
+                return CheckResult(
+                    name,
+                    False,
+                    f"{where} not finished after {timeout_s:g} s: {phase}{node}{f'; {reason}' if reason else ''}",
+                )
             time.sleep(0.5)
     except (ApiException, HTTPError) as exc:
         return CheckResult(name, False, describe_api_error(exc, f"running the test pod in {namespace}", namespace))
@@ -333,8 +398,9 @@ def _check_test_pod(api: client.ApiClient, namespace: str, timeout_s: float, ima
     finally:  # also on Ctrl-C: nothing is left behind
         if created:
             with contextlib.suppress(ApiException, HTTPError):
-                core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0,
-                                           _request_timeout=_REQUEST_TIMEOUT_S)
+                core.delete_namespaced_pod(
+                    pod_name, namespace, grace_period_seconds=0, _request_timeout=_REQUEST_TIMEOUT_S
+                )
         if made_namespace:
             with contextlib.suppress(ApiException, HTTPError):
                 core.delete_namespace(namespace, _request_timeout=_REQUEST_TIMEOUT_S)
@@ -351,8 +417,9 @@ def _dcgm_pods(core: client.CoreV1Api) -> list[Any]:
         for service in core.list_service_for_all_namespaces(_request_timeout=_REQUEST_TIMEOUT_S).items:
             if "dcgm" in service.metadata.name and service.spec.selector:
                 selector = ",".join(f"{k}={v}" for k, v in service.spec.selector.items())
-                for pod in core.list_namespaced_pod(service.metadata.namespace, label_selector=selector,
-                                                    _request_timeout=_REQUEST_TIMEOUT_S).items:
+                for pod in core.list_namespaced_pod(
+                    service.metadata.namespace, label_selector=selector, _request_timeout=_REQUEST_TIMEOUT_S
+                ).items:
                     found[pod.metadata.uid] = pod
     return list(found.values())
 
@@ -367,8 +434,9 @@ def _scrape(core: client.CoreV1Api, pod: Any, port: int) -> tuple[str | None, st
     """The pod's /metrics text and how it was reached; None and why both ways failed."""
     ns, name = pod.metadata.namespace, pod.metadata.name
     try:
-        text = core.connect_get_namespaced_pod_proxy_with_path(f"{name}:{port}", ns, "metrics",
-                                                               _request_timeout=_REQUEST_TIMEOUT_S)
+        text = core.connect_get_namespaced_pod_proxy_with_path(
+            f"{name}:{port}", ns, "metrics", _request_timeout=_REQUEST_TIMEOUT_S
+        )
         return text, "through the API server proxy"
     except (ApiException, HTTPError) as exc:
         proxy_error = api_message(exc) if isinstance(exc, ApiException) else str(exc)
@@ -393,13 +461,20 @@ def _check_dcgm(api: client.ApiClient, nodes: Sequence[str] | None) -> CheckResu
         pods = [p for p in pods if p.spec.node_name in set(nodes)]
     where = f" on {', '.join(nodes)}" if nodes is not None else " in any namespace"
     if not pods:
-        return CheckResult(name, False, f"not found: no pod labelled {' or '.join(DCGM_SELECTORS)} (nor behind a "
-                                        f"'dcgm' Service){where}: deploy the monitoring overlay "
-                                        "(kubectl apply -k k8s/overlays/monitoring)")
+        return CheckResult(
+            name,
+            False,
+            f"not found: no pod labelled {' or '.join(DCGM_SELECTORS)} (nor behind a "
+            f"'dcgm' Service){where}: deploy the monitoring overlay "
+            "(kubectl apply -k k8s/overlays/monitoring)",
+        )
     running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
     if not running:
-        states = "; ".join(f"{p.metadata.namespace}/{p.metadata.name} {p.status.phase}"
-                           f"{f' ({_pending_reason(p)})' if _pending_reason(p) else ''}" for p in pods)
+        states = "; ".join(
+            f"{p.metadata.namespace}/{p.metadata.name} {p.status.phase}"
+            f"{f' ({_pending_reason(p)})' if _pending_reason(p) else ''}"
+            for p in pods
+        )
         return CheckResult(name, False, f"found but not running: {states}")
     errors = []
     for pod in running:
@@ -411,13 +486,17 @@ def _check_dcgm(api: client.ApiClient, nodes: Sequence[str] | None) -> CheckResu
             continue
         series = [m for m in (_SERIES.match(line) for line in text.splitlines()) if m]
         if not series:
-            errors.append(f"{label} answers {how} but exports no DCGM_FI_* series (the exporter sees no GPU: "
-                          "check its runtimeClassName and GPU access)")
+            errors.append(
+                f"{label} answers {how} but exports no DCGM_FI_* series (the exporter sees no GPU: "
+                "check its runtimeClassName and GPU access)"
+            )
             continue
         gpus = {g for m in series for g in re.findall(r'\bgpu="([^"]*)"', m.group(2) or "")}
         with_pod = any(re.search(r'\bpod="[^"]+"', m.group(2) or "") for m in series)
-        detail = f"{label} answers {how}: {len(series)} series of {len({m.group(1) for m in series})} DCGM_FI " \
-                 f"metrics, {len(gpus)} GPU(s)"
+        detail = (
+            f"{label} answers {how}: {len(series)} series of {len({m.group(1) for m in series})} DCGM_FI "
+            f"metrics, {len(gpus)} GPU(s)"
+        )
         if not with_pod:
             detail += "; no series carries a pod label (expected under time-slicing: docs/troubleshooting.md)"
         return CheckResult(name, True, detail)
@@ -426,24 +505,38 @@ def _check_dcgm(api: client.ApiClient, nodes: Sequence[str] | None) -> CheckResu
 
 # -- command line ------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gawm_lib.health",
-                                     description="GPU health of a Kubernetes cluster: one PASS/FAIL line per check; "
-                                                 "exit 1 when any fails")
+    parser = argparse.ArgumentParser(
+        prog="python -m gawm_lib.health",
+        description="GPU health of a Kubernetes cluster: one PASS/FAIL line per check; exit 1 when any fails",
+    )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-pod)")
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
-                        help="namespace of the test pod, made and removed when missing (default %(default)s)")
+    parser.add_argument(
+        "--namespace",
+        default=DEFAULT_NAMESPACE,
+        help="namespace of the test pod, made and removed when missing (default %(default)s)",
+    )
     parser.add_argument("--no-pod", action="store_true", help="do not run the GPU test pod")
     parser.add_argument("--no-dcgm", action="store_true", help="do not look for the DCGM exporter")
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="test pod image (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=180.0, help="longest wait for the test pod [s]")
     parser.add_argument("--node", action="append", dest="nodes", help="check only this node (repeatable)")
     parser.add_argument("--runtime-class", default=RUNTIME_CLASS, help="RuntimeClass of GPU pods (default %(default)s)")
-    parser.add_argument("--no-runtime-class", action="store_true",
-                        help="GPU pods use the default runtime (where it is NVIDIA's): no RuntimeClass needed")
+    parser.add_argument(
+        "--no-runtime-class",
+        action="store_true",
+        help="GPU pods use the default runtime (where it is NVIDIA's): no RuntimeClass needed",
+    )
     args = parser.parse_args(argv)
-    results = check_cluster_gpus(args.kubeconfig, namespace=args.namespace, run_pod=not args.no_pod,
-                                 timeout_s=args.timeout, image=args.image, check_dcgm=not args.no_dcgm,
-                                 nodes=args.nodes, runtime_class=None if args.no_runtime_class else args.runtime_class)
+    results = check_cluster_gpus(
+        args.kubeconfig,
+        namespace=args.namespace,
+        run_pod=not args.no_pod,
+        timeout_s=args.timeout,
+        image=args.image,
+        check_dcgm=not args.no_dcgm,
+        nodes=args.nodes,
+        runtime_class=None if args.no_runtime_class else args.runtime_class,
+    )
     print(report(results), flush=True)
     return 0 if all(r.ok for r in results) else 1
 

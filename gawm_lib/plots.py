@@ -34,24 +34,58 @@ OTHER_STYLES = [("#D55E00", "D"), ("#CC79A7", "v"), ("#56B4E9", "P"), ("#000000"
 CONFIG_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 #: A percentile from fewer requests than this is flagged (hollow marker on the figure, ``few_requests`` in the CSV).
 MIN_REQUESTS = 20
-DATA_COLUMNS = ["panel", "series", "run_id", "config", "x_name", "x", "y_name", "y", "n", "few_requests", "kind",
-                "label"]
+DATA_COLUMNS = [
+    "panel",
+    "series",
+    "run_id",
+    "config",
+    "x_name",
+    "x",
+    "y_name",
+    "y",
+    "n",
+    "few_requests",
+    "kind",
+    "label",
+]
 #: Level axis words per load scenario: what the numbers at the points of a latency-throughput curve are.
-LEVEL_WORDS = {"closed_loop": "concurrent users", "single_stream": "concurrent users", "offline": "concurrent users",
-               "poisson": "offered rate [req/s]", "constant_rate": "offered rate [req/s]", "trace": "trace step",
-               "stages": "stage level"}
+LEVEL_WORDS = {
+    "closed_loop": "concurrent users",
+    "single_stream": "concurrent users",
+    "offline": "concurrent users",
+    "poisson": "offered rate [req/s]",
+    "constant_rate": "offered rate [req/s]",
+    "trace": "trace step",
+    "stages": "stage level",
+}
 
 
 def thesis_style() -> None:
     """Apply the thesis look to matplotlib (fonts, sizes, palette, grid)."""
     import matplotlib as mpl
 
-    mpl.rcParams.update({
-        "font.family": "serif", "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
-        "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-        "axes.spines.right": False, "axes.prop_cycle": mpl.cycler(color=OKABE_ITO), "figure.dpi": 100,
-        "savefig.dpi": 300, "savefig.bbox": "tight", "pdf.fonttype": 42, "ps.fonttype": 42, "lines.linewidth": 1.4,
-    })
+    mpl.rcParams.update(
+        {
+            "font.family": "serif",
+            "font.size": 9,
+            "axes.titlesize": 9,
+            "axes.labelsize": 9,
+            "legend.fontsize": 8,
+            "xtick.labelsize": 8,
+            "ytick.labelsize": 8,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.prop_cycle": mpl.cycler(color=OKABE_ITO),
+            "figure.dpi": 100,
+            "savefig.dpi": 300,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,
+            "lines.linewidth": 1.4,
+        }
+    )
 
 
 def figure(width: str = "single", aspect: float = 0.45, ncols: int = 1, nrows: int = 1):
@@ -156,8 +190,16 @@ def _mark_few(ax, x, y, n, colour, marker) -> None:
     """Hollow markers over the points drawn from fewer than MIN_REQUESTS requests."""
     few = np.asarray(n, dtype=float) < MIN_REQUESTS
     if few.any():
-        ax.plot(np.asarray(x)[few], np.asarray(y)[few], linestyle="none", marker=marker, markersize=7,
-                markerfacecolor="white", markeredgecolor=colour, zorder=5)
+        ax.plot(
+            np.asarray(x)[few],
+            np.asarray(y)[few],
+            linestyle="none",
+            marker=marker,
+            markersize=7,
+            markerfacecolor="white",
+            markeredgecolor=colour,
+            zorder=5,
+        )
 
 
 def _legend_below(fig, axes, title: str | None = None, ncols: int = 3) -> None:
@@ -166,14 +208,30 @@ def _legend_below(fig, axes, title: str | None = None, ncols: int = 3) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=min(ncols, len(seen)),
-                   frameon=False, title=title, fontsize=7, title_fontsize=7)
+        fig.legend(
+            list(seen.values()),
+            list(seen),
+            loc="outside lower center",
+            ncols=min(ncols, len(seen)),
+            frameon=False,
+            title=title,
+            fontsize=7,
+            title_fontsize=7,
+        )
 
 
 def _few_note(fig, data: pd.DataFrame) -> None:
     if len(data) and data["few_requests"].any():
-        fig.text(0.0, 1.0, f"hollow: a percentile of fewer than {MIN_REQUESTS} requests", fontsize=7,
-                 color="0.35", ha="left", va="bottom", transform=fig.transFigure)
+        fig.text(
+            0.0,
+            1.0,
+            f"hollow: a percentile of fewer than {MIN_REQUESTS} requests",
+            fontsize=7,
+            color="0.35",
+            ha="left",
+            va="bottom",
+            transform=fig.transFigure,
+        )
 
 
 def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: int = 2_000):
@@ -206,8 +264,9 @@ def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: 
                 chosen = rows_c[rows_c["level"] == lv]
                 if chosen.empty:
                     continue
-                curves.append((chosen, f"{config} @ {lv:g}", shade(colour, i, len(configs)),
-                               ["-", "--", ":", "-."][i % 4], lv))
+                curves.append(
+                    (chosen, f"{config} @ {lv:g}", shade(colour, i, len(configs)), ["-", "--", ":", "-."][i % 4], lv)
+                )
             title = f"{workload_name(workload)}, " + ("highest level of each" if level is None else f"level {level:g}")
         for group, label, line_colour, style, lv in curves:
             values = np.sort(group["latency_ms"].to_numpy())
@@ -215,14 +274,28 @@ def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: 
             if len(values) > max_points:
                 keep = np.unique(np.linspace(0, len(values) - 1, max_points).astype(int))
                 values, fraction = values[keep], fraction[keep]
-            ax.step(values, fraction, where="post", color=line_colour, linestyle=style,
-                    label=f"{label} (n={len(group)})")
+            ax.step(
+                values, fraction, where="post", color=line_colour, linestyle=style, label=f"{label} (n={len(group)})"
+            )
             run_id = ",".join(dict.fromkeys(_run_of(group)))
             config = ",".join(dict.fromkeys(_config_of(group)))
-            rows += [{"panel": workload, "series": label, "run_id": run_id, "config": config,
-                      "x_name": "latency_ms", "x": x, "y_name": "fraction", "y": y, "n": len(group),
-                      "few_requests": len(group) < MIN_REQUESTS, "kind": "measured", "label": f"level={lv:g}"}
-                     for x, y in zip(values, fraction)]
+            rows += [
+                {
+                    "panel": workload,
+                    "series": label,
+                    "run_id": run_id,
+                    "config": config,
+                    "x_name": "latency_ms",
+                    "x": x,
+                    "y_name": "fraction",
+                    "y": y,
+                    "n": len(group),
+                    "few_requests": len(group) < MIN_REQUESTS,
+                    "kind": "measured",
+                    "label": f"level={lv:g}",
+                }
+                for x, y in zip(values, fraction)
+            ]
         ax.set_xscale("log")
         _plain_log(ax, "x")
         ax.set_xlabel("latency [ms]")
@@ -255,17 +328,45 @@ def latency_vs_throughput(table: pd.DataFrame, slo_ms: dict[str, float] | None =
             tag = f"{config}: " if config else (f"{workload_name(workload)}: " if len(workloads) > 1 else "")
             n = _n(steps)
             for name, style, size in (("p95", "-", 4), ("p50", "--", 3)):
-                ax.plot(steps["throughput_rps"], steps[f"{name}_ms"], linestyle=style, marker=marker,
-                        markersize=size, color=line_colour, label=f"{tag}{name}")
+                ax.plot(
+                    steps["throughput_rps"],
+                    steps[f"{name}_ms"],
+                    linestyle=style,
+                    marker=marker,
+                    markersize=size,
+                    color=line_colour,
+                    label=f"{tag}{name}",
+                )
                 _mark_few(ax, steps["throughput_rps"], steps[f"{name}_ms"], n, line_colour, marker)
-                rows += [{"panel": workload, "series": f"{tag}{name}", "run_id": r, "config": config,
-                          "x_name": "throughput_rps", "x": x, "y_name": f"{name}_ms", "y": y, "n": k,
-                          "few_requests": k < MIN_REQUESTS, "kind": "measured", "label": f"{lv:g}", "step": st}
-                         for r, x, y, k, lv, st in zip(_run_of(steps), steps["throughput_rps"], steps[f"{name}_ms"],
-                                                       n, steps["level"], steps["step"])]
+                rows += [
+                    {
+                        "panel": workload,
+                        "series": f"{tag}{name}",
+                        "run_id": r,
+                        "config": config,
+                        "x_name": "throughput_rps",
+                        "x": x,
+                        "y_name": f"{name}_ms",
+                        "y": y,
+                        "n": k,
+                        "few_requests": k < MIN_REQUESTS,
+                        "kind": "measured",
+                        "label": f"{lv:g}",
+                        "step": st,
+                    }
+                    for r, x, y, k, lv, st in zip(
+                        _run_of(steps), steps["throughput_rps"], steps[f"{name}_ms"], n, steps["level"], steps["step"]
+                    )
+                ]
             for _, step in steps.iterrows():
-                ax.annotate(_level_text(step["level"], step.get("scenario")), (step["throughput_rps"], step["p95_ms"]),
-                            textcoords="offset points", xytext=(3, 3), fontsize=6, color="0.35")
+                ax.annotate(
+                    _level_text(step["level"], step.get("scenario")),
+                    (step["throughput_rps"], step["p95_ms"]),
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    fontsize=6,
+                    color="0.35",
+                )
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8, label="SLO")
         ax.set_title(workload_name(workload))
@@ -297,17 +398,45 @@ def tail_vs_throughput_by_replicas(table: pd.DataFrame, slo_ms: dict[str, float]
             line_colour = shade(colour, counts.index(replicas), len(counts))
             marker = CONFIG_MARKERS[counts.index(replicas) % len(CONFIG_MARKERS)]
             label = f"{replicas} replica{'s' if replicas > 1 else ''}, {'open' if open_loop else 'closed'} loop"
-            ax.plot(steps["throughput_rps"], steps["p95_ms"], marker=marker, markersize=3,
-                    linestyle="--" if open_loop else "-", color=line_colour, label=label)
-            rows += [{"panel": workload, "series": label, "run_id": r, "config": label, "x_name": "throughput_rps",
-                      "x": x, "y_name": "p95_ms", "y": y, "n": k, "few_requests": k < MIN_REQUESTS,
-                      "kind": "measured", "label": f"{lv:g}", "step": st}
-                     for r, x, y, k, lv, st in zip(_run_of(steps), steps["throughput_rps"], steps["p95_ms"],
-                                                   _n(steps), steps["level"], steps["step"])]
+            ax.plot(
+                steps["throughput_rps"],
+                steps["p95_ms"],
+                marker=marker,
+                markersize=3,
+                linestyle="--" if open_loop else "-",
+                color=line_colour,
+                label=label,
+            )
+            rows += [
+                {
+                    "panel": workload,
+                    "series": label,
+                    "run_id": r,
+                    "config": label,
+                    "x_name": "throughput_rps",
+                    "x": x,
+                    "y_name": "p95_ms",
+                    "y": y,
+                    "n": k,
+                    "few_requests": k < MIN_REQUESTS,
+                    "kind": "measured",
+                    "label": f"{lv:g}",
+                    "step": st,
+                }
+                for r, x, y, k, lv, st in zip(
+                    _run_of(steps), steps["throughput_rps"], steps["p95_ms"], _n(steps), steps["level"], steps["step"]
+                )
+            ]
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8)
-            ax.annotate(f"SLO {slo_ms[workload]:g} ms", (0.02, slo_ms[workload]), xycoords=("axes fraction", "data"),
-                        xytext=(0, 2), textcoords="offset points", fontsize=7)
+            ax.annotate(
+                f"SLO {slo_ms[workload]:g} ms",
+                (0.02, slo_ms[workload]),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, 2),
+                textcoords="offset points",
+                fontsize=7,
+            )
         ax.set_yscale("log")
         _plain_log(ax, "y")
         ax.set_xlim(left=0)
@@ -335,14 +464,41 @@ def percentiles_vs_load(table: pd.DataFrame, percentiles=("p50", "p95", "p99"), 
             marker = workload_style(workload)[1] if len(configs) == 1 else CONFIG_MARKERS[i % len(CONFIG_MARKERS)]
             tag = f"{config}: " if config else (f"{workload_name(workload)}: " if len(workloads) > 1 else "")
             for name in percentiles:
-                ax.plot(steps["offered_rps"], steps[f"{name}_ms"], marker=marker, markersize=3,
-                        linestyle=styles.get(name, "-"), color=line_colour, label=f"{tag}{name}")
+                ax.plot(
+                    steps["offered_rps"],
+                    steps[f"{name}_ms"],
+                    marker=marker,
+                    markersize=3,
+                    linestyle=styles.get(name, "-"),
+                    color=line_colour,
+                    label=f"{tag}{name}",
+                )
                 _mark_few(ax, steps["offered_rps"], steps[f"{name}_ms"], _n(steps), line_colour, marker)
-                rows += [{"panel": workload, "series": f"{tag}{name}", "run_id": r, "config": config,
-                          "x_name": "offered_rps", "x": x, "y_name": f"{name}_ms", "y": y, "n": k,
-                          "few_requests": k < MIN_REQUESTS, "kind": "measured", "label": f"{lv:g}", "step": st}
-                         for r, x, y, k, lv, st in zip(_run_of(steps), steps["offered_rps"], steps[f"{name}_ms"],
-                                                       _n(steps), steps["level"], steps["step"])]
+                rows += [
+                    {
+                        "panel": workload,
+                        "series": f"{tag}{name}",
+                        "run_id": r,
+                        "config": config,
+                        "x_name": "offered_rps",
+                        "x": x,
+                        "y_name": f"{name}_ms",
+                        "y": y,
+                        "n": k,
+                        "few_requests": k < MIN_REQUESTS,
+                        "kind": "measured",
+                        "label": f"{lv:g}",
+                        "step": st,
+                    }
+                    for r, x, y, k, lv, st in zip(
+                        _run_of(steps),
+                        steps["offered_rps"],
+                        steps[f"{name}_ms"],
+                        _n(steps),
+                        steps["level"],
+                        steps["step"],
+                    )
+                ]
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8, label="SLO")
         ax.set_title(workload_name(workload))
@@ -364,15 +520,35 @@ def throughput_vs_batch(points: pd.DataFrame, model=None, ax=None, workload: str
         ax = axes[0, 0]
     colour, marker = workload_style(workload or "")
     ax.plot(points["batch_size"], points["throughput"], marker, color=colour, label="measured (median batch)")
-    rows = [{"panel": workload or "", "series": "measured", "x_name": "batch_size", "x": b, "y_name":
-             "throughput_items_per_s", "y": y, "n": points["n"].iloc[i] if "n" in points else np.nan,
-             "kind": "measured"} for i, (b, y) in enumerate(zip(points["batch_size"], points["throughput"]))]
+    rows = [
+        {
+            "panel": workload or "",
+            "series": "measured",
+            "x_name": "batch_size",
+            "x": b,
+            "y_name": "throughput_items_per_s",
+            "y": y,
+            "n": points["n"].iloc[i] if "n" in points else np.nan,
+            "kind": "measured",
+        }
+        for i, (b, y) in enumerate(zip(points["batch_size"], points["throughput"]))
+    ]
     if model is not None:
         b = np.linspace(points["batch_size"].min(), points["batch_size"].max(), 200)
         fitted = [model.throughput(x) for x in b]
         ax.plot(b, fitted, "-", color=colour, alpha=0.6, label="fit")
-        rows += [{"panel": workload or "", "series": "fit", "x_name": "batch_size", "x": x, "y_name":
-                  "throughput_items_per_s", "y": y, "kind": "model"} for x, y in zip(b, fitted)]
+        rows += [
+            {
+                "panel": workload or "",
+                "series": "fit",
+                "x_name": "batch_size",
+                "x": x,
+                "y_name": "throughput_items_per_s",
+                "y": y,
+                "kind": "model",
+            }
+            for x, y in zip(b, fitted)
+        ]
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size [items]")
     ax.set_ylabel("throughput [items/s]")
@@ -393,16 +569,23 @@ def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = No
     ``workload``, ``placement``, ``series`` (optional), ``replicas``, ``throughput_rps``, ``mean_ms``), and a model's
     ``predicted`` frame (same columns; a ``model`` column names several) as thin lines without markers, drawn only
     over the replica counts measured. ValueError for data with a single replica count: there is no scaling to draw."""
-    table = table.assign(workload=table["workload"] if "workload" in table else "",
-                         placement=table["placement"] if "placement" in table else "none",
-                         series=table["series"].fillna("") if "series" in table else "")
+    table = table.assign(
+        workload=table["workload"] if "workload" in table else "",
+        placement=table["placement"] if "placement" in table else "none",
+        series=table["series"].fillna("") if "series" in table else "",
+    )
     counts = sorted(table["replicas"].unique())
     if len(counts) < 2:
-        raise ValueError(f"scaling_vs_replicas: the runs have a single replica count ({counts}); measure at least two "
-                         "replica counts (backend.replicas) to draw scaling")
+        raise ValueError(
+            f"scaling_vs_replicas: the runs have a single replica count ({counts}); measure at least two "
+            "replica counts (backend.replicas) to draw scaling"
+        )
     workloads = _ordered(table["workload"].unique())
-    fig, axes = figure(aspect=0.32 if len(workloads) > 1 else 0.4, ncols=max(len(workloads), 2) if len(workloads) == 1
-                       else len(workloads), nrows=1 if len(workloads) == 1 else 2)
+    fig, axes = figure(
+        aspect=0.32 if len(workloads) > 1 else 0.4,
+        ncols=max(len(workloads), 2) if len(workloads) == 1 else len(workloads),
+        nrows=1 if len(workloads) == 1 else 2,
+    )
     if len(workloads) == 1:  # one workload: throughput and latency side by side
         panels = {workloads[0]: (axes[0, 0], axes[0, 1])}
     else:
@@ -412,23 +595,46 @@ def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = No
     for workload in workloads:
         top, bottom = panels[workload]
         colour, marker = workload_style(workload)
-        groups = [(key, g) for key, g in table[table["workload"] == workload].groupby(["placement", "series"],
-                                                                                      sort=False)
-                  if g["replicas"].nunique() >= 2]  # one point is no line; the other groups still draw
+        groups = [
+            (key, g)
+            for key, g in table[table["workload"] == workload].groupby(["placement", "series"], sort=False)
+            if g["replicas"].nunique() >= 2
+        ]  # one point is no line; the other groups still draw
         for i, ((placement, series), mine) in enumerate(groups):
             line_colour = shade(colour, i, len(groups)) if series else colour
             line_marker = CONFIG_MARKERS[i % len(CONFIG_MARKERS)] if series and len(groups) > 1 else marker
             mine = mine.sort_values("replicas")
             style = PLACEMENT_STYLE.get(placement, "-.")
-            tag = ", ".join(filter(None, [workload_name(workload) if workload else "",
-                                          str(placement) if show_placement else "", series]))
+            tag = ", ".join(
+                filter(
+                    None,
+                    [workload_name(workload) if workload else "", str(placement) if show_placement else "", series],
+                )
+            )
             for ax, column in ((top, "throughput_rps"), (bottom, "mean_ms")):
-                ax.plot(mine["replicas"], mine[column], linestyle=style, marker=line_marker, color=line_colour,
-                        label=f"{tag}, measured")
-                rows += [{"panel": f"{workload}:{column}", "series": f"{tag}, measured", "run_id": r, "config": c,
-                          "x_name": "replicas", "x": x, "y_name": column, "y": y, "n": k, "kind": "measured"}
-                         for r, c, x, y, k in zip(_run_of(mine), _config_of(mine), mine["replicas"], mine[column],
-                                                  _n(mine))]
+                ax.plot(
+                    mine["replicas"],
+                    mine[column],
+                    linestyle=style,
+                    marker=line_marker,
+                    color=line_colour,
+                    label=f"{tag}, measured",
+                )
+                rows += [
+                    {
+                        "panel": f"{workload}:{column}",
+                        "series": f"{tag}, measured",
+                        "run_id": r,
+                        "config": c,
+                        "x_name": "replicas",
+                        "x": x,
+                        "y_name": column,
+                        "y": y,
+                        "n": k,
+                        "kind": "measured",
+                    }
+                    for r, c, x, y, k in zip(_run_of(mine), _config_of(mine), mine["replicas"], mine[column], _n(mine))
+                ]
             if predicted is None or predicted.empty:
                 continue
             model_rows = predicted
@@ -441,15 +647,32 @@ def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = No
             models = list(models)
             placement_index = sorted(table["placement"].unique()).index(placement)
             for i_model, (name, lines) in enumerate(models):  # a style per model, or per placement with one model
-                model_style = PREDICTION_STYLES[(i_model if len(models) > 1 else placement_index)
-                                                % len(PREDICTION_STYLES)]
+                model_style = PREDICTION_STYLES[
+                    (i_model if len(models) > 1 else placement_index) % len(PREDICTION_STYLES)
+                ]
                 lines = lines.sort_values("replicas")
                 for ax, column in ((top, "throughput_rps"), (bottom, "mean_ms")):
-                    ax.plot(lines["replicas"], lines[column], linestyle=model_style, linewidth=0.9,
-                            color=line_colour, alpha=0.8, label=f"{tag}, {name} prediction")
-                    rows += [{"panel": f"{workload}:{column}", "series": f"{tag}, {name} prediction",
-                              "x_name": "replicas", "x": x, "y_name": column, "y": y, "kind": "prediction"}
-                             for x, y in zip(lines["replicas"], lines[column])]
+                    ax.plot(
+                        lines["replicas"],
+                        lines[column],
+                        linestyle=model_style,
+                        linewidth=0.9,
+                        color=line_colour,
+                        alpha=0.8,
+                        label=f"{tag}, {name} prediction",
+                    )
+                    rows += [
+                        {
+                            "panel": f"{workload}:{column}",
+                            "series": f"{tag}, {name} prediction",
+                            "x_name": "replicas",
+                            "x": x,
+                            "y_name": column,
+                            "y": y,
+                            "kind": "prediction",
+                        }
+                        for x, y in zip(lines["replicas"], lines[column])
+                    ]
         top.set_ylabel("throughput [req/s]")
         bottom.set_ylabel("mean latency [ms]")
         if len(workloads) > 1:
@@ -473,19 +696,30 @@ def rtf_vs_audio_duration(table: pd.DataFrame):
     colour, _ = workload_style("whisper")
     n = _n(rows_in)
     rows = []
-    for ax, panel, columns in ((left, "latency", (("p50_ms", "o", "p50"), ("p95_ms", "s", "p95"),
-                                                   ("compute_ms", "^", "server compute"))),
-                               (right, "rtf", (("rtf_p50", "o", "p50"), ("rtf_p95", "s", "p95"),
-                                               ("rtf_server", "^", "server compute")))):
+    for ax, panel, columns in (
+        (left, "latency", (("p50_ms", "o", "p50"), ("p95_ms", "s", "p95"), ("compute_ms", "^", "server compute"))),
+        (right, "rtf", (("rtf_p50", "o", "p50"), ("rtf_p95", "s", "p95"), ("rtf_server", "^", "server compute"))),
+    ):
         for i, (column, marker, label) in enumerate(columns):
             line_colour = shade(colour, i, 3)
             ax.plot(rows_in["audio_s"], rows_in[column], marker=marker, color=line_colour, label=label)
             if label != "server compute":
                 _mark_few(ax, rows_in["audio_s"], rows_in[column], n, line_colour, marker)
-            rows += [{"panel": panel, "series": label, "run_id": r, "x_name": "audio_s", "x": x, "y_name": column,
-                      "y": y, "n": k, "few_requests": label != "server compute" and k < MIN_REQUESTS,
-                      "kind": "measured"}
-                     for r, x, y, k in zip(_run_of(rows_in), rows_in["audio_s"], rows_in[column], n)]
+            rows += [
+                {
+                    "panel": panel,
+                    "series": label,
+                    "run_id": r,
+                    "x_name": "audio_s",
+                    "x": x,
+                    "y_name": column,
+                    "y": y,
+                    "n": k,
+                    "few_requests": label != "server compute" and k < MIN_REQUESTS,
+                    "kind": "measured",
+                }
+                for r, x, y, k in zip(_run_of(rows_in), rows_in["audio_s"], rows_in[column], n)
+            ]
     right.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="real time")
     left.set_ylabel("latency [ms]")
     left.set_ylim(bottom=0)
@@ -501,19 +735,41 @@ def rtf_vs_audio_duration(table: pd.DataFrame):
 
 #: Axis words for the queries a timeline usually shows; any other query is named by its catalogue description.
 QUERY_WORDS = {
-    "throughput": "throughput", "latency_p50": "server p50 latency", "latency_p95": "server p95 latency",
-    "latency_p99": "server p99 latency", "latency_mean": "server mean latency", "batch_size_mean": "mean batch size",
-    "queue_wait_p95": "p95 wait for a batch", "compute_time_mean": "mean batch compute time",
-    "inflight": "requests in flight", "items_per_second": "items processed", "gpu_util_nvml": "GPU utilisation",
-    "gpu_util_dcgm": "GPU utilisation", "gpu_memory_used_nvml": "GPU memory used",
-    "gpu_memory_used_dcgm": "GPU memory used", "gpu_power_nvml": "GPU power", "gpu_power_dcgm": "GPU power",
-    "gpu_temp_dcgm": "GPU temperature", "container_cpu": "container CPU", "container_memory_working_set":
-    "container memory", "node_cpu_busy": "node CPU busy", "gc_pause_ratio": "GC pause share",
+    "throughput": "throughput",
+    "latency_p50": "server p50 latency",
+    "latency_p95": "server p95 latency",
+    "latency_p99": "server p99 latency",
+    "latency_mean": "server mean latency",
+    "batch_size_mean": "mean batch size",
+    "queue_wait_p95": "p95 wait for a batch",
+    "compute_time_mean": "mean batch compute time",
+    "inflight": "requests in flight",
+    "items_per_second": "items processed",
+    "gpu_util_nvml": "GPU utilisation",
+    "gpu_util_dcgm": "GPU utilisation",
+    "gpu_memory_used_nvml": "GPU memory used",
+    "gpu_memory_used_dcgm": "GPU memory used",
+    "gpu_power_nvml": "GPU power",
+    "gpu_power_dcgm": "GPU power",
+    "gpu_temp_dcgm": "GPU temperature",
+    "container_cpu": "container CPU",
+    "container_memory_working_set": "container memory",
+    "node_cpu_busy": "node CPU busy",
+    "gc_pause_ratio": "GC pause share",
 }
 #: Catalogue unit -> (display unit, factor): latencies in ms, memory in GiB, ratios in percent.
-DISPLAY_UNITS = {"seconds": ("ms", 1e3), "bytes": ("GiB", 1 / 2**30), "ratio": ("%", 100.0),
-                 "requests/s": ("req/s", 1.0), "celsius": ("°C", 1.0), "watts": ("W", 1.0), "joules": ("J", 1.0),
-                 "cores": ("cores", 1.0), "hertz": ("MHz", 1e-6), "joules/request": ("J/req", 1.0)}
+DISPLAY_UNITS = {
+    "seconds": ("ms", 1e3),
+    "bytes": ("GiB", 1 / 2**30),
+    "ratio": ("%", 100.0),
+    "requests/s": ("req/s", 1.0),
+    "celsius": ("°C", 1.0),
+    "watts": ("W", 1.0),
+    "joules": ("J", 1.0),
+    "cores": ("cores", 1.0),
+    "hertz": ("MHz", 1e-6),
+    "joules/request": ("J/req", 1.0),
+}
 
 
 def query_axis_label(name: str, unit: str) -> tuple[str, float]:
@@ -529,16 +785,23 @@ def query_axis_label(name: str, unit: str) -> tuple[str, float]:
     return f"{words} [{shown}]", factor
 
 
-def metric_timeline(metrics: pd.DataFrame, queries: list[str], phases: list[dict] | None = None,
-                    units: dict[str, str] | None = None):
+def metric_timeline(
+    metrics: pd.DataFrame, queries: list[str], phases: list[dict] | None = None, units: dict[str, str] | None = None
+):
     """Time series of Prometheus queries (tidy frame: ``time``, ``query``, ``value``, ``unit``), one panel per query
     with its name in words and a display unit (ms, GiB, %), with the load phases shaded (``phases``: dicts with
     ``start_unix_ns``, ``end_unix_ns``, ``level``). Each workload keeps its colour."""
     import matplotlib.pyplot as plt
 
     thesis_style()
-    fig, axes = plt.subplots(len(queries), 1, figsize=(WIDTH_IN["single"], 1.3 * len(queries) + 0.6), sharex=True,
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(queries),
+        1,
+        figsize=(WIDTH_IN["single"], 1.3 * len(queries) + 0.6),
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
+    )
     rows = []
     for ax, name in zip(axes[:, 0], queries):
         series = metrics[metrics["query"] == name].sort_values("time")
@@ -547,12 +810,24 @@ def metric_timeline(metrics: pd.DataFrame, queries: list[str], phases: list[dict
         for labels, group in series.groupby("labels", sort=True):
             tags = json.loads(labels) if labels else {}
             workload = tags.get("workload") or (group["workload"].iloc[0] if "workload" in group else "")
-            legend = " ".join([workload_name(workload) if workload else ""]
-                              + [f"{k}={v}" for k, v in sorted(tags.items()) if k not in ("workload", "job")])
+            legend = " ".join(
+                [workload_name(workload) if workload else ""]
+                + [f"{k}={v}" for k, v in sorted(tags.items()) if k not in ("workload", "job")]
+            )
             colour = workload_style(workload)[0] if workload else "0.3"
             ax.plot(group["time"], group["value"] * factor, linewidth=1, color=colour, label=legend.strip() or None)
-            rows += [{"panel": name, "series": legend.strip(), "x_name": "time_utc", "x": t, "y_name": label,
-                      "y": v * factor, "kind": "measured"} for t, v in zip(group["time"], group["value"])]
+            rows += [
+                {
+                    "panel": name,
+                    "series": legend.strip(),
+                    "x_name": "time_utc",
+                    "x": t,
+                    "y_name": label,
+                    "y": v * factor,
+                    "kind": "measured",
+                }
+                for t, v in zip(group["time"], group["value"])
+            ]
         ax.set_ylabel(label.replace(" [", "\n["), fontsize=7)
         for i, phase in enumerate(phases or []):
             start = pd.Timestamp(phase["start_unix_ns"], unit="ns", tz="UTC")
@@ -575,13 +850,27 @@ def energy_per_inference(table: pd.DataFrame):
     ax.bar(labels, table["joules"], color=[workload_style(w)[0] for w in table["workload"]])
     ax.set_ylabel("energy per inference [J]")
     ax.tick_params(axis="x", labelrotation=30)
-    return attach_data(fig, [{"panel": "energy", "series": w, "config": c, "x_name": "configuration", "x": label,
-                              "y_name": "joules_per_inference", "y": j, "kind": "measured"}
-                             for w, c, label, j in zip(table["workload"], table["config"], labels, table["joules"])])
+    return attach_data(
+        fig,
+        [
+            {
+                "panel": "energy",
+                "series": w,
+                "config": c,
+                "x_name": "configuration",
+                "x": label,
+                "y_name": "joules_per_inference",
+                "y": j,
+                "kind": "measured",
+            }
+            for w, c, label, j in zip(table["workload"], table["config"], labels, table["joules"])
+        ],
+    )
 
 
-def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float] | None = None,
-                          title: str | None = None):
+def predicted_vs_measured(
+    validation: pd.DataFrame, unit_scale: dict[str, float] | None = None, title: str | None = None
+):
     """Predicted against measured per metric (a :class:`gawm_lib.models.ValidationReport` table: ``metric``,
     ``measured``, ``predicted``), with the identity line and the +/-10 % band. Latencies are shown in ms."""
     metrics = list(dict.fromkeys(validation["metric"]))
@@ -600,13 +889,32 @@ def predicted_vs_measured(validation: pd.DataFrame, unit_scale: dict[str, float]
         groups = mine.groupby("workload") if "workload" in mine else [("", mine)]
         for name, group in groups:
             colour, marker = workload_style(name)
-            ax.plot(group["measured"] * k, group["predicted"] * k, marker, color=colour,
-                    label=workload_name(name) if name else None)
-            rows += [{"panel": metric, "series": name, "run_id": r, "x_name": f"measured_{metric}_{unit}", "x": x * k,
-                      "y_name": f"predicted_{metric}_{unit}", "y": y * k, "kind": "validation",
-                      "label": f"{lv:g}" if lv == lv else ""}
-                     for r, x, y, lv in zip(_run_of(group), group["measured"], group["predicted"],
-                                            group["level"] if "level" in group else [np.nan] * len(group))]
+            ax.plot(
+                group["measured"] * k,
+                group["predicted"] * k,
+                marker,
+                color=colour,
+                label=workload_name(name) if name else None,
+            )
+            rows += [
+                {
+                    "panel": metric,
+                    "series": name,
+                    "run_id": r,
+                    "x_name": f"measured_{metric}_{unit}",
+                    "x": x * k,
+                    "y_name": f"predicted_{metric}_{unit}",
+                    "y": y * k,
+                    "kind": "validation",
+                    "label": f"{lv:g}" if lv == lv else "",
+                }
+                for r, x, y, lv in zip(
+                    _run_of(group),
+                    group["measured"],
+                    group["predicted"],
+                    group["level"] if "level" in group else [np.nan] * len(group),
+                )
+            ]
         if metric != "throughput" and hi / max(lo, 1e-9) > 20:  # latencies spanning decades read better on log axes
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -630,15 +938,33 @@ def capacity_plan(plans: pd.DataFrame, slo_ms: float | None = None):
     for name, group in groups:
         colour, _ = workload_style(name)
         group = group.sort_values("arrival_rate")
-        ax.step(group["arrival_rate"], group["replicas"], where="post", color=colour,
-                label=workload_name(name) if name else None)
+        ax.step(
+            group["arrival_rate"],
+            group["replicas"],
+            where="post",
+            color=colour,
+            label=workload_name(name) if name else None,
+        )
         ax.plot(group["arrival_rate"], group["replicas"], "o", color=colour, markersize=3)  # the planned loads
-        ax.fill_between(group["arrival_rate"], group["replicas_low"], group["replicas_high"], step="post",
-                        color=colour, alpha=0.2)
-        rows += [{"panel": "plan", "series": name, "x_name": "arrival_rate_rps", "x": x, "y_name": "replicas",
-                  "y": y, "kind": "plan", "replicas_low": lo, "replicas_high": hi}
-                 for x, y, lo, hi in zip(group["arrival_rate"], group["replicas"], group["replicas_low"],
-                                         group["replicas_high"])]
+        ax.fill_between(
+            group["arrival_rate"], group["replicas_low"], group["replicas_high"], step="post", color=colour, alpha=0.2
+        )
+        rows += [
+            {
+                "panel": "plan",
+                "series": name,
+                "x_name": "arrival_rate_rps",
+                "x": x,
+                "y_name": "replicas",
+                "y": y,
+                "kind": "plan",
+                "replicas_low": lo,
+                "replicas_high": hi,
+            }
+            for x, y, lo, hi in zip(
+                group["arrival_rate"], group["replicas"], group["replicas_low"], group["replicas_high"]
+            )
+        ]
     ax.set_xlabel("offered load [req/s]")
     ax.set_ylabel("replicas needed [count]")
     ax.set_xlim(left=0)
@@ -666,9 +992,17 @@ def _free_id(out_dir: Path, fig_id: str, extensions: tuple[str, ...]) -> str:
     return candidate
 
 
-def save_figure(fig, fig_id: str, run_ids: list[str], notebook: str, parameters: dict[str, Any] | None = None,
-                out_dir: Path | None = None, data: pd.DataFrame | None = None, overwrite: bool = False,
-                quiet: bool = False) -> dict[str, Path]:
+def save_figure(
+    fig,
+    fig_id: str,
+    run_ids: list[str],
+    notebook: str,
+    parameters: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
+    data: pd.DataFrame | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Path]:
     """Write ``<fig_id>.pdf``, ``.png`` (300 dpi), ``.csv`` (the plotted points: ``data``, or what the figure
     function attached) and ``.json`` (run ids, notebook, git sha, parameters, time, files).
 
@@ -681,8 +1015,10 @@ def save_figure(fig, fig_id: str, run_ids: list[str], notebook: str, parameters:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else figure_data(fig)
     if data is None:
-        raise ValueError(f"figure {fig_id!r}: no plotted data to write beside it; pass data= (one row per point) or "
-                         "draw it with a gawm_lib.plots function")
+        raise ValueError(
+            f"figure {fig_id!r}: no plotted data to write beside it; pass data= (one row per point) or "
+            "draw it with a gawm_lib.plots function"
+        )
     extensions = ("pdf", "png", "csv", "json")
     chosen = fig_id if overwrite else _free_id(out_dir, fig_id, extensions)
     written = {}
@@ -692,9 +1028,14 @@ def save_figure(fig, fig_id: str, run_ids: list[str], notebook: str, parameters:
     written["csv"] = out_dir / f"{chosen}.csv"
     data.to_csv(written["csv"], index=False)
     sidecar = {
-        "fig_id": chosen, "run_ids": list(run_ids), "notebook": notebook, "git": runs.git_info(),
-        "parameters": parameters or {}, "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "files": {k: v.name for k, v in written.items()}, "data_rows": len(data),
+        "fig_id": chosen,
+        "run_ids": list(run_ids),
+        "notebook": notebook,
+        "git": runs.git_info(),
+        "parameters": parameters or {},
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(),
+        "files": {k: v.name for k, v in written.items()},
+        "data_rows": len(data),
     }
     written["json"] = out_dir / f"{chosen}.json"
     written["json"].write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
@@ -716,14 +1057,23 @@ def figures_for_run(run_id: str, out_dir: Path | None = None) -> list[Path]:
         except (OSError, json.JSONDecodeError):
             continue
         if run_id in meta.get("run_ids", []) and "fig_id" in meta:
-            found += [sidecar.with_suffix(f".{ext}") for ext in ("pdf", "png", "csv")
-                      if sidecar.with_suffix(f".{ext}").exists()]
+            found += [
+                sidecar.with_suffix(f".{ext}")
+                for ext in ("pdf", "png", "csv")
+                if sidecar.with_suffix(f".{ext}").exists()
+            ]
     return found
 
 
-def save_table(frame: pd.DataFrame, table_id: str, run_ids: list[str], notebook: str,
-               parameters: dict[str, Any] | None = None, out_dir: Path | None = None,
-               overwrite: bool = False) -> dict[str, Path]:
+def save_table(
+    frame: pd.DataFrame,
+    table_id: str,
+    run_ids: list[str],
+    notebook: str,
+    parameters: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
     """Write a result table as ``<table_id>.csv`` with the same provenance sidecar as figures (``.json``); an
     existing table is not replaced unless ``overwrite`` (a free name ``<table_id>-2``, ... instead)."""
     out_dir = Path(out_dir or paths.figures_dir())
@@ -731,9 +1081,16 @@ def save_table(frame: pd.DataFrame, table_id: str, run_ids: list[str], notebook:
     chosen = table_id if overwrite else _free_id(out_dir, table_id, ("csv", "json"))
     written = {"csv": out_dir / f"{chosen}.csv", "json": out_dir / f"{chosen}.json"}
     frame.to_csv(written["csv"], index=False)
-    sidecar = {"table_id": chosen, "run_ids": list(run_ids), "notebook": notebook, "git": runs.git_info(),
-               "parameters": parameters or {}, "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-               "files": {"csv": written["csv"].name}, "rows": len(frame)}
+    sidecar = {
+        "table_id": chosen,
+        "run_ids": list(run_ids),
+        "notebook": notebook,
+        "git": runs.git_info(),
+        "parameters": parameters or {},
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(),
+        "files": {"csv": written["csv"].name},
+        "rows": len(frame),
+    }
     written["json"].write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
     return written
 
@@ -745,4 +1102,4 @@ def figure_prefix(run_ids: list[str], name: str = "") -> str:
         return name
     if len(run_ids) == 1:
         return str(run_ids[0])
-    return "report-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return "report-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

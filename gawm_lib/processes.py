@@ -35,16 +35,26 @@ def _child_setup(parent: int, cpus: tuple[int, ...] | None = None):
     return setup
 
 
-def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-          stdout: int | None = None, cpus: Sequence[int] | None = None) -> subprocess.Popen:
+def spawn(
+    cmd: Sequence[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    stdout: int | None = None,
+    cpus: Sequence[int] | None = None,
+) -> subprocess.Popen:
     """Start ``cmd`` with stderr (and stdout unless given) appended to ``log_path``, pinned to the CPU cores ``cpus``
     where given."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed by our handle's finaliser
     try:
         return subprocess.Popen(
-            list(cmd), stdout=log if stdout is None else stdout, stderr=log, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, preexec_fn=_child_setup(os.getpid(), tuple(cpus) if cpus is not None else None), close_fds=True,
+            list(cmd),
+            stdout=log if stdout is None else stdout,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_child_setup(os.getpid(), tuple(cpus) if cpus is not None else None),
+            close_fds=True,
         )
     finally:
         log.close()

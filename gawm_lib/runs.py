@@ -2,7 +2,8 @@
 
 ``data/raw/<UTC time>-<experiment>-<git short sha>[-dirty]/`` holds ``manifest.json`` (schema version, git, package
 versions, host, GPU, settings requested and effective, start/end, status), ``params.yaml``, the raw per-request records,
-metrics, server logs and the executed notebooks. The manifest is replaced atomically, so a reader never sees half of one.
+metrics, server logs and the executed notebooks. The manifest is replaced atomically, so a reader never sees half of
+one.
 """
 
 from __future__ import annotations
@@ -30,9 +31,27 @@ SCHEMA_VERSION = 1
 STATUSES = ("RUNNING", "COMPLETED", "FAILED", "INTERRUPTED")
 MANIFEST = "manifest.json"
 _PACKAGES = (
-    "gawm", "torch", "torchvision", "transformers", "openai-whisper", "numpy", "pandas", "pyarrow", "fastapi", "uvicorn",
-    "httptools", "uvloop", "h11",  # uvicorn serves with httptools and uvloop where installed, else h11 and asyncio
-    "httpx", "prometheus-client", "prometheus-api-client", "kubernetes", "papermill", "pydantic", "matplotlib", "seaborn",
+    "gawm",
+    "torch",
+    "torchvision",
+    "transformers",
+    "openai-whisper",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "fastapi",
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "h11",  # uvicorn serves with httptools and uvloop where installed, else h11 and asyncio
+    "httpx",
+    "prometheus-client",
+    "prometheus-api-client",
+    "kubernetes",
+    "papermill",
+    "pydantic",
+    "matplotlib",
+    "seaborn",
 )
 
 
@@ -41,7 +60,7 @@ class RunError(RuntimeError):
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def git_info(root: Path | None = None) -> dict[str, Any]:
@@ -51,8 +70,13 @@ def git_info(root: Path | None = None) -> dict[str, Any]:
     image): they win over whatever ``.git`` the copy holds, which may be missing or stale."""
     if os.environ.get("GAWM_GIT_COMMIT"):
         commit = os.environ["GAWM_GIT_COMMIT"]
-        return {"commit": commit, "short": commit[:7], "dirty": os.environ.get("GAWM_GIT_DIRTY") == "1",
-                "branch": None, "from": "GAWM_GIT_COMMIT"}
+        return {
+            "commit": commit,
+            "short": commit[:7],
+            "dirty": os.environ.get("GAWM_GIT_DIRTY") == "1",
+            "branch": None,
+            "from": "GAWM_GIT_COMMIT",
+        }
     root = root or paths.project_root()
 
     def git(*args: str) -> str | None:
@@ -105,7 +129,9 @@ def host_info() -> dict[str, Any]:
 
 
 def thread_settings() -> dict[str, Any]:
-    settings: dict[str, Any] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    settings: dict[str, Any] = {
+        k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
     if "torch" in sys.modules:  # never import torch just to ask
         settings["torch_num_threads"] = sys.modules["torch"].get_num_threads()
     return settings
@@ -126,8 +152,14 @@ def gpu_info() -> dict[str, Any]:
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            devices.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle), "uuid": pynvml.nvmlDeviceGetUUID(handle),
-                            "memory_total_bytes": memory.total})
+            devices.append(
+                {
+                    "index": i,
+                    "name": pynvml.nvmlDeviceGetName(handle),
+                    "uuid": pynvml.nvmlDeviceGetUUID(handle),
+                    "memory_total_bytes": memory.total,
+                }
+            )
         return {"devices": devices, "driver": pynvml.nvmlSystemGetDriverVersion()}
     finally:
         pynvml.nvmlShutdown()
@@ -319,5 +351,7 @@ def latest_run(status: str | None = "COMPLETED", with_requests: bool = True, raw
     for run in reversed(list_runs(raw_dir)):
         if (status is None or run.status == status) and (not with_requests or run.requests_path.exists()):
             return run
-    raise RunError(f"no {status or ''} run with request records in {raw_dir or paths.raw_dir()}: "
-                   "run a measurement first (gawm demo, or notebooks/01_measure_load_sweep.ipynb)")
+    raise RunError(
+        f"no {status or ''} run with request records in {raw_dir or paths.raw_dir()}: "
+        "run a measurement first (gawm demo, or notebooks/01_measure_load_sweep.ipynb)"
+    )

@@ -52,9 +52,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from gawm_lib.config import WorkloadConfig
+from gawm_lib.prom.catalogue import GAWM_BUCKETS_S
 from gawm_lib.workloads import InferenceError, Workload, build_workload
 from gawm_lib.workloads.device import GpuCollector
-from gawm_lib.prom.catalogue import GAWM_BUCKETS_S
 from gawm_lib.workloads.oip import HEADER_LENGTH, encode_response, parse_request
 from gawm_lib.workloads.shm import SharedMemoryRegistry
 
@@ -70,8 +70,12 @@ class Metrics:
     def __init__(self, model: str, replica: str) -> None:
         self.registry = r = CollectorRegistry()
         lab = ["model", "replica"]
-        self.requests = Counter("gawm_requests", "Inference requests answered, ok or error", [*lab, "status"], registry=r)
-        self.responses = Counter("gawm_responses", "Inference responses by HTTP status code", [*lab, "code"], registry=r)
+        self.requests = Counter(
+            "gawm_requests", "Inference requests answered, ok or error", [*lab, "status"], registry=r
+        )
+        self.responses = Counter(
+            "gawm_responses", "Inference responses by HTTP status code", [*lab, "code"], registry=r
+        )
         self.items = Counter("gawm_items", "Items (images, texts, clips) inferred", lab, registry=r)
         self.tokens = Counter("gawm_tokens", "Tokens processed (DistilBERT input, Whisper output)", lab, registry=r)
         self.audio = Counter("gawm_audio_seconds", "Seconds of audio transcribed", lab, registry=r)
@@ -84,16 +88,26 @@ class Metrics:
         self.queue_duration = hist("gawm_queue_duration_seconds", "Enqueued to its batch's forward pass")
         self.compute_duration = hist("gawm_compute_duration_seconds", "Forward pass of one batch")
         self.batch_size = hist("gawm_batch_size", "Items per executed batch", BATCH_BUCKETS)
-        self.gc_pause = Histogram("gawm_gc_pause_seconds", "Python garbage collections: each one stops every thread of "
-                                  "the server", [*lab, "generation"], buckets=GC_BUCKETS_S, registry=r)
+        self.gc_pause = Histogram(
+            "gawm_gc_pause_seconds",
+            "Python garbage collections: each one stops every thread of the server",
+            [*lab, "generation"],
+            buckets=GC_BUCKETS_S,
+            registry=r,
+        )
         self.inflight = Gauge("gawm_inflight_requests", "Requests received and not yet answered", lab, registry=r)
         self.queue_depth = Gauge("gawm_queue_depth", "Requests admitted and not yet in a forward pass", lab, registry=r)
-        self.queue_limit = Gauge("gawm_queue_limit", "max_queue_size: admitted requests beyond it get 503", lab,
-                                 registry=r)
+        self.queue_limit = Gauge(
+            "gawm_queue_limit", "max_queue_size: admitted requests beyond it get 503", lab, registry=r
+        )
         self.load_seconds = Gauge("gawm_model_load_seconds", "Model build and warm-up time", lab, registry=r)
         self.ready = Gauge("gawm_model_ready", "1 once the model is loaded and warmed up", lab, registry=r)
-        self.info = Gauge("gawm_server_info", "The served configuration (value 1)",
-                          [*lab, "weights", "device", "precision", "compile", "max_batch_size"], registry=r)
+        self.info = Gauge(
+            "gawm_server_info",
+            "The served configuration (value 1)",
+            [*lab, "weights", "device", "precision", "compile", "max_batch_size"],
+            registry=r,
+        )
         self.labels = (model, replica)
         for generation in ("0", "1", "2"):
             self.gc_pause.labels(model, replica, generation)
@@ -112,7 +126,8 @@ class GcTimer:
             self.started = time.perf_counter_ns()
         else:
             self.metrics.gc_pause.labels(*self.metrics.labels, str(info["generation"])).observe(
-                (time.perf_counter_ns() - self.started) / 1e9)
+                (time.perf_counter_ns() - self.started) / 1e9
+            )
 
 
 @dataclass
@@ -284,8 +299,9 @@ class Batcher:
         offset = 0
         for p in batch:
             if not p.future.done():  # a request whose client went away was cancelled
-                p.future.set_result((answers[offset:offset + len(p.items)],
-                                     {"queue_ns": start - p.enqueued_ns, **timing}))
+                p.future.set_result(
+                    (answers[offset : offset + len(p.items)], {"queue_ns": start - p.enqueued_ns, **timing})
+                )
             offset += len(p.items)
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
@@ -301,8 +317,9 @@ class Batcher:
 
 
 def _error(status: int, message: str, field_name: str = "", expected: str = "", **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field_name, "expected": expected}, status_code=status,
-                        headers=headers or None)
+    return JSONResponse(
+        {"error": message, "field": field_name, "expected": expected}, status_code=status, headers=headers or None
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -324,11 +341,20 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     metrics = Metrics(workload.name, replica)
     labels = metrics.labels
     metrics.queue_limit.labels(*labels).set(cfg.max_queue_size)
-    metrics.info.labels(*labels, cfg.weights if cfg.weights in ("random", "pretrained") else "path", cfg.device,
-                        cfg.precision, str(cfg.compile).lower(), str(cfg.max_batch_size)).set(1)
+    metrics.info.labels(
+        *labels,
+        cfg.weights if cfg.weights in ("random", "pretrained") else "path",
+        cfg.device,
+        cfg.precision,
+        str(cfg.compile).lower(),
+        str(cfg.max_batch_size),
+    ).set(1)
     state: dict[str, Any] = {"ready": False, "error": None}
-    decode_pool = (concurrent.futures.ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="gawm-decode")
-                   if cfg.decode_workers else None)
+    decode_pool = (
+        concurrent.futures.ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="gawm-decode")
+        if cfg.decode_workers
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -373,13 +399,18 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         # Unknown routes and methods answer in the same JSON shape as every other error.
-        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", "path",
-                      "an OIP v2 route: /v2/health/live|ready, /v2/models/{name}[/ready|/infer], /metrics")
+        return _error(
+            exc.status_code,
+            f"{request.method} {request.url.path}: {exc.detail}",
+            "path",
+            "an OIP v2 route: /v2/health/live|ready, /v2/models/{name}[/ready|/infer], /metrics",
+        )
 
     def unknown(name: str, version: str | None) -> JSONResponse | None:
         if name != workload.name:
-            return _error(404, f"unknown model {name!r}; this server serves {workload.name!r}", "model_name",
-                          repr(workload.name))
+            return _error(
+                404, f"unknown model {name!r}; this server serves {workload.name!r}", "model_name", repr(workload.name)
+            )
         if version not in (None, "1"):
             return _error(404, f"unknown version {version!r} of {name!r}", "model_version", "'1'")
         return None
@@ -415,8 +446,9 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
-        return unknown(name, version) or JSONResponse({"name": name, "ready": state["ready"]},
-                                                      status_code=200 if state["ready"] else 503)
+        return unknown(name, version) or JSONResponse(
+            {"name": name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503
+        )
 
     shared_memory = SharedMemoryRegistry() if cfg.allow_client_shm else None
 
@@ -467,8 +499,13 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
                 return _error(503, "model is not ready", "model", "a ready model (poll /v2/health/ready)")
             if not batcher.admit():
                 code = 503
-                return _error(503, f"queue full: {cfg.max_queue_size} requests waiting (max_queue_size); retry later",
-                              "queue", f"fewer than {cfg.max_queue_size} waiting requests", **{"retry-after": "1"})
+                return _error(
+                    503,
+                    f"queue full: {cfg.max_queue_size} requests waiting (max_queue_size); retry later",
+                    "queue",
+                    f"fewer than {cfg.max_queue_size} waiting requests",
+                    **{"retry-after": "1"},
+                )
             admitted = True
             body = await _read_body(request, cfg.max_body_bytes)
             header = request.headers.get(HEADER_LENGTH)
@@ -548,11 +585,16 @@ def uvicorn_config(app):
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The server's command-line options (``python -m gawm_lib.server`` and ``gawm serve`` take the same)."""
-    parser.add_argument("--workload", required=True, choices=["resnet50", "distilbert", "whisper"],
-                        help="the model to serve")
-    parser.add_argument("--settings", default="{}", metavar="JSON",
-                        help="WorkloadConfig fields as JSON, e.g. '{\"max_batch_size\": 8, \"max_queue_delay_ms\": 2}' "
-                             "(batching, device, precision, threads, ...: see gawm_lib/config.py)")
+    parser.add_argument(
+        "--workload", required=True, choices=["resnet50", "distilbert", "whisper"], help="the model to serve"
+    )
+    parser.add_argument(
+        "--settings",
+        default="{}",
+        metavar="JSON",
+        help='WorkloadConfig fields as JSON, e.g. \'{"max_batch_size": 8, "max_queue_delay_ms": 2}\' '
+        "(batching, device, precision, threads, ...: see gawm_lib/config.py)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
@@ -570,8 +612,9 @@ def workload_settings(workload: str, settings_json: str) -> WorkloadConfig:
     try:
         settings = json.loads(settings_json)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--settings: not JSON ({exc}); expected an object such as '{{\"max_batch_size\": 8}}'") \
-            from None
+        raise ValueError(
+            f"--settings: not JSON ({exc}); expected an object such as '{{\"max_batch_size\": 8}}'"
+        ) from None
     if not isinstance(settings, dict):
         raise ValueError(f"--settings: expected a JSON object of WorkloadConfig fields, got {settings_json!r}")
     try:

@@ -64,8 +64,10 @@ class SuiteEntry(BaseModel):
     overrides: list[str] = Field(default_factory=list, description="-p style overrides for every point")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="key path -> values; one run per combination")
     capacity_shares: list[float] = Field(
-        default_factory=list, description="load.levels as these shares of the capacity the suite's earlier runs "
-                                          "measured for the same workload and replicas (open loop; see the module)")
+        default_factory=list,
+        description="load.levels as these shares of the capacity the suite's earlier runs "
+        "measured for the same workload and replicas (open loop; see the module)",
+    )
 
     @field_validator("capacity_shares")
     @classmethod
@@ -154,31 +156,42 @@ def validate_points(points: list[Point]) -> list[ExperimentConfig]:
     root = paths.project_root()
     for number, point in enumerate(points):
         try:
-            cfg, _ = load_params(root / point.params, [*point.overrides, *(["load.levels=[1.0]"] if point.shares
-                                                                           else [])])
+            cfg, _ = load_params(
+                root / point.params, [*point.overrides, *(["load.levels=[1.0]"] if point.shares else [])]
+            )
         except ConfigError as exc:
             problems.append(str(exc))
             measures.append(set())
             continue
         configs.append(cfg)
-        measures.append({(w.name, cfg.backend.replicas) for w in cfg.workloads}
-                        if not point.shares and cfg.load.scenario in _CAPACITY_SCENARIOS else set())
+        measures.append(
+            {(w.name, cfg.backend.replicas) for w in cfg.workloads}
+            if not point.shares and cfg.load.scenario in _CAPACITY_SCENARIOS
+            else set()
+        )
         if not point.shares:
             continue
         where = f"{point.params} {' '.join(point.overrides)}: capacity_shares"
         if _sets_levels(point.overrides):  # e.g. from `gawm run -p`
-            problems.append(f"{where}: the entry's rates come from its capacity shares; an override of load.levels "
-                            f"would be ignored: leave it out")
+            problems.append(
+                f"{where}: the entry's rates come from its capacity shares; an override of load.levels "
+                f"would be ignored: leave it out"
+            )
         if cfg.load.scenario != "poisson":
-            problems.append(f"{where}: the rates are for an open-loop run (load.scenario=poisson), got "
-                            f"load.scenario={cfg.load.scenario}")
+            problems.append(
+                f"{where}: the rates are for an open-loop run (load.scenario=poisson), got "
+                f"load.scenario={cfg.load.scenario}"
+            )
         elif len(cfg.workloads) != 1:
-            problems.append(f"{where}: one workload per run (each has its own capacity), got "
-                            f"{[w.name for w in cfg.workloads]}")
+            problems.append(
+                f"{where}: one workload per run (each has its own capacity), got {[w.name for w in cfg.workloads]}"
+            )
         elif not any(_configuration(cfg) in earlier for earlier in measures[:number]):
             workload, replicas = _configuration(cfg)
-            problems.append(f"{where}: no earlier run of the suite measures the capacity of {workload} x{replicas} "
-                            f"(a closed-loop or single-stream run of it, without capacity_shares, before this one)")
+            problems.append(
+                f"{where}: no earlier run of the suite measures the capacity of {workload} x{replicas} "
+                f"(a closed-loop or single-stream run of it, without capacity_shares, before this one)"
+            )
     if problems:
         raise ConfigError("\n".join(problems))
     return configs
@@ -205,20 +218,22 @@ def rates_at_shares(capacity_rps: float, shares: list[float] | tuple[float, ...]
     return [round(capacity_rps * share, digits) for share in shares]
 
 
-def capacity_levels(state: dict[str, Any], points: list[Point], number: int, cfg: ExperimentConfig) -> \
-        tuple[float, list[float]]:
+def capacity_levels(
+    state: dict[str, Any], points: list[Point], number: int, cfg: ExperimentConfig
+) -> tuple[float, list[float]]:
     """The capacity [req/s] of point ``number``'s workload and replica count, measured by the suite's completed
     earlier runs without capacity shares, and the rates at the point's shares of it. RuntimeError if none measured
     it (the closed-loop run failed)."""
     from gawm_lib import analysis  # pandas and the models: only when a suite needs them
 
     workload, replicas = _configuration(cfg)
-    run_ids = [run_id for point in points[:number] if not point.shares
-               and (run_id := completed_run(state, point.key))]
+    run_ids = [run_id for point in points[:number] if not point.shares and (run_id := completed_run(state, point.key))]
     capacity = analysis.measured_capacity(analysis.load_requests(run_ids)[0]) if run_ids else None
     if capacity is None or (workload, replicas) not in capacity.index:
-        raise RuntimeError(f"no completed earlier run of the suite measured the capacity of {workload} x{replicas}: "
-                           f"the rates at capacity_shares {list(points[number].shares)} cannot be set")
+        raise RuntimeError(
+            f"no completed earlier run of the suite measured the capacity of {workload} x{replicas}: "
+            f"the rates at capacity_shares {list(points[number].shares)} cannot be set"
+        )
     rps = float(capacity.loc[(workload, replicas)])
     return rps, rates_at_shares(rps, points[number].shares)
 

@@ -101,15 +101,21 @@ def summarise(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFra
         sent = group["sent_ns"] > 0 if "sent_ns" in group else pd.Series(True, index=group.index)
         row = {
             **({"run_id": run[0]} if run else {}),
-            "workload": workload, "step": int(step), "level": float(group["level"].iloc[group["scheduled_ns"].argmin()]),
+            "workload": workload,
+            "step": int(step),
+            "level": float(group["level"].iloc[group["scheduled_ns"].argmin()]),
             "duration_s": duration_s,
-            "sent": len(group), "ok": len(ok), "errors": len(failed), "cancelled": cancelled,
+            "sent": len(group),
+            "ok": len(ok),
+            "errors": len(failed),
+            "cancelled": cancelled,
             **{f"errors_{kind}": int((failed == kind).sum()) for kind in ERROR_KINDS},
             "offered_rps": _rate(group["scheduled_ns"]),
             "achieved_rps": _rate(group["sent_ns"][sent]) if "sent_ns" in group else np.nan,
             "throughput_rps": len(ok) / duration_s if duration_s > 0 else np.nan,
-            "goodput_rps": (float((latency <= slo_ms).sum() / duration_s) if slo_ms is not None and duration_s > 0
-                            else np.nan),
+            "goodput_rps": (
+                float((latency <= slo_ms).sum() / duration_s) if slo_ms is not None and duration_s > 0 else np.nan
+            ),
             "mean_ms": float(latency.mean()) if len(latency) else np.nan,
         }
         for q in PERCENTILES:

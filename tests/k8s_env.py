@@ -42,8 +42,10 @@ FETCH_SCRIPT = ROOT / "k8s" / "testenv" / "fetch-prometheus3.sh"
 VERSION = "1.20.2"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Controllers that need a kubelet, a cloud or volumes; without them the plane does what gawm needs.
-CONTROLLERS = "*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle,-attachdetach,-persistentvolume-binder," \
-              "-persistentvolume-expander,-pvc-protection,-pv-protection,-csrsigning,-route,-service"
+CONTROLLERS = (
+    "*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle,-attachdetach,-persistentvolume-binder,"
+    "-persistentvolume-expander,-pvc-protection,-pv-protection,-csrsigning,-route,-service"
+)
 SERVICE_RANGE = "127.0.2.0/24"  # cluster IPs are only numbers here (no kube-proxy); keep even those on loopback
 
 
@@ -69,9 +71,12 @@ def ensure_binaries() -> Path:
     if shutil.which("etcd") is None:
         missing.append("etcd on PATH (Debian package etcd-server)")
     if missing:
-        pytest.fail(f"the Kubernetes {VERSION} test control plane is not set up: missing {', '.join(missing)}. "
-                    f"Build it once with `{PREREQS}` (or `bash {BUILD_SCRIPT.relative_to(ROOT)}`; 6-16 min on "
-                    "2 cores); `make test` does this before pytest starts.", pytrace=False)
+        pytest.fail(
+            f"the Kubernetes {VERSION} test control plane is not set up: missing {', '.join(missing)}. "
+            f"Build it once with `{PREREQS}` (or `bash {BUILD_SCRIPT.relative_to(ROOT)}`; 6-16 min on "
+            "2 cores); `make test` does this before pytest starts.",
+            pytrace=False,
+        )
     return folder
 
 
@@ -80,9 +85,11 @@ def prometheus3_binary() -> Path:
     (k8s/testenv/fetch-prometheus3.sh); fails at once, naming the command, when it is missing."""
     binary = cache_base() / "prometheus-3" / "usr" / "bin" / "prometheus"
     if not os.access(binary, os.X_OK):
-        pytest.fail(f"Prometheus 3 is not fetched: no {binary}. Fetch it once with `{PREREQS}` "
-                    f"(or `bash {FETCH_SCRIPT.relative_to(ROOT)}`); `make test` does this before pytest starts.",
-                    pytrace=False)
+        pytest.fail(
+            f"Prometheus 3 is not fetched: no {binary}. Fetch it once with `{PREREQS}` "
+            f"(or `bash {FETCH_SCRIPT.relative_to(ROOT)}`); `make test` does this before pytest starts.",
+            pytrace=False,
+        )
     return binary
 
 
@@ -99,16 +106,58 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_pki(folder: Path) -> None:
     """A self-made CA, the API server's serving certificate (127.0.0.1, kubernetes.default...) and the service-account
     signing key."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=gawm-test-ca", cwd=folder)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gawm-test-ca",
+        cwd=folder,
+    )
     (folder / "san.cnf").write_text(
         "subjectAltName=IP:127.0.0.1,IP:127.0.2.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-        "extendedKeyUsage=serverAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr",
-             "-subj", "/CN=kube-apiserver", cwd=folder)
-    _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "apiserver.crt", "-days", "2", "-extfile", "san.cnf", cwd=folder)
+        "extendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "apiserver.key",
+        "-out",
+        "apiserver.csr",
+        "-subj",
+        "/CN=kube-apiserver",
+        cwd=folder,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "apiserver.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "apiserver.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        cwd=folder,
+    )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=folder)
 
 
@@ -133,8 +182,9 @@ class ControlPlane:
         self.procs.append((name, processes.spawn(cmd, self.workdir / f"{name}.log")))
 
     def _fail(self, why: str) -> RuntimeError:
-        tails = "\n".join(f"--- {name}.log ---\n{processes.log_tail(self.workdir / f'{name}.log', 15)}"
-                          for name, _ in self.procs)
+        tails = "\n".join(
+            f"--- {name}.log ---\n{processes.log_tail(self.workdir / f'{name}.log', 15)}" for name, _ in self.procs
+        )
         return RuntimeError(f"control plane: {why}\n{tails}")
 
     def start(self, timeout_s: float = 90.0) -> None:
@@ -146,33 +196,75 @@ class ControlPlane:
         shm = Path("/dev/shm")
         etcd_dir = Path(tempfile.mkdtemp(prefix="gawm-etcd-", dir=shm if shm.is_dir() else None))
         self._etcd_dir = etcd_dir
-        self._spawn("etcd", [
-            shutil.which("etcd") or "etcd", "--name", "gawm", "--data-dir", str(etcd_dir),
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"gawm=http://127.0.0.1:{peer_port}", "--log-level", "warn"])
-        self._spawn("kube-apiserver", [
-            str(self.bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
-            "--insecure-port=0", f"--cert-dir={pki}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
-            "--authorization-mode=RBAC", f"--service-account-key-file={pki / 'sa.key'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-cluster-ip-range={SERVICE_RANGE}", "--endpoint-reconciler-type=none",
-            # Nodes are reached only at their InternalIP (loopback): never resolve a node name through DNS.
-            "--kubelet-preferred-address-types=InternalIP",
-            "--enable-priority-and-fairness=false", "--profiling=false", "--v=0"])
+        self._spawn(
+            "etcd",
+            [
+                shutil.which("etcd") or "etcd",
+                "--name",
+                "gawm",
+                "--data-dir",
+                str(etcd_dir),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"gawm=http://127.0.0.1:{peer_port}",
+                "--log-level",
+                "warn",
+            ],
+        )
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bins / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                "--insecure-port=0",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={pki / 'sa.key'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
+                "--endpoint-reconciler-type=none",
+                # Nodes are reached only at their InternalIP (loopback): never resolve a node name through DNS.
+                "--kubelet-preferred-address-types=InternalIP",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=0",
+            ],
+        )
         self._write_kubeconfig(pki)
         self._wait_ready(timeout_s)
-        common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--port=0", "--secure-port=0",
-                  "--profiling=false", "--v=0"]
-        self._spawn("kube-controller-manager", [
-            str(self.bins / "kube-controller-manager"), *common, f"--controllers={CONTROLLERS}",
-            f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}"])
+        common = [
+            f"--kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            "--port=0",
+            "--secure-port=0",
+            "--profiling=false",
+            "--v=0",
+        ]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bins / "kube-controller-manager"),
+                *common,
+                f"--controllers={CONTROLLERS}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+            ],
+        )
         self._spawn("kube-scheduler", [str(self.bins / "kube-scheduler"), *common])
         time.sleep(0.5)
         for name, proc in self.procs:
@@ -181,16 +273,28 @@ class ControlPlane:
 
     def _write_kubeconfig(self, pki: Path) -> None:
         ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "gawm-test",
-            "clusters": [{"name": "gawm-test", "cluster": {"server": self.url, "certificate-authority-data": ca}}],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "gawm-test", "context": {"cluster": "gawm-test", "user": "admin"}}]}))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "gawm-test",
+                    "clusters": [
+                        {"name": "gawm-test", "cluster": {"server": self.url, "certificate-authority-data": ca}}
+                    ],
+                    "users": [{"name": "admin", "user": {"token": self.token}}],
+                    "contexts": [{"name": "gawm-test", "context": {"cluster": "gawm-test", "user": "admin"}}],
+                }
+            )
+        )
         self.ca_path = pki / "ca.crt"
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        with httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca_path)), headers={"Authorization": f"Bearer {self.token}"}) as http:
+        with httpx.Client(
+            verify=ssl.create_default_context(cafile=str(self.ca_path)),
+            headers={"Authorization": f"Bearer {self.token}"},
+        ) as http:
             while True:
                 for name, proc in self.procs:
                     if proc.poll() is not None:
@@ -238,8 +342,13 @@ class Cluster:
         return self.plane.kubeconfig
 
 
-GPU_NODE = SimNode("sim-gpu-0", cpu="16", memory="64Gi", gpus=4,
-                   taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}])
+GPU_NODE = SimNode(
+    "sim-gpu-0",
+    cpu="16",
+    memory="64Gi",
+    gpus=4,
+    taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+)
 CPU_NODE = SimNode("sim-cpu-0", cpu="8", memory="32Gi")
 
 
@@ -250,8 +359,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     try:
         plane.start()
         api = plane.api_client()
-        client.NodeV1Api(api).create_runtime_class({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-                                                    "metadata": {"name": "nvidia"}, "handler": "nvidia"})
+        client.NodeV1Api(api).create_runtime_class(
+            {
+                "apiVersion": "node.k8s.io/v1",
+                "kind": "RuntimeClass",
+                "metadata": {"name": "nvidia"},
+                "handler": "nvidia",
+            }
+        )
         with NodeSimulator(api, [GPU_NODE, CPU_NODE], logs_dir=plane.workdir / "pods") as sim:
             yield Cluster(plane, api, sim)
     finally:
@@ -284,8 +399,10 @@ def service_account_token(cluster: Cluster, namespace: str, name: str = "gawm", 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for secret in core.list_namespaced_secret(namespace).items:
-            if secret.type == "kubernetes.io/service-account-token" and \
-                    (secret.metadata.annotations or {}).get("kubernetes.io/service-account.name") == name:
+            if (
+                secret.type == "kubernetes.io/service-account-token"
+                and (secret.metadata.annotations or {}).get("kubernetes.io/service-account.name") == name
+            ):
                 return base64.b64decode(secret.data["token"]).decode()
         time.sleep(0.2)
     raise TimeoutError(f"no token for ServiceAccount {namespace}/{name} after {timeout_s:g} s")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gawm_lib import analysis
+from gawm_lib import analysis, runs
 from gawm_lib.models import BatchLatencyModel, predict_batching
 
 
@@ -17,9 +17,21 @@ def rows(batch_sizes, alpha=0.01, beta=0.005, overhead=0.002, level=1):
     b = np.asarray(batch_sizes)
     compute = ((alpha * b + beta) * 1e9).astype(np.int64)
     sent = np.arange(len(b)) * 10**9
-    return pd.DataFrame({"workload": "w", "phase": "step", "step": 0, "level": float(level), "error": "",
-                         "batch_size": b, "server_compute_ns": compute, "server_queue_ns": 10**6,
-                         "scheduled_ns": sent, "sent_ns": sent, "done_ns": sent + compute + 10**6 + int(overhead * 1e9)})
+    return pd.DataFrame(
+        {
+            "workload": "w",
+            "phase": "step",
+            "step": 0,
+            "level": float(level),
+            "error": "",
+            "batch_size": b,
+            "server_compute_ns": compute,
+            "server_queue_ns": 10**6,
+            "scheduled_ns": sent,
+            "sent_ns": sent,
+            "done_ns": sent + compute + 10**6 + int(overhead * 1e9),
+        }
+    )
 
 
 def test_fit_service_recovers_the_batch_model_and_overhead():
@@ -46,8 +58,9 @@ def test_batch_time_factors_count_each_batch_once():
 
 def test_open_loop_steps_are_predicted_with_the_batch_time_variability():
     service = BatchLatencyModel(alpha=0.01, beta=0.005)
-    step = rows([1, 2, 1, 3], level=20.0).assign(run_id="r", scenario="poisson", replicas=1, max_batch_size=4,
-                                                 max_queue_delay_ms=5.0)
+    step = rows([1, 2, 1, 3], level=20.0).assign(
+        run_id="r", scenario="poisson", replicas=1, max_batch_size=4, max_queue_delay_ms=5.0
+    )
     factors = [0.7, 1.0, 1.3]
     fixed = analysis.predict_steps(step, service, 0.002)
     varied = analysis.predict_steps(step, service, 0.002, service_factors=factors)
@@ -64,10 +77,20 @@ def test_closed_loop_cycle_model_by_hand():
 
 
 def test_validation_table_has_one_row_per_metric_and_step():
-    predicted = pd.DataFrame({"run_id": "r", "workload": "w", "scenario": "closed_loop", "level": [1.0, 2.0],
-                              "throughput": [10.0, 20.0], "p50": [0.1, 0.1], "p95": [0.2, 0.2],
-                              "predicted_throughput": [11.0, 20.0], "predicted_p50": [0.1, 0.12],
-                              "predicted_p95": [0.2, 0.2]})
+    predicted = pd.DataFrame(
+        {
+            "run_id": "r",
+            "workload": "w",
+            "scenario": "closed_loop",
+            "level": [1.0, 2.0],
+            "throughput": [10.0, 20.0],
+            "p50": [0.1, 0.1],
+            "p95": [0.2, 0.2],
+            "predicted_throughput": [11.0, 20.0],
+            "predicted_p50": [0.1, 0.12],
+            "predicted_p95": [0.2, 0.2],
+        }
+    )
     table = analysis.validation_table(predicted)
     assert len(table) == 6
     assert table.loc[table["metric"] == "throughput", "ape_pct"].tolist() == pytest.approx([10.0, 0.0])
@@ -82,18 +105,36 @@ def test_one_batch_size_gives_a_stated_no_gain_model():
 
 def scaling_table(points):
     """summarise_runs-like rows: (placement, replicas, users, throughput [req/s], mean [ms])."""
-    return pd.DataFrame([{"run_id": f"run-{p}-{r}", "workload": "w", "step": 0, "scenario": "closed_loop",
-                          "placement": p, "replicas": r, "level": float(n), "throughput_rps": x, "mean_ms": m}
-                         for p, r, n, x, m in points])
+    return pd.DataFrame(
+        [
+            {
+                "run_id": f"run-{p}-{r}",
+                "workload": "w",
+                "step": 0,
+                "scenario": "closed_loop",
+                "placement": p,
+                "replicas": r,
+                "level": float(n),
+                "throughput_rps": x,
+                "mean_ms": m,
+            }
+            for p, r, n, x, m in points
+        ]
+    )
 
 
 def test_replica_scaling_predicts_exclusive_and_shared_by_hand():
     # one replica at 10 req/s: demand 100 ms; with 2 users, 2 own replicas serve both at once, 2 sharing one core cannot
-    table = scaling_table([("exclusive", 1, 2, 10.0, 200.0), ("exclusive", 2, 2, 19.0, 105.0),
-                           ("shared", 2, 2, 9.5, 210.0)])
+    table = scaling_table(
+        [("exclusive", 1, 2, 10.0, 200.0), ("exclusive", 2, 2, 19.0, 105.0), ("shared", 2, 2, 9.5, 210.0)]
+    )
     measured, predicted = analysis.replica_scaling(table)
-    assert sorted(zip(measured["placement"], measured["replicas"])) == [("exclusive", 1), ("exclusive", 2),
-                                                                        ("shared", 1), ("shared", 2)]
+    assert sorted(zip(measured["placement"], measured["replicas"])) == [
+        ("exclusive", 1),
+        ("exclusive", 2),
+        ("shared", 1),
+        ("shared", 2),
+    ]
     shared_one = measured[(measured["placement"] == "shared") & (measured["replicas"] == 1)].iloc[0]
     assert shared_one["run_id"] == "run-exclusive-1"  # one replica is placed alike: measured once, used by both
     mva = predicted.set_index(["placement", "replicas"])
@@ -106,8 +147,9 @@ def test_replica_scaling_predicts_exclusive_and_shared_by_hand():
 
 
 def test_replica_scaling_fits_the_usl_from_three_replica_counts_and_takes_the_busiest_step():
-    points = [("exclusive", r, n, x, n / x * 1e3) for r, n, x in
-              [(1, 4, 10.0), (2, 4, 18.0), (4, 4, 30.0), (4, 1, 9.0)]]  # the 1-user step of 4 replicas is ignored
+    points = [
+        ("exclusive", r, n, x, n / x * 1e3) for r, n, x in [(1, 4, 10.0), (2, 4, 18.0), (4, 4, 30.0), (4, 1, 9.0)]
+    ]  # the 1-user step of 4 replicas is ignored
     measured, predicted = analysis.replica_scaling(scaling_table(points))
     assert measured.set_index("replicas").loc[4, "throughput_rps"] == 30.0
     usl = predicted[predicted["model"] == "USL"].set_index("replicas")
@@ -118,10 +160,22 @@ def test_replica_scaling_fits_the_usl_from_three_replica_counts_and_takes_the_bu
 
 
 def test_audio_duration_gives_the_real_time_factor_per_clip_length():
-    table = pd.DataFrame({"run_id": ["a", "b", "c"], "workload": "whisper", "payload_audio_s": [2.0, 10.0, np.nan],
-                          "level": 1.0, "ok": 5, "throughput_rps": 2.0, "mean_ms": 500.0, "p50_ms": [400.0, 500.0, 1.0],
-                          "p95_ms": [600.0, 700.0, 1.0], "compute_ms": [300.0, 450.0, 1.0], "compute_item_ms": 300.0,
-                          "batch_size_mean": 1.0})
+    table = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "workload": "whisper",
+            "payload_audio_s": [2.0, 10.0, np.nan],
+            "level": 1.0,
+            "ok": 5,
+            "throughput_rps": 2.0,
+            "mean_ms": 500.0,
+            "p50_ms": [400.0, 500.0, 1.0],
+            "p95_ms": [600.0, 700.0, 1.0],
+            "compute_ms": [300.0, 450.0, 1.0],
+            "compute_item_ms": 300.0,
+            "batch_size_mean": 1.0,
+        }
+    )
     out = analysis.audio_duration(table)
     assert out["audio_s"].tolist() == [2.0, 10.0]  # the run without a clip length is not a point
     assert out["rtf_p50"].tolist() == pytest.approx([0.2, 0.05])
@@ -131,35 +185,45 @@ def test_audio_duration_gives_the_real_time_factor_per_clip_length():
         analysis.audio_duration(table.assign(payload_audio_s=np.nan))
 
 
-def fake_run(run_id: str, replicas: int = 1, scenario: str = "closed_loop", **workloads) -> "runs.Run":
-    from gawm_lib import runs
-
-    effective = {"name": "quick", "backend": {"replicas": replicas, "placement": "none"},
-                 "load": {"scenario": scenario, "levels": [1, 2], "arrival_seed": 1},
-                 "workloads": [{"name": name, **settings} for name, settings in (workloads or {"resnet50": {}}).items()]}
+def fake_run(run_id: str, replicas: int = 1, scenario: str = "closed_loop", **workloads) -> runs.Run:
+    effective = {
+        "name": "quick",
+        "backend": {"replicas": replicas, "placement": "none"},
+        "load": {"scenario": scenario, "levels": [1, 2], "arrival_seed": 1},
+        "workloads": [{"name": name, **settings} for name, settings in (workloads or {"resnet50": {}}).items()],
+    }
     return runs.Run(path=Path("/nonexistent") / run_id, manifest={"run_id": run_id, "params": {"effective": effective}})
 
 
 def test_configuration_labels_name_what_differs_between_the_runs_shown():
-    grid = [fake_run(f"r{i}", replicas=r, resnet50={"max_batch_size": b})
-            for i, (r, b) in enumerate([(1, 1), (1, 4), (2, 1), (2, 4)])]
+    grid = [
+        fake_run(f"r{i}", replicas=r, resnet50={"max_batch_size": b})
+        for i, (r, b) in enumerate([(1, 1), (1, 4), (2, 1), (2, 4)])
+    ]
     labels = analysis.config_labels(grid).set_index("run_id")["config"]
-    assert list(labels) == ["replicas=1, max_batch_size=1", "replicas=1, max_batch_size=4",
-                            "replicas=2, max_batch_size=1", "replicas=2, max_batch_size=4"]
+    assert list(labels) == [
+        "replicas=1, max_batch_size=1",
+        "replicas=1, max_batch_size=4",
+        "replicas=2, max_batch_size=1",
+        "replicas=2, max_batch_size=4",
+    ]
     repeats = analysis.config_labels([fake_run("20260101T000000Z-a"), fake_run("20260102T000000Z-b")])
     assert list(repeats["config"]) == ["run 20260101T000000Z", "run 20260102T000000Z"]  # told apart by start
     alone = analysis.config_labels([fake_run("x")])
     assert list(alone["config"]) == [""]  # one run: nothing to tell apart
     mixed = [fake_run("a", resnet50={"max_batch_size": 1}), fake_run("b", scenario="poisson", distilbert={})]
-    assert analysis.run_labels(mixed) == {"a": "scenario=closed_loop, workloads=[resnet50]",
-                                          "b": "scenario=poisson, workloads=[distilbert]"}
+    assert analysis.run_labels(mixed) == {
+        "a": "scenario=closed_loop, workloads=[resnet50]",
+        "b": "scenario=poisson, workloads=[distilbert]",
+    }
 
 
 def test_steps_past_saturation_are_dropped_with_the_reason():
     service = BatchLatencyModel(alpha=0.01, beta=0.005)  # at most 4 / 0.045 = 89 req/s with batches of 4
     steps = [rows([1, 2, 1, 3], level=level).assign(step=i) for i, level in enumerate([20.0, 200.0])]
-    table = pd.concat(steps, ignore_index=True).assign(run_id="r", scenario="poisson", replicas=1, max_batch_size=4,
-                                                      max_queue_delay_ms=5.0)
+    table = pd.concat(steps, ignore_index=True).assign(
+        run_id="r", scenario="poisson", replicas=1, max_batch_size=4, max_queue_delay_ms=5.0
+    )
     predicted, dropped = analysis.predict_steps(table, service, 0.002, return_dropped=True)
     assert list(predicted["level"]) == [20.0]
     assert list(dropped["level"]) == [200.0] and dropped["reason"].iloc[0].startswith("past saturation")

@@ -110,8 +110,15 @@ def test_placement_pins_each_replica_and_records_it(tmp_path, mode):
         for replica, placed, wanted in zip(backend.replicas, backend.placement, expected):
             threads = children_affinity(replica.pid)
             assert len(threads) > 1 and all(cores_of == wanted for cores_of in threads.values()), threads
-            assert placed.to_dict() == {"replica": replica.index, "placement": mode, "device": "cpu", "cpus": wanted,
-                                        "gpu": None, "pid": replica.pid, "cpus_actual": wanted}
+            assert placed.to_dict() == {
+                "replica": replica.index,
+                "placement": mode,
+                "device": "cpu",
+                "cpus": wanted,
+                "gpu": None,
+                "pid": replica.pid,
+                "cpus_actual": wanted,
+            }
         body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["fine"]}]}
         for r in backend.replicas:
             assert httpx.post(f"{r.url}/v2/models/distilbert/infer", json=body, timeout=30).status_code == 200
@@ -126,10 +133,14 @@ def test_unpinned_replicas_keep_every_core(tmp_path):
 
 def test_placement_that_does_not_fit_starts_nothing(tmp_path):
     too_many = len(os.sched_getaffinity(0)) + 1
-    backend_cfg = BackendConfig.model_construct(**{**BackendConfig().model_dump(), "replicas": too_many,
-                                                   "placement": "exclusive"})  # past the experiment's own check
-    with pytest.raises(BackendError, match=rf"distilbert: backend.placement exclusive: {too_many} replica\(s\) x 1 "
-                                           rf"thread\(s\) need {too_many} CPU core\(s\)"):
+    backend_cfg = BackendConfig.model_construct(
+        **{**BackendConfig().model_dump(), "replicas": too_many, "placement": "exclusive"}
+    )  # past the experiment's own check
+    with pytest.raises(
+        BackendError,
+        match=rf"distilbert: backend.placement exclusive: {too_many} replica\(s\) x 1 "
+        rf"thread\(s\) need {too_many} CPU core\(s\)",
+    ):
         with open_backend(DISTILBERT, backend_cfg, tmp_path):
             pass
     assert not list(tmp_path.glob("*.log"))

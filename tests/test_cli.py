@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 def gawm(*args, env, **kwargs):
-    return subprocess.run([sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs
+    )
 
 
 @pytest.fixture
@@ -41,8 +42,19 @@ def leftovers(marker: str) -> list[str]:
 
 @pytest.mark.slow
 def test_demo_with_tiny_parameters_records_all_three_workloads(env, tmp_path):
-    out = gawm("demo", "-p", "load.levels=[1,2]", "-p", "load.step_duration_s=1.5", "-p", "load.warmup_s=0",
-               "-p", "load.min_requests_per_step=2", env=env, timeout=600)
+    out = gawm(
+        "demo",
+        "-p",
+        "load.levels=[1,2]",
+        "-p",
+        "load.step_duration_s=1.5",
+        "-p",
+        "load.warmup_s=0",
+        "-p",
+        "load.min_requests_per_step=2",
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = runs.list_runs(tmp_path / "raw")[-1]
     assert run.status == "COMPLETED" and run.manifest["experiment"] == "demo"
@@ -63,7 +75,11 @@ def test_demo_with_tiny_parameters_records_all_three_workloads(env, tmp_path):
     assert {"throughput", "latency_p95"} <= set(metrics["query"])
     assert set(metrics["workload"]) == {"resnet50", "distilbert", "whisper"}
     assert (run.path / "notebook.ipynb").is_file() and (run.path / "figures.ipynb").is_file()
-    assert {p.name for p in (run.path / "logs").glob("*.log")} >= {"resnet50-0.log", "distilbert-0.log", "whisper-0.log"}
+    assert {p.name for p in (run.path / "logs").glob("*.log")} >= {
+        "resnet50-0.log",
+        "distilbert-0.log",
+        "whisper-0.log",
+    }
     for fig_id in (f"{run.id}_latency_cdf", f"{run.id}_latency_vs_throughput"):  # figure ids start with the run id
         sidecar = json.loads((tmp_path / "figures" / f"{fig_id}.json").read_text())
         assert sidecar["run_ids"] == [run.id] and sidecar["notebook"].endswith("02_figures_load_sweep.ipynb")
@@ -91,10 +107,26 @@ def _as_in_a_terminal() -> None:
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_keeps_its_records(env, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.cli", "run", "params/quick.yaml", "-p",
-                             "load.step_duration_s=60", "-p", "load.levels=[2]"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=_as_in_a_terminal)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gawm_lib.cli",
+            "run",
+            "params/quick.yaml",
+            "-p",
+            "load.step_duration_s=60",
+            "-p",
+            "load.levels=[2]",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
+    )
     try:
         deadline = time.monotonic() + 180
         while not list((tmp_path / "raw").glob("*/requests.parquet/*.parquet")):
@@ -128,9 +160,26 @@ def test_gawm_serve_takes_the_server_options_as_the_readme_shows_them(env, tmp_p
     bad = gawm("serve", "--workload", "distilbert", "--settings", '{"max_batch_sise": 4}', env=env, timeout=60)
     assert bad.returncode == 2 and "unknown key 'max_batch_sise' (did you mean 'max_batch_size'?)" in bad.stderr
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.cli", "serve", "--workload", "distilbert", "--port", "0",
-                             "--port-file", str(port_file), "--settings", '{"max_batch_size": 4, "threads": 1}'],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gawm_lib.cli",
+            "serve",
+            "--workload",
+            "distilbert",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--settings",
+            '{"max_batch_size": 4, "threads": 1}',
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "wb"),
+    )
     try:
         deadline = time.monotonic() + 180
         while not port_file.exists():

@@ -137,7 +137,7 @@ def test_cluster_examples_render_their_manifests_without_a_cluster():
                 if obj["kind"] == "Deployment":
                     rendered.setdefault(name, []).append((workload, obj))
     assert {"cluster_cpu.yaml", "cluster_gpu_time_slicing.yaml", "suite_cluster_gpu_time_slicing.yaml"} <= set(rendered)
-    for workload, deployment in rendered["cluster_cpu.yaml"]:
+    for _, deployment in rendered["cluster_cpu.yaml"]:
         pod = deployment["spec"]["template"]["spec"]
         limits = pod["containers"][0]["resources"]["limits"]
         assert limits == {"cpu": "4", "memory": "4Gi"} and "runtimeClassName" not in pod and "tolerations" not in pod
@@ -167,22 +167,33 @@ def test_a_cluster_params_file_validates_anywhere_and_the_preflight_names_what_i
         with pytest.raises(ConfigError) as err:
             preflight(cfg, source=f"params/{name}", overrides=overrides)
         message = str(err.value)
-        assert (f"-p backend.kubeconfig={MISSING_KUBECONFIG}: backend.kubeconfig: expected an existing kubeconfig "
-                f"file on this machine, got '{MISSING_KUBECONFIG}'") in message
+        assert (
+            f"-p backend.kubeconfig={MISSING_KUBECONFIG}: backend.kubeconfig: expected an existing kubeconfig "
+            f"file on this machine, got '{MISSING_KUBECONFIG}'"
+        ) in message
         assert "cores" not in message and "GPU" not in message  # a kubernetes run checks no local cores or GPUs
-    with pytest.raises(ConfigError, match=r"-p backend.kubeconfig=: backend.kubeconfig: Value error, expected a "
-                                          r"kubeconfig file path"):
+    with pytest.raises(
+        ConfigError,
+        match=r"-p backend.kubeconfig=: backend.kubeconfig: Value error, expected a "
+        r"kubeconfig file path",
+    ):
         load_params(ROOT / "params" / "cluster_cpu.yaml", ["backend.kubeconfig="])  # an empty name is still invalid
 
 
 def test_a_cluster_params_file_written_for_the_cluster_names_its_file(tmp_path):
     from gawm_lib.config import preflight
 
-    text = (ROOT / "params" / "cluster_cpu.yaml").read_text().replace(
-        "  kind: kubernetes\n", f"  kind: kubernetes\n  kubeconfig: {MISSING_KUBECONFIG}\n")
+    text = (
+        (ROOT / "params" / "cluster_cpu.yaml")
+        .read_text()
+        .replace("  kind: kubernetes\n", f"  kind: kubernetes\n  kubeconfig: {MISSING_KUBECONFIG}\n")
+    )
     cfg, _ = load_params(write(tmp_path, text))
-    with pytest.raises(ConfigError, match=rf"exp.yaml: backend.kubeconfig: expected an existing kubeconfig file on "
-                                          rf"this machine, got '{MISSING_KUBECONFIG}': no such file"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"exp.yaml: backend.kubeconfig: expected an existing kubeconfig file on "
+        rf"this machine, got '{MISSING_KUBECONFIG}': no such file",
+    ):
         preflight(cfg, source=str(tmp_path / "exp.yaml"))
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
@@ -192,9 +203,14 @@ def test_a_cluster_params_file_written_for_the_cluster_names_its_file(tmp_path):
 def test_a_local_run_needs_no_kubeconfig_and_the_preflight_lists_every_problem(tmp_path):
     from gawm_lib.config import preflight
 
-    cfg, _ = load_params(write(tmp_path, "workloads:\n  - name: resnet50\n    weights: /no/such/weights.pt\n"
-                                         "load:\n  scenario: trace\n  levels: [1]\n  trace_path: /no/such/trace.csv\n"
-                                         "prometheus:\n  binary: /no/such/prometheus\n"))
+    cfg, _ = load_params(
+        write(
+            tmp_path,
+            "workloads:\n  - name: resnet50\n    weights: /no/such/weights.pt\n"
+            "load:\n  scenario: trace\n  levels: [1]\n  trace_path: /no/such/trace.csv\n"
+            "prometheus:\n  binary: /no/such/prometheus\n",
+        )
+    )
     with pytest.raises(ConfigError) as err:
         preflight(cfg, source="exp.yaml")
     lines = str(err.value).splitlines()
@@ -209,13 +225,15 @@ def test_a_local_run_needs_no_kubeconfig_and_the_preflight_lists_every_problem(t
     ]
     weights = tmp_path / "weights.pt"
     weights.write_bytes(b"")
-    local = load_params(None, base={"workloads": [{"name": "resnet50", "weights": str(weights)}],
-                                    "prometheus": {"enabled": False}})[0]
+    local = load_params(
+        None, base={"workloads": [{"name": "resnet50", "weights": str(weights)}], "prometheus": {"enabled": False}}
+    )[0]
     preflight(local, source="exp.yaml")  # no kubeconfig needed, none checked
 
 
-def test_gawm_run_of_a_cluster_file_exits_2_naming_the_kubeconfig_before_starting_anything(tmp_path, monkeypatch,
-                                                                                            capsys):
+def test_gawm_run_of_a_cluster_file_exits_2_naming_the_kubeconfig_before_starting_anything(
+    tmp_path, monkeypatch, capsys
+):
     from gawm_lib import cli
 
     monkeypatch.setenv("GAWM_RAW_DIR", str(tmp_path / "raw"))
@@ -231,9 +249,11 @@ def test_a_suite_preflights_every_point_before_the_first_runs(tmp_path, monkeypa
     from gawm_lib import cli, suite
 
     spec = tmp_path / "suite.yaml"
-    spec.write_text(f"suite: s\nruns:\n  - params: params/quick.yaml\n  - params: params/cluster_cpu.yaml\n"
-                    f"    overrides: [backend.kubeconfig={MISSING_KUBECONFIG}]\n    grid:\n"
-                    f"      backend.replicas: [1, 2]\n")
+    spec.write_text(
+        f"suite: s\nruns:\n  - params: params/quick.yaml\n  - params: params/cluster_cpu.yaml\n"
+        f"    overrides: [backend.kubeconfig={MISSING_KUBECONFIG}]\n    grid:\n"
+        f"      backend.replicas: [1, 2]\n"
+    )
     points = suite.expand(suite.load_suite(spec))
     configs = suite.validate_points(points)  # pure: valid here
     with pytest.raises(ConfigError) as err:
@@ -243,6 +263,8 @@ def test_a_suite_preflights_every_point_before_the_first_runs(tmp_path, monkeypa
     monkeypatch.setenv("GAWM_RAW_DIR", str(tmp_path / "raw"))
     assert cli.run_params(spec, []) == 2
     err = capsys.readouterr().err
-    assert f"params/cluster_cpu.yaml backend.kubeconfig={MISSING_KUBECONFIG} backend.replicas=2: backend.kubeconfig: " \
-           f"expected an existing kubeconfig file" in err  # each point named by its key
+    assert (
+        f"params/cluster_cpu.yaml backend.kubeconfig={MISSING_KUBECONFIG} backend.replicas=2: backend.kubeconfig: "
+        f"expected an existing kubeconfig file" in err
+    )  # each point named by its key
     assert not (tmp_path / "raw").exists() and not suite.state_path("s").exists()  # nothing started

@@ -19,14 +19,24 @@ def run(tmp_path, monkeypatch):
 
 
 def test_settings_line_says_what_will_run_in_one_line():
-    cfg = config.validate_params({"name": "quick", "workloads": ["resnet50", {"name": "whisper", "threads": 2}],
-                                  "backend": {"replicas": 2},
-                                  "load": {"levels": [1, 2, 4], "step_duration_s": 2, "min_requests_per_step": 20}})
+    cfg = config.validate_params(
+        {
+            "name": "quick",
+            "workloads": ["resnet50", {"name": "whisper", "threads": 2}],
+            "backend": {"replicas": 2},
+            "load": {"levels": [1, 2, 4], "step_duration_s": 2, "min_requests_per_step": 20},
+        }
+    )
     line = experiment.settings_line(cfg)
     assert "\n" not in line
-    for part in ("resnet50 (random weights, cpu, 1 thread, max batch 8)", "whisper (random weights, cpu, 2 threads",
-                 "2 replicas (local)", "closed_loop, levels 1, 2, 4 users", "at least 2 s and 20 requests",
-                 "Prometheus on"):
+    for part in (
+        "resnet50 (random weights, cpu, 1 thread, max batch 8)",
+        "whisper (random weights, cpu, 2 threads",
+        "2 replicas (local)",
+        "closed_loop, levels 1, 2, 4 users",
+        "at least 2 s and 20 requests",
+        "Prometheus on",
+    ):
         assert part in line, (part, line)
     single = config.validate_params({"load": {"scenario": "single_stream"}, "prometheus": {"enabled": False}})
     assert "one request at a time" in experiment.settings_line(single)
@@ -51,8 +61,9 @@ def test_empty_queries_are_counted_in_the_manifest_not_warned_one_by_one(run, mo
     assert metrics["empty_queries"] == {"latency_p95": ["warmup"], "batch_size_mean": ["warmup"]}
     note = experiment.metrics_note(runs.load_run(run.path))
     assert "\n" not in note
-    assert note.endswith(f"2 of {metrics['asked']} queries returned no series in some phase "
-                         "(latency_p95, batch_size_mean in warmup)")
+    assert note.endswith(
+        f"2 of {metrics['asked']} queries returned no series in some phase (latency_p95, batch_size_mean in warmup)"
+    )
 
 
 def test_metrics_note_without_prometheus_and_after_an_error(run):

@@ -18,8 +18,7 @@ import pytest
 os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
 
 torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 from gawm_lib.config import WorkloadConfig  # noqa: E402
 from gawm_lib.workloads import build_workload, samples  # noqa: E402
@@ -40,8 +39,9 @@ def test_resnet_graph_replay_matches_eager_for_every_padded_size(precision):
     for n in (1, 3, 7):  # padded to 2, 4, 8
         want, got = eager.predict(pixels[:n]), graphed.predict(pixels[:n])
         assert [a["top_k_indices"] for a in got] == [a["top_k_indices"] for a in want]
-        np.testing.assert_allclose([a["top_k_scores"] for a in got], [a["top_k_scores"] for a in want],
-                                   rtol=1e-2, atol=1e-4)
+        np.testing.assert_allclose(
+            [a["top_k_scores"] for a in got], [a["top_k_scores"] for a in want], rtol=1e-2, atol=1e-4
+        )
     # Replays reuse static buffers: an earlier answer must not change when later batches run.
     first = graphed.predict(pixels[:2])
     graphed.predict(pixels[2:4])
@@ -67,8 +67,15 @@ def test_a_graphed_gpu_server_answers_concurrent_clients_and_exports_gpu_metrics
     from gawm_lib.config import BackendConfig
     from gawm_lib.workloads.oip import encode_request
 
-    cfg = WorkloadConfig(name="resnet50", device="cuda", precision="fp32", cuda_graphs=True, max_batch_size=16,
-                         batch_sizes=[4], max_queue_delay_ms=5)
+    cfg = WorkloadConfig(
+        name="resnet50",
+        device="cuda",
+        precision="fp32",
+        cuda_graphs=True,
+        max_batch_size=16,
+        batch_sizes=[4],
+        max_queue_delay_ms=5,
+    )
     reference = loaded(**cfg.model_dump(exclude={"warmup_batches", "device"}))
     pixels = reference.sample_pixels(24, seed=9)
     want = [a for half in (pixels[:12], pixels[12:]) for a in reference.predict(list(half))]
@@ -76,8 +83,9 @@ def test_a_graphed_gpu_server_answers_concurrent_clients_and_exports_gpu_metrics
         url = f"{backend.replicas[0].url}/v2/models/resnet50/infer"
 
         def one(i):
-            content, headers = encode_request([("pixel_values", "UINT8", [2, 3, 224, 224], pixels[i:i + 2])],
-                                              binary=True)
+            content, headers = encode_request(
+                [("pixel_values", "UINT8", [2, 3, 224, 224], pixels[i : i + 2])], binary=True
+            )
             return httpx.post(url, content=content, headers=headers, timeout=60)
 
         with concurrent.futures.ThreadPoolExecutor(12) as pool:

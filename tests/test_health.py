@@ -54,14 +54,32 @@ def kubelet_finishes_test_pods(api: client.ApiClient):
                 statuses = pod.status.container_statuses or []
                 if pod.status.phase != "Running" or not statuses or not all(s.state.running for s in statuses):
                     continue  # not started, or failing (the simulator's CrashLoopBackOff): no kubelet would end it
-                now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                done = [{"name": s.name, "image": s.image, "imageID": s.image_id, "ready": False, "restartCount": 0,
-                         "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
-                                                  "finishedAt": now}}} for s in statuses]
+                now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                done = [
+                    {
+                        "name": s.name,
+                        "image": s.image,
+                        "imageID": s.image_id,
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
+                        },
+                    }
+                    for s in statuses
+                ]
                 with contextlib.suppress(ApiException):
-                    core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": {
-                        "phase": "Succeeded", "containerStatuses": done,
-                        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}]}})
+                    core.patch_namespaced_pod_status(
+                        pod.metadata.name,
+                        pod.metadata.namespace,
+                        {
+                            "status": {
+                                "phase": "Succeeded",
+                                "containerStatuses": done,
+                                "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+                            }
+                        },
+                    )
                     finished.append(pod.metadata.name)
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -77,13 +95,24 @@ def kubelet_finishes_test_pods(api: client.ApiClient):
 def dcgm_exporter(api: client.ApiClient, namespace: str, node: str = GPU_NODE.name):
     """A pod labelled as gawm's DCGM exporter on ``node``, and its /metrics served at the pod IP the simulator gave."""
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(namespace, {"metadata": {"name": "dcgm-exporter-test", "labels": {
-        "app.kubernetes.io/name": "dcgm-exporter"}}, "spec": {
-        "nodeSelector": {"kubernetes.io/hostname": node},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "automountServiceAccountToken": False,
-        "containers": [{"name": "exporter", "image": "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04",
-                        "ports": [{"name": "metrics", "containerPort": health.DCGM_PORT, "protocol": "TCP"}]}]}})
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "dcgm-exporter-test", "labels": {"app.kubernetes.io/name": "dcgm-exporter"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "exporter",
+                        "image": "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04",
+                        "ports": [{"name": "metrics", "containerPort": health.DCGM_PORT, "protocol": "TCP"}],
+                    }
+                ],
+            },
+        },
+    )
     deadline = time.monotonic() + 30
     while True:
         pod = core.read_namespaced_pod("dcgm-exporter-test", namespace)
@@ -170,12 +199,14 @@ def test_an_out_of_memory_test_pod_fails_with_the_reason(cluster, namespace):  #
 
 def test_without_a_runtime_class_the_pod_runs_on_the_default_runtime(cluster, namespace):  # noqa: F811
     with kubelet_finishes_test_pods(cluster.api):
-        results = health.check_cluster_gpus(cluster.api, namespace=namespace, timeout_s=30, check_dcgm=False,
-                                            runtime_class=None)
+        results = health.check_cluster_gpus(
+            cluster.api, namespace=namespace, timeout_s=30, check_dcgm=False, runtime_class=None
+        )
     assert [r.name for r in results] == ["API server", "GPU nodes", "GPU test pod"] and all(r.ok for r in results)
     assert "(default runtime, no runtimeClassName)" in results[-1].detail
-    missing = by_name(health.check_cluster_gpus(cluster.api, run_pod=False, check_dcgm=False,
-                                                runtime_class="kata-nvidia"))["RuntimeClass kata-nvidia"]
+    missing = by_name(
+        health.check_cluster_gpus(cluster.api, run_pod=False, check_dcgm=False, runtime_class="kata-nvidia")
+    )["RuntimeClass kata-nvidia"]
     assert not missing.ok and missing.detail.startswith("not found") and "--no-runtime-class" in missing.detail
 
 
@@ -194,10 +225,12 @@ def test_command_line_prints_a_line_per_check_and_exits_non_zero_on_failure(clus
 def test_an_unreachable_api_server_is_one_failure(tmp_path):
     # a kubeconfig that names a port nothing listens on (loopback only)
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-                          "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
-                          "users: [{name: u, user: {token: t}}]\n"
-                          "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
     results = health.check_cluster_gpus(kubeconfig)
     assert len(results) == 1 and results[0].name == "API server" and not results[0].ok
     assert "cannot reach the API server" in results[0].detail

@@ -30,21 +30,33 @@ KUBECTL = str(Path(sys.executable).parent / "kubectl")
 
 
 def k8s(namespace: str, **fields) -> BackendConfig:
-    return BackendConfig(**{"kind": "kubernetes", "namespace": namespace, "image": IMAGE, "startup_timeout_s": 30,
-                            "teardown_timeout_s": 30, **fields})
+    return BackendConfig(
+        **{
+            "kind": "kubernetes",
+            "namespace": namespace,
+            "image": IMAGE,
+            "startup_timeout_s": 30,
+            "teardown_timeout_s": 30,
+            **fields,
+        }
+    )
 
 
-def backend_for(cluster: Cluster, namespace: str, tmp_path, workload: str = "distilbert", api=None,
-                **fields) -> KubernetesBackend:
-    return KubernetesBackend(WorkloadConfig(name=workload), k8s(namespace, **fields), tmp_path / "logs",
-                             api_client=api or cluster.api)
+def backend_for(
+    cluster: Cluster, namespace: str, tmp_path, workload: str = "distilbert", api=None, **fields
+) -> KubernetesBackend:
+    return KubernetesBackend(
+        WorkloadConfig(name=workload), k8s(namespace, **fields), tmp_path / "logs", api_client=api or cluster.api
+    )
 
 
 def leftovers(cluster: Cluster, namespace: str) -> list[str]:
     apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
-    return ([f"deployment/{d.metadata.name}" for d in apps.list_namespaced_deployment(namespace).items]
-            + [f"service/{s.metadata.name}" for s in core.list_namespaced_service(namespace).items]
-            + [f"pod/{p.metadata.name}" for p in core.list_namespaced_pod(namespace).items])
+    return (
+        [f"deployment/{d.metadata.name}" for d in apps.list_namespaced_deployment(namespace).items]
+        + [f"service/{s.metadata.name}" for s in core.list_namespaced_service(namespace).items]
+        + [f"pod/{p.metadata.name}" for p in core.list_namespaced_pod(namespace).items]
+    )
 
 
 def test_deploy_scale_and_teardown(cluster: Cluster, namespace: str, tmp_path) -> None:
@@ -94,8 +106,9 @@ def test_gpu_replicas_go_to_the_gpu_node(cluster: Cluster, namespace: str, tmp_p
         assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
 
 
-def test_more_gpus_than_the_nodes_have_fails_with_the_schedulers_reason(cluster: Cluster, namespace: str,
-                                                                        tmp_path) -> None:
+def test_more_gpus_than_the_nodes_have_fails_with_the_schedulers_reason(
+    cluster: Cluster, namespace: str, tmp_path
+) -> None:
     start = time.monotonic()
     with pytest.raises(BackendError) as failure:
         with backend_for(cluster, namespace, tmp_path, gpu=8, startup_timeout_s=6):
@@ -120,8 +133,9 @@ def test_an_image_that_cannot_be_pulled_fails_fast(cluster: Cluster, namespace: 
 
 
 @pytest.mark.parametrize("failure, expected", [("CrashLoopBackOff", "kubectl logs"), ("OOMKilled", "backend.memory")])
-def test_crash_loops_and_oom_kills_are_diagnosed(cluster: Cluster, namespace: str, tmp_path, failure: str,
-                                                  expected: str) -> None:
+def test_crash_loops_and_oom_kills_are_diagnosed(
+    cluster: Cluster, namespace: str, tmp_path, failure: str, expected: str
+) -> None:
     cluster.sim.fail({"gawm/workload": "distilbert"}, failure)
     with pytest.raises(BackendError) as caught:
         with backend_for(cluster, namespace, tmp_path):
@@ -139,15 +153,25 @@ def test_a_missing_namespace_is_named(cluster: Cluster, tmp_path) -> None:
 
 def test_what_someone_else_deployed_is_left_alone(cluster: Cluster, namespace: str, tmp_path) -> None:
     apps = client.AppsV1Api(cluster.api)
-    theirs = {"metadata": {"name": "gawm-distilbert"}, "spec": {
-        "replicas": 0, "selector": {"matchLabels": {"app": "theirs"}},
-        "template": {"metadata": {"labels": {"app": "theirs"}},
-                     "spec": {"containers": [{"name": "c", "image": "theirs:1"}]}}}}
+    theirs = {
+        "metadata": {"name": "gawm-distilbert"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "theirs"}},
+            "template": {
+                "metadata": {"labels": {"app": "theirs"}},
+                "spec": {"containers": [{"name": "c", "image": "theirs:1"}]},
+            },
+        },
+    }
     apps.create_namespaced_deployment(namespace, theirs)
     with pytest.raises(BackendError, match="was not deployed by gawm"):
         with backend_for(cluster, namespace, tmp_path):
             pass
-    assert apps.read_namespaced_deployment("gawm-distilbert", namespace).spec.template.spec.containers[0].image == "theirs:1"
+    assert (
+        apps.read_namespaced_deployment("gawm-distilbert", namespace).spec.template.spec.containers[0].image
+        == "theirs:1"
+    )
 
 
 def test_ctrl_c_tears_down_inside_and_during_the_rollout(cluster: Cluster, namespace: str, tmp_path) -> None:
@@ -159,8 +183,9 @@ def test_ctrl_c_tears_down_inside_and_during_the_rollout(cluster: Cluster, names
     def interrupt(counts: dict[str, int]) -> None:
         raise KeyboardInterrupt
 
-    backend = KubernetesBackend(WorkloadConfig(name="whisper"), k8s(namespace), tmp_path, api_client=cluster.api,
-                                progress=interrupt)
+    backend = KubernetesBackend(
+        WorkloadConfig(name="whisper"), k8s(namespace), tmp_path, api_client=cluster.api, progress=interrupt
+    )
     with pytest.raises(KeyboardInterrupt):
         with backend:
             pass
@@ -178,8 +203,12 @@ def test_the_service_account_can_do_its_job_and_no_more(cluster: Cluster, namesp
 
     as_sa = cluster.plane.api_client(token)
     core = client.CoreV1Api(as_sa)
-    for denied in (lambda: core.list_namespaced_secret(namespace), lambda: core.list_namespaced_config_map(namespace),
-                   lambda: core.list_namespaced_pod("default"), lambda: core.list_node()):
+    for denied in (
+        lambda: core.list_namespaced_secret(namespace),
+        lambda: core.list_namespaced_config_map(namespace),
+        lambda: core.list_namespaced_pod("default"),
+        lambda: core.list_node(),
+    ):
         with pytest.raises(ApiException) as caught:
             denied()
         assert caught.value.status == 403
@@ -197,10 +226,12 @@ def test_an_experiment_runs_on_kubernetes_end_to_end(cluster: Cluster, namespace
 
     cluster.sim.run_servers = True
     cfg = ExperimentConfig(
-        name="k8s-e2e", workloads=[WorkloadConfig(name="distilbert", warmup_batches=0)],
+        name="k8s-e2e",
+        workloads=[WorkloadConfig(name="distilbert", warmup_batches=0)],
         backend=k8s(namespace, kubeconfig=str(cluster.kubeconfig), startup_timeout_s=120),
         load=LoadConfig(levels=[1], step_duration_s=1.0, warmup_s=0.2),
-        prometheus=PrometheusConfig(scrape_interval_s=0.5))
+        prometheus=PrometheusConfig(scrape_interval_s=0.5),
+    )
     run, table = run_experiment(cfg, progress=False)
     assert table["ok"].sum() > 0 and table["errors"].sum() == 0
     manifest = json.loads((run.path / "manifest.json").read_text())
@@ -215,8 +246,9 @@ def test_an_experiment_runs_on_kubernetes_end_to_end(cluster: Cluster, namespace
 
 # -- kubectl apply -k -------------------------------------------------------------------------------------------------
 def kubectl(cluster: Cluster, *args: str) -> str:
-    out = subprocess.run([KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
     return out.stdout
 
@@ -241,23 +273,40 @@ def test_apply_k_deploys_every_kustomization(cluster: Cluster) -> None:
             wait_for_rollout(cluster.api, "gawm-monitoring", name, timeout_s=30)
         deadline = time.monotonic() + 30
         while True:  # DaemonSets: node-exporter on every node, DCGM exporter on the GPU node only
-            status = {d.metadata.name: (d.status.desired_number_scheduled, d.status.number_ready)
-                      for d in apps.list_namespaced_daemon_set("gawm-monitoring").items}
+            status = {
+                d.metadata.name: (d.status.desired_number_scheduled, d.status.number_ready)
+                for d in apps.list_namespaced_daemon_set("gawm-monitoring").items
+            }
             if status == {"node-exporter": (2, 2), "dcgm-exporter": (1, 1)} or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert status == {"node-exporter": (2, 2), "dcgm-exporter": (1, 1)}
         while True:  # the Job's pod, created and placed asynchronously
-            job_pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
-                "gawm", label_selector="app.kubernetes.io/name=gawm-loadgen").items
+            job_pods = (
+                client.CoreV1Api(cluster.api)
+                .list_namespaced_pod("gawm", label_selector="app.kubernetes.io/name=gawm-loadgen")
+                .items
+            )
             if (job_pods and job_pods[0].status.phase == "Running") or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert len(job_pods) == 1 and job_pods[0].spec.node_name == "sim-cpu-0"
     finally:
         for kustomization in ("jobs/loadgen", "monitoring", "overlays/gpu-time-slicing"):
-            subprocess.run([KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "delete", "--wait=false",
-                            "--ignore-not-found", "-k", str(K8S / kustomization)], capture_output=True, timeout=120)
+            subprocess.run(
+                [
+                    KUBECTL,
+                    "--kubeconfig",
+                    str(cluster.kubeconfig),
+                    "delete",
+                    "--wait=false",
+                    "--ignore-not-found",
+                    "-k",
+                    str(K8S / kustomization),
+                ],
+                capture_output=True,
+                timeout=120,
+            )
     deadline = time.monotonic() + 60
     names = {"gawm", "gawm-monitoring", "nvidia-device-plugin"}
     while names & {n.metadata.name for n in client.CoreV1Api(cluster.api).list_namespace().items}:

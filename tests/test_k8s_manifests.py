@@ -25,8 +25,10 @@ KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "overlays/gpu-time-sli
 SCHEMA_VERSIONS = ["1.30.0", "1.34.0"]
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}
 # Monitoring containers that cannot run under "restricted", and the one thing each needs (see their manifests).
-EXCEPTIONS = {"dcgm-exporter": "root with SYS_ADMIN (DCGM profiling metrics)",
-              "node-exporter": "host network, PID namespace and read-only host paths"}
+EXCEPTIONS = {
+    "dcgm-exporter": "root with SYS_ADMIN (DCGM profiling metrics)",
+    "node-exporter": "host network, PID namespace and read-only host paths",
+}
 
 
 def kubectl() -> str:
@@ -44,8 +46,11 @@ def render(kustomization: str) -> tuple[dict, ...]:
 
 
 def pod_specs(objects) -> list[tuple[str, dict]]:
-    return [(f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"])
-            for o in objects if o["kind"] in WORKLOAD_KINDS]
+    return [
+        (f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"])
+        for o in objects
+        if o["kind"] in WORKLOAD_KINDS
+    ]
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -57,12 +62,15 @@ def test_every_object_validates_against_current_schemas(kustomization: str) -> N
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"k8s/{kustomization}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): "
-                            f"{exc.message} at {'.'.join(map(str, exc.path))}")
+                pytest.fail(
+                    f"k8s/{kustomization}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): "
+                    f"{exc.message} at {'.'.join(map(str, exc.path))}"
+                )
 
 
-@pytest.mark.parametrize("kustomization", ["base", "overlays/cpu", "overlays/gpu", "overlays/gpu-time-slicing",
-                                           "jobs/loadgen"])
+@pytest.mark.parametrize(
+    "kustomization", ["base", "overlays/cpu", "overlays/gpu", "overlays/gpu-time-slicing", "jobs/loadgen"]
+)
 def test_gawm_containers_run_restricted(kustomization: str) -> None:
     specs = pod_specs(render(kustomization))
     assert specs
@@ -86,8 +94,11 @@ def test_gawm_containers_run_restricted(kustomization: str) -> None:
             if where.startswith("Deployment/"):
                 assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready", where
                 assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live", where
-                deployment = next(o for o in render(kustomization)
-                                  if o["kind"] == "Deployment" and f"Deployment/{o['metadata']['name']}" == where)
+                deployment = next(
+                    o
+                    for o in render(kustomization)
+                    if o["kind"] == "Deployment" and f"Deployment/{o['metadata']['name']}" == where
+                )
                 annotations = deployment["spec"]["template"]["metadata"]["annotations"]
                 assert annotations["prometheus.io/scrape"] == "true", where
 
@@ -112,8 +123,11 @@ def test_monitoring_containers_are_as_restricted_as_they_can_be() -> None:
 def test_every_port_says_tcp() -> None:
     for kustomization in KUSTOMIZATIONS:
         for obj in render(kustomization):
-            ports = obj["spec"]["ports"] if obj["kind"] == "Service" else [
-                p for _, spec in pod_specs([obj]) for c in spec["containers"] for p in c.get("ports", [])]
+            ports = (
+                obj["spec"]["ports"]
+                if obj["kind"] == "Service"
+                else [p for _, spec in pod_specs([obj]) for c in spec["containers"] for p in c.get("ports", [])]
+            )
             assert all(p.get("protocol") == "TCP" for p in ports), f"{kustomization}: {obj['metadata']['name']}"
 
 
@@ -125,10 +139,17 @@ def _deployments(kustomization: str) -> dict[str, dict]:
     return {o["metadata"]["name"]: o for o in render(kustomization) if o["kind"] == "Deployment"}
 
 
-@pytest.mark.parametrize("overlay, workload, backend", [
-    ("overlays/cpu", {"threads": 4}, {"cpu": "4", "memory": "4Gi"}),
-    ("overlays/gpu", {"device": "cuda", "precision": "fp16", "threads": 2}, {"gpu": 1, "cpu": "2", "memory": "8Gi"}),
-])
+@pytest.mark.parametrize(
+    "overlay, workload, backend",
+    [
+        ("overlays/cpu", {"threads": 4}, {"cpu": "4", "memory": "4Gi"}),
+        (
+            "overlays/gpu",
+            {"device": "cuda", "precision": "fp16", "threads": 2},
+            {"gpu": 1, "cpu": "2", "memory": "8Gi"},
+        ),
+    ],
+)
 def test_overlays_deploy_what_the_backend_deploys(overlay: str, workload: dict, backend: dict) -> None:
     """``kubectl apply -k`` of an overlay and the backend with the same settings give the same Deployments."""
     deployed = _deployments(overlay)
@@ -159,21 +180,30 @@ def test_monitoring_ships_the_dashboard_and_discovers_pods() -> None:
     objects = {(o["kind"], o["metadata"]["name"]): o for o in render("monitoring")}
     dashboard = objects["ConfigMap", "grafana-dashboard-gawm"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dashboard["data"]["gawm.json"]) == json.loads((K8S / "monitoring/dashboards/gawm.json").read_text())
+    assert json.loads(dashboard["data"]["gawm.json"]) == json.loads(
+        (K8S / "monitoring/dashboards/gawm.json").read_text()
+    )
     config = yaml.safe_load(objects["ConfigMap", "prometheus-config"]["data"]["prometheus.yml"])
     roles = {job["job_name"]: job["kubernetes_sd_configs"][0]["role"] for job in config["scrape_configs"]}
     assert roles == {"gawm": "pod", "cadvisor": "node", "exporters": "endpoints"}
     for kind in ("DaemonSet", "Deployment"):
-        assert {n for k, n in objects if k == kind} >= ({"dcgm-exporter", "node-exporter"} if kind == "DaemonSet"
-                                                        else {"prometheus", "kube-state-metrics"})
+        assert {n for k, n in objects if k == kind} >= (
+            {"dcgm-exporter", "node-exporter"} if kind == "DaemonSet" else {"prometheus", "kube-state-metrics"}
+        )
 
 
-@pytest.mark.parametrize("fields, problem", [
-    ({"cpu": "0"}, "positive Kubernetes quantity"), ({"memory": "3GB"}, "positive Kubernetes quantity"),
-    ({"namespace": "Gawm_Runs"}, "DNS-1123 label"), ({"image": "Gawm:1"}, "image reference"),
-    ({"gpu": -1}, "greater than or equal to 0"), ({"tolerations": [{"kye": "x"}]}, "toleration keys"),
-    ({"kubeconfig": ""}, "kubeconfig file path"),  # whether the file exists is the run's preflight's question
-])
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"cpu": "0"}, "positive Kubernetes quantity"),
+        ({"memory": "3GB"}, "positive Kubernetes quantity"),
+        ({"namespace": "Gawm_Runs"}, "DNS-1123 label"),
+        ({"image": "Gawm:1"}, "image reference"),
+        ({"gpu": -1}, "greater than or equal to 0"),
+        ({"tolerations": [{"kye": "x"}]}, "toleration keys"),
+        ({"kubeconfig": ""}, "kubeconfig file path"),  # whether the file exists is the run's preflight's question
+    ],
+)
 def test_kubernetes_settings_are_checked(fields: dict, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         BackendConfig(kind="kubernetes", **fields)
@@ -182,8 +212,15 @@ def test_kubernetes_settings_are_checked(fields: dict, problem: str) -> None:
 def test_settings_reach_the_server_as_expanded_arguments() -> None:
     from gawm_lib.cluster.simulator import expand
 
-    cfg = WorkloadConfig(name="whisper", max_batch_size=4, model_size="base", precision="fp16",
-                         temperatures=[0.0, 0.4], timestamps=True, max_queue_size=32)  # the last three: literals
+    cfg = WorkloadConfig(
+        name="whisper",
+        max_batch_size=4,
+        model_size="base",
+        precision="fp16",
+        temperatures=[0.0, 0.4],
+        timestamps=True,
+        max_queue_size=32,
+    )  # the last three: literals
     (deployment, _) = manifests.render_server(cfg, BackendConfig(kind="kubernetes"))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env: dict[str, str] = {}
@@ -201,16 +238,41 @@ def test_the_load_job_drives_a_server(tmp_path: Path) -> None:
     from gawm_lib.cluster import loadjob
 
     port_file = tmp_path / "port"
-    server = processes.spawn([sys.executable, "-m", "gawm_lib.bench.null_server", "--model", "distilbert",
-                              "--port", "0", "--port-file", str(port_file)], tmp_path / "null.log")
+    server = processes.spawn(
+        [
+            sys.executable,
+            "-m",
+            "gawm_lib.bench.null_server",
+            "--model",
+            "distilbert",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        tmp_path / "null.log",
+    )
     try:
         for _ in range(100):
             if port_file.is_file():
                 break
             __import__("time").sleep(0.1)
         load = {"levels": [1], "step_duration_s": 0.5, "warmup_s": 0.1}
-        assert loadjob.main(["--workload", "distilbert", "--target", f"http://127.0.0.1:{port_file.read_text()}",
-                             "--load", json.dumps(load), "--out", str(tmp_path / "out")]) == 0
+        assert (
+            loadjob.main(
+                [
+                    "--workload",
+                    "distilbert",
+                    "--target",
+                    f"http://127.0.0.1:{port_file.read_text()}",
+                    "--load",
+                    json.dumps(load),
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 0
+        )
     finally:
         processes.stop(server)
     assert (tmp_path / "out" / "requests.parquet").is_dir()

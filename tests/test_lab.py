@@ -33,9 +33,14 @@ def free_port() -> int:
 
 def make_lab_command() -> list[str]:
     """The command ``make lab`` runs (its recipe, expanded by make itself), with jupyter run by this interpreter."""
-    out = subprocess.run(["make", "--no-print-directory", "-s", "-n", "-o", "env", "-C", str(ROOT), "lab"],
-                         check=False, capture_output=True, text=True, timeout=30,
-                         env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")})
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-n", "-o", "env", "-C", str(ROOT), "lab"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+    )
     assert out.returncode == 0, out.stderr
     argv = shlex.split(out.stdout.replace("\\\n", " "))
     assert argv[0].endswith("/jupyter") and argv[1] == "lab", argv
@@ -48,15 +53,30 @@ def start_lab(tmp_path: Path, env: dict[str, str] | None = None):
     (workspaces, user settings) in ``tmp_path``, never contacting anything but loopback (no update or news check).
     Gives (base URL, token, auth headers)."""
     port, token = free_port(), secrets.token_hex(16)
-    environ = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-               "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), **(env or {})}
+    environ = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+        **(env or {}),
+    }
     log = tmp_path / "jupyter.log"
     cwd = tmp_path / "elsewhere"  # the root must come from the command, not from where it is started
     cwd.mkdir(exist_ok=True)
-    proc = subprocess.Popen([*make_lab_command(), "--no-browser", f"--port={port}", "--ServerApp.port_retries=0",
-                             f"--IdentityProvider.token={token}", "--LabApp.news_url=None",
-                             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-                            env=environ, cwd=cwd, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    proc = subprocess.Popen(
+        [
+            *make_lab_command(),
+            "--no-browser",
+            f"--port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        env=environ,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"token {token}"}
     try:
@@ -87,11 +107,30 @@ def jupyter(tmp_path):
 
 def execute(ws, code: str, timeout_s: float = 120) -> list[dict]:
     msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                                   "session": uuid.uuid4().hex, "version": "5.3"},
-                        "parent_header": {}, "metadata": {}, "channel": "shell",
-                        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                                    "allow_stdin": False, "stop_on_error": True}}))
+    ws.send(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "test",
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": True,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                    "stop_on_error": True,
+                },
+            }
+        )
+    )
     # Done when the shell reply has come AND iopub says idle: the two channels are not ordered with each other.
     outputs, reply, idle, deadline = [], None, False, time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -126,8 +165,9 @@ def test_lab_lists_notebooks_and_runs_one_through_a_kernel(jupyter):
     names = {item["name"] for item in listing["content"] if item["type"] == "notebook"}
     assert {"00_environment_check.ipynb", "01_measure_load_sweep.ipynb", "02_figures_load_sweep.ipynb"} <= names
     kernel = httpx.post(f"{base}/api/kernels", headers=headers, json={"name": "python3"}).json()
-    ws = websocket.create_connection(f"ws://127.0.0.1:{base.rsplit(':', 1)[1]}/api/kernels/{kernel['id']}/channels"
-                                     f"?token={token}", timeout=120)
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{base.rsplit(':', 1)[1]}/api/kernels/{kernel['id']}/channels?token={token}", timeout=120
+    )
     try:
         notebook = nbformat.read(ROOT / "notebooks" / "00_environment_check.ipynb", as_version=4)
         outputs = []

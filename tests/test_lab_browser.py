@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_lab import start_lab
 
 from gawm_lib import config, runs
 from gawm_lib.loadgen.records import COLUMNS, schema
-from test_lab import start_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,17 +26,33 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 NOTEBOOK = "notebooks/02_figures_load_sweep.ipynb"
 # Chromium as root in a container with no network but loopback: without the background-networking flags it keeps
 # trying Google's hosts; its profile lives in the test's tmp_path.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
 
 
 def write_run(raw_dir: Path, levels=(1, 2, 4), per_step: int = 200, seed: int = 0) -> runs.Run:
     """A COMPLETED run of ResNet50 with request records as the load generator writes them (a parquet dataset of part
     files in its schema): a short warm-up, then closed-loop steps at ``levels`` users of ``per_step`` requests each,
     latency growing with the users as a queue's would."""
-    cfg = config.validate_params({"name": "browser", "workloads": ["resnet50"], "prometheus": {"enabled": False},
-                                  "load": {"levels": list(levels), "step_duration_s": 1}}, source="test")
+    cfg = config.validate_params(
+        {
+            "name": "browser",
+            "workloads": ["resnet50"],
+            "prometheus": {"enabled": False},
+            "load": {"levels": list(levels), "step_duration_s": 1},
+        },
+        source="test",
+    )
     effective = cfg.model_dump(mode="json")
     run = runs.create_run("browser", effective, effective, raw_dir=raw_dir)
     rng = np.random.default_rng(seed)
@@ -49,12 +65,32 @@ def write_run(raw_dir: Path, levels=(1, 2, 4), per_step: int = 200, seed: int = 
         scheduled = clock + np.cumsum(latency) // users
         done = scheduled + latency
         clock = int(done.max()) + 10_000_000
-        frames.append(pd.DataFrame({
-            "workload": "resnet50", "phase": "warmup" if step < 0 else "step", "step": step, "level": float(users),
-            "scheduled_ns": scheduled, "sent_ns": scheduled, "first_byte_ns": done - 100_000, "done_ns": done,
-            "status": 200, "error": "", "bytes_out": 150_000, "bytes_in": 400, "items": 1, "batch_size": 1,
-            "server_queue_ns": queue, "server_compute_ns": compute, "server_decode_ns": 2_000_000, "truncated": -1,
-            "replica": "127.0.0.1:8000", "process": 0}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "workload": "resnet50",
+                    "phase": "warmup" if step < 0 else "step",
+                    "step": step,
+                    "level": float(users),
+                    "scheduled_ns": scheduled,
+                    "sent_ns": scheduled,
+                    "first_byte_ns": done - 100_000,
+                    "done_ns": done,
+                    "status": 200,
+                    "error": "",
+                    "bytes_out": 150_000,
+                    "bytes_in": 400,
+                    "items": 1,
+                    "batch_size": 1,
+                    "server_queue_ns": queue,
+                    "server_compute_ns": compute,
+                    "server_decode_ns": 2_000_000,
+                    "truncated": -1,
+                    "replica": "127.0.0.1:8000",
+                    "process": 0,
+                }
+            )
+        )
     records = pd.concat(frames, ignore_index=True)[list(COLUMNS)]
     run.requests_path.mkdir()
     records.to_parquet(run.requests_path / "resnet50-part-00000.parquet", schema=schema(), index=False)
@@ -66,8 +102,10 @@ def write_run(raw_dir: Path, levels=(1, 2, 4), per_step: int = 200, seed: int = 
 def browser(tmp_path):
     for program in (CHROMIUM, CHROMEDRIVER):
         if not Path(program).is_file():
-            pytest.fail(f"{program} is missing: install the test system programs (python3 -m gawm_lib.sysdeps "
-                        "--install --tests, as root)")
+            pytest.fail(
+                f"{program} is missing: install the test system programs (python3 -m gawm_lib.sysdeps "
+                "--install --tests, as root)"
+            )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -75,8 +113,9 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM  # with the driver's path given too, Selenium Manager is never asked
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
+    driver = webdriver.Chrome(
+        service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options
+    )
     try:
         yield driver
     finally:
@@ -148,18 +187,27 @@ def open_and_run_all(driver, base: str, token: str, notebook: str, timeout_s: fl
         return items[0] if items else None
 
     ActionChains(driver).double_click(wait_for(listed, 60, f"{name} in the file browser")).perform()
-    wait_for(lambda: state()["session"].endswith("| Idle") and state()["kernel"] == "idle" and state()["prompts"],
-             120, f"{name} open with its kernel started and idle")
+    wait_for(
+        lambda: state()["session"].endswith("| Idle") and state()["kernel"] == "idle" and state()["prompts"],
+        120,
+        f"{name} open with its kernel started and idle",
+    )
 
     def run_all() -> bool:
         """Run > Run All Cells, once the menu offers it (it is greyed out until the notebook is the current widget)."""
-        bar = [e for e in driver.find_elements(By.CSS_SELECTOR, "#jp-MainMenu .lm-MenuBar-itemLabel")
-               if e.text.strip() == "Run"]
+        bar = [
+            e
+            for e in driver.find_elements(By.CSS_SELECTOR, "#jp-MainMenu .lm-MenuBar-itemLabel")
+            if e.text.strip() == "Run"
+        ]
         if not bar:
             return False
         bar[0].click()
-        item = [e for e in driver.find_elements(By.CSS_SELECTOR, '.lm-Menu-item[data-command="runmenu:run-all"]')
-                if "lm-mod-disabled" not in e.get_attribute("class")]
+        item = [
+            e
+            for e in driver.find_elements(By.CSS_SELECTOR, '.lm-Menu-item[data-command="runmenu:run-all"]')
+            if "lm-mod-disabled" not in e.get_attribute("class")
+        ]
         if not item:
             ActionChains(driver).send_keys(Keys.ESCAPE).perform()
             return False
@@ -193,14 +241,15 @@ def run_cell_below(driver, code: str, timeout_s: float = 60) -> dict:
     before = len(driver.execute_script(NOTEBOOK_STATE)["prompts"])
     ActionChains(driver).send_keys(Keys.ESCAPE).send_keys("b").perform()  # command mode, insert below
     wait_for(lambda: len(driver.execute_script(NOTEBOOK_STATE)["prompts"]) == before + 1, 10, "a new cell")
-    editor = driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell.jp-mod-selected "
-                                                   ".cm-content")[0]
+    editor = driver.find_elements(
+        By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell.jp-mod-selected .cm-content"
+    )[0]
     editor.click()
     ActionChains(driver).send_keys(code).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
 
     def done():
         now = driver.execute_script(NOTEBOOK_STATE)
-        ok = now["kernel"] == "idle" and all(p.strip("[]:").isdigit() for p in now["prompts"][:before + 1])
+        ok = now["kernel"] == "idle" and all(p.strip("[]:").isdigit() for p in now["prompts"][: before + 1])
         return now if ok else None
 
     return wait_for(done, timeout_s, f"the cell {code!r} to run")
@@ -232,9 +281,13 @@ def test_notebook_02_run_all_in_jupyterlab_shows_its_figures_inline_and_no_error
 
 # The other figure notebooks, each run with Run All Cells on the same recorded run (03, 04, 09 read it; 05 and 06 start
 # their own small servers with their offline defaults): every one shows its figures inline and no error.
-OTHER_NOTEBOOKS = ["notebooks/03_analyze_models.ipynb", "notebooks/04_capacity_plan.ipynb",
-                   "notebooks/05_replica_scaling.ipynb", "notebooks/06_whisper_audio_duration.ipynb",
-                   "notebooks/09_thesis_figures.ipynb"]
+OTHER_NOTEBOOKS = [
+    "notebooks/03_analyze_models.ipynb",
+    "notebooks/04_capacity_plan.ipynb",
+    "notebooks/05_replica_scaling.ipynb",
+    "notebooks/06_whisper_audio_duration.ipynb",
+    "notebooks/09_thesis_figures.ipynb",
+]
 
 
 @pytest.mark.parametrize("notebook", OTHER_NOTEBOOKS, ids=[Path(n).stem[:2] for n in OTHER_NOTEBOOKS])

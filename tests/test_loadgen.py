@@ -32,8 +32,14 @@ def server(tmp_path_factory):
 def spec_for(tmp_path, targets, **load):
     workload = build_workload(WorkloadConfig(name="distilbert"))
     bodies = write_bodies(tmp_path / "bodies.jsonl", [workload.request_body([t]) for t in workload.sample_items(8, 1)])
-    return LoadSpec(workload="distilbert", model="distilbert", targets=targets, bodies_path=str(bodies),
-                    out_dir=str(tmp_path / "requests.parquet"), load=LoadConfig(**load).model_dump())
+    return LoadSpec(
+        workload="distilbert",
+        model="distilbert",
+        targets=targets,
+        bodies_path=str(bodies),
+        out_dir=str(tmp_path / "requests.parquet"),
+        load=LoadConfig(**load).model_dump(),
+    )
 
 
 def test_closed_loop_steps_record_every_request(tmp_path, server):
@@ -71,8 +77,7 @@ def test_poisson_latency_counts_from_the_schedule(tmp_path, server):
 
 
 def test_unreachable_server_records_connect_errors(tmp_path):
-    spec = spec_for(tmp_path, ["http://127.0.0.1:9"], levels=[2], step_duration_s=0.5, warmup_s=0,
-                    request_timeout_s=2)
+    spec = spec_for(tmp_path, ["http://127.0.0.1:9"], levels=[2], step_duration_s=0.5, warmup_s=0, request_timeout_s=2)
     result = run_load(spec, tmp_path, progress=False)
     rows = pd.read_parquet(spec.out_dir)
     assert len(rows) == result["requests"] > 0
@@ -85,8 +90,11 @@ def test_interrupted_load_keeps_readable_records_and_accounts_for_in_flight(tmp_
     spec_path = tmp_path / "spec.json"
     spec.write(spec_path)
     result_path = tmp_path / "result.json"
-    proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.loadgen", str(spec_path), "--result", str(result_path)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gawm_lib.loadgen", str(spec_path), "--result", str(result_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert json.loads(proc.stdout.readline())["done"] >= 1
         time.sleep(0.5)

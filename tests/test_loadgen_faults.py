@@ -26,11 +26,13 @@ pytestmark = pytest.mark.integration
 
 
 def spec_for(tmp_path: Path, url: str, model: str = "null", **load) -> LoadSpec:
-    bodies = write_bodies(tmp_path / "bodies.jsonl",
-                          [{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [f"x{i}"]}]}
-                           for i in range(4)])
-    return LoadSpec("null", model, [url], str(bodies), str(tmp_path / "requests.parquet"),
-                    LoadConfig(**load).model_dump())
+    bodies = write_bodies(
+        tmp_path / "bodies.jsonl",
+        [{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [f"x{i}"]}]} for i in range(4)],
+    )
+    return LoadSpec(
+        "null", model, [url], str(bodies), str(tmp_path / "requests.parquet"), LoadConfig(**load).model_dump()
+    )
 
 
 def accounted(rows: pd.DataFrame) -> pd.Series:
@@ -41,10 +43,20 @@ def accounted(rows: pd.DataFrame) -> pd.Series:
 
 @pytest.mark.parametrize("transport", ["http1", "aiohttp"])
 def test_server_errors_slow_answers_and_resets_are_counted_by_kind(tmp_path, transport):
-    with null_server.running(error_fraction=0.1, slow_fraction=0.05, slow_s=1.0, reset_fraction=0.03,
-                             seed=3) as (_, url):
-        spec = spec_for(tmp_path, url, scenario="constant_rate", levels=[400], step_duration_s=1.0, warmup_s=0,
-                        request_timeout_s=0.25, transport=transport)
+    with null_server.running(error_fraction=0.1, slow_fraction=0.05, slow_s=1.0, reset_fraction=0.03, seed=3) as (
+        _,
+        url,
+    ):
+        spec = spec_for(
+            tmp_path,
+            url,
+            scenario="constant_rate",
+            levels=[400],
+            step_duration_s=1.0,
+            warmup_s=0,
+            request_timeout_s=0.25,
+            transport=transport,
+        )
         result = run_load(spec, tmp_path / "work", progress=False)
     rows = summary.read_requests(spec.out_dir)
     assert len(rows) == result["requests"] == 400 and not result["interrupted"]
@@ -62,14 +74,16 @@ def test_server_errors_slow_answers_and_resets_are_counted_by_kind(tmp_path, tra
 
 @pytest.mark.parametrize("transport", ["http1", "aiohttp"])
 def test_unknown_model_is_counted_as_4xx_and_refused_connections_as_connect(tmp_path, transport):
-    spec = spec_for(tmp_path / "refused", "http://127.0.0.1:9", levels=[1], step_duration_s=0.2, warmup_s=0,
-                    transport=transport)
+    spec = spec_for(
+        tmp_path / "refused", "http://127.0.0.1:9", levels=[1], step_duration_s=0.2, warmup_s=0, transport=transport
+    )
     run_load(spec, tmp_path / "work", progress=False)
     rows = summary.read_requests(spec.out_dir)
     assert summary.errors_by_kind(rows) == {"connect": len(rows)} and (rows["sent_ns"] > 0).all()
     with null_server.running() as (_, url):
-        spec = spec_for(tmp_path, url, model="nosuchmodel", levels=[1], step_duration_s=0.2, warmup_s=0,
-                        transport=transport)
+        spec = spec_for(
+            tmp_path, url, model="nosuchmodel", levels=[1], step_duration_s=0.2, warmup_s=0, transport=transport
+        )
         run_load(spec, tmp_path / "work", progress=False)
     rows = summary.read_requests(spec.out_dir)
     assert summary.errors_by_kind(rows) == {"http_4xx": len(rows)} and (rows["status"] == 404).all()
@@ -106,8 +120,15 @@ def test_server_killed_mid_run_and_restarted(tmp_path):
     port_file, log = tmp_path / "port", tmp_path / "server.log"
     server = null_server.start(0, "null", None, port_file, log)
     port = null_server.wait_for_port(server, port_file)
-    spec = spec_for(tmp_path, f"http://127.0.0.1:{port}", scenario="poisson", levels=[200], step_duration_s=120,
-                    warmup_s=0, request_timeout_s=1.0)
+    spec = spec_for(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        scenario="poisson",
+        levels=[200],
+        step_duration_s=120,
+        warmup_s=0,
+        request_timeout_s=1.0,
+    )
     load, result_path = start_load_process(tmp_path, spec)
     try:
         progress = Progress(load)
@@ -140,15 +161,19 @@ def start_load_process(tmp_path: Path, spec: LoadSpec) -> tuple[subprocess.Popen
     spec_path, result_path = tmp_path / "spec.json", tmp_path / "result.json"
     spec.write(spec_path)
     # own session and a parent-death signal (gawm_lib.processes): a killed test run leaves no load process behind
-    proc = processes.spawn([sys.executable, "-m", "gawm_lib.loadgen", str(spec_path), "--result", str(result_path)],
-                           tmp_path / "load.log", stdout=subprocess.PIPE)
+    proc = processes.spawn(
+        [sys.executable, "-m", "gawm_lib.loadgen", str(spec_path), "--result", str(result_path)],
+        tmp_path / "load.log",
+        stdout=subprocess.PIPE,
+    )
     return proc, result_path
 
 
 def test_sigint_stops_an_open_loop_and_accounts_for_requests_in_flight(tmp_path):
     with null_server.running(slow_fraction=0.5, slow_s=30) as (_, url):
-        spec = spec_for(tmp_path, url, scenario="poisson", levels=[200], step_duration_s=60, warmup_s=0,
-                        max_connections=20)
+        spec = spec_for(
+            tmp_path, url, scenario="poisson", levels=[200], step_duration_s=60, warmup_s=0, max_connections=20
+        )
         proc, result_path = start_load_process(tmp_path, spec)
         try:
             assert json.loads(proc.stdout.readline())["done"] >= 1

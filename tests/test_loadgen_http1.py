@@ -20,8 +20,9 @@ async def scripted(answers: list[bytes | None], delay_s: float = 0.0):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while queue:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(
-                b"content-length")))
+            length = int(
+                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            )
             await reader.readexactly(length)
             answer = queue.pop(0)
             await asyncio.sleep(delay_s)
@@ -94,12 +95,15 @@ def test_connection_close_opens_a_new_connection():
     assert exchange([ok, ok], 2)[0][1][:2] == (204, b"")
 
 
-@pytest.mark.parametrize(("answers", "kind"), [
-    ([None], "reset"),
-    ([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nshort"], "reset"),
-    ([b"SSH-2.0-OpenSSH\r\n\r\n"], "other"),
-    ([b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n"], "other"),
-])
+@pytest.mark.parametrize(
+    ("answers", "kind"),
+    [
+        ([None], "reset"),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nshort"], "reset"),
+        ([b"SSH-2.0-OpenSSH\r\n\r\n"], "other"),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n"], "other"),
+    ],
+)
 def test_broken_answers_are_told_apart(answers, kind):
     results, _ = exchange(answers, 1)
     assert results == [kind]

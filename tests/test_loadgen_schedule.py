@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from gawm_lib.config import ConfigError, LoadConfig, validate_params
-from gawm_lib.loadgen import LoadError, LoadSpec, run_load, write_bodies
-from gawm_lib.loadgen import client
+from gawm_lib.loadgen import LoadError, LoadSpec, client, run_load, write_bodies
 from gawm_lib.loadgen.schedule import Step, arrival_times_ns, plan, read_trace, seeds, share
 
 
@@ -25,15 +24,29 @@ def open_step(rate: float, end: float | None = None, arrival: str = "poisson", d
 def test_plans_of_each_scenario():
     sweep = plan(LoadConfig(scenario="poisson", levels=[5, 10], warmup_s=1))
     assert [(s.phase, s.index, s.mode, s.level) for s in sweep] == [
-        ("warmup", -1, "open", 5), ("step", 0, "open", 5), ("step", 1, "open", 10)]
+        ("warmup", -1, "open", 5),
+        ("step", 0, "open", 5),
+        ("step", 1, "open", 10),
+    ]
     assert all(s.drain for s in sweep)
     assert [s.mode for s in plan(LoadConfig(scenario="single_stream", warmup_s=0))] == ["closed"]
     assert plan(LoadConfig(scenario="constant_rate", levels=[3], warmup_s=0))[0].arrival == "constant"
     assert plan(LoadConfig(scenario="offline", levels=[64], warmup_s=0))[0].mode == "offline"
-    stages = plan(LoadConfig(scenario="stages", warmup_s=0.5, stages=[
-        {"duration_s": 2, "users": 1, "end_users": 4}, {"duration_s": 3, "rate_rps": 20, "arrival": "constant"}]))
+    stages = plan(
+        LoadConfig(
+            scenario="stages",
+            warmup_s=0.5,
+            stages=[
+                {"duration_s": 2, "users": 1, "end_users": 4},
+                {"duration_s": 3, "rate_rps": 20, "arrival": "constant"},
+            ],
+        )
+    )
     assert [(s.phase, s.mode, s.level, s.end_level, s.drain) for s in stages] == [
-        ("warmup", "closed", 1, 1, True), ("step", "closed", 1, 4, False), ("step", "open", 20, 20, False)]
+        ("warmup", "closed", 1, 1, True),
+        ("step", "closed", 1, 4, False),
+        ("step", "open", 20, 20, False),
+    ]
     assert stages[1].level_at(1.0) == 2.5 and stages[1].level_at(9) == 4
 
 
@@ -93,41 +106,63 @@ def test_bodies_join_along_the_first_dimension():
     one = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "id": "x"}
     two = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["b", "c"]}]}
     joined = client.join_bodies([one, two])
-    assert joined == {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a", "b", "c"]}],
-                      "id": "x"}
+    assert joined == {
+        "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a", "b", "c"]}],
+        "id": "x",
+    }
     assert client.request_items(joined) == 3
     with pytest.raises(ValueError, match="cannot join"):
         client.join_bodies([one, {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["d"]}]}])
 
 
-@pytest.mark.parametrize(("load", "message"), [
-    ({"scenario": "poisson", "levels": [-5]}, "load.levels.0: Input should be greater than 0 (got -5"),
-    ({"step_duration_s": 0}, "load.step_duration_s: Input should be greater than 0 (got 0"),
-    ({"scenario": "burst"}, "load.scenario: Input should be 'single_stream', 'closed_loop', 'poisson'"),
-    ({"levels": [1.5]}, "load.levels: Value error, closed_loop levels are numbers of concurrent users"),
-    ({"scenario": "stages"}, "load.stages: Value error, scenario stages needs at least one stage"),
-    ({"scenario": "stages", "stages": [{"duration_s": 1}]}, "load.stages.0: Value error, give either users"),
-    ({"scenario": "stages", "stages": [{"duration_s": -1, "users": 2}]}, "load.stages.0.duration_s: Input should be"),
-    ({"scenario": "stages", "stages": [{"duration_s": 1, "rate_rps": 2, "end_users": 3}]}, "end_users ramps users"),
-    ({"scenario": "poisson", "think_time_s": 1}, "load.think_time_s: Value error, think time is for closed loops"),
-    ({"scenario": "trace"}, "load.trace_path: Value error, scenario trace needs trace_path"),
-    ({"scenario": "trace", "trace_path": "/no/such.txt"}, "load.trace_path: Value error, expected a .csv or .parquet"),
-    ({"trace_path": "x.csv"}, "load.trace_path: Value error, trace_path is used by scenario trace only"),
-    ({"scenario": "single_stream", "levels": [4]}, "load.levels: Value error, scenario single_stream does not use"),
-    ({"step_duration_s": 10, "max_step_duration_s": 5}, "load.max_step_duration_s: Value error, max_step_duration_s"),
-    ({"stages": [{"duration_s": 1, "users": 1}]}, "load.stages: Value error, stages are used by scenario stages only"),
-])
+@pytest.mark.parametrize(
+    ("load", "message"),
+    [
+        ({"scenario": "poisson", "levels": [-5]}, "load.levels.0: Input should be greater than 0 (got -5"),
+        ({"step_duration_s": 0}, "load.step_duration_s: Input should be greater than 0 (got 0"),
+        ({"scenario": "burst"}, "load.scenario: Input should be 'single_stream', 'closed_loop', 'poisson'"),
+        ({"levels": [1.5]}, "load.levels: Value error, closed_loop levels are numbers of concurrent users"),
+        ({"scenario": "stages"}, "load.stages: Value error, scenario stages needs at least one stage"),
+        ({"scenario": "stages", "stages": [{"duration_s": 1}]}, "load.stages.0: Value error, give either users"),
+        (
+            {"scenario": "stages", "stages": [{"duration_s": -1, "users": 2}]},
+            "load.stages.0.duration_s: Input should be",
+        ),
+        ({"scenario": "stages", "stages": [{"duration_s": 1, "rate_rps": 2, "end_users": 3}]}, "end_users ramps users"),
+        ({"scenario": "poisson", "think_time_s": 1}, "load.think_time_s: Value error, think time is for closed loops"),
+        ({"scenario": "trace"}, "load.trace_path: Value error, scenario trace needs trace_path"),
+        (
+            {"scenario": "trace", "trace_path": "/no/such.txt"},
+            "load.trace_path: Value error, expected a .csv or .parquet",
+        ),
+        ({"trace_path": "x.csv"}, "load.trace_path: Value error, trace_path is used by scenario trace only"),
+        ({"scenario": "single_stream", "levels": [4]}, "load.levels: Value error, scenario single_stream does not use"),
+        (
+            {"step_duration_s": 10, "max_step_duration_s": 5},
+            "load.max_step_duration_s: Value error, max_step_duration_s",
+        ),
+        (
+            {"stages": [{"duration_s": 1, "users": 1}]},
+            "load.stages: Value error, stages are used by scenario stages only",
+        ),
+    ],
+)
 def test_invalid_settings_name_the_field(load, message):
     with pytest.raises(ConfigError) as err:
         validate_params({"load": load})
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize(("load", "message"), [
-    ({"scenario": "trace", "levels": [1], "trace_path": "/no/such.csv"},
-     "load.trace_path: no trace file at '/no/such.csv'"),
-    ({"process_cpus": [100_000]}, "load.process_cpus: CPU cores [100000] are not available here"),
-])
+@pytest.mark.parametrize(
+    ("load", "message"),
+    [
+        (
+            {"scenario": "trace", "levels": [1], "trace_path": "/no/such.csv"},
+            "load.trace_path: no trace file at '/no/such.csv'",
+        ),
+        ({"process_cpus": [100_000]}, "load.process_cpus: CPU cores [100000] are not available here"),
+    ],
+)
 def test_what_the_load_needs_of_this_machine_is_valid_and_stops_at_the_preflight(load, message):
     from gawm_lib.config import preflight, preflight_load
 
@@ -145,16 +180,25 @@ def test_a_trace_file_is_read_by_the_preflight_with_the_load_process_reader(tmp_
     path = tmp_path / "trace.csv"
     pd.DataFrame({"arrival_s": [0.0, 0.5], "payload_id": [0, 3]}).to_csv(path, index=False)
     cfg = validate_params({"load": {"scenario": "trace", "levels": [1], "trace_path": str(path), "payload_count": 2}})
-    with pytest.raises(ConfigError, match=r"<settings>: load.trace_path: trace.csv: payload_id must be whole numbers "
-                                          r"from 0 to payload_count - 1 = 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"<settings>: load.trace_path: trace.csv: payload_id must be whole numbers "
+        r"from 0 to payload_count - 1 = 1",
+    ):
         preflight(cfg)
     preflight(cfg.model_copy(update={"load": cfg.load.model_copy(update={"payload_count": 4})}))
 
 
 def test_run_load_refuses_bad_settings_before_starting_anything(tmp_path):
     bodies = write_bodies(tmp_path / "bodies.jsonl", [{"inputs": []}])
-    spec = LoadSpec("w", "w", ["http://127.0.0.1:9"], str(bodies), str(tmp_path / "requests.parquet"),
-                    {"scenario": "poisson", "levels": [-1]})
+    spec = LoadSpec(
+        "w",
+        "w",
+        ["http://127.0.0.1:9"],
+        str(bodies),
+        str(tmp_path / "requests.parquet"),
+        {"scenario": "poisson", "levels": [-1]},
+    )
     with pytest.raises(ConfigError, match="load settings: load.levels.0: Input should be greater than 0"):
         run_load(spec, tmp_path / "work", progress=False)
     spec.load = {"process_cpus": [100_000]}  # valid, but not on this machine

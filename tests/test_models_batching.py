@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from gawm_lib.models import (BatchLatencyModel, BatchLatencyTable, UnstableSystemError, md1, predict_batching,
-                             replay_batching, simulate_batching, summarize_latencies)
+from gawm_lib.models import (
+    BatchLatencyModel,
+    BatchLatencyTable,
+    UnstableSystemError,
+    md1,
+    predict_batching,
+    replay_batching,
+    simulate_batching,
+    summarize_latencies,
+)
 
 SERVICE = BatchLatencyModel(alpha=0.002, beta=0.010, floor=0.015)  # s(1) = 15 ms, s(8) = 26 ms, s(16) = 42 ms
 FAST = BatchLatencyModel(alpha=0.0005, beta=0.002, floor=0.005)  # s(8) = 6 ms: here D = 20 ms exceeds s(B)
@@ -106,7 +114,7 @@ def test_random_batch_times_match_simulation(rho):
 def test_random_batch_times_of_one_are_mg1_exactly():
     # B = 1: M/G/1 with service 15 ms x {0.5, 1, 2}; the Pollaczek-Khinchine mean.
     factors = np.array([0.5, 1.0, 2.0])
-    mean_s, second = 0.015 * factors.mean(), 0.015 ** 2 * (factors ** 2).mean()
+    mean_s, second = 0.015 * factors.mean(), 0.015**2 * (factors**2).mean()
     for lam in (10.0, 30.0, 50.0):
         pred = predict_batching(lam, BatchLatencyTable((0.015,)), 1, 0.0, service_factors=factors)
         assert pred.utilisation == pytest.approx(lam * mean_s)

@@ -9,25 +9,39 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from studies.h200.scripts import models_bench as mb
 from gawm_lib.config import WorkloadConfig
 from gawm_lib.models import BatchLatencyModel, BatchLatencyTable, predict_batching
+from studies.h200.scripts import models_bench as mb
 
 
 def _entry(workload: str, p95_measured: float, command: str = "python -m studies.h200.scripts.models_bench") -> dict:
-    held = [{"utilisation": u, "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": p95_measured},
-             "predicted": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0}} for u in (0.1, 0.5)]
+    held = [
+        {
+            "utilisation": u,
+            "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": p95_measured},
+            "predicted": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0},
+        }
+        for u in (0.1, 0.5)
+    ]
     return {"workload": workload, "held_out": held, "capacity_rps": 2.0, "run": {"command": command}}
 
 
 def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
-    schema1 = {"benchmark": "models", "schema_version": 1, "command": "python -m studies.h200.scripts.models_bench",
-               "started_utc": "t0", "git": {"short": "abc"},
-               "workloads": [{k: v for k, v in _entry("distilbert", 20.0).items() if k != "run"}],
-               "analysis_speed": {"records": 10_000_000, "seconds": 5.3}}
-    other = {"schema_version": 1, "command": "python -m studies.h200.scripts.models_bench",
-             "workloads": [{k: v for k, v in _entry("resnet50", 25.0).items() if k != "run"}],
-             "analysis_speed": {"records": 1000, "seconds": 0.8}}
+    schema1 = {
+        "benchmark": "models",
+        "schema_version": 1,
+        "command": "python -m studies.h200.scripts.models_bench",
+        "started_utc": "t0",
+        "git": {"short": "abc"},
+        "workloads": [{k: v for k, v in _entry("distilbert", 20.0).items() if k != "run"}],
+        "analysis_speed": {"records": 10_000_000, "seconds": 5.3},
+    }
+    other = {
+        "schema_version": 1,
+        "command": "python -m studies.h200.scripts.models_bench",
+        "workloads": [{k: v for k, v in _entry("resnet50", 25.0).items() if k != "run"}],
+        "analysis_speed": {"records": 1000, "seconds": 0.8},
+    }
     merged = mb.merge_report(schema1, other, replace_speed=False)
     assert [e["workload"] for e in merged["workloads"]] == ["resnet50", "distilbert"]
     assert merged["workloads"][1]["run"]["git"] == {"short": "abc"}  # schema 1's run lifted into the entry
@@ -35,8 +49,9 @@ def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
     assert merged["mape_pct"]["distilbert"]["p95_ms"] == pytest.approx(0.0)
     assert merged["mape_pct"]["resnet50"]["p95_ms"] == pytest.approx(20.0)
     assert merged["p95_goal_met"] == {"resnet50": False, "distilbert": True}
-    again = mb.merge_report(merged, {"workloads": [_entry("whisper", 22.0, "cmd whisper"),
-                                                   _entry("distilbert", 19.0, "cmd distilbert")]})
+    again = mb.merge_report(
+        merged, {"workloads": [_entry("whisper", 22.0, "cmd whisper"), _entry("distilbert", 19.0, "cmd distilbert")]}
+    )
     assert [e["workload"] for e in again["workloads"]] == ["resnet50", "distilbert", "whisper"]
     assert again["workloads"][1]["run"]["command"] == "cmd distilbert"
     assert [e["workload"] for e in again["superseded"]] == ["distilbert"]  # the replaced run is kept
@@ -76,10 +91,28 @@ def test_replay_step_predicts_a_quiet_schedule_and_counts_the_warmup():
 def test_noise_floor_is_small_for_a_long_quiet_step_and_large_for_a_short_busy_one():
     service = BatchLatencyModel(alpha=0.46, beta=0.03, floor=0.0)
     cap = 4 / service.predict(4)
-    quiet = mb.noise_floor(0.1 * cap, 2000, 4, service, np.array([1.0]), 4, 0.005,
-                           predict_batching(0.1 * cap, service, 4, 0.005).p95_s, runs_=20)
-    busy = mb.noise_floor(0.85 * cap, 200, 4, service, np.array([1.0]), 4, 0.005,
-                          predict_batching(0.85 * cap, service, 4, 0.005).p95_s, runs_=20)
+    quiet = mb.noise_floor(
+        0.1 * cap,
+        2000,
+        4,
+        service,
+        np.array([1.0]),
+        4,
+        0.005,
+        predict_batching(0.1 * cap, service, 4, 0.005).p95_s,
+        runs_=20,
+    )
+    busy = mb.noise_floor(
+        0.85 * cap,
+        200,
+        4,
+        service,
+        np.array([1.0]),
+        4,
+        0.005,
+        predict_batching(0.85 * cap, service, 4, 0.005).p95_s,
+        runs_=20,
+    )
     assert quiet["p95_mean_abs_error_pct"] < 8 < busy["p95_mean_abs_error_pct"]
 
 
@@ -91,21 +124,35 @@ def _whisper_like() -> tuple[BatchLatencyModel, float]:
 def test_step_length_for_floor_is_the_shortest_that_meets_the_target_or_says_it_cannot():
     service, cap = _whisper_like()
     rate, factors = 0.85 * cap, np.array([0.95, 1.0, 1.05])
-    sized = mb.step_length_for_floor(rate, service, factors, 4, 0.005, target_pct=6.0, min_s=60.0, max_s=20_000.0,
-                                     min_requests=50, warmup_s=2.0, runs_=40)
+    sized = mb.step_length_for_floor(
+        rate,
+        service,
+        factors,
+        4,
+        0.005,
+        target_pct=6.0,
+        min_s=60.0,
+        max_s=20_000.0,
+        min_requests=50,
+        warmup_s=2.0,
+        runs_=40,
+    )
     assert sized["target_met"] and sized["noise_floor_pct"] <= 6.0 < sized["tried"][0]["noise_floor_pct"]
     assert sized["tried"][0]["step_s"] == 60.0 and sized["tried"][-1]["step_s"] == sized["step_s"]
     assert sized["tried"][-1]["requests"] == int(np.ceil(rate * sized["step_s"]))
     # not far past the shortest: a step half as long misses the target (the same simulated runs, so no luck)
     p95 = predict_batching(rate, service, 4, 0.005, service_factors=factors).p95_s
-    half = mb.noise_floor(rate, int(np.ceil(rate * sized["step_s"] / 2)), int(np.ceil(rate * 2.0)), service, factors,
-                          4, 0.005, p95, 40)
+    half = mb.noise_floor(
+        rate, int(np.ceil(rate * sized["step_s"] / 2)), int(np.ceil(rate * 2.0)), service, factors, 4, 0.005, p95, 40
+    )
     assert half["p95_mean_abs_error_pct"] > 6.0
-    capped = mb.step_length_for_floor(rate, service, factors, 4, 0.005, target_pct=6.0, min_s=60.0, max_s=120.0,
-                                      runs_=40)
+    capped = mb.step_length_for_floor(
+        rate, service, factors, 4, 0.005, target_pct=6.0, min_s=60.0, max_s=120.0, runs_=40
+    )
     assert capped["step_s"] == 120.0 and not capped["target_met"] and capped["noise_floor_pct"] > 6.0
-    short_enough = mb.step_length_for_floor(0.1 * cap, service, factors, 4, 0.005, target_pct=50.0, min_s=60.0,
-                                            max_s=120.0, runs_=40)
+    short_enough = mb.step_length_for_floor(
+        0.1 * cap, service, factors, 4, 0.005, target_pct=50.0, min_s=60.0, max_s=120.0, runs_=40
+    )
     assert short_enough["step_s"] == 60.0 and len(short_enough["tried"]) == 1
     with pytest.raises(ValueError, match="target_pct"):
         mb.step_length_for_floor(rate, service, factors, 4, 0.005, target_pct=0.0, min_s=60.0, max_s=120.0)
@@ -115,14 +162,31 @@ def test_step_length_for_floor_is_the_shortest_that_meets_the_target_or_says_it_
 
 def test_plan_steps_prints_each_steps_length_from_a_recorded_fit(tmp_path, capsys):
     service, cap = _whisper_like()
-    entry = {"workload": "whisper", "service_used_s": [float(service.predict(b)) for b in range(1, 5)],
-             "service_variability": {"factors": [0.97, 1.0, 1.03]},
-             "settings": {"max_batch_size": 4, "max_queue_delay_ms": 5.0},
-             "plan": {"utilisations": [0.1, 0.85], "requests": 20, "warmup_s": 2.0}}
+    entry = {
+        "workload": "whisper",
+        "service_used_s": [float(service.predict(b)) for b in range(1, 5)],
+        "service_variability": {"factors": [0.97, 1.0, 1.03]},
+        "settings": {"max_batch_size": 4, "max_queue_delay_ms": 5.0},
+        "plan": {"utilisations": [0.1, 0.85], "requests": 20, "warmup_s": 2.0},
+    }
     report = tmp_path / "models.json"
     report.write_text(json.dumps({"workloads": [entry]}))
-    assert mb.main(["--out", str(report), "--plan-steps", "--max-noise-floor-pct", "15", "--min-step-s", "60",
-                    "--max-step-s", "5000"]) == 0
+    assert (
+        mb.main(
+            [
+                "--out",
+                str(report),
+                "--plan-steps",
+                "--max-noise-floor-pct",
+                "15",
+                "--min-step-s",
+                "60",
+                "--max-step-s",
+                "5000",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     steps = mb.plan_steps(entry, 15.0, 60.0, 5000.0)
     assert [s["utilisation"] for s in steps] == [0.1, 0.85] and all(s["target_met"] for s in steps)
@@ -137,18 +201,25 @@ def test_plan_steps_prints_each_steps_length_from_a_recorded_fit(tmp_path, capsy
         mb.main(["--out", str(report), "--plan-steps", "--max-noise-floor-pct", "8"])
     err = capsys.readouterr().err
     assert str(report) in err and "service_variability" in err
-    for argv, says in ((["--plan-steps"], "--max-noise-floor-pct"),
-                       (["--plan-steps", "--max-noise-floor-pct", "8", "--workloads", "resnet50"],
-                        "no entry for resnet50"),
-                       (["--plan-steps", "--max-noise-floor-pct", "-1"], "expected a positive number"),
-                       (["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "900", "--max-step-s", "600"],
-                        "shorter than --min-step-s"),
-                       # against the plan's default longest step (4 h), before any fit
-                       (["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "20000"],
-                        "--max-step-s 14400 is shorter than --min-step-s 20000"),
-                       # against the plan's default shortest step (Whisper's 150 s)
-                       (["--plan-steps", "--max-noise-floor-pct", "5", "--max-step-s", "100"],
-                        "whisper: --max-step-s 100 is shorter than --min-step-s 150")):
+    for argv, says in (
+        (["--plan-steps"], "--max-noise-floor-pct"),
+        (["--plan-steps", "--max-noise-floor-pct", "8", "--workloads", "resnet50"], "no entry for resnet50"),
+        (["--plan-steps", "--max-noise-floor-pct", "-1"], "expected a positive number"),
+        (
+            ["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "900", "--max-step-s", "600"],
+            "shorter than --min-step-s",
+        ),
+        # against the plan's default longest step (4 h), before any fit
+        (
+            ["--plan-steps", "--max-noise-floor-pct", "5", "--min-step-s", "20000"],
+            "--max-step-s 14400 is shorter than --min-step-s 20000",
+        ),
+        # against the plan's default shortest step (Whisper's 150 s)
+        (
+            ["--plan-steps", "--max-noise-floor-pct", "5", "--max-step-s", "100"],
+            "whisper: --max-step-s 100 is shorter than --min-step-s 150",
+        ),
+    ):
         with pytest.raises(SystemExit):
             mb.main(["--out", str(report), *argv])
         assert says in capsys.readouterr().err
@@ -173,18 +244,33 @@ def test_whisper_settings_payloads_and_plan():
     wall = sum(max(plan.min_step_s, plan.requests / (u * capacity)) + plan.warmup_s for u in plan.utilisations)
     wall += sum(max(plan.fit_s, plan.fit_batches * b * clip_s) for b in range(1, settings["max_batch_size"] + 1))
     wall += max(plan.calibration_min_s, plan.calibration_requests / (plan.calibration_utilisation * capacity))
-    wall += (len(plan.utilisations) + 1) * max(plan.speed_check_min_s, plan.speed_check_requests
-                                         / (plan.calibration_utilisation * capacity))
+    wall += (len(plan.utilisations) + 1) * max(
+        plan.speed_check_min_s, plan.speed_check_requests / (plan.calibration_utilisation * capacity)
+    )
     assert wall < 36 * 60
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
-    plan = mb.Plan(requests=5, min_step_s=2.0, fit_s=0.5, fit_batches=3, calibration_requests=5,
-                   calibration_min_s=1.0, speed_check_requests=3, speed_check_min_s=1.0, utilisations=(0.3, 0.8),
-                   warmup_s=0.5, replays=2, noise_runs=5, busy_wait_s=0.0, arrival_seed=7,
-                   max_noise_floor_pct=0.1, max_step_s=3.0)
+    plan = mb.Plan(
+        requests=5,
+        min_step_s=2.0,
+        fit_s=0.5,
+        fit_batches=3,
+        calibration_requests=5,
+        calibration_min_s=1.0,
+        speed_check_requests=3,
+        speed_check_min_s=1.0,
+        utilisations=(0.3, 0.8),
+        warmup_s=0.5,
+        replays=2,
+        noise_runs=5,
+        busy_wait_s=0.0,
+        arrival_seed=7,
+        max_noise_floor_pct=0.1,
+        max_step_s=3.0,
+    )
     reads, loads = [], []
     real_load = mb._load
 
@@ -222,15 +308,18 @@ def test_whisper_path_runs_end_to_end(tmp_path, monkeypatch):
         assert step["capacity_rps"] == pytest.approx(entry["capacity_rps"] / step["speed_check"]["factor"])
         assert step["rate_rps"] == pytest.approx(step["utilisation"] * step["capacity_rps"])
         assert step["speed_check_after"]["requests"] >= 3
-        assert step["speed_factor"] == pytest.approx((step["speed_check"]["factor"]
-                                                      + step["speed_check_after"]["factor"]) / 2)
+        assert step["speed_factor"] == pytest.approx(
+            (step["speed_check"]["factor"] + step["speed_check_after"]["factor"]) / 2
+        )
         assert 1 <= step["mean_batch_size"]["measured"] <= step["mean_batch_size"]["measured_per_request"] <= 2
         assert step["cpu"]["busy_cores"] >= 0
         service = BatchLatencyTable(tuple(entry["service_used_s"])).scaled(step["speed_factor"])
-        predicted = predict_batching(step["rate_rps"], service, 2, 0.005,
-                                     service_factors=entry["service_variability"]["factors"])
-        assert step["predicted"]["p95_ms"] == pytest.approx(predicted.p95_s * 1e3 + entry["client_overhead_ms"],
-                                                            rel=2e-3)
+        predicted = predict_batching(
+            step["rate_rps"], service, 2, 0.005, service_factors=entry["service_variability"]["factors"]
+        )
+        assert step["predicted"]["p95_ms"] == pytest.approx(
+            predicted.p95_s * 1e3 + entry["client_overhead_ms"], rel=2e-3
+        )
     first, second = entry["held_out"]
     assert second["speed_check"] == first["speed_check_after"]  # one check between two steps, not two
     # each held-out step sent the schedule of its own seed, as long as its noise floor asked (capped: 5 requests
@@ -255,8 +344,16 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
     seconds[-2:] *= [2.4, 1.8]  # another process took the core during two batches of 4 (as measured on this machine)
     slow = mb.interfered(sizes, seconds)
     assert slow[-2:].all() and slow.sum() == 2
-    rows = pd.DataFrame({"batch_size": sizes, "server_compute_ns": (seconds * 1e9).astype(np.int64), "error": "",
-                         "phase": "step", "sent_ns": 0, "server_queue_ns": 0})
+    rows = pd.DataFrame(
+        {
+            "batch_size": sizes,
+            "server_compute_ns": (seconds * 1e9).astype(np.int64),
+            "error": "",
+            "phase": "step",
+            "sent_ns": 0,
+            "server_queue_ns": 0,
+        }
+    )
     rows["done_ns"] = rows["server_compute_ns"] + 2_000_000  # 2 ms overhead
     table, hinge, info = mb._fit_sweep(rows, 4)
     np.testing.assert_allclose(table.seconds, per_size, rtol=0.02)  # the two do not bias the table
@@ -269,8 +366,10 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
     np.testing.assert_allclose(under_load.seconds, 1.08 * per_size, rtol=0.02)
     # the variability the predictions draw from is the model's, not the other process's
     assert np.median(factors) == pytest.approx(1.0, abs=0.01) and factors.max() < 1.2 and factors.size == len(rows) - 2
-    assert cal["factors"] == [round(float(f), 4) for f in factors] and cal["factor_cv"] > 5 * cal[
-        "factor_cv_without_interfered"]
+    assert (
+        cal["factors"] == [round(float(f), 4) for f in factors]
+        and cal["factor_cv"] > 5 * cal["factor_cv_without_interfered"]
+    )
     # Load that slows single images by 9 % and speeds batches of 2 and 3 by 3 % (as ResNet50 on the build machine):
     # each size the step ran often enough gets its own time; a size it ran twice gets the sweep's x the slowdown of the
     # nearest size it ran often enough (3), not the load factor, which the single images pull up.
@@ -280,8 +379,9 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
     calibration["server_compute_ns"] = (calibration["server_compute_ns"] * by_size).astype(np.int64)
     under_load, factors, cal = mb._calibrate(calibration, table)
     assert cal["sizes_calibrated"] == [1, 2, 3] and (calibration["batch_size"] == 4).sum() == 2
-    np.testing.assert_allclose(under_load.seconds[:3], [1.09 * per_size[0], 0.97 * per_size[1], 0.97 * per_size[2]],
-                               rtol=0.02)
+    np.testing.assert_allclose(
+        under_load.seconds[:3], [1.09 * per_size[0], 0.97 * per_size[1], 0.97 * per_size[2]], rtol=0.02
+    )
     assert under_load.seconds[3] == pytest.approx(under_load.seconds[2] / table.seconds[2] * table.seconds[3])
     assert under_load.seconds[3] == pytest.approx(0.97 * per_size[3], rel=0.02)
     assert cal["uncalibrated_scaled_as"] == {4: 3}
@@ -302,10 +402,18 @@ def test_interfered_batches_are_left_out_of_the_fit_but_real_variability_is_not(
 def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_ran(tmp_path, monkeypatch, capsys):
     commits = iter([{"short": "started"}, {"short": "made-later"}, {"short": "made-later"}, {"short": "again"}])
     monkeypatch.setattr(mb.runs, "git_info", lambda: next(commits))
-    step = {"utilisation": 0.5, "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0},
-            "predicted": {"throughput_rps": 1.0, "p50_ms": 11.0, "p95_ms": 21.0}}
-    monkeypatch.setattr(mb, "validate_workload", lambda name, tmp, quick, plan: mb.summarise_workload(
-        {"workload": name, "capacity_rps": 2.0, "held_out": [step]}))
+    step = {
+        "utilisation": 0.5,
+        "measured": {"throughput_rps": 1.0, "p50_ms": 10.0, "p95_ms": 20.0},
+        "predicted": {"throughput_rps": 1.0, "p50_ms": 11.0, "p95_ms": 21.0},
+    }
+    monkeypatch.setattr(
+        mb,
+        "validate_workload",
+        lambda name, tmp, quick, plan: mb.summarise_workload(
+            {"workload": name, "capacity_rps": 2.0, "held_out": [step]}
+        ),
+    )
     monkeypatch.setattr(mb, "analysis_speed", lambda records: {"records": records, "seconds": 0.1})
     monkeypatch.setattr(mb, "draw_figures", lambda *a: None)
     out = tmp_path / "models.json"
@@ -316,6 +424,8 @@ def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_r
     assert "exists" not in capsys.readouterr().err
     # a second run into the same file says so before it runs, and what it will replace there
     assert mb.main(["--workloads", "whisper", "--out", str(out)]) == 0
-    assert f"{out} exists: this run's entries go into it (it has whisper); its entries for whisper move to superseded" \
+    assert (
+        f"{out} exists: this run's entries go into it (it has whisper); its entries for whisper move to superseded"
         in capsys.readouterr().err
+    )
     assert json.loads(out.read_text())["superseded"][0]["run"]["git"] == {"short": "started"}

@@ -50,8 +50,9 @@ def test_batch_time_variability_can_take_another_replica():
     service = BatchLatencyModel(alpha=0.001, beta=0.0166, floor=0.020)
     factors = [2 / 3, 1.0, 4 / 3]
     fixed = plan_capacity(900.0, 0.045, service, server="batching", max_batch=16, max_delay_s=0.005)
-    plan = plan_capacity(900.0, 0.045, service, server="batching", max_batch=16, max_delay_s=0.005,
-                         service_factors=factors)
+    plan = plan_capacity(
+        900.0, 0.045, service, server="batching", max_batch=16, max_delay_s=0.005, service_factors=factors
+    )
     c = plan.replicas
     assert c > fixed.replicas
     assert plan.p95_s == predict_batching(900.0 / c, service, 16, 0.005, service_factors=factors).p95_s <= 0.045

@@ -80,7 +80,7 @@ def test_mmc_quantiles_exact():
         return (1 - C) * math.exp(-mu * t) + C * both
 
     for q in (0.5, 0.95, 0.99):
-        exact = optimize.brentq(lambda t: sojourn_sf(t) - (1 - q), 0, 100)
+        exact = optimize.brentq(lambda t, q=q: sojourn_sf(t) - (1 - q), 0, 100)
         assert p.response_quantile(q) == pytest.approx(exact, rel=1e-6)
     assert p.wait_quantile(0.95) == pytest.approx(math.log(C / 0.05) / theta)
     assert p.wait_quantile(0.1) == 0.0  # inside the no-wait atom

@@ -115,8 +115,9 @@ def test_table_predicts_measured_sizes_and_drops_into_the_batching_model():
     a, b = predict_batching(8.0, hinge, 4, 0.005), predict_batching(8.0, same, 4, 0.005)
     assert a.p95_s == b.p95_s and a.mean_batch_size == b.mean_batch_size
     arrivals = np.cumsum(np.random.default_rng(0).exponential(1 / 8.0, 500))
-    np.testing.assert_array_equal(replay_batching(arrivals, hinge, 4, 0.005)[0],
-                                  replay_batching(arrivals, same, 4, 0.005)[0])
+    np.testing.assert_array_equal(
+        replay_batching(arrivals, hinge, 4, 0.005)[0], replay_batching(arrivals, same, 4, 0.005)[0]
+    )
     # Unmeasured sizes: the fallback, or a clear error; no extrapolation beyond the table.
     partial = BatchLatencyTable.from_measurements([1, 1, 4], [0.07, 0.08, 0.3], 4, fallback=hinge)
     assert partial.predict(2) == pytest.approx(hinge.predict(2)) and partial.predict(1) == pytest.approx(0.075)

@@ -5,8 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from gawm_lib.models import (BatchLatencyModel, md1, mm1, mmc, replay_batching, simulate_batching, simulate_queue,
-                             summarize_latencies)
+from gawm_lib.models import (
+    BatchLatencyModel,
+    md1,
+    mm1,
+    mmc,
+    replay_batching,
+    simulate_batching,
+    simulate_queue,
+    summarize_latencies,
+)
 
 
 def inside(value, ci):

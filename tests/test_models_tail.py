@@ -46,14 +46,17 @@ def test_the_fit_recovers_known_parameters_exactly_without_noise_and_closely_wit
     assert np.median(errors) < 0.03  # the runaway rate within a few percent
 
 
-@pytest.mark.parametrize("rates, p95, capacity, message", [
-    (RATES[:3], CURVE.p95_s(RATES[:3]), 600.0, "at least 4 steps"),
-    (RATES, CURVE.p95_s(RATES)[:5], 600.0, "pair up"),
-    (RATES, CURVE.p95_s(RATES), 450.0, "at or past the capacity"),
-    ([100.0] * 4, [0.02] * 4, 600.0, "two or more rates"),
-    (RATES, -CURVE.p95_s(RATES), 600.0, "finite and > 0"),
-    (RATES, CURVE.p95_s(RATES), 0.0, "capacity_rps must be > 0"),
-])
+@pytest.mark.parametrize(
+    "rates, p95, capacity, message",
+    [
+        (RATES[:3], CURVE.p95_s(RATES[:3]), 600.0, "at least 4 steps"),
+        (RATES, CURVE.p95_s(RATES)[:5], 600.0, "pair up"),
+        (RATES, CURVE.p95_s(RATES), 450.0, "at or past the capacity"),
+        ([100.0] * 4, [0.02] * 4, 600.0, "two or more rates"),
+        (RATES, -CURVE.p95_s(RATES), 600.0, "finite and > 0"),
+        (RATES, CURVE.p95_s(RATES), 0.0, "capacity_rps must be > 0"),
+    ],
+)
 def test_the_fit_refuses_what_it_cannot_fit(rates, p95, capacity, message):
     with pytest.raises(ValueError, match=message):
         fit_tail_curve(rates, p95, capacity)
@@ -69,11 +72,27 @@ def test_a_curve_with_impossible_parameters_is_refused():
 def _step(run_id, scenario, step, rate, latency_s, replicas=1, n=400):
     """One step of request records: ``n`` requests ``1 / rate`` apart, each taking ``latency_s``."""
     sent = (np.arange(n) / rate * 1e9).astype(np.int64)
-    return pd.DataFrame({"run_id": run_id, "workload": "w", "phase": "step", "step": step, "level": float(rate),
-                         "scenario": scenario, "error": "", "replicas": replicas, "max_batch_size": 8,
-                         "placement": "shared", "payload_audio_s": np.nan, "items": 1, "batch_size": 1,
-                         "scheduled_ns": sent, "sent_ns": sent, "done_ns": sent + int(latency_s * 1e9),
-                         "server_compute_ns": 1e6})
+    return pd.DataFrame(
+        {
+            "run_id": run_id,
+            "workload": "w",
+            "phase": "step",
+            "step": step,
+            "level": float(rate),
+            "scenario": scenario,
+            "error": "",
+            "replicas": replicas,
+            "max_batch_size": 8,
+            "placement": "shared",
+            "payload_audio_s": np.nan,
+            "items": 1,
+            "batch_size": 1,
+            "scheduled_ns": sent,
+            "sent_ns": sent,
+            "done_ns": sent + int(latency_s * 1e9),
+            "server_compute_ns": 1e6,
+        }
+    )
 
 
 def test_curves_are_fitted_per_configuration_from_records_and_predict_another_runs_steps():
@@ -86,8 +105,9 @@ def test_curves_are_fitted_per_configuration_from_records_and_predict_another_ru
     assert set(curves) == {("w", 1)} and not not_fitted
     curve = curves[("w", 1)]
     assert curve.capacity_rps == pytest.approx(600.0, rel=0.02)
-    held = pd.concat([_step("again", "poisson", i, r, float(CURVE.p95_s(r)))
-                      for i, r in enumerate([100.0, 300.0, 400.0])])
+    held = pd.concat(
+        [_step("again", "poisson", i, r, float(CURVE.p95_s(r))) for i, r in enumerate([100.0, 300.0, 400.0])]
+    )
     predicted = analysis.predict_tail_steps(held, curves)
     assert predicted["level"].tolist() == [100.0, 300.0, 400.0] and set(predicted["run_id"]) == {"again"}
     assert np.allclose(predicted["predicted_p95"], predicted["p95"], rtol=0.02)
@@ -98,8 +118,13 @@ def test_curves_are_fitted_per_configuration_from_records_and_predict_another_ru
 
 def test_the_other_sweep_interpolated_at_the_held_out_rates_is_the_floor_under_any_model():
     sweep = pd.concat([_step("sweep", "poisson", 0, 100.0, 0.010), _step("sweep", "poisson", 1, 300.0, 0.040)])
-    held = pd.concat([_step("again", "poisson", 0, 200.0, 0.025), _step("again", "poisson", 1, 50.0, 0.01),
-                      _step("again2", "poisson", 0, 200.0, 0.025, replicas=2)])  # below the sweep; no sweep of x2
+    held = pd.concat(
+        [
+            _step("again", "poisson", 0, 200.0, 0.025),
+            _step("again", "poisson", 1, 50.0, 0.01),
+            _step("again2", "poisson", 0, 200.0, 0.025, replicas=2),
+        ]
+    )  # below the sweep; no sweep of x2
     floor = analysis.interpolate_sweeps(sweep, held)
     assert floor["level"].tolist() == [200.0]
     assert floor["interpolated_p95"].iloc[0] == pytest.approx(0.020, rel=1e-3)  # halfway in log: sqrt(10 x 40) ms
@@ -108,9 +133,15 @@ def test_the_other_sweep_interpolated_at_the_held_out_rates_is_the_floor_under_a
 
 def test_rates_visited_more_than_once_give_the_spread_of_their_p95_and_the_floor_under_any_model():
     closed = _step("closed", "closed_loop", 0, 600.0, 0.005)  # capacity about 600 req/s
-    visits = pd.concat([_step("a", "poisson", 0, 100.0, 0.010), _step("a", "poisson", 1, 200.0, 0.020),
-                        _step("a", "poisson", 2, 100.0, 0.012),  # the same rate again, in the same run
-                        _step("b", "poisson", 0, 100.0, 0.014)], ignore_index=True)
+    visits = pd.concat(
+        [
+            _step("a", "poisson", 0, 100.0, 0.010),
+            _step("a", "poisson", 1, 200.0, 0.020),
+            _step("a", "poisson", 2, 100.0, 0.012),  # the same rate again, in the same run
+            _step("b", "poisson", 0, 100.0, 0.014),
+        ],
+        ignore_index=True,
+    )
     repeats = analysis.tail_repeats(pd.concat([closed, visits], ignore_index=True))
     assert len(repeats) == 1  # 200 req/s was visited once: no spread to tell
     row = repeats.iloc[0]
@@ -148,8 +179,9 @@ def test_the_window_floor_stays_flat_where_steps_differ_and_falls_where_they_onl
     floors = analysis.tail_window_floor(noisy, windows_s=[1.0, 18.0]).set_index("window_s")["floor_pct"]
     assert floors[1.0] > 2.5 * floors[18.0]  # sqrt(18) = 4.2 as many requests per window
     # too few ok requests in a window (a rate of 10 req/s: 10 in a second) and rates visited once give no row
-    sparse = pd.concat([_timed_step("a", 0, 10.0, [0.01]), _timed_step("b", 0, 10.0, [0.01]),
-                        _timed_step("a", 1, 50.0, [0.01])])
+    sparse = pd.concat(
+        [_timed_step("a", 0, 10.0, [0.01]), _timed_step("b", 0, 10.0, [0.01]), _timed_step("a", 1, 50.0, [0.01])]
+    )
     floors = analysis.tail_window_floor(sparse, windows_s=[1.0, 3.0])
     assert floors[["level", "window_s", "windows"]].values.tolist() == [[10.0, 3.0, 12]]
     assert analysis.tail_window_floor(sparse.iloc[:0]).empty
@@ -177,8 +209,9 @@ def test_each_run_is_predicted_by_the_tail_curve_of_the_configurations_other_run
 
 def test_the_capacity_is_the_highest_throughput_of_any_step_where_a_closed_loop_run_measured_it():
     # on the H200 a replica's closed-loop throughput fell as users were added, and a Poisson step carried more
-    closed = pd.concat([_step("closed", "closed_loop", 0, 554.0, 0.001),
-                        _step("closed", "closed_loop", 1, 516.0, 0.001)])
+    closed = pd.concat(
+        [_step("closed", "closed_loop", 0, 554.0, 0.001), _step("closed", "closed_loop", 1, 516.0, 0.001)]
+    )
     sweep = pd.concat([_step("sweep", "poisson", 0, 300.0, 0.001), _step("sweep", "poisson", 1, 578.0, 0.001)])
     lonely = _step("lonely", "poisson", 0, 900.0, 0.02, replicas=2)  # a sweep with no closed-loop run: no capacity
     capacity = analysis.measured_capacity(pd.concat([closed, sweep, lonely], ignore_index=True))
@@ -194,8 +227,10 @@ def test_the_held_out_check_told_the_leases_level_by_its_first_step_scores_the_r
     sweep = pd.concat([_step("sweep", "poisson", i, r, float(CURVE.p95_s(r))) for i, r in enumerate(RATES)])
     # another lease: every step 10 % slower than the curve, the last one 30 % (the level is not all a lease changes)
     slower = [1.1] * (RATES.size - 1) + [1.3]
-    held = pd.concat([_step("lease2", "poisson", i, r, float(CURVE.p95_s(r)) * f)
-                      for i, (r, f) in enumerate(zip(RATES, slower))], ignore_index=True)
+    held = pd.concat(
+        [_step("lease2", "poisson", i, r, float(CURVE.p95_s(r)) * f) for i, (r, f) in enumerate(zip(RATES, slower))],
+        ignore_index=True,
+    )
     # the last step went over this lease's capacity: its servers refused some requests (not counted in its p95)
     last = held.index[held["step"] == RATES.size - 1][:5]
     held.loc[last, "error"] = "http_5xx"

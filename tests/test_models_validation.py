@@ -36,8 +36,15 @@ def measured_frame(rates, service_s):
     for i, lam in enumerate(rates):
         p = mm1(lam, service_s)
         bump = 1 + 0.02 * (-1) ** i
-        rows.append({"config": f"rate{lam:g}", "arrival_rate": lam, "throughput": lam, "p50": p.p50_s * bump,
-                     "p95": p.p95_s * bump})
+        rows.append(
+            {
+                "config": f"rate{lam:g}",
+                "arrival_rate": lam,
+                "throughput": lam,
+                "p50": p.p50_s * bump,
+                "p95": p.p95_s * bump,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -45,8 +52,13 @@ def mm1_predictor(fit, holdout):
     # Estimate the service time from the fit set's mean p50 inversion: p50 = ln 2 / (1/S - lambda).
     s_hat = np.mean([1 / (math.log(2) / p50 + lam) for lam, p50 in zip(fit["arrival_rate"], fit["p50"])])
     preds = [mm1(lam, s_hat) for lam in holdout["arrival_rate"]]
-    return pd.DataFrame({"throughput": holdout["arrival_rate"].to_numpy(), "p50": [p.p50_s for p in preds],
-                         "p95": [p.p95_s for p in preds]})
+    return pd.DataFrame(
+        {
+            "throughput": holdout["arrival_rate"].to_numpy(),
+            "p50": [p.p50_s for p in preds],
+            "p95": [p.p95_s for p in preds],
+        }
+    )
 
 
 def test_validate_builds_tidy_table():

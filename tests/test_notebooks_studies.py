@@ -30,24 +30,36 @@ def dirs(tmp_path, monkeypatch):
 
 
 def execute(name: str, out: Path, **parameters):
-    return papermill.execute_notebook(str(ROOT / "notebooks" / name), str(out), parameters=parameters,
-                                      cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+    return papermill.execute_notebook(
+        str(ROOT / "notebooks" / name),
+        str(out),
+        parameters=parameters,
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+        kernel_name="python3",
+    )
 
 
 @pytest.mark.skipif(len(CORES) < 2, reason="exclusive placement of two replicas needs two cores")
 def test_replica_scaling_places_each_replica_and_compares_with_the_model(dirs, tmp_path):
     raw, figures = dirs
-    params = {"name": "scaling-test", "workloads": [{"name": "resnet50", "max_batch_size": 1}],
-              "backend": {"cpus": CORES[:2]}, "prometheus": {"enabled": False},
-              "load": {"levels": [2], "step_duration_s": 1.5, "warmup_s": 0.3}}
-    execute("05_replica_scaling.ipynb", tmp_path / "out.ipynb", params=params, replicas=[1, 2],
-            fig_prefix="scaling")
+    params = {
+        "name": "scaling-test",
+        "workloads": [{"name": "resnet50", "max_batch_size": 1}],
+        "backend": {"cpus": CORES[:2]},
+        "prometheus": {"enabled": False},
+        "load": {"levels": [2], "step_duration_s": 1.5, "warmup_s": 0.3},
+    }
+    execute("05_replica_scaling.ipynb", tmp_path / "out.ipynb", params=params, replicas=[1, 2], fig_prefix="scaling")
     done = runs.list_runs(raw)
     assert [r.status for r in done] == ["COMPLETED"] * 3  # one replica is one point for both placements
     by_point = {(r.results()["point"]["backend.placement"], r.results()["point"]["backend.replicas"]): r for r in done}
     assert sorted(by_point) == [("exclusive", 1), ("exclusive", 2), ("shared", 2)]
-    wanted = {("exclusive", 1): [[CORES[0]]], ("exclusive", 2): [[CORES[0]], [CORES[1]]],
-              ("shared", 2): [[CORES[0]], [CORES[0]]]}
+    wanted = {
+        ("exclusive", 1): [[CORES[0]]],
+        ("exclusive", 2): [[CORES[0]], [CORES[1]]],
+        ("shared", 2): [[CORES[0]], [CORES[0]]],
+    }
     for point, run in by_point.items():
         effective = run.manifest["params"]["effective"]["backend"]
         assert (effective["placement"], effective["replicas"]) == point
@@ -90,12 +102,21 @@ def clip_frames(run: runs.Run) -> set[int]:
 
 def test_whisper_audio_duration_records_the_real_time_factor_per_clip_length(dirs, tmp_path):
     raw, figures = dirs
-    params = {"name": "audio-test", "prometheus": {"enabled": False},
-              "workloads": [{"name": "whisper", "model_size": "tiny", "decode_tokens": 2, "max_batch_size": 1}],
-              "load": {"scenario": "single_stream", "step_duration_s": 1.5, "warmup_s": 0.3, "payload_count": 2,
-                       "min_requests_per_step": 3}}
-    execute("06_whisper_audio_duration.ipynb", tmp_path / "out.ipynb", params=params, audio_s=[8, 1.5],
-            fig_prefix="audio")
+    params = {
+        "name": "audio-test",
+        "prometheus": {"enabled": False},
+        "workloads": [{"name": "whisper", "model_size": "tiny", "decode_tokens": 2, "max_batch_size": 1}],
+        "load": {
+            "scenario": "single_stream",
+            "step_duration_s": 1.5,
+            "warmup_s": 0.3,
+            "payload_count": 2,
+            "min_requests_per_step": 3,
+        },
+    }
+    execute(
+        "06_whisper_audio_duration.ipynb", tmp_path / "out.ipynb", params=params, audio_s=[8, 1.5], fig_prefix="audio"
+    )
     done = runs.list_runs(raw)
     assert [r.status for r in done] == ["COMPLETED"] * 2
     rows = {}
@@ -117,7 +138,9 @@ def test_whisper_audio_duration_records_the_real_time_factor_per_clip_length(dir
 
 def test_whisper_audio_duration_needs_whisper(dirs, tmp_path):
     raw, _ = dirs
-    with pytest.raises(papermill.PapermillExecutionError, match="load.payload_audio_s sets the length of Whisper's "
-                                                                  "clips: add the whisper workload"):
+    with pytest.raises(
+        papermill.PapermillExecutionError,
+        match="load.payload_audio_s sets the length of Whisper's clips: add the whisper workload",
+    ):
         execute("06_whisper_audio_duration.ipynb", tmp_path / "out.ipynb", params={"workloads": ["resnet50"]})
     assert not runs.list_runs(raw)

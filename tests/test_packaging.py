@@ -38,8 +38,19 @@ def test_console_script_and_layout():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["gawm"] == "gawm_lib.cli:main"
     assert set(project["optional-dependencies"]) >= {"test", "gpu", "bench"}
-    for name in ("notebooks", "gawm_lib", "k8s", "params", "data", "tests", "environment.yml", "README.md",
-                 "JOURNAL.md", "Makefile", ".ci/run"):
+    for name in (
+        "notebooks",
+        "gawm_lib",
+        "k8s",
+        "params",
+        "data",
+        "tests",
+        "environment.yml",
+        "README.md",
+        "JOURNAL.md",
+        "Makefile",
+        ".ci/run",
+    ):
         assert (ROOT / name).exists(), name
 
 
@@ -54,4 +65,25 @@ def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{path}: expected one cell tagged 'parameters'"
         for line in tagged[0].source.splitlines():
-            assert re.match(r"^\w+: \w+ = .+  # .+$", line), f"{path}: parameter line not 'NAME: type = value  # meaning'"
+            assert re.match(r"^\w+: \w+ = .+  # .+$", line), (
+                f"{path}: parameter line not 'NAME: type = value  # meaning'"
+            )
+
+
+def test_make_test_lints_and_make_test_fast_starts_nothing():
+    """CI's `make test` runs ruff (lint and format check) before pytest; `make test-fast` deselects the tests that
+    start servers, Prometheus, clusters or notebooks."""
+    import subprocess
+
+    dry = subprocess.run(
+        ["make", "-n", "-o", "env", "-o", "test-sysdeps", "-o", "test-prereqs", "test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert dry.index("ruff check") < dry.index("ruff format --check") < dry.index("pytest")
+    fast = subprocess.run(
+        ["make", "-n", "-o", "env", "test-fast"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert '-m "not integration and not slow"' in fast

@@ -47,14 +47,22 @@ def test_audio_length_settings_are_checked_against_the_workloads():
     cfg = validate_params({"workloads": ["whisper"], "load": {"payload_audio_s": 30}})
     assert cfg.load.payload_audio_s == 30
     problems = [
-        ({"workloads": ["resnet50"], "load": {"payload_audio_s": 5}}, "load.payload_audio_s sets the length of "
-                                                                     "Whisper's clips: add the whisper workload"),
-        ({"workloads": [{"name": "whisper", "max_audio_s": 10}], "load": {"payload_audio_s": 12}},
-         "load.payload_audio_s: 12 s is longer than the whisper workload's max_audio_s (10 s)"),
-        ({"workloads": ["whisper"], "load": {"payload_audio_s": 31}},
-         "load.payload_audio_s: Input should be less than or equal to 30"),
-        ({"workloads": ["whisper"], "load": {"payload_audio_s": 0}},
-         "load.payload_audio_s: Input should be greater than 0"),
+        (
+            {"workloads": ["resnet50"], "load": {"payload_audio_s": 5}},
+            "load.payload_audio_s sets the length of Whisper's clips: add the whisper workload",
+        ),
+        (
+            {"workloads": [{"name": "whisper", "max_audio_s": 10}], "load": {"payload_audio_s": 12}},
+            "load.payload_audio_s: 12 s is longer than the whisper workload's max_audio_s (10 s)",
+        ),
+        (
+            {"workloads": ["whisper"], "load": {"payload_audio_s": 31}},
+            "load.payload_audio_s: Input should be less than or equal to 30",
+        ),
+        (
+            {"workloads": ["whisper"], "load": {"payload_audio_s": 0}},
+            "load.payload_audio_s: Input should be greater than 0",
+        ),
     ]
     for tree, message in problems:
         with pytest.raises(ConfigError) as err:

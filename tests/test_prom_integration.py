@@ -15,15 +15,28 @@ import sys
 import textwrap
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from gawm_lib.prom import (CATALOGUE, FRAME_COLUMNS, EmptyQueryWarning, LocalPrometheus, Prefix,
-                           PrometheusQueryError, PrometheusStartError, Target, find_binary, load_run_metrics,
-                           query_phases, query_run_phases, save_run_metrics, wait_for_targets_up)
+from gawm_lib.prom import (
+    CATALOGUE,
+    FRAME_COLUMNS,
+    EmptyQueryWarning,
+    LocalPrometheus,
+    Prefix,
+    PrometheusQueryError,
+    PrometheusStartError,
+    Target,
+    find_binary,
+    load_run_metrics,
+    query_phases,
+    query_run_phases,
+    save_run_metrics,
+    wait_for_targets_up,
+)
 from gawm_lib.prom.common import PrometheusNotInstalled
 
 try:
@@ -84,8 +97,9 @@ HOSTILE = ['a"b\\c\nd', ".*", 'x"} or vector(1) or up{job="', "resnet50|distilbe
 
 
 def start_exporter() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", EXPORTER, str(OK_RATE), str(ERR_RATE), str(POWER_W)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXPORTER, str(OK_RATE), str(ERR_RATE), str(POWER_W)], stdout=subprocess.PIPE, text=True
+    )
     ready, _, _ = select.select([proc.stdout], [], [], 20)
     line = proc.stdout.readline() if ready else ""
     if not line.strip().isdigit():
@@ -127,7 +141,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def recent(seconds: float, name: str = "steady") -> list[tuple[str, datetime, datetime]]:
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     return [(name, end - timedelta(seconds=seconds), end)]
 
 
@@ -140,8 +154,12 @@ def env(tmp_path_factory):
             wait_for_targets_up(prom.url, 1, timeout_s=20)
             first_up = time.monotonic()
             # targets change while Prometheus runs: the same exporter again under hostile workload names
-            prom.set_targets([(address, {"workload": "resnet50", "replica": "0"}),
-                              *[(address, {"workload": w, "replica": "0"}) for w in HOSTILE]])
+            prom.set_targets(
+                [
+                    (address, {"workload": "resnet50", "replica": "0"}),
+                    *[(address, {"workload": w, "replica": "0"}) for w in HOSTILE],
+                ]
+            )
             prom.wait_for_targets(timeout_s=20)
             time.sleep(max(0.0, first_up + 6.5 - time.monotonic()))  # enough samples for 4 s rate windows
             yield {"prom": prom, "address": address, "work": work}
@@ -160,8 +178,12 @@ def test_started_prometheus_exposes_url_version_config(env):
 
 
 def test_throughput_error_rate_and_step_from_scrape_interval(env):
-    frame = query_phases(env["prom"].url, ["throughput", "error_rate", "items_per_second", "inflight"], recent(4),
-                         params={"workload": "resnet50"})
+    frame = query_phases(
+        env["prom"].url,
+        ["throughput", "error_rate", "items_per_second", "inflight"],
+        recent(4),
+        params={"workload": "resnet50"},
+    )
     assert list(frame.columns) == list(FRAME_COLUMNS)
     assert str(frame["time"].dtype) == "datetime64[ns, UTC]" and frame["value"].dtype == "float64"
     by = frame.groupby("query")["value"].median()
@@ -176,24 +198,32 @@ def test_throughput_error_rate_and_step_from_scrape_interval(env):
 
 
 def test_histogram_quantiles_land_in_the_right_buckets(env):
-    frame = query_phases(env["prom"].url, ["latency_p50", "latency_p95", "latency_p99", "queue_wait_p95",
-                                           "latency_mean", "batch_size_mean"], recent(3),
-                         params={"workload": "resnet50"}, step_s=1, window="4s")
+    frame = query_phases(
+        env["prom"].url,
+        ["latency_p50", "latency_p95", "latency_p99", "queue_wait_p95", "latency_mean", "batch_size_mean"],
+        recent(3),
+        params={"workload": "resnet50"},
+        step_s=1,
+        window="4s",
+    )
     v = frame.groupby("query")["value"]
     assert (v.min()["latency_p50"], v.max()["latency_p50"]) > (0.002, 0) and v.max()["latency_p50"] <= 0.005
     assert v.min()["latency_p95"] > 0.2 and v.max()["latency_p95"] <= 0.5
     assert v.min()["latency_p99"] > 0.2 and v.max()["latency_p99"] <= 0.5
     assert v.min()["queue_wait_p95"] > 0.001 and v.max()["queue_wait_p95"] <= 0.002
-    assert v.median()["latency_mean"] == pytest.approx((OK_RATE * 0.0327 + ERR_RATE * 0.003) / (OK_RATE + ERR_RATE),
-                                                       rel=0.3)
+    assert v.median()["latency_mean"] == pytest.approx(
+        (OK_RATE * 0.0327 + ERR_RATE * 0.003) / (OK_RATE + ERR_RATE), rel=0.3
+    )
     assert v.median()["batch_size_mean"] == pytest.approx(4)
 
 
 def test_phases_derived_energy_chunking_and_save(env, tmp_path):
     url = env["prom"].url
-    end = datetime.now(timezone.utc) - timedelta(seconds=2)  # settled data: both queries below see the same
-    phases = [("warmup", end - timedelta(seconds=5), end - timedelta(seconds=3)),
-              ("steady", end - timedelta(seconds=3), end)]
+    end = datetime.now(UTC) - timedelta(seconds=2)  # settled data: both queries below see the same
+    phases = [
+        ("warmup", end - timedelta(seconds=5), end - timedelta(seconds=3)),
+        ("steady", end - timedelta(seconds=3), end),
+    ]
     names = ["throughput", "gpu_power_nvml", "energy_per_request_nvml", "gpu_energy_nvml"]
     frame = query_phases(url, names, phases, params={"workload": "resnet50"})
     assert list(frame["phase"].unique()) == ["warmup", "steady"]
@@ -212,9 +242,19 @@ def test_phases_derived_energy_chunking_and_save(env, tmp_path):
 
 def test_query_run_phases_takes_load_results(env):
     end_ns = time.time_ns()
-    result = {"workload": "resnet50", "phases": [
-        {"phase": "warmup", "step": -1, "level": 5.0, "start_unix_ns": end_ns - 5 * 10**9, "end_unix_ns": end_ns - 3 * 10**9},
-        {"phase": "step", "step": 0, "level": 5.0, "start_unix_ns": end_ns - 3 * 10**9, "end_unix_ns": end_ns}]}
+    result = {
+        "workload": "resnet50",
+        "phases": [
+            {
+                "phase": "warmup",
+                "step": -1,
+                "level": 5.0,
+                "start_unix_ns": end_ns - 5 * 10**9,
+                "end_unix_ns": end_ns - 3 * 10**9,
+            },
+            {"phase": "step", "step": 0, "level": 5.0, "start_unix_ns": end_ns - 3 * 10**9, "end_unix_ns": end_ns},
+        ],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         frame = query_run_phases(env["prom"].url, [result], step_s=1, query_names=["throughput", "latency_p95"])
@@ -245,8 +285,10 @@ def test_hostile_label_values_match_only_themselves(env):
 
 
 def test_every_catalogue_query_parses_on_real_prometheus(env):
-    params = {label: HOSTILE[i % len(HOSTILE)] for i, label in
-              enumerate(sorted({lab for q in CATALOGUE.values() for lab in q.labels}))}
+    params = {
+        label: HOSTILE[i % len(HOSTILE)]
+        for i, label in enumerate(sorted({lab for q in CATALOGUE.values() for lab in q.labels}))
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyQueryWarning)
         frame = query_phases(env["prom"].url, list(CATALOGUE), recent(2), params=params, step_s=1)

@@ -47,8 +47,9 @@ def shipped_pod_relabelling() -> list[dict]:
     raise AssertionError(f"no ConfigMap prometheus-config in {MONITORING}")
 
 
-def test_kubernetes_sd_finds_the_simulated_pods(cluster: Cluster, namespace: str, tmp_path: Path,
-                                                prometheus3: str) -> None:
+def test_kubernetes_sd_finds_the_simulated_pods(
+    cluster: Cluster, namespace: str, tmp_path: Path, prometheus3: str
+) -> None:
     start = time.monotonic()
     cluster.sim.run_servers = True  # real model servers on the pod IPs (the namespace fixture turns it off again)
     token_file = tmp_path / "token"
@@ -56,20 +57,33 @@ def test_kubernetes_sd_finds_the_simulated_pods(cluster: Cluster, namespace: str
     token_file.chmod(0o600)
     scrape = {
         "job_name": JOB,
-        "kubernetes_sd_configs": [{
-            "role": "pod", "api_server": cluster.plane.url,
-            "tls_config": {"ca_file": str(cluster.plane.ca_path)},
-            "authorization": {"credentials_file": str(token_file)},
-            "namespaces": {"names": [namespace]},
-        }],
+        "kubernetes_sd_configs": [
+            {
+                "role": "pod",
+                "api_server": cluster.plane.url,
+                "tls_config": {"ca_file": str(cluster.plane.ca_path)},
+                "authorization": {"credentials_file": str(token_file)},
+                "namespaces": {"names": [namespace]},
+            }
+        ],
         "relabel_configs": shipped_pod_relabelling(),
     }
-    backend_cfg = BackendConfig(kind="kubernetes", namespace=namespace, image="gawm-model-server:test", replicas=2,
-                                startup_timeout_s=60, teardown_timeout_s=30)
-    with KubernetesBackend(WorkloadConfig(name="distilbert", warmup_batches=0), backend_cfg, tmp_path / "logs",
-                           api_client=cluster.api) as backend, \
-            LocalPrometheus(tmp_path / "prometheus", binary=prometheus3, scrape_interval_s=1.0,
-                            scrape_configs=[scrape]) as prom:
+    backend_cfg = BackendConfig(
+        kind="kubernetes",
+        namespace=namespace,
+        image="gawm-model-server:test",
+        replicas=2,
+        startup_timeout_s=60,
+        teardown_timeout_s=30,
+    )
+    with (
+        KubernetesBackend(
+            WorkloadConfig(name="distilbert", warmup_batches=0), backend_cfg, tmp_path / "logs", api_client=cluster.api
+        ) as backend,
+        LocalPrometheus(
+            tmp_path / "prometheus", binary=prometheus3, scrape_interval_s=1.0, scrape_configs=[scrape]
+        ) as prom,
+    ):
         pods = {p.pod for p in backend.placement}
         addresses = {f"{r.host}:{r.port}" for r in backend.replicas}
         assert len(pods) == 2 and all(re.fullmatch(r"127\.0\.1\.\d+:8000", a) for a in addresses), addresses
@@ -93,8 +107,9 @@ def test_kubernetes_sd_finds_the_simulated_pods(cluster: Cluster, namespace: str
             time.sleep(0.2)
         assert {s["metric"]["pod"] for s in series} == pods and {s["value"][1] for s in series} == {"1"}, series
         # the servers' own metrics carry the pod (and namespace) the discovery gave their target
-        assert {(s["metric"]["pod"], s["metric"]["namespace"], s["metric"]["instance"]) for s in ready} == \
-            {(t["labels"]["pod"], namespace, t["labels"]["instance"]) for t in up}
+        assert {(s["metric"]["pod"], s["metric"]["namespace"], s["metric"]["instance"]) for s in ready} == {
+            (t["labels"]["pod"], namespace, t["labels"]["instance"]) for t in up
+        }
         assert {s["value"][1] for s in ready} == {"1"}, ready
     assert prom.pid is None
     assert cluster.sim.errors == []

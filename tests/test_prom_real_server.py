@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -20,9 +19,12 @@ pytestmark = pytest.mark.integration
 
 
 def config(**load) -> ExperimentConfig:
-    settings = {"name": "promtest", "workloads": [{"name": "distilbert", "max_batch_size": 4}],
-                "load": {"levels": [1, 3], "step_duration_s": 3, "warmup_s": 0.5, **load},
-                "prometheus": {"scrape_interval_s": 0.5}}
+    settings = {
+        "name": "promtest",
+        "workloads": [{"name": "distilbert", "max_batch_size": 4}],
+        "load": {"levels": [1, 3], "step_duration_s": 3, "warmup_s": 0.5, **load},
+        "prometheus": {"scrape_interval_s": 0.5},
+    }
     return ExperimentConfig.model_validate(settings)
 
 

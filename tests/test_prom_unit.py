@@ -4,19 +4,49 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 
-from gawm_lib.prom import (CATALOGUE, GRAFANA_UNITS, SOURCES, UNITS, LocalPrometheus, Phase,
-                           Prefix, PrometheusNotInstalled, Target, format_duration, get_query, grafana_dashboard,
-                           load_run_metrics, matcher, parse_duration, quote_regex, quote_string, save_run_metrics)
+from gawm_lib.prom import (
+    CATALOGUE,
+    GRAFANA_UNITS,
+    SOURCES,
+    UNITS,
+    LocalPrometheus,
+    Phase,
+    Prefix,
+    PrometheusNotInstalled,
+    Target,
+    format_duration,
+    get_query,
+    grafana_dashboard,
+    load_run_metrics,
+    matcher,
+    parse_duration,
+    quote_regex,
+    quote_string,
+    save_run_metrics,
+)
 from gawm_lib.prom.query import _chunks, as_phase
 
 HOSTILE = [
-    'a"b', "back\\slash", "new\nline", "tab\tcr\r", ".*", "resnet50|distilbert", 'x"} or vector(1) or up{job="',
-    "$window", "${sel}", "[a-z]+(?:x){2}^$", "é🙂", "\x00\x1f\x7f", "", "\\\"", "trailing\\",
+    'a"b',
+    "back\\slash",
+    "new\nline",
+    "tab\tcr\r",
+    ".*",
+    "resnet50|distilbert",
+    'x"} or vector(1) or up{job="',
+    "$window",
+    "${sel}",
+    "[a-z]+(?:x){2}^$",
+    "é🙂",
+    "\x00\x1f\x7f",
+    "",
+    '\\"',
+    "trailing\\",
 ]
 
 
@@ -86,15 +116,33 @@ def test_catalogue_is_complete_and_consistent():
         assert q.name == name and q.source in SOURCES and q.unit in UNITS and q.description
         q.render(window="30s", range="1m")
     promql = " ".join(q.template for q in CATALOGUE.values())
-    for metric in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_PROF_SM_ACTIVE",
-                   "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-                   "DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_GPU_TEMP", "gawm_gpu_utilization_ratio",
-                   "gawm_gpu_memory_used_bytes", "gawm_gpu_power_watts", "gawm_gpu_energy_joules_total",
-                   "container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
-                   "container_cpu_cfs_throttled_periods_total", "container_pressure_cpu", "container_pressure_memory",
-                   "kube_pod_container_status_restarts_total", "kube_pod_status_phase", "OOMKilled",
-                   "kube_deployment_status_replicas_available", "node_cpu_seconds_total",
-                   "node_memory_MemAvailable_bytes", "node_pressure_cpu", "node_pressure_memory"):
+    for metric in (
+        "DCGM_FI_DEV_GPU_UTIL",
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+        "DCGM_FI_PROF_SM_ACTIVE",
+        "DCGM_FI_DEV_FB_USED",
+        "DCGM_FI_DEV_POWER_USAGE",
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        "DCGM_FI_DEV_SM_CLOCK",
+        "DCGM_FI_DEV_GPU_TEMP",
+        "gawm_gpu_utilization_ratio",
+        "gawm_gpu_memory_used_bytes",
+        "gawm_gpu_power_watts",
+        "gawm_gpu_energy_joules_total",
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_cpu_cfs_throttled_periods_total",
+        "container_pressure_cpu",
+        "container_pressure_memory",
+        "kube_pod_container_status_restarts_total",
+        "kube_pod_status_phase",
+        "OOMKilled",
+        "kube_deployment_status_replicas_available",
+        "node_cpu_seconds_total",
+        "node_memory_MemAvailable_bytes",
+        "node_pressure_cpu",
+        "node_pressure_memory",
+    ):
         assert metric in promql, metric
     for q in CATALOGUE.values():
         if q.source == "cadvisor":
@@ -120,7 +168,7 @@ def test_durations():
 def test_phases_and_chunks():
     naive = datetime(2025, 1, 1, 12, 0, 0)
     ph = as_phase(("steady", naive, naive + timedelta(seconds=10)))
-    assert ph.start.tzinfo == timezone.utc and ph.start.hour == 12
+    assert ph.start.tzinfo == UTC and ph.start.hour == 12
     assert as_phase(Phase("steady", ph.start, ph.end)) == ph
     with pytest.raises(ValueError):
         as_phase(("bad", ph.end, ph.start))
@@ -133,9 +181,16 @@ def test_phases_and_chunks():
 
 
 def test_save_and_load_run_metrics(tmp_path):
-    frame = pd.DataFrame({"time": pd.to_datetime([0, 1], unit="s", utc=True), "query": ["throughput"] * 2,
-                          "value": [1.0, float("nan")], "unit": ["requests/s"] * 2,
-                          "labels": ['{"workload":"a"}'] * 2, "phase": ["steady"] * 2})
+    frame = pd.DataFrame(
+        {
+            "time": pd.to_datetime([0, 1], unit="s", utc=True),
+            "query": ["throughput"] * 2,
+            "value": [1.0, float("nan")],
+            "unit": ["requests/s"] * 2,
+            "labels": ['{"workload":"a"}'] * 2,
+            "phase": ["steady"] * 2,
+        }
+    )
     path = save_run_metrics(tmp_path / "run1", frame)
     assert path == tmp_path / "run1" / "metrics" / "metrics.parquet"
     back = load_run_metrics(tmp_path / "run1")
@@ -162,8 +217,9 @@ def test_grafana_dashboard():
 
 
 def test_targets_and_config_without_starting(tmp_path):
-    lp = LocalPrometheus(tmp_path, [("127.0.0.1:9999", {"workload": "w", "replica": "0"}), "127.0.0.1:9998"],
-                         scrape_interval_s=0.5)
+    lp = LocalPrometheus(
+        tmp_path, [("127.0.0.1:9999", {"workload": "w", "replica": "0"}), "127.0.0.1:9998"], scrape_interval_s=0.5
+    )
     assert "scrape_interval: 500ms" in lp.config_text and "evaluation_interval: 500ms" in lp.config_text
     assert "file_sd_configs" in lp.config_text and str(lp.targets_path.resolve()) in lp.config_text
     assert lp.targets[0] == Target("127.0.0.1:9999", {"workload": "w", "replica": "0"})
@@ -194,4 +250,5 @@ def test_shipped_grafana_dashboard_is_generated_from_the_catalogue():
 
     shipped = Path(__file__).resolve().parent.parent / "k8s" / "monitoring" / "dashboards" / "gawm.json"
     assert json.loads(shipped.read_text()) == shipped_dashboard(), (
-        "k8s/monitoring/dashboards/gawm.json is stale: python -m gawm_lib.prom.grafana")
+        "k8s/monitoring/dashboards/gawm.json is stale: python -m gawm_lib.prom.grafana"
+    )

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_suite import gawm_in
 
 from gawm_lib import runs
-from test_suite import gawm_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +38,8 @@ def test_reports_over_runs_that_differ_in_replicas_and_batch_size_plot_each_runs
         "suite: grid\nruns:\n  - params: params/quick.yaml\n"
         "    overrides: ['load.levels=[1,2]', 'load.step_duration_s=1', 'load.warmup_s=0', 'figures_notebook=null']\n"
         "    grid:\n      backend.replicas: [1, 2]\n      workloads.0.max_batch_size: [1, 4]\n"
-        "report:\n  - notebooks/02_figures_load_sweep.ipynb\n  - notebooks/09_thesis_figures.ipynb\n")
+        "report:\n  - notebooks/02_figures_load_sweep.ipynb\n  - notebooks/09_thesis_figures.ipynb\n"
+    )
     out = gawm("run", str(spec))
     assert out.returncode == 0, out.stderr[-3000:]
     state = json.loads((tmp_path / "suites" / "grid.json").read_text())
@@ -48,8 +49,12 @@ def test_reports_over_runs_that_differ_in_replicas_and_batch_size_plot_each_runs
 
     lvt = pd.read_csv(figures / "grid_latency_vs_throughput.csv")
     assert set(lvt["run_id"]) == set(run_ids)
-    assert set(lvt["config"]) == {"replicas=1, max_batch_size=1", "replicas=1, max_batch_size=4",
-                                  "replicas=2, max_batch_size=1", "replicas=2, max_batch_size=4"}
+    assert set(lvt["config"]) == {
+        "replicas=1, max_batch_size=1",
+        "replicas=1, max_batch_size=4",
+        "replicas=2, max_batch_size=1",
+        "replicas=2, max_batch_size=4",
+    }
     assert lvt.groupby("config")["run_id"].nunique().eq(1).all()  # one run per series, never pooled
     assert check_against_summaries(figures / "grid_latency_vs_throughput.csv", raw) == 16  # 4 runs x 2 steps x 2
     assert check_against_summaries(figures / "grid_thesis_latency_vs_throughput.csv", raw) == 16

@@ -12,7 +12,7 @@ from gawm_lib import runs
 
 
 def test_run_ids_are_exclusive_and_never_reuse_a_directory(raw_dir, monkeypatch):
-    fixed = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    fixed = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     monkeypatch.setattr(runs, "utc_now", lambda: fixed)
     monkeypatch.setattr(runs, "git_info", lambda root=None: {"commit": "a" * 40, "short": "aaaaaaa", "dirty": True})
     taken = raw_dir / "20260102T030405Z-exp-aaaaaaa-dirty"
@@ -55,12 +55,14 @@ def test_git_info_reports_commit_and_dirty_flag(tmp_path):
     assert len(clean["commit"]) == 40 and clean["short"] == clean["commit"][:7] and clean["dirty"] is False
     (tmp_path / "f.txt").write_text("2")
     assert runs.git_info(tmp_path)["dirty"] is True
-    assert runs.make_run_id("x", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), runs.git_info(tmp_path)).endswith(
-        f"-x-{clean['short']}-dirty")
+    assert runs.make_run_id("x", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), runs.git_info(tmp_path)).endswith(
+        f"-x-{clean['short']}-dirty"
+    )
 
 
-@pytest.mark.parametrize("raised, status", [(None, "COMPLETED"), (KeyboardInterrupt, "INTERRUPTED"),
-                                            (RuntimeError, "FAILED")])
+@pytest.mark.parametrize(
+    "raised, status", [(None, "COMPLETED"), (KeyboardInterrupt, "INTERRUPTED"), (RuntimeError, "FAILED")]
+)
 def test_started_run_always_gets_a_final_status(raw_dir, raised, status):
     holder = {}
     try:
@@ -125,5 +127,10 @@ def test_gawm_git_commit_names_the_code_of_a_copied_tree_over_its_stale_git(monk
     monkeypatch.setenv("GAWM_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
     monkeypatch.setenv("GAWM_GIT_DIRTY", "1")
     info = runs_module.git_info()
-    assert info == {"commit": "0123456789abcdef0123456789abcdef01234567", "short": "0123456", "dirty": True,
-                    "branch": None, "from": "GAWM_GIT_COMMIT"}
+    assert info == {
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "short": "0123456",
+        "dirty": True,
+        "branch": None,
+        "from": "GAWM_GIT_COMMIT",
+    }

@@ -36,8 +36,14 @@ def started(app):
 
 @pytest.fixture(scope="module")
 def client():
-    cfg = WorkloadConfig(name="distilbert", max_batch_size=8, max_queue_delay_ms=300, warmup_batches=1,
-                         max_text_chars=1000, max_body_bytes=64 * 1024)
+    cfg = WorkloadConfig(
+        name="distilbert",
+        max_batch_size=8,
+        max_queue_delay_ms=300,
+        warmup_batches=1,
+        max_text_chars=1000,
+        max_body_bytes=64 * 1024,
+    )
     c = started(create_app(cfg, replica="4"))
     yield c
     c.__exit__(None, None, None)
@@ -73,8 +79,9 @@ def test_metadata_health_and_unknown_names(client):
 
 
 def test_infer_answers_each_item_with_real_token_counts_and_timing(client):
-    answer = client.post("/v2/models/distilbert/infer", json={**body("hello world", "a much longer sentence here"),
-                                                              "id": "r1"})
+    answer = client.post(
+        "/v2/models/distilbert/infer", json={**body("hello world", "a much longer sentence here"), "id": "r1"}
+    )
     assert answer.status_code == 200
     data = answer.json()
     assert data["id"] == "r1" and data["model_name"] == "distilbert"
@@ -88,8 +95,12 @@ def test_infer_answers_each_item_with_real_token_counts_and_timing(client):
 
 
 def test_binary_tensor_extension_round_trip(client):
-    content, headers = encode_request([("text", "BYTES", [2], ["caf\u00e9 au lait", b"raw bytes"])], binary=True,
-                                      outputs=["tokens", "label"], binary_outputs=True)
+    content, headers = encode_request(
+        [("text", "BYTES", [2], ["caf\u00e9 au lait", b"raw bytes"])],
+        binary=True,
+        outputs=["tokens", "label"],
+        binary_outputs=True,
+    )
     answer = client.post("/v2/models/distilbert/infer", content=content, headers=headers)
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/octet-stream"
     length = int(answer.headers["inference-header-content-length"])
@@ -97,28 +108,42 @@ def test_binary_tensor_extension_round_trip(client):
     assert [o["name"] for o in doc["outputs"]] == ["tokens", "label"]  # the outputs asked for, in that order
     tokens_size = doc["outputs"][0]["parameters"]["binary_data_size"]
     tail = answer.content[length:]
-    assert np.frombuffer(tail[:tokens_size], "<i4").tolist() == [6, 4]  # [CLS] cafe au lait [SEP]; [CLS] raw bytes [SEP]
+    assert np.frombuffer(tail[:tokens_size], "<i4").tolist() == [
+        6,
+        4,
+    ]  # [CLS] cafe au lait [SEP]; [CLS] raw bytes [SEP]
     labels, offset = [], tokens_size
     while offset < len(tail):
-        size = int.from_bytes(tail[offset:offset + 4], "little")
-        labels.append(tail[offset + 4:offset + 4 + size].decode())
+        size = int.from_bytes(tail[offset : offset + 4], "little")
+        labels.append(tail[offset + 4 : offset + 4 + size].decode())
         offset += 4 + size
     assert len(labels) == 2 and set(labels) <= {"POSITIVE", "NEGATIVE"}
 
 
-@pytest.mark.parametrize("payload, status, field, message", [
-    (b"{not json", 400, "body", "expected a JSON object"),
-    (body("x", name="txt"), 400, "inputs[0].name", "expected one of ['text'], got 'txt'"),
-    ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}, 400, "inputs[0].data",
-     "expected 3 elements"),
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 400, "inputs[0].datatype",
-     "expected BYTES for 'text'"),
-    ({"inputs": []}, 400, "inputs", "non-empty list"),
-    (body("   "), 400, "inputs[0].data[0]", "non-empty string"),
-    (body("long " * 300), 400, "inputs[0].data[0]", "at most 1000 characters (max_text_chars)"),
-    (body(*["x"] * 9), 400, "inputs[0].shape[0]", "1 to 8 items"),
-    (body("x" * 70_000), 413, "Content-Length", "at most 65536 bytes (max_body_bytes)"),
-])
+@pytest.mark.parametrize(
+    "payload, status, field, message",
+    [
+        (b"{not json", 400, "body", "expected a JSON object"),
+        (body("x", name="txt"), 400, "inputs[0].name", "expected one of ['text'], got 'txt'"),
+        (
+            {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]},
+            400,
+            "inputs[0].data",
+            "expected 3 elements",
+        ),
+        (
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+            400,
+            "inputs[0].datatype",
+            "expected BYTES for 'text'",
+        ),
+        ({"inputs": []}, 400, "inputs", "non-empty list"),
+        (body("   "), 400, "inputs[0].data[0]", "non-empty string"),
+        (body("long " * 300), 400, "inputs[0].data[0]", "at most 1000 characters (max_text_chars)"),
+        (body(*["x"] * 9), 400, "inputs[0].shape[0]", "1 to 8 items"),
+        (body("x" * 70_000), 413, "Content-Length", "at most 65536 bytes (max_body_bytes)"),
+    ],
+)
 def test_bad_requests_get_a_4xx_naming_the_field(client, payload, status, field, message):
     if isinstance(payload, bytes):
         answer = client.post("/v2/models/distilbert/infer", content=payload)
@@ -151,18 +176,27 @@ def test_concurrent_requests_are_batched_and_counted_in_metrics(client):
     assert count(after, f"gawm_items_total{{{labels}}}") - count(before, f"gawm_items_total{{{labels}}}") == 6
     assert f'gawm_batch_size_bucket{{le="8.0",{labels}}}' in after
     assert f"gawm_inflight_requests{{{labels}}} 0.0" in after and f"gawm_queue_depth{{{labels}}} 0.0" in after
-    for name in ("gawm_request_duration_seconds_bucket", "gawm_queue_duration_seconds_bucket",
-                 "gawm_compute_duration_seconds_bucket", "gawm_decode_duration_seconds_bucket", "gawm_tokens_total",
-                 "gawm_responses_total", "gawm_model_load_seconds", "gawm_model_ready", "gawm_queue_limit",
-                 "gawm_server_info"):
+    for name in (
+        "gawm_request_duration_seconds_bucket",
+        "gawm_queue_duration_seconds_bucket",
+        "gawm_compute_duration_seconds_bucket",
+        "gawm_decode_duration_seconds_bucket",
+        "gawm_tokens_total",
+        "gawm_responses_total",
+        "gawm_model_load_seconds",
+        "gawm_model_ready",
+        "gawm_queue_limit",
+        "gawm_server_info",
+    ):
         assert f"\n{name}{{" in after, name
     assert 'gawm_request_duration_seconds_bucket{le="0.0015",' in after  # buckets resolve 1 ms ...
     assert 'gawm_request_duration_seconds_bucket{le="60.0",' in after  # ... to 60 s
 
 
 def test_a_full_queue_answers_503_a_failed_batch_500_and_the_server_recovers():
-    app = create_app(WorkloadConfig(name="distilbert", max_batch_size=1, max_queue_delay_ms=0, max_queue_size=1,
-                                    warmup_batches=0))
+    app = create_app(
+        WorkloadConfig(name="distilbert", max_batch_size=1, max_queue_delay_ms=0, max_queue_size=1, warmup_batches=0)
+    )
     c = started(app)
     try:
         workload = app.state.workload
@@ -193,8 +227,19 @@ def test_a_full_queue_answers_503_a_failed_batch_500_and_the_server_recovers():
 
 def test_resnet_takes_jpeg_and_preprocessed_tensors(resnet):
     photos = samples.photos(2, seed=5)
-    jpeg = resnet.post("/v2/models/resnet50/infer", json={"inputs": [
-        {"name": "image", "datatype": "BYTES", "shape": [2, 1], "data": [base64.b64encode(p).decode() for p in photos]}]})
+    jpeg = resnet.post(
+        "/v2/models/resnet50/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [2, 1],
+                    "data": [base64.b64encode(p).decode() for p in photos],
+                }
+            ]
+        },
+    )
     assert jpeg.status_code == 200, jpeg.text
     pixels = resnet.app.state.workload.sample_pixels(2, seed=5)
     content, headers = encode_request([("pixel_values", "UINT8", [2, 3, 224, 224], pixels)], binary=True)
@@ -205,8 +250,19 @@ def test_resnet_takes_jpeg_and_preprocessed_tensors(resnet):
     bad, headers = encode_request([("pixel_values", "UINT8", [1, 3, 224, 200], np.zeros((1, 3, 224, 200), np.uint8))])
     answer = resnet.post("/v2/models/resnet50/infer", content=bad, headers=headers)
     assert answer.status_code == 400 and answer.json()["field"] == "inputs[0].shape"
-    answer = resnet.post("/v2/models/resnet50/infer", json={"inputs": [
-        {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"GIF89a nonsense").decode()]}]})
+    answer = resnet.post(
+        "/v2/models/resnet50/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [base64.b64encode(b"GIF89a nonsense").decode()],
+                }
+            ]
+        },
+    )
     assert answer.status_code == 400 and answer.json()["field"] == "inputs[0].data[0]"
 
 
@@ -214,11 +270,36 @@ def test_resnet_takes_jpeg_and_preprocessed_tensors(resnet):
 def server_process(tmp_path_factory):
     """A real server process started the way the local backend does, with a replica label."""
     port_file = tmp_path_factory.mktemp("server") / "port"
-    settings = {"max_batch_size": 4, "max_queue_delay_ms": 1, "warmup_batches": 1, "max_body_bytes": 4 << 20,
-                "gil_switch_interval_ms": 0.25, "allow_client_shm": True, "gc_thresholds": [5000, 10, 20]}
-    proc = subprocess.Popen([sys.executable, "-m", "gawm_lib.server", "--workload", "resnet50", "--settings",
-                             json.dumps(settings), "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                             "--replica", "3", "--exit-with-parent"], stderr=subprocess.DEVNULL)
+    settings = {
+        "max_batch_size": 4,
+        "max_queue_delay_ms": 1,
+        "warmup_batches": 1,
+        "max_body_bytes": 4 << 20,
+        "gil_switch_interval_ms": 0.25,
+        "allow_client_shm": True,
+        "gc_thresholds": [5000, 10, 20],
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gawm_lib.server",
+            "--workload",
+            "resnet50",
+            "--settings",
+            json.dumps(settings),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--replica",
+            "3",
+            "--exit-with-parent",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import httpx
 
@@ -247,8 +328,11 @@ def test_a_stock_oip_client_can_call_it(server_process):
     photo = samples.photos(1, seed=2)[0]
     image = http.InferInput("image", [1], "BYTES")
     image.set_data_from_numpy(np.array([photo], dtype=np.object_))  # binary tensor data by default
-    result = client.infer("resnet50", [image], outputs=[http.InferRequestedOutput("top_k_indices"),
-                                                        http.InferRequestedOutput("label", binary_data=False)])
+    result = client.infer(
+        "resnet50",
+        [image],
+        outputs=[http.InferRequestedOutput("top_k_indices"), http.InferRequestedOutput("label", binary_data=False)],
+    )
     indices = result.as_numpy("top_k_indices")
     assert indices.shape == (1, 5) and indices.dtype == np.int32
     label = result.as_numpy("label")[0]  # a JSON output, as asked
@@ -286,8 +370,10 @@ def test_the_gil_switch_interval_is_short_on_a_gpu_and_pythons_own_on_a_cpu():
 def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(server_process):
     host, port = server_process.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /v2/models/resnet50/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 999999999\r\n\r\n")
+        sock.sendall(
+            b"POST /v2/models/resnet50/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 999999999\r\n\r\n"
+        )
         reply = b""
         while b'"}' not in reply:  # headers, then the JSON error
             chunk = sock.recv(65536)
@@ -298,7 +384,8 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(server_proc
 
 
 def test_a_stock_client_sends_tensors_through_system_shared_memory(server_process):
-    """Triton's system shared-memory extension, driven by tritonclient's own helpers: the same answers as in the body."""
+    """Triton's system shared-memory extension, driven by tritonclient's own helpers: the same answers as in the
+    body."""
     http = pytest.importorskip("tritonclient.http")
     shm = pytest.importorskip("tritonclient.utils.shared_memory")
     from gawm_lib.config import WorkloadConfig as W
@@ -312,7 +399,9 @@ def test_a_stock_client_sends_tensors_through_system_shared_memory(server_proces
         shm.set_shared_memory_region(handle, [pixels[::-1].copy()], offset=pixels.nbytes // 2)  # rows 1, 0
         client.register_system_shared_memory("images", "/gawm_test_in", 2 * pixels.nbytes)
         status = client.get_system_shared_memory_status()
-        assert [(r["name"], r["key"], r["byte_size"]) for r in status] == [("images", "/gawm_test_in", 2 * pixels.nbytes)]
+        assert [(r["name"], r["key"], r["byte_size"]) for r in status] == [
+            ("images", "/gawm_test_in", 2 * pixels.nbytes)
+        ]
         by_body = http.InferInput("pixel_values", [2, 3, 224, 224], "UINT8")
         by_body.set_data_from_numpy(pixels)
         by_shm = http.InferInput("pixel_values", [2, 3, 224, 224], "UINT8")
@@ -335,8 +424,9 @@ def test_a_stock_client_sends_tensors_through_system_shared_memory(server_proces
 
 
 def test_decoding_on_the_event_loop_answers_and_batches_as_the_threads_do(client):
-    cfg = WorkloadConfig(name="distilbert", max_batch_size=8, max_queue_delay_ms=300, warmup_batches=0,
-                         decode_workers=0)
+    cfg = WorkloadConfig(
+        name="distilbert", max_batch_size=8, max_queue_delay_ms=300, warmup_batches=0, decode_workers=0
+    )
     c = started(create_app(cfg))
     try:
         texts = [f"sentence number {i} for the inline decoder" for i in range(4)]

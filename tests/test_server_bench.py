@@ -36,8 +36,17 @@ def test_the_driver_saturates_a_real_server_and_keeps_a_poisson_rate(tmp_path):
     body, headers = encode_request([("text", "BYTES", [2], ["a short text", "another one"])], binary=True)
     with open_backend(cfg, BackendConfig(), tmp_path) as backend:
         r = backend.replicas[0]
-        plan = Plan(r.host, r.port, "/v2/models/distilbert/infer", [body], [headers], [2], connections=4,
-                    warmup_s=0.5, duration_s=2.0)
+        plan = Plan(
+            r.host,
+            r.port,
+            "/v2/models/distilbert/infer",
+            [body],
+            [headers],
+            [2],
+            connections=4,
+            warmup_s=0.5,
+            duration_s=2.0,
+        )
         closed = drive(plan)
         assert closed["statuses"] == {"200": closed["requests"]} and closed["items_per_s"] > 5
         assert 1 < closed["batch_size_mean"] <= 4
@@ -56,25 +65,29 @@ def test_a_saturation_run_over_two_replicas_sends_to_both_and_counts_both_proces
     cfg = WorkloadConfig(name="distilbert", max_batch_size=4, max_queue_delay_ms=2, max_seq_len=16)
     body, headers = encode_request([("text", "BYTES", [2], ["a short text", "another one"])], binary=True)
     with open_backend(cfg, BackendConfig(replicas=2), tmp_path) as backend:
-        result = server_run(backend.replicas, cfg, [body], [headers], 2, "closed", 1, 2, duration_s=1.5,
-                            warmup_s=0.3)
+        result = server_run(backend.replicas, cfg, [body], [headers], 2, "closed", 1, 2, duration_s=1.5, warmup_s=0.3)
         assert result["replicas"] == 2 and result["processes"] == 2  # at least one driver process per replica
         assert result["statuses"] == {"200": result["requests"]} and result["server_cpu_cores"] > 0
         for replica in backend.replicas:
             text = httpx.get(f"{replica.url}/metrics").text
-            ok = next(line for line in text.splitlines() if line.startswith('gawm_requests_total{') and 'status="ok"' in line)
+            ok = next(
+                line for line in text.splitlines() if line.startswith("gawm_requests_total{") and 'status="ok"' in line
+            )
             assert float(ok.rsplit(" ", 1)[1]) > 5, ok
 
 
 def test_the_gil_benchmark_keeps_every_repetition_and_restores_the_interval(tmp_path):
-    import json
     import sys
 
     from studies.h200.scripts import gil_bench
 
     before = sys.getswitchinterval()
-    assert gil_bench.main(["--intervals-ms", "5,0.5", "--repeats", "2", "--ops", "200",
-                           "--out", str(tmp_path / "gil.json")]) == 0
+    assert (
+        gil_bench.main(
+            ["--intervals-ms", "5,0.5", "--repeats", "2", "--ops", "200", "--out", str(tmp_path / "gil.json")]
+        )
+        == 0
+    )
     assert sys.getswitchinterval() == before
     rows = json.loads((tmp_path / "gil.json").read_text())["results"]
     assert [r["switch_interval_ms"] for r in rows] == [5.0, 0.5]
@@ -83,7 +96,6 @@ def test_the_gil_benchmark_keeps_every_repetition_and_restores_the_interval(tmp_
 
 @pytest.mark.integration
 def test_the_collector_probe_counts_fewer_collections_with_the_servers_thresholds(tmp_path):
-    import json
 
     from studies.h200.scripts import gc_probe
 
@@ -103,18 +115,21 @@ def test_shared_memory_bodies_carry_only_a_header_and_are_answered_by_every_repl
     from gawm_lib.bench.server_bench import SharedBodies, payloads, server_run
     from gawm_lib.config import BackendConfig, WorkloadConfig
 
-    cfg = WorkloadConfig(name="distilbert", max_batch_size=4, max_queue_delay_ms=2, max_seq_len=16,
-                         allow_client_shm=True)
+    cfg = WorkloadConfig(
+        name="distilbert", max_batch_size=4, max_queue_delay_ms=2, max_seq_len=16, allow_client_shm=True
+    )
     binary, _, texts = payloads(cfg, "encoded", per_request=2, count=3)
     shared = SharedBodies()
     try:
         bodies, headers = payloads(cfg, "encoded", per_request=2, count=3, shared=shared)[:2]
         assert len(bodies) == 3 and all(b"binary_data_size" in full for full in binary)
-        assert b"shared_memory_region" in bodies[0] and bytes(shared.memory.buf[4:4 + len(texts[0])]) == texts[0].encode()
+        assert (
+            b"shared_memory_region" in bodies[0]
+            and bytes(shared.memory.buf[4 : 4 + len(texts[0])]) == texts[0].encode()
+        )
         with open_backend(cfg, BackendConfig(replicas=2), tmp_path) as backend:
             shared.register(backend.replicas)
-            result = server_run(backend.replicas, cfg, bodies, headers, 2, "closed", 1, 2, duration_s=1.5,
-                                warmup_s=0.3)
+            result = server_run(backend.replicas, cfg, bodies, headers, 2, "closed", 1, 2, duration_s=1.5, warmup_s=0.3)
             assert result["statuses"] == {"200": result["requests"]} and result["items_per_s"] > 5
     finally:
         shared.close()
@@ -142,8 +157,10 @@ def test_the_speed_probe_writes_one_timing_a_line_and_reads_them_back(tmp_path):
     later = timings.iloc[1:]
     assert later["cpu_busy"].between(0, 1).all() and later["cpu_steal"].between(0, 1).all()
     assert speed_probe.cpu_shares(None, speed_probe.cpu_times()) == {}
-    assert speed_probe.cpu_shares(np.zeros(8), np.array([3.0, 0, 1, 4, 1, 0, 0, 1])) == {"cpu_busy": 0.5,
-                                                                                         "cpu_steal": 0.1}
+    assert speed_probe.cpu_shares(np.zeros(8), np.array([3.0, 0, 1, 4, 1, 0, 0, 1])) == {
+        "cpu_busy": 0.5,
+        "cpu_steal": 0.1,
+    }
     out.write_text(out.read_text() + '{"monotonic_ns": 1}\n')
     with pytest.raises(ValueError, match=rf"speed.jsonl:{count + 1}: not a speed-probe timing"):
         speed_probe.read(out)
@@ -155,11 +172,14 @@ def test_each_step_gets_the_probe_median_over_its_wall_clock_span_from_the_run_p
     from studies.h200.scripts import speed_probe
 
     # a run manifest's phases: a warm-up, step 0 from unix 1,001 s to 1,002 s, step 1 from 1,003 s to 1,004 s
-    phases = [{"phase": "warmup", "step": -1, "start_unix_ns": 1000 * 10**9, "end_unix_ns": 1001 * 10**9},
-              {"phase": "step", "step": 0, "start_unix_ns": 1001 * 10**9, "end_unix_ns": 1002 * 10**9},
-              {"phase": "step", "step": 1, "start_unix_ns": 1003 * 10**9, "end_unix_ns": 1004 * 10**9}]
-    timings = pd.DataFrame({"monotonic_ns": 0, "unix_ns": [int(1002.5e9), int(1001.5e9), int(1001.6e9)],
-                            "seconds": [0.009, 0.002, 0.004]})  # the first fell between the steps
+    phases = [
+        {"phase": "warmup", "step": -1, "start_unix_ns": 1000 * 10**9, "end_unix_ns": 1001 * 10**9},
+        {"phase": "step", "step": 0, "start_unix_ns": 1001 * 10**9, "end_unix_ns": 1002 * 10**9},
+        {"phase": "step", "step": 1, "start_unix_ns": 1003 * 10**9, "end_unix_ns": 1004 * 10**9},
+    ]
+    timings = pd.DataFrame(
+        {"monotonic_ns": 0, "unix_ns": [int(1002.5e9), int(1001.5e9), int(1001.6e9)], "seconds": [0.009, 0.002, 0.004]}
+    )  # the first fell between the steps
     medians = speed_probe.phase_medians(phases, timings)
     assert medians["step"].tolist() == [0, 1]
     assert medians["probe_ms"].iloc[0] == pytest.approx(3.0) and np.isnan(medians["probe_ms"].iloc[1])
@@ -184,8 +204,13 @@ def test_the_survey_pins_the_probe_to_each_core_in_turn_and_summarises_each_core
     assert table["cpu"].tolist() == cores and table["count"].sum() == count
     assert (table["p5"] <= table["median"]).all() and (table["median"] <= table["p95"]).all()
     # a core whose timings are sometimes 2x the machine's fast speed shows it in its slow share
-    made = pd.DataFrame({"unix_ns": range(7), "seconds": [0.002, 0.002, 0.002, 0.002, 0.002, 0.004, 0.001],
-                         "cpu": [0, 0, 1, 1, 1, 1, -1]})
+    made = pd.DataFrame(
+        {
+            "unix_ns": range(7),
+            "seconds": [0.002, 0.002, 0.002, 0.002, 0.002, 0.004, 0.001],
+            "cpu": [0, 0, 1, 1, 1, 1, -1],
+        }
+    )
     shares = speed_probe.by_cpu(made).set_index("cpu")["slow_share"]
     assert shares.to_dict() == {0: 0.0, 1: 0.25}  # the core-less timing is left out
     with pytest.raises(ValueError, match="no timing records its core"):
@@ -200,8 +225,11 @@ def test_flips_tell_cores_that_slow_down_on_their_own_from_a_machine_that_slows_
     from studies.h200.scripts import speed_probe
 
     def timings(slow_0, slow_1):  # two cores probed at once, one timing per 0.1 s for 2 s: 2 or 4 ms each
-        rows = [{"unix_ns": int(i * 1e8), "seconds": 0.004 if slow[i] else 0.002, "cpu": cpu}
-                for cpu, slow in ((0, slow_0), (1, slow_1)) for i in range(20)]
+        rows = [
+            {"unix_ns": int(i * 1e8), "seconds": 0.004 if slow[i] else 0.002, "cpu": cpu}
+            for cpu, slow in ((0, slow_0), (1, slow_1))
+            for i in range(20)
+        ]
         return pd.DataFrame(rows)
 
     spells = [i // 5 % 2 == 1 for i in range(20)]  # slow every other half-second, 5 timings a spell

@@ -42,13 +42,15 @@ def junk(rng: random.Random, depth: int = 0):
         return {rng.choice(keys): junk(rng, depth + 1) for _ in range(rng.randint(0, 3))}
     if kind == 8:
         return [rng.choice(SENTENCES)]
-    return [None, True, rng.randint(-2**63, 2**64), rng.uniform(-1e30, 1e30), "", "x" * rng.randint(1, 40)][kind]
+    return [None, True, rng.randint(-(2**63), 2**64), rng.uniform(-1e30, 1e30), "", "x" * rng.randint(1, 40)][kind]
 
 
 def valid(rng: random.Random) -> dict:
     texts = [rng.choice(SENTENCES) for _ in range(rng.randint(1, 3))]
-    return {"id": f"r{rng.randrange(1000)}", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
-                                                          "data": texts}]}
+    return {
+        "id": f"r{rng.randrange(1000)}",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
+    }
 
 
 def binary(doc: dict, blobs: list[bytes], header_delta: int = 0) -> tuple[bytes, dict]:
@@ -74,7 +76,7 @@ def case(rng: random.Random) -> tuple[str, str, bytes, dict, str]:
         return "POST", path, rng.randbytes(rng.randint(0, 300)), {}, "4xx"
     if kind == 3:  # truncated JSON
         text = json.dumps(doc).encode()
-        return "POST", path, text[:rng.randrange(len(text))], {}, "4xx"
+        return "POST", path, text[: rng.randrange(len(text))], {}, "4xx"
     if kind == 4:  # one field of the tensor replaced by a random value
         tensor[rng.choice(["name", "datatype", "shape", "data", "parameters"])] = junk(rng)
         return "POST", path, json.dumps(doc).encode(), {}, "any"
@@ -115,28 +117,56 @@ def case(rng: random.Random) -> tuple[str, str, bytes, dict, str]:
         return "POST", path, body, headers, "4xx"
     if kind == 12:  # a header length that does not fit the body
         body, headers = binary(doc, [], header_delta=rng.choice([-5, 1, 1000]))
-        headers["Inference-Header-Content-Length"] = rng.choice([headers["Inference-Header-Content-Length"], "abc",
-                                                                 "-1", "1e3", "", "\u00b9", " 7 "])
+        headers["Inference-Header-Content-Length"] = rng.choice(
+            [headers["Inference-Header-Content-Length"], "abc", "-1", "1e3", "", "\u00b9", " 7 "]
+        )
         return "POST", path, body, headers, "4xx"
     if kind == 13:  # unknown model, version, route or method
-        method, route = rng.choice([("POST", "/v2/models/resnet50/infer"), ("POST", f"/v2/models/{MODEL}/versions/2/infer"),
-                                    ("GET", path), ("POST", "/v2/models//infer"), ("PUT", f"/v2/models/{MODEL}"),
-                                    ("POST", "/v3/infer"), ("GET", "/v2/models/%ff%fe/ready")])
+        method, route = rng.choice(
+            [
+                ("POST", "/v2/models/resnet50/infer"),
+                ("POST", f"/v2/models/{MODEL}/versions/2/infer"),
+                ("GET", path),
+                ("POST", "/v2/models//infer"),
+                ("PUT", f"/v2/models/{MODEL}"),
+                ("POST", "/v3/infer"),
+                ("GET", "/v2/models/%ff%fe/ready"),
+            ]
+        )
         return method, route, json.dumps(doc).encode(), {}, "4xx"
     if kind == 14:  # JSON that stresses the parser
-        return "POST", path, rng.choice([b"[" * 50_000 + b"]" * 50_000, b'{"inputs": ' + b"9" * 6000 + b"}",
-                                         b'{"inputs": NaN}', b'{"inputs": [{"name": "text", "data": "\\ud800"}]}',
-                                         b"\xef\xbb\xbf{}", b"null", b'"string"', b"{}" * 100]), {}, "4xx"
+        return (
+            "POST",
+            path,
+            rng.choice(
+                [
+                    b"[" * 50_000 + b"]" * 50_000,
+                    b'{"inputs": ' + b"9" * 6000 + b"}",
+                    b'{"inputs": NaN}',
+                    b'{"inputs": [{"name": "text", "data": "\\ud800"}]}',
+                    b"\xef\xbb\xbf{}",
+                    b"null",
+                    b'"string"',
+                    b"{}" * 100,
+                ]
+            ),
+            {},
+            "4xx",
+        )
     if kind == 15:  # texts that are not text
-        tensor["data"] = [rng.choice(["", "   ", "\u0000", 5, None, ["nested"], "\ud800 lone surrogate", "ok"])
-                          for _ in tensor["data"]]
+        tensor["data"] = [
+            rng.choice(["", "   ", "\u0000", 5, None, ["nested"], "\ud800 lone surrogate", "ok"])
+            for _ in tensor["data"]
+        ]
         return "POST", path, json.dumps(doc).encode(), {}, "any"
     if kind == 16:  # more items than max_batch_size
         tensor["data"] = [rng.choice(SENTENCES) for _ in range(rng.randint(9, 40))]
         tensor["shape"] = [len(tensor["data"])]
         return "POST", path, json.dumps(doc).encode(), {}, "4xx"
     if kind == 17:  # outputs asked for that do not exist, or with bad flags
-        doc["outputs"] = [{"name": rng.choice(["label", "nope", 3]), "parameters": {"binary_data": rng.choice([1, "y"])}}]
+        doc["outputs"] = [
+            {"name": rng.choice(["label", "nope", 3]), "parameters": {"binary_data": rng.choice([1, "y"])}}
+        ]
         return "POST", path, json.dumps(doc).encode(), {}, "4xx"
     if kind == 18:  # binary (an image, say) sent to a text model: not UTF-8
         items = [b"\x89PNG\r\n\x1a\n" + rng.randbytes(40) for _ in tensor.pop("data")]
@@ -162,8 +192,17 @@ def check_answer(status: int, reply: bytes, headers: dict, expect: str, where: s
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    cfg = WorkloadConfig(name=MODEL, warmup_batches=1, max_batch_size=8, max_queue_delay_ms=1, max_queue_size=10_000,
-                         max_body_bytes=BODY_LIMIT, max_text_chars=TEXT_LIMIT, max_seq_len=16, decode_workers=2)
+    cfg = WorkloadConfig(
+        name=MODEL,
+        warmup_batches=1,
+        max_batch_size=8,
+        max_queue_delay_ms=1,
+        max_queue_size=10_000,
+        max_body_bytes=BODY_LIMIT,
+        max_text_chars=TEXT_LIMIT,
+        max_seq_len=16,
+        decode_workers=2,
+    )
     with open_backend(cfg, BackendConfig(replicas=1), tmp_path_factory.mktemp("fuzz-logs")) as backend:
         yield backend.replicas[0]
 

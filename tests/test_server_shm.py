@@ -39,10 +39,14 @@ def test_inputs_are_read_from_the_registered_region_at_its_offset(region):
     np.frombuffer(region.buf, np.int32)[6] = 60  # no copy at parse time: the client's bytes as they are
     assert parse_request(body, None, ("y",), registry).inputs[0].data.tolist() == [60, 7, 8, 9]
     texts = b"".join(len(t).to_bytes(4, "little") + t for t in (b"ab", b"cde"))
-    region.buf[2000:2000 + len(texts)] = texts
+    region.buf[2000 : 2000 + len(texts)] = texts
     registry.register("t", {"key": region.name, "offset": 2000, "byte_size": len(texts)})
-    parsed = parse_request(request({"shared_memory_region": "t", "shared_memory_byte_size": len(texts)}, "BYTES", (2,)),
-                           None, ("y",), registry)
+    parsed = parse_request(
+        request({"shared_memory_region": "t", "shared_memory_byte_size": len(texts)}, "BYTES", (2,)),
+        None,
+        ("y",),
+        registry,
+    )
     assert parsed.inputs[0].data == [b"ab", b"cde"]
     registry.unregister("r")
     assert [r["name"] for r in registry.status()] == ["t"]
@@ -50,13 +54,16 @@ def test_inputs_are_read_from_the_registered_region_at_its_offset(region):
     assert registry.status() == []
 
 
-@pytest.mark.parametrize("doc, field", [
-    ({"key": "../etc/passwd", "byte_size": 8}, "key"),
-    ({"key": "/a/b", "byte_size": 8}, "key"),
-    ({"key": "/gawm-no-such-object", "byte_size": 8}, "key"),
-    ({"key": None, "byte_size": 8}, "key"),
-    ("KEY", "body"),
-])
+@pytest.mark.parametrize(
+    "doc, field",
+    [
+        ({"key": "../etc/passwd", "byte_size": 8}, "key"),
+        ({"key": "/a/b", "byte_size": 8}, "key"),
+        ({"key": "/gawm-no-such-object", "byte_size": 8}, "key"),
+        ({"key": None, "byte_size": 8}, "key"),
+        ("KEY", "body"),
+    ],
+)
 def test_registering_a_bad_key_names_it(doc, field):
     with pytest.raises(InferenceError) as err:
         SharedMemoryRegistry().register("r", doc)
@@ -65,10 +72,12 @@ def test_registering_a_bad_key_names_it(doc, field):
 
 def test_registering_bad_sizes_and_names_is_refused(region):
     registry = SharedMemoryRegistry()
-    for doc, field in (({"key": region.name, "byte_size": 5000}, "byte_size"),
-                       ({"key": region.name, "byte_size": 0}, "byte_size"),
-                       ({"key": region.name, "byte_size": -1}, "byte_size"),
-                       ({"key": region.name, "byte_size": 8, "offset": "0"}, "offset")):
+    for doc, field in (
+        ({"key": region.name, "byte_size": 5000}, "byte_size"),
+        ({"key": region.name, "byte_size": 0}, "byte_size"),
+        ({"key": region.name, "byte_size": -1}, "byte_size"),
+        ({"key": region.name, "byte_size": 8, "offset": "0"}, "offset"),
+    ):
         with pytest.raises(InferenceError) as err:
             registry.register("r", doc)
         assert err.value.field == field, doc
@@ -82,17 +91,33 @@ def test_registering_bad_sizes_and_names_is_refused(region):
     assert err.value.status == 404
 
 
-@pytest.mark.parametrize("params, extra, field", [
-    ({"shared_memory_region": "nope", "shared_memory_byte_size": 16}, {}, "inputs[0].parameters.shared_memory_region"),
-    ({"shared_memory_region": "r"}, {}, "inputs[0].parameters.shared_memory_byte_size"),
-    ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": 60}, {},
-     "inputs[0].parameters.shared_memory_byte_size"),
-    ({"shared_memory_region": "r", "shared_memory_byte_size": 12}, {},
-     "inputs[0].parameters.shared_memory_byte_size"),  # 3 INT32 for a shape of 4
-    ({"shared_memory_region": "r", "shared_memory_byte_size": 16}, {"data": [1, 2, 3, 4]}, "inputs[0].parameters"),
-    ({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": -4}, {},
-     "inputs[0].parameters.shared_memory_offset"),
-])
+@pytest.mark.parametrize(
+    "params, extra, field",
+    [
+        (
+            {"shared_memory_region": "nope", "shared_memory_byte_size": 16},
+            {},
+            "inputs[0].parameters.shared_memory_region",
+        ),
+        ({"shared_memory_region": "r"}, {}, "inputs[0].parameters.shared_memory_byte_size"),
+        (
+            {"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": 60},
+            {},
+            "inputs[0].parameters.shared_memory_byte_size",
+        ),
+        (
+            {"shared_memory_region": "r", "shared_memory_byte_size": 12},
+            {},
+            "inputs[0].parameters.shared_memory_byte_size",
+        ),  # 3 INT32 for a shape of 4
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 16}, {"data": [1, 2, 3, 4]}, "inputs[0].parameters"),
+        (
+            {"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": -4},
+            {},
+            "inputs[0].parameters.shared_memory_offset",
+        ),
+    ],
+)
 def test_bad_shared_memory_parameters_name_the_field(region, params, extra, field):
     registry = SharedMemoryRegistry()
     registry.register("r", {"key": region.name, "byte_size": 64})
@@ -125,8 +150,12 @@ def test_the_server_routes_register_status_and_refuse_without_the_setting(region
         assert "system_shared_memory" not in refusing.get("/v2").json()["extensions"]
     with TestClient(create_app(cfg.model_copy(update={"allow_client_shm": True}))) as client:
         assert "system_shared_memory" in client.get("/v2").json()["extensions"]
-        assert client.post("/v2/systemsharedmemory/region/r/register",
-                           json={"key": region.name, "byte_size": 8}).status_code == 200
+        assert (
+            client.post(
+                "/v2/systemsharedmemory/region/r/register", json={"key": region.name, "byte_size": 8}
+            ).status_code
+            == 200
+        )
         bad = client.post("/v2/systemsharedmemory/region/s/register", content=b"{nope")
         assert bad.status_code == 400 and bad.json()["field"] == "body"
         assert client.get("/v2/systemsharedmemory/region/r/status").json()[0]["byte_size"] == 8

@@ -19,15 +19,22 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
     monkeypatch.setenv("GAWM_FIGURES_DIR", str(tmp_path / "figures"))
     ids = []
     for replicas, load in ((1, {}), (2, {}), (1, {"scenario": "poisson", "levels": [2, 6]})):
-        cfg = config.validate_params({
-            "name": "report-test", "workloads": [{"name": "distilbert", "max_batch_size": 4, "max_seq_len": 16}],
-            "backend": {"replicas": replicas}, "prometheus": {"enabled": False},
-            "load": {"levels": [1, 4], "step_duration_s": 1.0, "warmup_s": 0.2, **load}}, source="test")
+        cfg = config.validate_params(
+            {
+                "name": "report-test",
+                "workloads": [{"name": "distilbert", "max_batch_size": 4, "max_seq_len": 16}],
+                "backend": {"replicas": replicas},
+                "prometheus": {"enabled": False},
+                "load": {"levels": [1, 4], "step_duration_s": 1.0, "warmup_s": 0.2, **load},
+            },
+            source="test",
+        )
         run, _ = experiment.run_experiment(cfg, progress=False)
         ids.append(run.id)
     out = tmp_path / "report"
-    report = study_report.build(ids, out, "test", slo_ms={"distilbert": 10_000}, loads={"distilbert": [1, 1e6]},
-                                heldout_ids=[ids[2]])
+    report = study_report.build(
+        ids, out, "test", slo_ms={"distilbert": 10_000}, loads={"distilbert": [1, 1e6]}, heldout_ids=[ids[2]]
+    )
 
     assert analysis.load_requests(ids)[0]["gc_thresholds"].unique().tolist() == ["10000,10,10"]  # the server default
     assert report["payloads_per_request"] == {"distilbert": 1}  # one text a request: the load's default
@@ -74,19 +81,23 @@ def test_a_report_from_one_and_two_replica_runs_has_steps_scaling_validation_and
 
     monkeypatch.setattr(study_report.analysis, "fit_service", no_fit)
     again = study_report.build(ids, tmp_path / "again", "test")
-    assert again["model"]["service"]["distilbert"] == {"not_fitted": "latency does not increase with batch size over "
-                                                                     "the measured range", "fitted_on": [ids[0]]}
+    assert again["model"]["service"]["distilbert"] == {
+        "not_fitted": "latency does not increase with batch size over the measured range",
+        "fitted_on": [ids[0]],
+    }
     assert "distilbert" not in again["model_mape_pct"] and (tmp_path / "again" / "steps.csv").is_file()
 
 
 def test_the_capacity_plan_takes_the_fewest_measured_replicas_within_the_slo():
-    steps = pd.DataFrame({
-        "workload": ["a"] * 5 + ["b"],
-        "replicas": [1, 1, 2, 2, 4, 1],
-        "throughput_rps": [100, 200, 300, 390, 800, 50],
-        "p95_ms": [10, 20, 12, 14, 15, 1],
-        "errors": [0, 0, 0, 5, 0, 0],
-    })
+    steps = pd.DataFrame(
+        {
+            "workload": ["a"] * 5 + ["b"],
+            "replicas": [1, 1, 2, 2, 4, 1],
+            "throughput_rps": [100, 200, 300, 390, 800, 50],
+            "p95_ms": [10, 20, 12, 14, 15, 1],
+            "errors": [0, 0, 0, 5, 0, 0],
+        }
+    )
     plan = study_report.capacity_plan(steps, {"a": 15}, {"a": [50, 150, 300, 350, 800, 801]})
     # SLO capacities: 1 replica 100 (200 is over the SLO), 2 replicas 300 (390 had errors), 4 replicas 800
     assert plan["replicas"].tolist()[:5] == [1, 2, 2, 4, 4] and pd.isna(plan["replicas"].iloc[5])
@@ -96,12 +107,21 @@ def test_the_capacity_plan_takes_the_fewest_measured_replicas_within_the_slo():
 
 
 def test_repeatability_pairs_the_same_configurations_and_leaves_out_steps_with_errors():
-    first = pd.DataFrame({"workload": ["a", "a", "a", "b"], "replicas": [1, 1, 2, 1],
-                          "scenario": ["closed_loop"] * 4, "level": [1.0, 4.0, 4.0, 1.0],
-                          "throughput_rps": [100.0, 300.0, 500.0, 10.0], "mean_ms": [10.0, 13.0, 8.0, 100.0],
-                          "p95_ms": [12.0, 20.0, 10.0, 150.0], "errors": [0, 0, 0, 0]})
-    again = first.assign(throughput_rps=[110.0, 270.0, 500.0, 10.0], p95_ms=[12.0, 25.0, 11.0, 150.0],
-                         errors=[0, 0, 3, 0])
+    first = pd.DataFrame(
+        {
+            "workload": ["a", "a", "a", "b"],
+            "replicas": [1, 1, 2, 1],
+            "scenario": ["closed_loop"] * 4,
+            "level": [1.0, 4.0, 4.0, 1.0],
+            "throughput_rps": [100.0, 300.0, 500.0, 10.0],
+            "mean_ms": [10.0, 13.0, 8.0, 100.0],
+            "p95_ms": [12.0, 20.0, 10.0, 150.0],
+            "errors": [0, 0, 0, 0],
+        }
+    )
+    again = first.assign(
+        throughput_rps=[110.0, 270.0, 500.0, 10.0], p95_ms=[12.0, 25.0, 11.0, 150.0], errors=[0, 0, 3, 0]
+    )
     again = pd.concat([again, first.iloc[[0]].assign(replicas=8)], ignore_index=True)  # only in the repeat
     pairs = study_report.repeatability(first, again)
     assert pairs[["workload", "replicas", "level"]].values.tolist() == [["a", 1, 1.0], ["a", 1, 4.0], ["b", 1, 1.0]]
@@ -116,46 +136,77 @@ def test_repeatability_pairs_the_same_configurations_and_leaves_out_steps_with_e
 def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tmp_path):
     from studies.h200.scripts import models_bench
 
-    report = {"command": "python -m studies.h200.scripts.study_report --suite s", "runs": {
-        "r1": {"gpu": {"devices": [{"name": "NVIDIA H200"}]}}, "r2": {"gpu": None}},
-        "tandem_model": {"resnet50": {"held_out_mape_pct": {"replicas_1": {"p50": 10.1, "p95": 7.8},
-                                                            "replicas_4": {"p50": 7.2, "p95": 5.5}}},
-                         "distilbert": {"held_out_mape_pct": {"replicas_1": {"p50": 24.1, "p95": 15.2}}},
-                         "whisper": {"not_fitted": "the model, not the CPU stage, was the bottleneck"}},
+    report = {
+        "command": "python -m studies.h200.scripts.study_report --suite s",
+        "runs": {"r1": {"gpu": {"devices": [{"name": "NVIDIA H200"}]}}, "r2": {"gpu": None}},
+        "tandem_model": {
+            "resnet50": {
+                "held_out_mape_pct": {"replicas_1": {"p50": 10.1, "p95": 7.8}, "replicas_4": {"p50": 7.2, "p95": 5.5}}
+            },
+            "distilbert": {"held_out_mape_pct": {"replicas_1": {"p50": 24.1, "p95": 15.2}}},
+            "whisper": {"not_fitted": "the model, not the CPU stage, was the bottleneck"},
+        },
         "repeatability": {"by_workload": {"resnet50": {"p95": {"mean_diff_pct": 6.2}}}},
-        "tail_curve": {"resnet50": {"replicas_1": {"t0_ms": 13.5, "held_out_p95_mape_pct": 8.8,
-                                                   "held_out_utilisation": [0.1, 0.84]},
-                                    "replicas_4": {"t0_ms": 11.5, "held_out_p95_mape_pct": 9.9,
-                                                   "held_out_utilisation": [0.12, 0.8]}},
-                       "distilbert": {"replicas_1": {"t0_ms": 5.7, "held_out_p95_mape_pct": 117.4,
-                                                     "held_out_utilisation": [0.1, 0.85],
-                                                     "cross_run_p95_mape_pct": 6.0,  # within the goal, but its
-                                                     "cross_run_utilisation": [0.4, 0.6],  # steps stop at 60 %
-                                                     "revisit_floor_p95_mape_pct": 5.5,
-                                                     "revisit_floor_within_run_p95_mape_pct": 4.5,
-                                                     "window_floor_p95_mape_pct": {"3": 7.0, "18": 5.5}}},
-                       "whisper": {"replicas_1": {"t0_ms": 900.0, "cross_run_p95_mape_pct": 9.0,
-                                                  "cross_run_utilisation": [0.2, 0.8]}}}}
+        "tail_curve": {
+            "resnet50": {
+                "replicas_1": {"t0_ms": 13.5, "held_out_p95_mape_pct": 8.8, "held_out_utilisation": [0.1, 0.84]},
+                "replicas_4": {"t0_ms": 11.5, "held_out_p95_mape_pct": 9.9, "held_out_utilisation": [0.12, 0.8]},
+            },
+            "distilbert": {
+                "replicas_1": {
+                    "t0_ms": 5.7,
+                    "held_out_p95_mape_pct": 117.4,
+                    "held_out_utilisation": [0.1, 0.85],
+                    "cross_run_p95_mape_pct": 6.0,  # within the goal, but its
+                    "cross_run_utilisation": [0.4, 0.6],  # steps stop at 60 %
+                    "revisit_floor_p95_mape_pct": 5.5,
+                    "revisit_floor_within_run_p95_mape_pct": 4.5,
+                    "window_floor_p95_mape_pct": {"3": 7.0, "18": 5.5},
+                }
+            },
+            "whisper": {
+                "replicas_1": {"t0_ms": 900.0, "cross_run_p95_mape_pct": 9.0, "cross_run_utilisation": [0.2, 0.8]}
+            },
+        },
+    }
     section = study_report.gpu_goal(report, 10.0, "studies/h200/results/report.json")
     assert section["p95_goal_met"] == {"resnet50": True, "distilbert": False, "whisper": False}
-    assert section["tail_curve"]["p95_mape_pct"] == {"resnet50": {"replicas_1": 8.8, "replicas_4": 9.9},
-                                                     "distilbert": {"replicas_1": 117.4}}
+    assert section["tail_curve"]["p95_mape_pct"] == {
+        "resnet50": {"replicas_1": 8.8, "replicas_4": 9.9},
+        "distilbert": {"replicas_1": 117.4},
+    }
     assert section["tail_curve"]["p95_goal_met"] == {"resnet50": True, "distilbert": False}
     assert section["tail_curve"]["cross_run_p95_goal_met"] == {"distilbert": False, "whisper": True}
     assert section["tail_curve"]["floor_revisit_p95_mape_pct"] == {"distilbert": {"replicas_1": 5.5}}
     assert section["tail_curve"]["floor_revisit_within_run_p95_mape_pct"] == {"distilbert": {"replicas_1": 4.5}}
-    assert section["tail_curve"]["floor_by_window_s_p95_mape_pct"] == {"distilbert": {"replicas_1": {"3": 7.0,
-                                                                                                    "18": 5.5}}}
+    assert section["tail_curve"]["floor_by_window_s_p95_mape_pct"] == {
+        "distilbert": {"replicas_1": {"3": 7.0, "18": 5.5}}
+    }
     assert section["goal_met"] == {"distilbert": False, "resnet50": True, "whisper": True}
     assert section["p95_mape_pct"]["resnet50"] == {"replicas_1": 7.8, "replicas_4": 5.5}
     assert section["devices"] == ["NVIDIA H200"] and "whisper" in section["not_fitted"]
     # Sweeps that agree with each other but not with another lease's (held out): the held-out check decides.
-    leases = {"command": "c", "runs": {}, "tandem_model": {}, "tail_curve": {"resnet50": {"replicas_4": {
-        "held_out_p95_mape_pct": 12.0, "held_out_utilisation": [0.15, 0.83],
-        "cross_run_p95_mape_pct": 5.6, "cross_run_utilisation": [0.15, 0.83]}}}}
+    leases = {
+        "command": "c",
+        "runs": {},
+        "tandem_model": {},
+        "tail_curve": {
+            "resnet50": {
+                "replicas_4": {
+                    "held_out_p95_mape_pct": 12.0,
+                    "held_out_utilisation": [0.15, 0.83],
+                    "cross_run_p95_mape_pct": 5.6,
+                    "cross_run_utilisation": [0.15, 0.83],
+                }
+            }
+        },
+    }
     assert study_report.gpu_goal(leases, 10.0, "x")["goal_met"] == {"resnet50": False}
-    levelled = {**leases["tail_curve"]["resnet50"]["replicas_4"], "held_out_levelled_p95_mape_pct": 9.0,
-                "held_out_levelled_utilisation": [0.35, 0.83]}  # told each lease's level, the curve meets it
+    levelled = {
+        **leases["tail_curve"]["resnet50"]["replicas_4"],
+        "held_out_levelled_p95_mape_pct": 9.0,
+        "held_out_levelled_utilisation": [0.35, 0.83],
+    }  # told each lease's level, the curve meets it
     told = {**leases, "tail_curve": {"resnet50": {"replicas_4": levelled}}}
     section_levelled = study_report.gpu_goal(told, 10.0, "x")
     assert section_levelled["goal_met"] == {"resnet50": True}
@@ -178,9 +229,13 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     assert written["gpu_goal_met"] == {"resnet50": False} and written["gpu_goal_met_by"] == {"resnet50": []}
     # a report on another configuration (ResNet50 with 8 replicas) leaves the earlier one standing beside it, and
     # the goal is met for a workload where any standing report's configuration meets it
-    other = {"source": "studies/h200/results/x8/report.json", "command": "study_report --suite x8",
-             "goal_met": {"resnet50": True}, "p95_mape_pct": {},
-             "tail_curve": {"cross_run_p95_mape_pct": {"resnet50": {"replicas_8": 5.0}}}}
+    other = {
+        "source": "studies/h200/results/x8/report.json",
+        "command": "study_report --suite x8",
+        "goal_met": {"resnet50": True},
+        "p95_mape_pct": {},
+        "tail_curve": {"cross_run_p95_mape_pct": {"resnet50": {"replicas_8": 5.0}}},
+    }
     assert study_report.checked_configurations(other) == {("resnet50", "replicas_8", 1)}
     study_report.write_gpu_goal(path, other)
     written = json.loads(path.read_text())
@@ -188,8 +243,12 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
     assert written["gpu_goal_met"] == {"resnet50": True}
     assert written["gpu_goal_met_by"] == {"resnet50": ["studies/h200/results/x8/report.json"]}
     # the same workload and replicas with eight images a request is another configuration: it stands beside them
-    bigger = {**other, "source": "studies/h200/results/x8_images8/report.json", "goal_met": {"resnet50": False},
-              "payloads_per_request": {"resnet50": 8}}
+    bigger = {
+        **other,
+        "source": "studies/h200/results/x8_images8/report.json",
+        "goal_met": {"resnet50": False},
+        "payloads_per_request": {"resnet50": 8},
+    }
     assert study_report.checked_configurations(bigger) == {("resnet50", "replicas_8", 8)}
     study_report.write_gpu_goal(path, bigger)
     written = json.loads(path.read_text())
@@ -200,9 +259,14 @@ def test_the_gpu_goal_goes_into_the_models_report_and_survives_its_next_merge(tm
 
 
 def test_levelling_scales_each_runs_curve_by_its_lowest_rate_step_and_scores_the_others():
-    validation = pd.DataFrame({
-        "run_id": ["a", "a", "a", "b", "b", "c"], "level": [200.0, 500.0, 900.0, 200.0, 900.0, 500.0],
-        "measured": [0.011, 0.0165, 0.03, 0.010, 0.024, 0.02], "predicted": [0.010, 0.015, 0.025, 0.010, 0.025, 0.02]})
+    validation = pd.DataFrame(
+        {
+            "run_id": ["a", "a", "a", "b", "b", "c"],
+            "level": [200.0, 500.0, 900.0, 200.0, 900.0, 500.0],
+            "measured": [0.011, 0.0165, 0.03, 0.010, 0.024, 0.02],
+            "predicted": [0.010, 0.015, 0.025, 0.010, 0.025, 0.02],
+        }
+    )
     out = study_report.levelled(validation)
     assert out["level_factor"].tolist()[:5] == pytest.approx([1.1, 1.1, 1.1, 1.0, 1.0])
     assert np.isnan(out["level_factor"].iloc[5])  # one rate: nothing left to score
@@ -214,9 +278,14 @@ def test_levelling_scales_each_runs_curve_by_its_lowest_rate_step_and_scores_the
 
 
 def test_a_level_read_from_three_visits_is_their_median_so_one_stalled_visit_does_not_set_it():
-    validation = pd.DataFrame({
-        "run_id": ["a"] * 5, "level": [200.0, 500.0, 200.0, 900.0, 200.0],
-        "measured": [0.011, 0.0165, 0.020, 0.03, 0.0105], "predicted": [0.010, 0.015, 0.010, 0.025, 0.010]})
+    validation = pd.DataFrame(
+        {
+            "run_id": ["a"] * 5,
+            "level": [200.0, 500.0, 200.0, 900.0, 200.0],
+            "measured": [0.011, 0.0165, 0.020, 0.03, 0.0105],
+            "predicted": [0.010, 0.015, 0.010, 0.025, 0.010],
+        }
+    )
     out = study_report.levelled(validation)  # the middle visit stalled (2x); the mean would say 1.38
     assert out["level_factor"].tolist() == pytest.approx([1.1] * 5)
     assert out["levelled_ape_pct"].iloc[[0, 2, 4]].isna().all()
@@ -226,9 +295,12 @@ def test_a_level_read_from_three_visits_is_their_median_so_one_stalled_visit_doe
 def test_the_model_plan_sits_beside_the_measured_one_up_to_the_fitted_replica_counts():
     from gawm_lib.models import BatchLatencyTable, TandemServer
 
-    model = TandemServer(cpu_in_s=(0.004,), cpu_out_s=(0.001,), threads=4, batch=BatchLatencyTable((1e-9,)),
-                         max_batch=1, max_delay_s=0.0)  # at most 850 req/s a replica under the 85 % cap
-    plan = pd.DataFrame({"workload": ["a", "a", "b"], "slo_p95_ms": [50.0, 50.0, 50.0], "load_rps": [2000.0, 4000.0, 1]})
+    model = TandemServer(
+        cpu_in_s=(0.004,), cpu_out_s=(0.001,), threads=4, batch=BatchLatencyTable((1e-9,)), max_batch=1, max_delay_s=0.0
+    )  # at most 850 req/s a replica under the 85 % cap
+    plan = pd.DataFrame(
+        {"workload": ["a", "a", "b"], "slo_p95_ms": [50.0, 50.0, 50.0], "load_rps": [2000.0, 4000.0, 1]}
+    )
     out = study_report.model_plan(plan, {"a": model}, {"a": 4})
     assert out["model_replicas"].tolist()[0] == 3 and pd.isna(out["model_replicas"].tolist()[1])  # 4,000: not with 4
     assert out["model_p95_ms"].tolist()[1] == float("inf") and pd.isna(out["model_replicas"].tolist()[2])
@@ -242,29 +314,49 @@ def test_an_unknown_suite_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
 
 
 def test_a_workload_run_with_several_values_of_a_setting_is_one_configuration_per_value():
-    rows = pd.DataFrame({"workload": ["distilbert", "distilbert", "resnet50", "distilbert", "resnet50"],
-                         "decode_workers": [4, 0, 4, 4, 4], "gc_freeze": [True, True, True, True, False]})
+    rows = pd.DataFrame(
+        {
+            "workload": ["distilbert", "distilbert", "resnet50", "distilbert", "resnet50"],
+            "decode_workers": [4, 0, 4, 4, 4],
+            "gc_freeze": [True, True, True, True, False],
+        }
+    )
     labelled = study_report.configurations(rows)
-    assert labelled["workload"].tolist() == ["distilbert decode_workers=4", "distilbert decode_workers=0",
-                                             "resnet50 gc_freeze=True", "distilbert decode_workers=4",
-                                             "resnet50 gc_freeze=False"]
+    assert labelled["workload"].tolist() == [
+        "distilbert decode_workers=4",
+        "distilbert decode_workers=0",
+        "resnet50 gc_freeze=True",
+        "distilbert decode_workers=4",
+        "resnet50 gc_freeze=False",
+    ]
     same = rows.iloc[[0, 2, 3]]
     assert study_report.configurations(same)["workload"].tolist() == ["distilbert", "resnet50", "distilbert"]
     collector = pd.DataFrame({"workload": ["distilbert"] * 3, "gc_thresholds": ["python", "10000,10,10", "python"]})
     assert study_report.configurations(collector)["workload"].tolist() == [
-        "distilbert gc_thresholds=python", "distilbert gc_thresholds=10000,10,10", "distilbert gc_thresholds=python"]
+        "distilbert gc_thresholds=python",
+        "distilbert gc_thresholds=10000,10,10",
+        "distilbert gc_thresholds=python",
+    ]
     texts = pd.DataFrame({"workload": ["distilbert"] * 2, "payloads_per_request": [1, 8]})  # texts a request
-    assert study_report.configurations(texts)["workload"].tolist() == ["distilbert payloads_per_request=1",
-                                                                      "distilbert payloads_per_request=8"]
+    assert study_report.configurations(texts)["workload"].tolist() == [
+        "distilbert payloads_per_request=1",
+        "distilbert payloads_per_request=8",
+    ]
 
 
 def test_the_probe_summary_ranks_each_revisits_p95_against_its_probe_time():
     timings = pd.DataFrame({"seconds": [0.003, 0.004, 0.007]})
     # at each rate the slower-probed visit had the higher p95, except at 300 req/s (tied probes)
-    steps = pd.DataFrame({"workload": "w", "replicas": 1, "scenario": "poisson",
-                          "level": [100.0, 100.0, 200.0, 200.0, 300.0, 400.0],
-                          "p95_ms": [10.0, 30.0, 20.0, 25.0, 40.0, 50.0],
-                          "probe_ms": [3.0, 7.0, 4.0, 6.5, 5.0, np.nan]})
+    steps = pd.DataFrame(
+        {
+            "workload": "w",
+            "replicas": 1,
+            "scenario": "poisson",
+            "level": [100.0, 100.0, 200.0, 200.0, 300.0, 400.0],
+            "p95_ms": [10.0, 30.0, 20.0, 25.0, 40.0, 50.0],
+            "probe_ms": [3.0, 7.0, 4.0, 6.5, 5.0, np.nan],
+        }
+    )
     summary = study_report.probe_summary(timings, steps, ["probe.jsonl"])
     assert summary["timings"] == 3 and summary["probe_ms"]["median"] == 4.0
     assert summary["revisit_correlation"] == {"w": {"replicas_1": {"visits": 4, "spearman_rho": 1.0}}}

@@ -21,17 +21,33 @@ def gawm_in(tmp_path):
     env = {**os.environ, "GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(tmp_path / "figures")}
 
     def gawm(*args):
-        return subprocess.run([sys.executable, "-m", "gawm_lib.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "gawm_lib.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
     gawm.env = env
     return gawm
 
 
 def test_grid_expands_to_the_cartesian_product_in_order():
-    spec = suite.SuiteConfig.model_validate({"suite": "s", "runs": [
-        {"params": "params/quick.yaml", "overrides": ["load.warmup_s=0"],
-         "grid": {"backend.replicas": [1, 2], "load.levels": [[1], [1, 2]]}},
-        {"params": "params/demo.yaml"}]})
+    spec = suite.SuiteConfig.model_validate(
+        {
+            "suite": "s",
+            "runs": [
+                {
+                    "params": "params/quick.yaml",
+                    "overrides": ["load.warmup_s=0"],
+                    "grid": {"backend.replicas": [1, 2], "load.levels": [[1], [1, 2]]},
+                },
+                {"params": "params/demo.yaml"},
+            ],
+        }
+    )
     points = suite.expand(spec, ["load.step_duration_s=1"])
     assert [p[2] for p in points] == [
         ["load.warmup_s=0", "backend.replicas=1", "load.levels=[1]", "load.step_duration_s=1"],
@@ -44,9 +60,15 @@ def test_grid_expands_to_the_cartesian_product_in_order():
 
 
 def test_every_point_is_validated_before_anything_runs():
-    spec = suite.SuiteConfig.model_validate({"suite": "s", "runs": [
-        {"params": "params/quick.yaml", "grid": {"backend.replicas": [1, 0]}},
-        {"params": "params/quick.yaml", "overrides": ["load.sceanrio=poisson"]}]})
+    spec = suite.SuiteConfig.model_validate(
+        {
+            "suite": "s",
+            "runs": [
+                {"params": "params/quick.yaml", "grid": {"backend.replicas": [1, 0]}},
+                {"params": "params/quick.yaml", "overrides": ["load.sceanrio=poisson"]},
+            ],
+        }
+    )
     with pytest.raises(ConfigError) as err:
         suite.validate_points(suite.expand(spec))
     assert "-p backend.replicas=0: backend.replicas: Input should be greater than or equal to 1" in str(err.value)
@@ -61,14 +83,25 @@ def test_suite_file_errors_name_the_file(tmp_path):
 
 
 def test_capacity_shares_expand_with_a_stable_key_and_are_validated_first():
-    spec = suite.SuiteConfig.model_validate({"suite": "s", "runs": [
-        {"params": "params/quick.yaml", "overrides": ["load.levels=[1,2]"]},
-        {"params": "params/quick.yaml", "overrides": ["load.scenario=poisson"], "capacity_shares": [0.2, 0.8],
-         "grid": {"load.arrival_seed": [1, 2]}}]})
+    spec = suite.SuiteConfig.model_validate(
+        {
+            "suite": "s",
+            "runs": [
+                {"params": "params/quick.yaml", "overrides": ["load.levels=[1,2]"]},
+                {
+                    "params": "params/quick.yaml",
+                    "overrides": ["load.scenario=poisson"],
+                    "capacity_shares": [0.2, 0.8],
+                    "grid": {"load.arrival_seed": [1, 2]},
+                },
+            ],
+        }
+    )
     points = suite.expand(spec)
     assert [p.shares for p in points] == [(), (0.2, 0.8), (0.2, 0.8)]
-    assert points[1].key == ("params/quick.yaml load.scenario=poisson load.arrival_seed=1 "
-                             "load.levels=capacity x [0.2, 0.8]")
+    assert points[1].key == (
+        "params/quick.yaml load.scenario=poisson load.arrival_seed=1 load.levels=capacity x [0.2, 0.8]"
+    )
     assert points[1].overrides == ["load.scenario=poisson", "load.arrival_seed=1"]  # the rates come when it runs
     configs = suite.validate_points(points)
     assert len(configs) == 3 and configs[1].load.scenario == "poisson"
@@ -80,12 +113,21 @@ def test_capacity_shares_expand_with_a_stable_key_and_are_validated_first():
 
     closed = {"params": "params/quick.yaml"}
     assert "the rates are for an open-loop run (load.scenario=poisson), got load.scenario=closed_loop" in problems(
-        [closed, {"params": "params/quick.yaml", "capacity_shares": [0.5]}])
+        [closed, {"params": "params/quick.yaml", "capacity_shares": [0.5]}]
+    )
     assert "no earlier run of the suite measures the capacity of resnet50 x2" in problems(
-        [closed, {"params": "params/quick.yaml", "overrides": ["load.scenario=poisson", "backend.replicas=2"],
-                  "capacity_shares": [0.5]}])
+        [
+            closed,
+            {
+                "params": "params/quick.yaml",
+                "overrides": ["load.scenario=poisson", "backend.replicas=2"],
+                "capacity_shares": [0.5],
+            },
+        ]
+    )
     assert "no earlier run of the suite measures the capacity of resnet50 x1" in problems(  # after, not before
-        [{"params": "params/quick.yaml", "overrides": ["load.scenario=poisson"], "capacity_shares": [0.5]}, closed])
+        [{"params": "params/quick.yaml", "overrides": ["load.scenario=poisson"], "capacity_shares": [0.5]}, closed]
+    )
     with pytest.raises(ConfigError, match="an override of load.levels would be ignored"):  # `gawm run -p ...`
         suite.validate_points(suite.expand(spec, ["load.levels=[5]"]))
     with pytest.raises(ValueError, match="each share must be between 0 and 1"):
@@ -109,7 +151,8 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
         "suite: tiny\nruns:\n  - params: params/quick.yaml\n"
         "    overrides: ['load.levels=[1]', 'load.step_duration_s=1', 'load.warmup_s=0', 'figures_notebook=null']\n"
         "    grid:\n      workloads.0.max_batch_size: [1, 2]\n"
-        "report:\n  - notebooks/02_figures_load_sweep.ipynb\n")
+        "report:\n  - notebooks/02_figures_load_sweep.ipynb\n"
+    )
 
     first = gawm("run", str(spec))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -117,8 +160,10 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
     state = json.loads((tmp_path / "suites" / "tiny.json").read_text())
     run_ids = [p["run_id"] for p in state["points"].values()]
     assert len(run_ids) == 2
-    batch_sizes = sorted(runs.load_run(r, tmp_path / "raw").manifest["params"]["effective"]["workloads"][0]
-                         ["max_batch_size"] for r in run_ids)
+    batch_sizes = sorted(
+        runs.load_run(r, tmp_path / "raw").manifest["params"]["effective"]["workloads"][0]["max_batch_size"]
+        for r in run_ids
+    )
     assert batch_sizes == [1, 2]
     sidecar = json.loads((tmp_path / "figures" / "tiny_latency_cdf.json").read_text())
     assert sorted(sidecar["run_ids"]) == sorted(run_ids)
@@ -135,23 +180,56 @@ def test_a_suite_runs_resumes_and_reports(tmp_path):
     assert len(runs.list_runs(tmp_path / "raw")) == 3
 
     # the rates a Poisson sweep would take as shares of the suite's measured capacity (both runs: one configuration)
-    levels = subprocess.run([sys.executable, "-m", "gawm_lib.bench.capacity_levels", "--suite", "tiny",
-                             "--fractions", "0.2,0.8", "--step", "0.5"], cwd=ROOT, env=gawm.env, capture_output=True,
-                            text=True, timeout=120)
+    levels = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gawm_lib.bench.capacity_levels",
+            "--suite",
+            "tiny",
+            "--fractions",
+            "0.2,0.8",
+            "--step",
+            "0.5",
+        ],
+        cwd=ROOT,
+        env=gawm.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert levels.returncode == 0, levels.stderr[-2000:]
     from gawm_lib import analysis
     from gawm_lib.bench import capacity_levels
 
     done = [p["run_id"] for p in state["points"].values()]
-    capacity = float(analysis.measured_capacity(analysis.load_requests(
-        [tmp_path / "raw" / r for r in done])[0]).loc[("resnet50", 1)])
+    capacity = float(
+        analysis.measured_capacity(analysis.load_requests([tmp_path / "raw" / r for r in done])[0]).loc[("resnet50", 1)]
+    )
     assert json.loads(levels.stdout) == capacity_levels.levels(capacity, [0.2, 0.8], 0.5)
     assert f"resnet50 x1: capacity {capacity:.1f} req/s" in levels.stderr
-    none = subprocess.run([sys.executable, "-m", "gawm_lib.bench.capacity_levels", "--suite", "tiny", "--fractions",
-                           "0.5", "--replicas", "4"], cwd=ROOT, env=gawm.env, capture_output=True, text=True,
-                          timeout=120)
-    assert none.returncode == 1 and "suite tiny: expected one configuration with a closed-loop run, found none" in \
-        none.stderr
+    none = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gawm_lib.bench.capacity_levels",
+            "--suite",
+            "tiny",
+            "--fractions",
+            "0.5",
+            "--replicas",
+            "4",
+        ],
+        cwd=ROOT,
+        env=gawm.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        none.returncode == 1
+        and "suite tiny: expected one configuration with a closed-loop run, found none" in none.stderr
+    )
 
     report = gawm("report", run_ids[0], "--prefix", "again")
     assert report.returncode == 0, report.stderr[-2000:]
@@ -171,7 +249,8 @@ def test_a_suite_runs_its_sweeps_at_shares_of_the_capacity_it_measured(tmp_path)
         "  - params: params/quick.yaml\n"
         f"    overrides: ['load.scenario=poisson', {quick}]\n"
         "    capacity_shares: [0.2, 0.5]\n"
-        "    grid:\n      load.arrival_seed: [1, 2]\n")
+        "    grid:\n      load.arrival_seed: [1, 2]\n"
+    )
 
     first = gawm("run", str(spec))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -180,8 +259,9 @@ def test_a_suite_runs_its_sweeps_at_shares_of_the_capacity_it_measured(tmp_path)
     assert len(run_ids) == 3
     from gawm_lib import analysis
 
-    capacity = float(analysis.measured_capacity(analysis.load_requests([tmp_path / "raw" / run_ids[0]])[0])
-                     .loc[("resnet50", 1)])
+    capacity = float(
+        analysis.measured_capacity(analysis.load_requests([tmp_path / "raw" / run_ids[0]])[0]).loc[("resnet50", 1)]
+    )
     rates = suite.rates_at_shares(capacity, [0.2, 0.5])
     for run_id in run_ids[1:]:  # both sweeps at the same rates, from the closed-loop run alone
         load = runs.load_run(run_id, tmp_path / "raw").manifest["params"]["effective"]["load"]

@@ -19,8 +19,19 @@ def rows(latency_ms, errors=None, step=0, phase="step", lag_ms=0.0, start_ns=0, 
     sent = scheduled + int(lag_ms * 1e6)
     done = scheduled + (np.asarray(latency_ms) * 1e6).astype(np.int64)
     frame = pd.DataFrame({c: 0 for c in COLUMNS}, index=range(n))
-    frame = frame.assign(workload="w", phase=phase, step=step, level=5.0, scheduled_ns=scheduled, sent_ns=sent,
-                         first_byte_ns=sent + 1000, done_ns=done, status=200, error=errors or [""] * n, replica="r")
+    frame = frame.assign(
+        workload="w",
+        phase=phase,
+        step=step,
+        level=5.0,
+        scheduled_ns=scheduled,
+        sent_ns=sent,
+        first_byte_ns=sent + 1000,
+        done_ns=done,
+        status=200,
+        error=errors or [""] * n,
+        replica="r",
+    )
     return frame
 
 
@@ -28,7 +39,7 @@ def test_every_request_is_accounted_for_and_percentiles_are_exact():
     rng = np.random.default_rng(0)
     latency = rng.lognormal(1, 0.5, 1000)
     errors = [""] * 900 + ["http_5xx"] * 50 + ["timeout"] * 30 + ["reset"] * 10 + ["cancelled"] * 10
-    frame = pd.concat([rows(np.ones(20), step=-1, phase="warmup", start_ns=-10**9), rows(latency, errors)])
+    frame = pd.concat([rows(np.ones(20), step=-1, phase="warmup", start_ns=-(10**9)), rows(latency, errors)])
     table = summary.summarise(frame, slo_ms=3.0)
     assert len(table) == 1  # the warm-up is left out
     row = table.iloc[0]
@@ -64,9 +75,19 @@ def test_requests_never_sent_have_no_lag_or_service_time():
     assert row["cancelled"] == 2 and row["lag_max_ms"] == 0.0 and row["achieved_rps"] == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize(("n", "percentile", "discard"), [(2048, 90, 172), (2116, 90, 178), (2145, 90, 181),
-                                                          (4776846, 90, 476158), (64, 90, 0), (63, 90, -1),
-                                                          (661, 99, -1), (662, 99, 0)])
+@pytest.mark.parametrize(
+    ("n", "percentile", "discard"),
+    [
+        (2048, 90, 172),
+        (2116, 90, 178),
+        (2145, 90, 181),
+        (4776846, 90, 476158),
+        (64, 90, 0),
+        (63, 90, -1),
+        (661, 99, -1),
+        (662, 99, 0),
+    ],
+)
 def test_early_stopping_matches_mlperf(n, percentile, discard):
     # (n, discard) pairs from MLPerf LoadGen summaries: "Processed at least 64 queries (2048). Would discard 172
     # highest latency queries."

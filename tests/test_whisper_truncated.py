@@ -17,8 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_truncated_clips_are_in_the_answer_the_records_and_the_summary(tmp_path):
-    cfg = WorkloadConfig(name="whisper", model_size="tiny", decode_tokens=2, max_batch_size=2, max_queue_delay_ms=1,
-                         warmup_batches=0)
+    cfg = WorkloadConfig(
+        name="whisper", model_size="tiny", decode_tokens=2, max_batch_size=2, max_queue_delay_ms=1, warmup_batches=0
+    )
     workload = build_workload(cfg)
     clips = [clip for clip, _ in samples.speech(2, seed=5, max_sentences=1)]
     with open_backend(cfg, BackendConfig(replicas=1), tmp_path / "logs") as backend:
@@ -32,10 +33,14 @@ def test_truncated_clips_are_in_the_answer_the_records_and_the_summary(tmp_path)
         assert outputs["tokens"]["data"] == [2, 2] and answer["parameters"]["truncated"] == 2
 
         bodies = write_bodies(tmp_path / "bodies.jsonl", [workload.request_body([c]) for c in clips])
-        spec = LoadSpec(workload="whisper", model="whisper", targets=[url], bodies_path=str(bodies),
-                        out_dir=str(tmp_path / "requests.parquet"),
-                        load=LoadConfig(levels=[1], step_duration_s=0.5, warmup_s=0, min_requests_per_step=3)
-                        .model_dump())
+        spec = LoadSpec(
+            workload="whisper",
+            model="whisper",
+            targets=[url],
+            bodies_path=str(bodies),
+            out_dir=str(tmp_path / "requests.parquet"),
+            load=LoadConfig(levels=[1], step_duration_s=0.5, warmup_s=0, min_requests_per_step=3).model_dump(),
+        )
         run_load(spec, tmp_path, progress=False)
     rows = pd.read_parquet(spec.out_dir)
     assert list(rows.columns) == list(COLUMNS) and (rows["error"] == "").all()

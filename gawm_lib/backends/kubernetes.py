@@ -1,9 +1,9 @@
 """Replicas as a Kubernetes Deployment + Service per workload (``backend.kind: kubernetes``).
 
 On enter it renders the objects from the settings (``gawm_lib.cluster.manifests``), applies them (create, else replace
-what an earlier gawm run left), waits for the rollout (``backend.startup_timeout_s``) and gives the ready pods' addresses
-as replicas. On exit, also after an exception or Ctrl-C, it saves the pods' logs where it can, deletes what it applied and
-waits until the pods are gone. A failed rollout raises :class:`BackendError` with the diagnosis of
+what an earlier gawm run left), waits for the rollout (``backend.startup_timeout_s``) and gives the ready pods'
+addresses as replicas. On exit, also after an exception or Ctrl-C, it saves the pods' logs where it can, deletes what it
+applied and waits until the pods are gone. A failed rollout raises :class:`BackendError` with the diagnosis of
 ``gawm_lib.cluster.rollout.diagnose`` (scheduler reasons such as ``Insufficient nvidia.com/gpu``, image pull errors,
 crash loops, OOM kills), a missing namespace or denied RBAC say so.
 
@@ -35,9 +35,14 @@ class KubernetesBackend(Backend):
     """``backend.replicas`` model-server pods of one workload; ``.replicas`` holds the ready ones, ``.placement`` says
     where they run, ``.facts`` what the cluster is."""
 
-    def __init__(self, workload: WorkloadConfig, backend: BackendConfig, logs_dir: Path,
-                 api_client: client.ApiClient | None = None,
-                 progress: Callable[[dict[str, int]], None] | None = None):
+    def __init__(
+        self,
+        workload: WorkloadConfig,
+        backend: BackendConfig,
+        logs_dir: Path,
+        api_client: client.ApiClient | None = None,
+        progress: Callable[[dict[str, int]], None] | None = None,
+    ):
         self.workload = workload
         self.backend = backend
         self.logs_dir = Path(logs_dir)
@@ -80,8 +85,9 @@ class KubernetesBackend(Backend):
         try:
             client.AppsV1Api(self.api).list_namespaced_deployment(self.namespace, limit=1)
         except ApiException as exc:
-            raise BackendError(cluster.describe_api_error(exc, f"list Deployments in {self.namespace!r}",
-                                                          self.namespace)) from None
+            raise BackendError(
+                cluster.describe_api_error(exc, f"list Deployments in {self.namespace!r}", self.namespace)
+            ) from None
         except Exception as exc:  # cannot reach the API server
             raise BackendError(cluster.describe_api_error(exc, "connect")) from None
         try:
@@ -92,14 +98,17 @@ class KubernetesBackend(Backend):
 
     def _wait(self) -> None:
         try:
-            cluster.wait_for_rollout(self.api, self.namespace, self.name, self.backend.startup_timeout_s,
-                                     progress=self._progress)
+            cluster.wait_for_rollout(
+                self.api, self.namespace, self.name, self.backend.startup_timeout_s, progress=self._progress
+            )
         except cluster.ClusterError as exc:
             raise BackendError(f"{self.workload.name} on Kubernetes: {exc}") from None
         self.placement = cluster.placements(self.api, self.namespace, cluster.selector_of(self.workload.name))
         ready = [p for p in self.placement if p.ready and p.pod_ip]
-        self.replicas = [Replica(self.workload.name, index, p.pod_ip, self.backend.port, None,
-                                 self.logs_dir / f"{p.pod}.log") for index, p in enumerate(ready)]
+        self.replicas = [
+            Replica(self.workload.name, index, p.pod_ip, self.backend.port, None, self.logs_dir / f"{p.pod}.log")
+            for index, p in enumerate(ready)
+        ]
 
     def update(self, workload: WorkloadConfig) -> list[Replica]:
         """Roll the replicas over to new workload settings (a rolling update) and wait until it is done."""
@@ -127,8 +136,13 @@ class KubernetesBackend(Backend):
 
     def _record(self, objects: list[dict]) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        record = {"namespace": self.namespace, "deployment": self.name, "cluster": self.facts,
-                  "placement": [p.to_dict() for p in self.placement], "objects": objects}
+        record = {
+            "namespace": self.namespace,
+            "deployment": self.name,
+            "cluster": self.facts,
+            "placement": [p.to_dict() for p in self.placement],
+            "objects": objects,
+        }
         (self.logs_dir / f"{self.workload.name}-kubernetes.json").write_text(json.dumps(record, indent=2, default=str))
 
     def _log_progress(self, counts: dict[str, int]) -> None:
@@ -139,8 +153,9 @@ class KubernetesBackend(Backend):
         core = client.CoreV1Api(self.api)
         for placement in self.placement:
             try:
-                text = core.read_namespaced_pod_log(placement.pod, self.namespace, container="server",
-                                                    _request_timeout=10)
+                text = core.read_namespaced_pod_log(
+                    placement.pod, self.namespace, container="server", _request_timeout=10
+                )
             except Exception:  # no kubelet to ask, pod gone, or not allowed: the log is nice to have
                 continue
             (self.logs_dir / f"{placement.pod}.log").write_text(text)
@@ -152,8 +167,13 @@ class KubernetesBackend(Backend):
         refs, self._applied = self._applied, []
         self._save_logs()
         errors = cluster.delete_objects(self.api, refs)
-        left = cluster.wait_gone(self.api, refs, self.namespace, cluster.selector_of(self.workload.name),
-                                 timeout_s=self.backend.teardown_timeout_s)
+        left = cluster.wait_gone(
+            self.api,
+            refs,
+            self.namespace,
+            cluster.selector_of(self.workload.name),
+            timeout_s=self.backend.teardown_timeout_s,
+        )
         problems = errors + [f"still there after {self.backend.teardown_timeout_s:g} s: {x}" for x in left]
         for problem in problems:
             log.error("%s teardown: %s", self.name, problem)

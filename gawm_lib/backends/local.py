@@ -43,19 +43,46 @@ class LocalBackend(Backend):
             stem = f"{self.workload.name}-{index}"
             port_file = self.logs_dir / f"{stem}.port"
             port_file.unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "gawm_lib.server", "--workload", self.workload.name,
-                   "--settings", json.dumps(self.workload.model_dump(exclude={"name"})), "--host", self.backend.host,
-                   "--port", "0", "--port-file", str(port_file), "--replica", str(index), "--exit-with-parent"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "gawm_lib.server",
+                "--workload",
+                self.workload.name,
+                "--settings",
+                json.dumps(self.workload.model_dump(exclude={"name"})),
+                "--host",
+                self.backend.host,
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--replica",
+                str(index),
+                "--exit-with-parent",
+            ]
             threads = str(self.workload.threads)
-            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
-                   **where.env()}
+            env = {
+                "OMP_NUM_THREADS": threads,
+                "MKL_NUM_THREADS": threads,
+                "TOKENIZERS_PARALLELISM": "false",
+                **where.env(),
+            }
             self._procs.append(processes.spawn(cmd, self.logs_dir / f"{stem}.log", env=env, cpus=where.cpus))
             port_files.append(port_file)
         deadline = time.monotonic() + self.backend.startup_timeout_s
         for index, (proc, port_file, where) in enumerate(zip(self._procs, port_files, plans)):
             port = self._wait_ready(index, proc, port_file, deadline)
-            self.replicas.append(Replica(self.workload.name, index, self.backend.host, port, proc.pid,
-                                         self.logs_dir / f"{self.workload.name}-{index}.log"))
+            self.replicas.append(
+                Replica(
+                    self.workload.name,
+                    index,
+                    self.backend.host,
+                    port,
+                    proc.pid,
+                    self.logs_dir / f"{self.workload.name}-{index}.log",
+                )
+            )
             self.placement.append(LocalPlacement(**where.to_dict(), pid=proc.pid, cpus_actual=affinity(proc.pid)))
         return self.replicas
 
@@ -63,8 +90,10 @@ class LocalBackend(Backend):
         log_path = self.logs_dir / f"{self.workload.name}-{index}.log"
 
         def fail(why: str) -> BackendError:
-            return BackendError(f"{self.workload.name} replica {index}: {why}\n--- {log_path} (last lines) ---\n"
-                                f"{processes.log_tail(log_path)}")
+            return BackendError(
+                f"{self.workload.name} replica {index}: {why}\n--- {log_path} (last lines) ---\n"
+                f"{processes.log_tail(log_path)}"
+            )
 
         with httpx.Client(timeout=2.0) as client:
             while True:

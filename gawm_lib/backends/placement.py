@@ -80,12 +80,20 @@ def visible_gpus() -> list[str]:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [str(i) for i, line in enumerate(l for l in out.stdout.splitlines() if l.startswith("GPU "))]
+    return [str(i) for i, line in enumerate(row for row in out.stdout.splitlines() if row.startswith("GPU "))]
 
 
-def plan(placement: str, replicas: int, threads: int, device: str, cpus: Sequence[int] = (),
-         gpus: Sequence[int] = (), *, available: Sequence[int] | None = None,
-         visible: Sequence[str] | None = None) -> list[ReplicaPlacement]:
+def plan(
+    placement: str,
+    replicas: int,
+    threads: int,
+    device: str,
+    cpus: Sequence[int] = (),
+    gpus: Sequence[int] = (),
+    *,
+    available: Sequence[int] | None = None,
+    visible: Sequence[str] | None = None,
+) -> list[ReplicaPlacement]:
     """Where each of ``replicas`` replicas runs. ``cpus``/``gpus`` narrow the devices used (empty: all of
     ``available`` cores / ``visible`` GPUs, by default this machine's); GPU numbers index ``visible``.
 
@@ -98,16 +106,22 @@ def plan(placement: str, replicas: int, threads: int, device: str, cpus: Sequenc
         visible = list(visible_gpus() if visible is None else visible)
         bad = [g for g in gpus if not 0 <= g < len(visible)]
         if bad:
-            raise PlacementError(f"backend.gpus: GPUs {bad} are not visible here ({len(visible)} visible: "
-                                 f"CUDA_VISIBLE_DEVICES={','.join(visible) or '(none)'})")
+            raise PlacementError(
+                f"backend.gpus: GPUs {bad} are not visible here ({len(visible)} visible: "
+                f"CUDA_VISIBLE_DEVICES={','.join(visible) or '(none)'})"
+            )
         pool = [visible[g] for g in gpus] if gpus else visible
         need = replicas if placement == "exclusive" else 1
         if len(pool) < need:
-            raise PlacementError(f"backend.placement {placement}: {replicas} replica(s) need {need} GPU(s), "
-                                 f"{len(pool)} available ({'backend.gpus' if gpus else 'visible here'}: "
-                                 f"{', '.join(pool) or 'none'})")
-        return [ReplicaPlacement(i, placement, device, None, pool[i] if placement == "exclusive" else pool[0])
-                for i in range(replicas)]
+            raise PlacementError(
+                f"backend.placement {placement}: {replicas} replica(s) need {need} GPU(s), "
+                f"{len(pool)} available ({'backend.gpus' if gpus else 'visible here'}: "
+                f"{', '.join(pool) or 'none'})"
+            )
+        return [
+            ReplicaPlacement(i, placement, device, None, pool[i] if placement == "exclusive" else pool[0])
+            for i in range(replicas)
+        ]
     available = list(available_cpus() if available is None else available)
     missing = [c for c in cpus if c not in available]
     if missing:
@@ -116,11 +130,15 @@ def plan(placement: str, replicas: int, threads: int, device: str, cpus: Sequenc
     need = replicas * threads if placement == "exclusive" else threads
     if len(pool) < need:
         what = f"{replicas} replica(s) x {threads} thread(s)" if placement == "exclusive" else f"{threads} thread(s)"
-        raise PlacementError(f"backend.placement {placement}: {what} need {need} CPU core(s), {len(pool)} available "
-                             f"({'backend.cpus' if cpus else 'this process may use'}: {pool})")
+        raise PlacementError(
+            f"backend.placement {placement}: {what} need {need} CPU core(s), {len(pool)} available "
+            f"({'backend.cpus' if cpus else 'this process may use'}: {pool})"
+        )
     if placement == "exclusive":
-        return [ReplicaPlacement(i, placement, device, tuple(pool[i * threads:(i + 1) * threads]), None)
-                for i in range(replicas)]
+        return [
+            ReplicaPlacement(i, placement, device, tuple(pool[i * threads : (i + 1) * threads]), None)
+            for i in range(replicas)
+        ]
     return [ReplicaPlacement(i, placement, device, tuple(pool[:threads]), None) for i in range(replicas)]
 
 
@@ -137,27 +155,39 @@ def affinity(pid: int) -> list[int] | None:
         return None
 
 
-def scaling_points(workloads, backend, replicas: Sequence[int], placements: Sequence[str]
-                   ) -> tuple[list[dict[str, Any]], list[str]]:
+def scaling_points(
+    workloads, backend, replicas: Sequence[int], placements: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The points of a replica-scaling study (``backend.placement`` x ``backend.replicas`` settings) that can be placed
     here, and a note for each one that cannot (more exclusive replicas than cores or GPUs). One replica is placed
     the same way by every placement (alone on the first cores or GPU), so it is one point, run as the last placement
     given. ``workloads`` and ``backend`` are the study's validated settings. Raises ValueError for parameters that are
     wrong in themselves."""
     if backend.kind != "local":
-        raise ValueError("replica placement is the local backend's; on kubernetes the device plugin places replicas "
-                         "(k8s/overlays/gpu: a GPU each; k8s/overlays/gpu-time-slicing: shared GPUs): measure a grid "
-                         "of backend.replicas under each overlay instead")
-    if (not isinstance(replicas, (list, tuple)) or not replicas or len(set(replicas)) != len(replicas)
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 for n in replicas)):
+        raise ValueError(
+            "replica placement is the local backend's; on kubernetes the device plugin places replicas "
+            "(k8s/overlays/gpu: a GPU each; k8s/overlays/gpu-time-slicing: shared GPUs): measure a grid "
+            "of backend.replicas under each overlay instead"
+        )
+    if (
+        not isinstance(replicas, (list, tuple))
+        or not replicas
+        or len(set(replicas)) != len(replicas)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 for n in replicas)
+    ):
         raise ValueError(f"replicas: expected distinct whole numbers from 1 to 64, e.g. [1, 2, 4], got {replicas!r}")
-    if (not isinstance(placements, (list, tuple)) or not placements or len(set(placements)) != len(placements)
-            or not set(placements) <= {"shared", "exclusive"}):
-        raise ValueError(f"placements: expected 'shared' and/or 'exclusive', e.g. ['shared', 'exclusive'], "
-                         f"got {placements!r}")
+    if (
+        not isinstance(placements, (list, tuple))
+        or not placements
+        or len(set(placements)) != len(placements)
+        or not set(placements) <= {"shared", "exclusive"}
+    ):
+        raise ValueError(
+            f"placements: expected 'shared' and/or 'exclusive', e.g. ['shared', 'exclusive'], got {placements!r}"
+        )
     points, skipped = [], []
     for count in sorted(replicas):
-        for mode in (placements if count > 1 else placements[-1:]):
+        for mode in placements if count > 1 else placements[-1:]:
             try:
                 for workload in workloads:
                     plan(mode, count, workload.threads, workload.device, backend.cpus, backend.gpus)

@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         capacity = capacity[capacity.index.get_level_values("replicas") == args.replicas]
     if len(capacity) != 1:
         found = ", ".join(f"{w} x{r}" for w, r in capacity.index) or "none"
-        raise SystemExit(f"capacity_levels: suite {args.suite}: expected one configuration with a closed-loop run, "
-                         f"found {found} (narrow it with --workload / --replicas)")
+        raise SystemExit(
+            f"capacity_levels: suite {args.suite}: expected one configuration with a closed-loop run, "
+            f"found {found} (narrow it with --workload / --replicas)"
+        )
     (workload, replicas), rps = capacity.index[0], float(capacity.iloc[0])
     try:
         rates = levels(rps, fractions, args.step)

@@ -73,17 +73,33 @@ def plan_cores(cores: list[int]) -> dict[str, Any]:
     firsts = [group[0] for group in physical.values()]
     topology = sorted(sorted(group) for group in physical.values())
     if len(firsts) >= 3:
-        return {"generator": firsts[:2], "server": firsts[2:6], "physical_cores": topology,
-                "note": "generator processes and servers each on their own physical core"}
+        return {
+            "generator": firsts[:2],
+            "server": firsts[2:6],
+            "physical_cores": topology,
+            "note": "generator processes and servers each on their own physical core",
+        }
     if len(cores) >= 3:
-        return {"generator": cores[:2], "server": cores[2:6], "physical_cores": topology,
-                "note": "separate logical cores, some sharing a physical core"}
+        return {
+            "generator": cores[:2],
+            "server": cores[2:6],
+            "physical_cores": topology,
+            "note": "separate logical cores, some sharing a physical core",
+        }
     if len(cores) == 2:
-        return {"generator": cores, "server": cores[1:], "physical_cores": topology,
-                "note": f"2 cores: one generator process on core {cores[0]}, server on {cores[1]}; the second "
-                        f"generator process shares core {cores[1]} with the server"}
-    return {"generator": cores * 2, "server": cores, "physical_cores": topology,
-            "note": "1 core: generator and server share it"}
+        return {
+            "generator": cores,
+            "server": cores[1:],
+            "physical_cores": topology,
+            "note": f"2 cores: one generator process on core {cores[0]}, server on {cores[1]}; the second "
+            f"generator process shares core {cores[1]} with the server",
+        }
+    return {
+        "generator": cores * 2,
+        "server": cores,
+        "physical_cores": topology,
+        "note": "1 core: generator and server share it",
+    }
 
 
 @contextlib.contextmanager
@@ -94,8 +110,9 @@ def servers(cpus: list[int], log_dir: Path) -> Iterator[str]:
         port = 0
         for i, cpu in enumerate(cpus):
             port_file = log_dir / f"port-{i}"
-            procs.append(null_server.start(port, "null", [cpu], port_file, log_dir / f"server-{i}.log",
-                                           reuse_port=len(cpus) > 1))
+            procs.append(
+                null_server.start(port, "null", [cpu], port_file, log_dir / f"server-{i}.log", reuse_port=len(cpus) > 1)
+            )
             port = null_server.wait_for_port(procs[-1], port_file)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -105,8 +122,12 @@ def servers(cpus: list[int], log_dir: Path) -> Iterator[str]:
 
 def _child(args: list[str], cpu: int, timeout_s: float) -> dict[str, Any]:
     """Run ``python -m gawm_lib.bench.loadgen_bench --child ...`` pinned to ``cpu``; return its JSON line."""
-    out = subprocess.run([sys.executable, "-m", "gawm_lib.bench.loadgen_bench", "--child", *args, "--cpu", str(cpu)],
-                         capture_output=True, text=True, timeout=timeout_s)
+    out = subprocess.run(
+        [sys.executable, "-m", "gawm_lib.bench.loadgen_bench", "--child", *args, "--cpu", str(cpu)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child {args[0]} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -157,6 +178,7 @@ async def _client_rate(kind: str, url: str, seconds: float, concurrency: int = 1
                     time.monotonic_ns()
                     await answer.read()
                 count += 1
+
     start = time.monotonic()
     await asyncio.gather(*[one() for _ in range(concurrency)])
     elapsed = time.monotonic() - start
@@ -174,8 +196,10 @@ def _raw_round_trips(url: str, rate: float, seconds: float) -> list[float]:
     """Round trips [ms] of a blocking keep-alive socket client sending one request every 1/rate s."""
     host, port = url.split("//")[1].split(":")
     body = json.dumps(BODY).encode()
-    request = (f"POST /v2/models/null/infer HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
-               f"content-length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /v2/models/null/infer HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     times = []
@@ -190,8 +214,9 @@ def _raw_round_trips(url: str, rate: float, seconds: float) -> list[float]:
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(65536)
         head, _, rest = answer.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
         while len(rest) < length:
             rest += sock.recv(65536)
         times.append((time.monotonic_ns() - start) / 1e6)
@@ -209,8 +234,10 @@ def child(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, {args.cpu})
     if args.what == "clients":
-        rates = {kind: asyncio.run(_client_rate(kind, args.url, args.seconds))
-                 for kind in ("httpx_post", "httpx_stream", "aiohttp", "gawm_http1")}
+        rates = {
+            kind: asyncio.run(_client_rate(kind, args.url, args.seconds))
+            for kind in ("httpx_post", "httpx_stream", "aiohttp", "gawm_http1")
+        }
         print(json.dumps({f"{k}_rps": round(v, 1) for k, v in rates.items()}))
     else:
         _raw_round_trips(args.url, args.rate, 0.3)  # connect and warm up
@@ -219,8 +246,10 @@ def child(argv: list[str]) -> None:
 
 
 def _percentiles(name: str, values_ms: np.ndarray) -> dict[str, float]:
-    return {f"{name}_p50_ms": round(float(np.percentile(values_ms, 50)), 4),
-            f"{name}_p99_ms": round(float(np.percentile(values_ms, 99)), 4)}
+    return {
+        f"{name}_p50_ms": round(float(np.percentile(values_ms, 50)), 4),
+        f"{name}_p99_ms": round(float(np.percentile(values_ms, 99)), 4),
+    }
 
 
 # -- 3. gawm and Locust trials -----------------------------------------------------------------------------------------
@@ -236,25 +265,54 @@ def gawm_trial(url: str, load: dict[str, Any], work: Path) -> dict[str, Any]:
     rows = summary.read_requests(work / "requests.parquet")
     step = rows[rows["phase"] == "step"]
     ok = step[step["error"] == ""]
-    return {"requests": len(step), "errors": int((step["error"] != "").sum()),
-            "offered_rps": round(summary._rate(step["scheduled_ns"]), 1),
-            "achieved_rps": round(summary._rate(step["sent_ns"][step["sent_ns"] > 0]), 1),
-            "lag_p50_ms": round(float(step["lag_ms"].quantile(0.5)), 4),
-            "lag_p99_ms": round(float(step["lag_ms"].quantile(0.99)), 4),
-            "lag_max_ms": round(float(step["lag_ms"].max()), 3),
-            "latency_p50_ms": round(float(ok["latency_ms"].quantile(0.5)), 4),
-            "latency_p99_ms": round(float(ok["latency_ms"].quantile(0.99)), 4),
-            "service_p50_ms": round(float(ok["service_ms"].quantile(0.5)), 4),
-            "service_p99_ms": round(float(ok["service_ms"].quantile(0.99)), 4)}
+    return {
+        "requests": len(step),
+        "errors": int((step["error"] != "").sum()),
+        "offered_rps": round(summary._rate(step["scheduled_ns"]), 1),
+        "achieved_rps": round(summary._rate(step["sent_ns"][step["sent_ns"] > 0]), 1),
+        "lag_p50_ms": round(float(step["lag_ms"].quantile(0.5)), 4),
+        "lag_p99_ms": round(float(step["lag_ms"].quantile(0.99)), 4),
+        "lag_max_ms": round(float(step["lag_ms"].max()), 3),
+        "latency_p50_ms": round(float(ok["latency_ms"].quantile(0.5)), 4),
+        "latency_p99_ms": round(float(ok["latency_ms"].quantile(0.99)), 4),
+        "service_p50_ms": round(float(ok["service_ms"].quantile(0.5)), 4),
+        "service_p99_ms": round(float(ok["service_ms"].quantile(0.99)), 4),
+    }
 
 
-def locust_trial(url: str, cpu: int, seconds: float, warmup_s: float, work: Path, mode: str = "open",
-                 rate: float = 0.0, users: int = 16) -> dict[str, Any]:
+def locust_trial(
+    url: str,
+    cpu: int,
+    seconds: float,
+    warmup_s: float,
+    work: Path,
+    mode: str = "open",
+    rate: float = 0.0,
+    users: int = 16,
+) -> dict[str, Any]:
     work.mkdir(parents=True)
     out = work / "locust.json"
-    cmd = [sys.executable, "-m", "gawm_lib.bench.locust_driver", "--url", url, "--mode", mode, "--rate", str(rate),
-           "--users", str(users), "--seconds", str(seconds), "--warmup-s", str(warmup_s), "--cpu", str(cpu),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gawm_lib.bench.locust_driver",
+        "--url",
+        url,
+        "--mode",
+        mode,
+        "--rate",
+        str(rate),
+        "--users",
+        str(users),
+        "--seconds",
+        str(seconds),
+        "--warmup-s",
+        str(warmup_s),
+        "--cpu",
+        str(cpu),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup_s + 120)
     if done.returncode != 0 or not out.is_file():
         raise RuntimeError(f"locust failed:\n{done.stderr[-2000:]}")
@@ -263,12 +321,21 @@ def locust_trial(url: str, cpu: int, seconds: float, warmup_s: float, work: Path
 
 
 def passes(trial: dict[str, Any], rate: float) -> bool:
-    return bool(trial.get("requests", 0) > 0 and trial["errors"] == 0 and trial["lag_p99_ms"] <= LAG_P99_LIMIT_MS
-            and trial["achieved_rps"] >= ACHIEVED_MIN * rate)
+    return bool(
+        trial.get("requests", 0) > 0
+        and trial["errors"] == 0
+        and trial["lag_p99_ms"] <= LAG_P99_LIMIT_MS
+        and trial["achieved_rps"] >= ACHIEVED_MIN * rate
+    )
 
 
-def search(trial: Callable[[float], dict[str, Any]], start_rps: float, max_rps: float, bisections: int,
-           log: Callable[[str], None]) -> dict[str, Any]:
+def search(
+    trial: Callable[[float], dict[str, Any]],
+    start_rps: float,
+    max_rps: float,
+    bisections: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """The highest rate at which ``trial`` passes: doubling, then bisecting on a log scale."""
     trials: list[dict[str, Any]] = []
 
@@ -277,9 +344,11 @@ def search(trial: Callable[[float], dict[str, Any]], start_rps: float, max_rps: 
             result = {"rate_rps": round(rate, 1), **trial(rate)}
             result["pass"] = passes(result, rate)
             trials.append(result)
-            log(f"    {rate:9.0f} req/s: lag p99 {result.get('lag_p99_ms', float('nan')):8.3f} ms, achieved "
+            log(
+                f"    {rate:9.0f} req/s: lag p99 {result.get('lag_p99_ms', float('nan')):8.3f} ms, achieved "
                 f"{result.get('achieved_rps', 0):9.1f}, errors {result.get('errors')}: "
-                f"{'pass' if result['pass'] else 'FAIL'}{' (retry)' if attempt else ''}")
+                f"{'pass' if result['pass'] else 'FAIL'}{' (retry)' if attempt else ''}"
+            )
             if result["pass"]:
                 return True
         return False
@@ -302,8 +371,11 @@ def search(trial: Callable[[float], dict[str, Any]], start_rps: float, max_rps: 
                 low = middle
             else:
                 high = middle
-    return {"max_rate_rps": round(low, 1), "first_failing_rps": None if high == math.inf else round(high, 1),
-            "trials": trials}
+    return {
+        "max_rate_rps": round(low, 1),
+        "first_failing_rps": None if high == math.inf else round(high, 1),
+        "trials": trials,
+    }
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------------------------
@@ -319,17 +391,30 @@ def versions() -> dict[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    log = (lambda line: print(line, flush=True))
+    def log(line: str) -> None:
+        print(line, flush=True)
+
     cores = sorted(os.sched_getaffinity(0))
     setup = plan_cores(cores)
     gen = setup["generator"]
     record: dict[str, Any] = {
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(), "git": runs.git_info(), "machine": machine(),
-        "packages": versions(), "threads": {**runs.thread_settings(), "load_process_threads": 1,
-                                            "note": "each load process runs one event loop thread"},
-        "setup": {**setup, "trial_s": args.trial_s, "warmup_s": args.warmup_s, "arrivals": "poisson",
-                  "pass": f"lag p99 <= {LAG_P99_LIMIT_MS} ms, no errors, achieved >= {ACHIEVED_MIN:.0%} of offered",
-                  "request_body_bytes": len(json.dumps(BODY))},
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(),
+        "git": runs.git_info(),
+        "machine": machine(),
+        "packages": versions(),
+        "threads": {
+            **runs.thread_settings(),
+            "load_process_threads": 1,
+            "note": "each load process runs one event loop thread",
+        },
+        "setup": {
+            **setup,
+            "trial_s": args.trial_s,
+            "warmup_s": args.warmup_s,
+            "arrivals": "poisson",
+            "pass": f"lag p99 <= {LAG_P99_LIMIT_MS} ms, no errors, achieved >= {ACHIEVED_MIN:.0%} of offered",
+            "request_body_bytes": len(json.dumps(BODY)),
+        },
     }
     log(f"loadgen benchmark: cores {cores}; {setup['note']}")
     with tempfile.TemporaryDirectory(prefix="gawm-bench-") as tmp, servers(setup["server"], Path(tmp)) as url:
@@ -337,55 +422,88 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trial_ids = iter(range(10_000))
 
         def gawm(rate: float, processes_: int = 1, scenario: str = "poisson", **extra: Any) -> dict[str, Any]:
-            load = {"scenario": scenario, "levels": [rate], "step_duration_s": args.trial_s,
-                    "warmup_s": args.warmup_s, "processes": processes_, "process_cpus": gen[:processes_],
-                    "request_timeout_s": 10, **extra}
+            load = {
+                "scenario": scenario,
+                "levels": [rate],
+                "step_duration_s": args.trial_s,
+                "warmup_s": args.warmup_s,
+                "processes": processes_,
+                "process_cpus": gen[:processes_],
+                "request_timeout_s": 10,
+                **extra,
+            }
             return gawm_trial(url, load, work / f"gawm-{next(trial_ids)}")
 
         def locust(rate: float) -> dict[str, Any]:
             users = int(min(1000, max(20, rate / 50)))
-            return locust_trial(url, gen[0], args.trial_s, args.warmup_s, work / f"locust-{next(trial_ids)}",
-                                rate=rate, users=users)
+            return locust_trial(
+                url, gen[0], args.trial_s, args.warmup_s, work / f"locust-{next(trial_ids)}", rate=rate, users=users
+            )
 
         log("1. HTTP clients, 16 in flight, one core")
         record["clients"] = _child(["clients", "--url", url, "--seconds", str(args.trial_s)], gen[0], 300)
         log(f"   {record['clients']}")
         log(f"2. overhead at {args.overhead_rps:g} req/s")
-        raw = _child(["raw", "--url", url, "--rate", str(args.overhead_rps), "--seconds", str(args.trial_s)], gen[0],
-                     300)
+        raw = _child(
+            ["raw", "--url", url, "--rate", str(args.overhead_rps), "--seconds", str(args.trial_s)], gen[0], 300
+        )
         ours = gawm(args.overhead_rps, scenario="constant_rate")
         record["overhead"] = {
-            "rate_rps": args.overhead_rps, "raw_socket": raw, "gawm": ours,
-            "added_p50_ms": {"from_send": round(ours["service_p50_ms"] - raw["rtt_p50_ms"], 4),
-                             "from_schedule": round(ours["latency_p50_ms"] - raw["rtt_p50_ms"], 4)},
-            "added_p99_ms": {"from_send": round(ours["service_p99_ms"] - raw["rtt_p99_ms"], 4),
-                             "from_schedule": round(ours["latency_p99_ms"] - raw["rtt_p99_ms"], 4)}}
-        log(f"   raw socket p50/p99 {raw['rtt_p50_ms']}/{raw['rtt_p99_ms']} ms; gawm from send "
+            "rate_rps": args.overhead_rps,
+            "raw_socket": raw,
+            "gawm": ours,
+            "added_p50_ms": {
+                "from_send": round(ours["service_p50_ms"] - raw["rtt_p50_ms"], 4),
+                "from_schedule": round(ours["latency_p50_ms"] - raw["rtt_p50_ms"], 4),
+            },
+            "added_p99_ms": {
+                "from_send": round(ours["service_p99_ms"] - raw["rtt_p99_ms"], 4),
+                "from_schedule": round(ours["latency_p99_ms"] - raw["rtt_p99_ms"], 4),
+            },
+        }
+        log(
+            f"   raw socket p50/p99 {raw['rtt_p50_ms']}/{raw['rtt_p99_ms']} ms; gawm from send "
             f"{ours['service_p50_ms']}/{ours['service_p99_ms']} ms, from schedule "
-            f"{ours['latency_p50_ms']}/{ours['latency_p99_ms']} ms")
+            f"{ours['latency_p50_ms']}/{ours['latency_p99_ms']} ms"
+        )
         log("3. open loop: highest Poisson rate with lag p99 <= 1 ms")
         record["open_loop"] = {}
-        for name, trial in (("gawm_1_process", gawm), ("locust_fasthttpuser", locust),
-                            ("gawm_2_processes", lambda rate: gawm(rate, processes_=2))):
+        for name, trial in (
+            ("gawm_1_process", gawm),
+            ("locust_fasthttpuser", locust),
+            ("gawm_2_processes", lambda rate: gawm(rate, processes_=2)),
+        ):
             log(f"  {name}")
             record["open_loop"][name] = search(trial, args.start_rps, args.max_rps, args.bisections, log)
         log("4. closed loop: 16 users back to back")
         closed_gawm = gawm(16, scenario="closed_loop", max_connections=16)
-        closed_locust = locust_trial(url, gen[0], args.trial_s, args.warmup_s, work / "locust-closed", mode="closed",
-                                     users=16)
-        record["closed_loop"] = {"users": 16, "gawm_rps": closed_gawm["achieved_rps"],
-                                 "locust_rps": closed_locust["achieved_rps"], "gawm": closed_gawm,
-                                 "locust": closed_locust}
+        closed_locust = locust_trial(
+            url, gen[0], args.trial_s, args.warmup_s, work / "locust-closed", mode="closed", users=16
+        )
+        record["closed_loop"] = {
+            "users": 16,
+            "gawm_rps": closed_gawm["achieved_rps"],
+            "locust_rps": closed_locust["achieved_rps"],
+            "gawm": closed_gawm,
+            "locust": closed_locust,
+        }
     open_loop = record["open_loop"]
     one, two = open_loop["gawm_1_process"]["max_rate_rps"], open_loop["gawm_2_processes"]["max_rate_rps"]
     record["summary"] = {
-        "gawm_1_process_max_rps": one, "locust_max_rps": open_loop["locust_fasthttpuser"]["max_rate_rps"],
-        "gawm_2_processes_max_rps": two, "scaling_2_processes": round(two / one, 2) if one else None,
-        "gawm_over_locust": (round(one / open_loop["locust_fasthttpuser"]["max_rate_rps"], 2)
-                             if open_loop["locust_fasthttpuser"]["max_rate_rps"] else None),
+        "gawm_1_process_max_rps": one,
+        "locust_max_rps": open_loop["locust_fasthttpuser"]["max_rate_rps"],
+        "gawm_2_processes_max_rps": two,
+        "scaling_2_processes": round(two / one, 2) if one else None,
+        "gawm_over_locust": (
+            round(one / open_loop["locust_fasthttpuser"]["max_rate_rps"], 2)
+            if open_loop["locust_fasthttpuser"]["max_rate_rps"]
+            else None
+        ),
         "overhead_added_p50_ms_from_send": record["overhead"]["added_p50_ms"]["from_send"],
-        "closed_loop_16_users_rps": {"gawm": record["closed_loop"]["gawm_rps"],
-                                     "locust": record["closed_loop"]["locust_rps"]},
+        "closed_loop_16_users_rps": {
+            "gawm": record["closed_loop"]["gawm_rps"],
+            "locust": record["closed_loop"]["locust_rps"],
+        },
         "clients_rps": record["clients"],
         "load_average_after": os.getloadavg(),
     }

@@ -25,8 +25,10 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 
 EARLY_S = 0.0011
-BODY = json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["hello null server"]}]},
-                  separators=(",", ":"))
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["hello null server"]}]},
+    separators=(",", ":"),
+)
 HEADERS = {"content-type": "application/json"}
 
 
@@ -115,11 +117,18 @@ def _stats(rows, args, clock) -> dict:
     lag_ms, latency_ms = (sent - due) * 1e3, (done - due) * 1e3
     span = clock["end"] - clock["measure"]
     return {
-        "tool": "locust FastHttpUser", "mode": args.mode, "users": args.users, "rate_rps": args.rate,
-        "requests": len(rows), "errors": int((~ok).sum()), "offered_rps": len(rows) / span,
+        "tool": "locust FastHttpUser",
+        "mode": args.mode,
+        "users": args.users,
+        "rate_rps": args.rate,
+        "requests": len(rows),
+        "errors": int((~ok).sum()),
+        "offered_rps": len(rows) / span,
         "achieved_rps": (len(sent) - 1) / (sent.max() - sent.min()) if len(sent) > 1 else float("nan"),
-        "lag_p50_ms": float(np.percentile(lag_ms, 50)), "lag_p99_ms": float(np.percentile(lag_ms, 99)),
-        "lag_max_ms": float(lag_ms.max()), "latency_p50_ms": float(np.percentile(latency_ms, 50)),
+        "lag_p50_ms": float(np.percentile(lag_ms, 50)),
+        "lag_p99_ms": float(np.percentile(lag_ms, 99)),
+        "lag_max_ms": float(lag_ms.max()),
+        "latency_p50_ms": float(np.percentile(latency_ms, 50)),
         "latency_p99_ms": float(np.percentile(latency_ms, 99)),
         "service_p50_ms": float(np.percentile((done - sent) * 1e3, 50)),
         "service_p99_ms": float(np.percentile((done - sent) * 1e3, 99)),

@@ -42,8 +42,11 @@ _REASONS = {200: b"OK", 404: b"Not Found", 411: b"Length Required", 500: b"Inter
 
 
 def _response(status: int, body: bytes, close: bool = False) -> bytes:
-    head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" %
-            (status, _REASONS.get(status, b"Status"), len(body)))
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        _REASONS.get(status, b"Status"),
+        len(body),
+    )
     return head + (b"connection: close\r\n\r\n" if close else b"\r\n") + body
 
 
@@ -104,7 +107,7 @@ class _Connection(asyncio.Protocol):
                 return
             if len(self.buffer) < end + 4 + length:
                 return
-            self.buffer = self.buffer[end + 4 + length:]
+            self.buffer = self.buffer[end + 4 + length :]
             method, _, rest = head[0].partition(" ")
             path = rest.partition(" ")[0]
             self._answer(method, path, close)
@@ -142,12 +145,24 @@ class _Connection(asyncio.Protocol):
 
 def answers_for(model: str) -> dict[str, bytes]:
     """The prebuilt responses, by ``"METHOD path"`` (plus ``"404"`` and ``"500"``)."""
-    infer = json.dumps({"model_name": model, "model_version": "1",
-                        "outputs": [{"name": "output", "shape": [1], "datatype": "BYTES", "data": ["null"]}],
-                        "parameters": {"batch_size": 1, "queue_ns": 0, "compute_ns": 0}}, separators=(",", ":"))
-    meta = json.dumps({"name": model, "versions": ["1"], "platform": "null",
-                       "inputs": [{"name": "input", "datatype": "BYTES", "shape": [-1]}],
-                       "outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}]})
+    infer = json.dumps(
+        {
+            "model_name": model,
+            "model_version": "1",
+            "outputs": [{"name": "output", "shape": [1], "datatype": "BYTES", "data": ["null"]}],
+            "parameters": {"batch_size": 1, "queue_ns": 0, "compute_ns": 0},
+        },
+        separators=(",", ":"),
+    )
+    meta = json.dumps(
+        {
+            "name": model,
+            "versions": ["1"],
+            "platform": "null",
+            "inputs": [{"name": "input", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}],
+        }
+    )
     return {
         f"POST /v2/models/{model}/infer": _response(200, infer.encode()),
         f"POST /v2/models/{model}/versions/1/infer": _response(200, infer.encode()),
@@ -160,8 +175,9 @@ def answers_for(model: str) -> dict[str, bytes]:
     }
 
 
-async def serve(host: str, port: int, model: str, faults: _Faults, port_file: Path | None,
-                reuse_port: bool = False) -> None:
+async def serve(
+    host: str, port: int, model: str, faults: _Faults, port_file: Path | None, reuse_port: bool = False
+) -> None:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -182,8 +198,9 @@ async def serve(host: str, port: int, model: str, faults: _Faults, port_file: Pa
 
 
 @contextlib.contextmanager
-def running(port: int = 0, model: str = "null", cpus: list[int] | None = None, log_path: Path | None = None,
-            **faults: float) -> Iterator[tuple[subprocess.Popen, str]]:
+def running(
+    port: int = 0, model: str = "null", cpus: list[int] | None = None, log_path: Path | None = None, **faults: float
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """Start a null server process on 127.0.0.1 (``faults``: ``error_fraction``, ``slow_fraction``, ``slow_s``,
     ``reset_fraction``, ``seed``); yield it and its base URL; stop it at the end."""
     with tempfile.TemporaryDirectory(prefix="gawm-null-") as tmp:
@@ -195,12 +212,28 @@ def running(port: int = 0, model: str = "null", cpus: list[int] | None = None, l
             processes.stop(proc)
 
 
-def start(port: int, model: str, cpus: list[int] | None, port_file: Path, log_path: Path, reuse_port: bool = False,
-          **faults: float) -> subprocess.Popen:
+def start(
+    port: int,
+    model: str,
+    cpus: list[int] | None,
+    port_file: Path,
+    log_path: Path,
+    reuse_port: bool = False,
+    **faults: float,
+) -> subprocess.Popen:
     """Start a null server process (see :func:`running`); its port is written to ``port_file`` once it listens."""
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "gawm_lib.bench.null_server", "--port", str(port), "--port-file", str(port_file),
-           "--model", model] + (["--reuse-port"] if reuse_port else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "gawm_lib.bench.null_server",
+        "--port",
+        str(port),
+        "--port-file",
+        str(port_file),
+        "--model",
+        model,
+    ] + (["--reuse-port"] if reuse_port else [])
     for cpu in cpus or []:
         cmd += ["--cpu", str(cpu)]
     for name, value in faults.items():

@@ -43,7 +43,11 @@ class Plan:
 
 
 def _request_bytes(plan: Plan, index: int) -> bytes:
-    head = [f"POST {plan.path} HTTP/1.1", f"Host: {plan.host}:{plan.port}", f"Content-Length: {len(plan.bodies[index])}"]
+    head = [
+        f"POST {plan.path} HTTP/1.1",
+        f"Host: {plan.host}:{plan.port}",
+        f"Content-Length: {len(plan.bodies[index])}",
+    ]
     head += [f"{k}: {v}" for k, v in plan.headers[index].items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + plan.bodies[index]
 
@@ -82,14 +86,25 @@ async def _run(plan: Plan, start_ns: int) -> dict[str, list[int]]:
             status, params = 0, {}
         pool.put_nowait((reader, writer))
         done = time.monotonic_ns()
-        for name, value in zip(FIELDS, (due_ns, done, status, plan.items[index], params.get("queue_ns", -1),
-                                        params.get("compute_ns", -1), params.get("decode_ns", -1),
-                                        params.get("batch_size", -1))):
+        for name, value in zip(
+            FIELDS,
+            (
+                due_ns,
+                done,
+                status,
+                plan.items[index],
+                params.get("queue_ns", -1),
+                params.get("compute_ns", -1),
+                params.get("decode_ns", -1),
+                params.get("batch_size", -1),
+            ),
+        ):
             rows[name].append(int(value))
 
     while time.monotonic_ns() < start_ns:
         await asyncio.sleep(0.001)
     if plan.mode == "closed":
+
         async def user() -> None:
             while time.monotonic_ns() < end_ns:
                 await one(time.monotonic_ns())
@@ -155,11 +170,16 @@ def summarise(rows: dict[str, np.ndarray], window_start_ns: int, window_end_ns: 
 
     statuses, counts = np.unique(rows["status"][due], return_counts=True)
     return {
-        "window_s": round(window_s, 3), "requests": int(due.sum()), "ok": int(ok.sum()),
+        "window_s": round(window_s, 3),
+        "requests": int(due.sum()),
+        "ok": int(ok.sum()),
         "statuses": {str(s): int(c) for s, c in zip(statuses, counts)},
-        "requests_per_s": round(done.sum() / window_s, 2), "items_per_s": round(rows["items"][done].sum() / window_s, 2),
-        "latency_ms": {"mean": round(float(latency_ms.mean()), 3) if len(latency_ms) else None,
-                       **{f"p{q}": pct(latency_ms, q) for q in (50, 90, 99, 99.9)}},
+        "requests_per_s": round(done.sum() / window_s, 2),
+        "items_per_s": round(rows["items"][done].sum() / window_s, 2),
+        "latency_ms": {
+            "mean": round(float(latency_ms.mean()), 3) if len(latency_ms) else None,
+            **{f"p{q}": pct(latency_ms, q) for q in (50, 90, 99, 99.9)},
+        },
         "server_ms": {name: pct(rows[f"{name}_ns"][ok] / 1e6, 50) for name in ("queue", "compute", "decode")},
         "batch_size_mean": round(float(rows["batch_size"][ok].mean()), 2) if ok.any() else None,
     }

@@ -37,7 +37,7 @@ def ref_of(obj: dict[str, Any]) -> ObjectRef:
     return ObjectRef(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
 
 
-_DYNAMIC: "weakref.WeakKeyDictionary[client.ApiClient, DynamicClient]" = weakref.WeakKeyDictionary()
+_DYNAMIC: weakref.WeakKeyDictionary[client.ApiClient, DynamicClient] = weakref.WeakKeyDictionary()
 
 
 def _dynamic(api_client: client.ApiClient) -> DynamicClient:
@@ -67,8 +67,9 @@ def _keep_cluster_owned(body: dict[str, Any], existing: Any) -> None:
                 body["spec"][key] = value.to_dict() if hasattr(value, "to_dict") else value
 
 
-def apply_objects(api_client: client.ApiClient, objects: list[dict[str, Any]],
-                  owned_by: tuple[str, str] | None = None) -> list[ObjectRef]:
+def apply_objects(
+    api_client: client.ApiClient, objects: list[dict[str, Any]], owned_by: tuple[str, str] | None = None
+) -> list[ObjectRef]:
     """Create each object, or replace it where it exists; return their references, in order.
 
     ``owned_by=(label, value)``: an existing object without that label is left alone and a :class:`ClusterError` says
@@ -92,8 +93,10 @@ def apply_objects(api_client: client.ApiClient, objects: list[dict[str, Any]],
                 existing = resource.get(name=ref.name, namespace=ref.namespace)
                 labels = dict(existing.metadata.labels or {})
                 if owned_by and labels.get(owned_by[0]) != owned_by[1]:
-                    raise ClusterError(f"{ref} exists and was not deployed by gawm (no label {owned_by[0]}="
-                                       f"{owned_by[1]}): delete it or use another namespace")
+                    raise ClusterError(
+                        f"{ref} exists and was not deployed by gawm (no label {owned_by[0]}="
+                        f"{owned_by[1]}): delete it or use another namespace"
+                    )
                 body = copy.deepcopy(obj)
                 body["metadata"]["resourceVersion"] = existing.metadata.resourceVersion
                 _keep_cluster_owned(body, existing)
@@ -113,8 +116,7 @@ def delete_objects(api_client: client.ApiClient, refs: list[ObjectRef], propagat
     errors = []
     for ref in reversed(refs):
         try:
-            _resource(dyn, ref).delete(name=ref.name, namespace=ref.namespace,
-                                       body={"propagationPolicy": propagation})
+            _resource(dyn, ref).delete(name=ref.name, namespace=ref.namespace, body={"propagationPolicy": propagation})
         except ApiException as exc:
             if exc.status != 404:
                 errors.append(describe_api_error(exc, f"delete {ref}", ref.namespace))
@@ -123,8 +125,14 @@ def delete_objects(api_client: client.ApiClient, refs: list[ObjectRef], propagat
     return errors
 
 
-def wait_gone(api_client: client.ApiClient, refs: list[ObjectRef], namespace: str | None = None,
-              pod_selector: dict[str, str] | None = None, timeout_s: float = 120.0, poll_s: float = 0.5) -> list[str]:
+def wait_gone(
+    api_client: client.ApiClient,
+    refs: list[ObjectRef],
+    namespace: str | None = None,
+    pod_selector: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+    poll_s: float = 0.5,
+) -> list[str]:
     """Wait until ``refs`` and the pods matching ``pod_selector`` in ``namespace`` are gone; return what is left."""
     dyn = _dynamic(api_client)
     core = client.CoreV1Api(api_client)

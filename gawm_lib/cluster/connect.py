@@ -27,8 +27,10 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> client
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)
         else:
-            raise ClusterError(f"no kubeconfig ({kubeconfig or default} does not exist) and not running in a pod: set "
-                               "backend.kubeconfig or KUBECONFIG")
+            raise ClusterError(
+                f"no kubeconfig ({kubeconfig or default} does not exist) and not running in a pod: set "
+                "backend.kubeconfig or KUBECONFIG"
+            )
     except config.ConfigException as exc:
         raise ClusterError(f"cannot load the Kubernetes configuration: {exc}") from None
     return client.ApiClient(configuration)
@@ -51,11 +53,15 @@ def describe_api_error(exc: BaseException, doing: str, namespace: str | None = N
         if exc.status == 401:
             return f"{doing}: unauthorized (401): the kubeconfig's credentials are not accepted: {message}"
         if exc.status == 403:
-            return f"{doing}: RBAC denied (403): {message}. Bind the Role in k8s/base (kubectl apply -k k8s/base) to " \
-                   "this user or service account, or use one that has it"
+            return (
+                f"{doing}: RBAC denied (403): {message}. Bind the Role in k8s/base (kubectl apply -k k8s/base) to "
+                "this user or service account, or use one that has it"
+            )
         if exc.status == 404 and namespace and f'namespaces "{namespace}" not found' in message:
-            return f"{doing}: namespace {namespace!r} does not exist: create it (kubectl apply -k k8s/base makes 'gawm') " \
-                   "or set backend.namespace"
+            return (
+                f"{doing}: namespace {namespace!r} does not exist: create it (kubectl apply -k k8s/base makes 'gawm') "
+                "or set backend.namespace"
+            )
         return f"{doing}: {exc.status} {exc.reason}: {message}"
     if isinstance(exc, HTTPError):
         return f"{doing}: cannot reach the API server: {exc}"

@@ -1,6 +1,6 @@
 """What the cluster is and where the replicas landed: pod -> node -> GPU, server version, nodes and their GPUs, image
-digests. Reading nodes needs a cluster-wide permission that the workbench's namespaced Role does not give: without it the
-facts say so instead of failing."""
+digests. Reading nodes needs a cluster-wide permission that the workbench's namespaced Role does not give: without it
+the facts say so instead of failing."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from gawm_lib.cluster.connect import describe_api_error
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # labels that NVIDIA's GPU feature discovery puts on GPU nodes
-GPU_LABELS = ("nvidia.com/gpu.product", "nvidia.com/gpu.count", "nvidia.com/gpu.memory", "nvidia.com/gpu.replicas",
-              "nvidia.com/gpu.sharing-strategy")
+GPU_LABELS = (
+    "nvidia.com/gpu.product",
+    "nvidia.com/gpu.count",
+    "nvidia.com/gpu.memory",
+    "nvidia.com/gpu.replicas",
+    "nvidia.com/gpu.sharing-strategy",
+)
 
 
 @dataclass(frozen=True)
@@ -54,18 +59,29 @@ def placements(api_client: client.ApiClient, namespace: str, selector: dict[str,
     """The pods matching ``selector``, sorted by name, not counting those being deleted."""
     core = client.CoreV1Api(api_client)
     label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
-    pods = [p for p in core.list_namespaced_pod(namespace, label_selector=label_selector).items
-            if not p.metadata.deletion_timestamp]
+    pods = [
+        p
+        for p in core.list_namespaced_pod(namespace, label_selector=label_selector).items
+        if not p.metadata.deletion_timestamp
+    ]
     nodes = _node_labels(core, {p.spec.node_name for p in pods if p.spec.node_name})
     result = []
     for pod in sorted(pods, key=lambda p: p.metadata.name):
         gpus = sum(int((c.resources.limits or {}).get(GPU_RESOURCE, 0)) for c in pod.spec.containers if c.resources)
         statuses = pod.status.container_statuses or []
-        result.append(Placement(
-            pod=pod.metadata.name, node=pod.spec.node_name, pod_ip=pod.status.pod_ip, ready=_ready(pod), gpus=gpus,
-            gpu_product=nodes.get(pod.spec.node_name, {}).get("nvidia.com/gpu.product"),
-            image=pod.spec.containers[0].image, image_id=statuses[0].image_id if statuses else None,
-            restarts=sum(s.restart_count or 0 for s in statuses)))
+        result.append(
+            Placement(
+                pod=pod.metadata.name,
+                node=pod.spec.node_name,
+                pod_ip=pod.status.pod_ip,
+                ready=_ready(pod),
+                gpus=gpus,
+                gpu_product=nodes.get(pod.spec.node_name, {}).get("nvidia.com/gpu.product"),
+                image=pod.spec.containers[0].image,
+                image_id=statuses[0].image_id if statuses else None,
+                restarts=sum(s.restart_count or 0 for s in statuses),
+            )
+        )
     return result
 
 
@@ -86,16 +102,19 @@ def cluster_facts(api_client: client.ApiClient) -> dict[str, Any]:
     for node in nodes:
         info, capacity = node.status.node_info, node.status.capacity or {}
         labels = node.metadata.labels or {}
-        facts["nodes"].append({
-            "name": node.metadata.name,
-            "kubelet": info.kubelet_version if info else None,
-            "runtime": info.container_runtime_version if info else None,
-            "os": info.os_image if info else None,
-            "cpu": capacity.get("cpu"), "memory": capacity.get("memory"),
-            "gpus": int(capacity.get(GPU_RESOURCE, 0)),
-            "gpus_allocatable": int((node.status.allocatable or {}).get(GPU_RESOURCE, 0)),
-            "gpu_labels": {k: labels[k] for k in GPU_LABELS if k in labels},
-            "ready": any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []),
-        })
+        facts["nodes"].append(
+            {
+                "name": node.metadata.name,
+                "kubelet": info.kubelet_version if info else None,
+                "runtime": info.container_runtime_version if info else None,
+                "os": info.os_image if info else None,
+                "cpu": capacity.get("cpu"),
+                "memory": capacity.get("memory"),
+                "gpus": int(capacity.get(GPU_RESOURCE, 0)),
+                "gpus_allocatable": int((node.status.allocatable or {}).get(GPU_RESOURCE, 0)),
+                "gpu_labels": {k: labels[k] for k in GPU_LABELS if k in labels},
+                "ready": any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []),
+            }
+        )
     facts["gpus_total"] = sum(n["gpus"] for n in facts["nodes"])
     return facts

@@ -53,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     workload = build_workload(WorkloadConfig(name=args.workload))
     items = sample_payloads(workload, load)
     bodies = write_bodies(args.out / "bodies.jsonl", [workload.request_body([item]) for item in items])
-    spec = LoadSpec(workload=workload.name, model=workload.name, targets=targets, bodies_path=str(bodies),
-                    out_dir=str(args.out / "requests.parquet"), load=load.model_dump(mode="json"))
+    spec = LoadSpec(
+        workload=workload.name,
+        model=workload.name,
+        targets=targets,
+        bodies_path=str(bodies),
+        out_dir=str(args.out / "requests.parquet"),
+        load=load.model_dump(mode="json"),
+    )
     print(f"gawm load job: {workload.name} at {', '.join(targets)}", flush=True)
     result = run_load(spec, args.out / "load", progress=False)
     table = summary.summarise(summary.read_requests(args.out / "requests.parquet"))

@@ -27,15 +27,28 @@ GPU_RESOURCE = "nvidia.com/gpu"
 WORKLOAD_LABEL = "gawm/workload"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 # WorkloadConfig field -> environment variable; the server's --settings JSON is built from these.
-SETTINGS_ENV = {"weights": "GAWM_WEIGHTS", "device": "GAWM_DEVICE", "precision": "GAWM_PRECISION",
-                "threads": "GAWM_THREADS", "max_batch_size": "GAWM_MAX_BATCH_SIZE",
-                "max_queue_delay_ms": "GAWM_MAX_QUEUE_DELAY_MS", "warmup_batches": "GAWM_WARMUP_BATCHES"}
+SETTINGS_ENV = {
+    "weights": "GAWM_WEIGHTS",
+    "device": "GAWM_DEVICE",
+    "precision": "GAWM_PRECISION",
+    "threads": "GAWM_THREADS",
+    "max_batch_size": "GAWM_MAX_BATCH_SIZE",
+    "max_queue_delay_ms": "GAWM_MAX_QUEUE_DELAY_MS",
+    "warmup_batches": "GAWM_WARMUP_BATCHES",
+}
 WORKLOAD_SETTINGS = {"distilbert": ("max_seq_len",), "whisper": ("model_size", "decode_tokens"), "resnet50": ()}
 # Where the image keeps its baked weights (read-only) and where the server may write (emptyDirs).
-IMAGE_ENV = {"HF_HOME": "/opt/gawm/weights/huggingface", "TORCH_HOME": "/opt/gawm/weights/torch",
-             "XDG_CACHE_HOME": "/opt/gawm/weights", "HF_HUB_OFFLINE": "1", "GAWM_CACHE_DIR": "/var/cache/gawm",
-             "MPLCONFIGDIR": "/tmp/matplotlib", "TRITON_CACHE_DIR": "/tmp/triton",
-             "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor", "TOKENIZERS_PARALLELISM": "false"}
+IMAGE_ENV = {
+    "HF_HOME": "/opt/gawm/weights/huggingface",
+    "TORCH_HOME": "/opt/gawm/weights/torch",
+    "XDG_CACHE_HOME": "/opt/gawm/weights",
+    "HF_HUB_OFFLINE": "1",
+    "GAWM_CACHE_DIR": "/var/cache/gawm",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+    "TRITON_CACHE_DIR": "/tmp/triton",
+    "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 WRITABLE = {"tmp": ("/tmp", "1Gi"), "cache": ("/var/cache/gawm", "2Gi")}
 
 
@@ -49,8 +62,12 @@ def selector_of(workload: str) -> dict[str, str]:
 
 
 def _labels(workload: str, managed_by: str | None) -> dict[str, str]:
-    labels = {**selector_of(workload), "app.kubernetes.io/component": "model-server", "app.kubernetes.io/part-of": "gawm",
-              WORKLOAD_LABEL: workload}
+    labels = {
+        **selector_of(workload),
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "gawm",
+        WORKLOAD_LABEL: workload,
+    }
     if managed_by:
         labels[MANAGED_BY] = managed_by
     return labels
@@ -84,8 +101,12 @@ def settings_env(workload: WorkloadConfig) -> tuple[list[dict[str, str]], str]:
 
 
 def _probe(path: str, period_s: int, failures: int, timeout_s: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http", "scheme": "HTTP"}, "periodSeconds": period_s,
-            "failureThreshold": failures, "timeoutSeconds": timeout_s}
+    return {
+        "httpGet": {"path": path, "port": "http", "scheme": "HTTP"},
+        "periodSeconds": period_s,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout_s,
+    }
 
 
 def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: str | None = "gawm") -> list[dict]:
@@ -93,14 +114,19 @@ def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: 
     name, port = deployment_name(workload.name), backend.port
     labels = _labels(workload.name, managed_by)
     env, settings = settings_env(workload)
-    env += [{"name": "OMP_NUM_THREADS", "value": "$(GAWM_THREADS)"}, {"name": "MKL_NUM_THREADS", "value": "$(GAWM_THREADS)"}]
+    env += [
+        {"name": "OMP_NUM_THREADS", "value": "$(GAWM_THREADS)"},
+        {"name": "MKL_NUM_THREADS", "value": "$(GAWM_THREADS)"},
+    ]
     env += [{"name": k, "value": v} for k, v in IMAGE_ENV.items()]
     cpu = backend.cpu or str(workload.threads)
     quantities = {"cpu": cpu, "memory": backend.memory}
     if backend.gpu:
         quantities[GPU_RESOURCE] = str(backend.gpu)
     container = {
-        "name": CONTAINER, "image": backend.image, "imagePullPolicy": backend.image_pull_policy,
+        "name": CONTAINER,
+        "image": backend.image,
+        "imagePullPolicy": backend.image_pull_policy,
         "command": ["python", "-m", "gawm_lib.server"],
         "args": ["--workload", workload.name, "--host", "0.0.0.0", "--port", str(port), "--settings", settings],
         "env": env,
@@ -111,8 +137,13 @@ def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: 
         "readinessProbe": _probe("/v2/health/ready", 2, 2, 2),
         "livenessProbe": _probe("/v2/health/live", 10, 3, 5),
         "resources": {"requests": dict(quantities), "limits": dict(quantities)},
-        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "volumeMounts": [{"name": vol, "mountPath": path} for vol, (path, _) in WRITABLE.items()],
     }
     pod_spec: dict[str, Any] = {
@@ -120,8 +151,13 @@ def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: 
         "automountServiceAccountToken": False,  # the server never talks to the API
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 15,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [{"name": vol, "emptyDir": {"sizeLimit": size}} for vol, (_, size) in WRITABLE.items()],
     }
@@ -137,24 +173,35 @@ def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: 
     # GPUs are usually all taken: replace a pod before starting its successor; CPU replicas surge instead.
     rolling = {"maxSurge": 0, "maxUnavailable": 1} if backend.gpu else {"maxSurge": 1, "maxUnavailable": 0}
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name, "namespace": backend.namespace, "labels": labels},
         "spec": {
             "replicas": backend.replicas,
             "selector": {"matchLabels": selector_of(workload.name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
             "template": {
-                "metadata": {"labels": labels, "annotations": {
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
                 "spec": pod_spec,
             },
         },
     }
     service = {
-        "apiVersion": "v1", "kind": "Service",
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": {"name": name, "namespace": backend.namespace, "labels": labels},
-        "spec": {"type": "ClusterIP", "selector": selector_of(workload.name),
-                 "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_of(workload.name),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
     }
     return [deployment, service]
 
@@ -168,11 +215,18 @@ def render_namespace(namespace: str) -> dict:
 
 # What the workbench does in its namespace, and nothing more: no Secrets, no ConfigMaps, no exec, nothing cluster-wide.
 ROLE_RULES = [
-    {"apiGroups": ["apps"], "resources": ["deployments"],
-     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+    },
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update", "patch"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {
+        "apiGroups": [""],
+        "resources": ["services"],
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+    },
     {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
 ]
@@ -184,9 +238,13 @@ def render_access(namespace: str, service_account: str = "gawm") -> list[dict]:
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": ROLE_RULES},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": service_account},
-         "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": dict(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": service_account},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+        },
     ]
 
 
@@ -203,17 +261,20 @@ class _Dumper(yaml.SafeDumper):
 def base_files(namespace: str = "gawm") -> dict[str, str]:
     """``k8s/base``: file name -> YAML text. Workloads use the image's baked pretrained weights."""
     backend = BackendConfig(kind="kubernetes", namespace=namespace)
-    docs: dict[str, list[dict]] = {"namespace.yaml": [render_namespace(namespace)],
-                                   "access.yaml": render_access(namespace, backend.service_account)}
+    docs: dict[str, list[dict]] = {
+        "namespace.yaml": [render_namespace(namespace)],
+        "access.yaml": render_access(namespace, backend.service_account),
+    }
     for name in ("resnet50", "distilbert", "whisper"):
         docs[f"{name}.yaml"] = render_server(WorkloadConfig(name=name), backend, managed_by=None)
         for obj in docs[f"{name}.yaml"]:  # the image has them; random weights are for tests and CPU-only demos
             if obj["kind"] == "Deployment":
                 env = obj["spec"]["template"]["spec"]["containers"][0]["env"]
                 next(e for e in env if e["name"] == "GAWM_WEIGHTS")["value"] = "pretrained"
-    files = {name: HEADER + yaml.dump_all(objs, Dumper=_Dumper, sort_keys=False, width=120) for name, objs in docs.items()}
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "resources": list(docs)}
+    files = {
+        name: HEADER + yaml.dump_all(objs, Dumper=_Dumper, sort_keys=False, width=120) for name, objs in docs.items()
+    }
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(docs)}
     files["kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization, sort_keys=False)
     return files
 
@@ -225,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = base_files()
     if args.check:
-        stale = [n for n, text in files.items() if not (args.check / n).is_file() or (args.check / n).read_text() != text]
+        stale = [
+            n for n, text in files.items() if not (args.check / n).is_file() or (args.check / n).read_text() != text
+        ]
         if stale:
             print(f"{args.check}: out of date: {', '.join(stale)} (run with --write)", file=sys.stderr)
             return 1

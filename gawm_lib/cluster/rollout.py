@@ -2,8 +2,9 @@
 
 The diagnosis reads what a person would look at: the Deployment's conditions, each pod's phase, conditions and container
 states, and the Warning events of the pods, ReplicaSets and the Deployment. Failures that do not heal by waiting (image
-pull back-off, crash loops, OOM kills, pods that cannot be created) stop the wait at once; a pod the scheduler cannot place
-(for example ``Insufficient nvidia.com/gpu``) is waited for until the timeout, since the cluster may yet make room.
+pull back-off, crash loops, OOM kills, pods that cannot be created) stop the wait at once; a pod the scheduler cannot
+place (for example ``Insufficient nvidia.com/gpu``) is waited for until the timeout, since the cluster may yet make
+room.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from kubernetes.client.exceptions import ApiException
 from gawm_lib.cluster.connect import ClusterError, describe_api_error
 
 # container waiting reasons that waiting does not cure
-FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CrashLoopBackOff",
-                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+FATAL_WAITING = {
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
 HINTS = {
     "Insufficient nvidia.com/gpu": "ask for fewer GPUs (backend.gpu) or replicas, free GPUs, or share them by "
-                                   "time-slicing (k8s/overlays/gpu-time-slicing)",
+    "time-slicing (k8s/overlays/gpu-time-slicing)",
     "Insufficient cpu": "ask for less CPU per replica (backend.cpu, the workload's threads) or fewer replicas",
     "Insufficient memory": "ask for less memory per replica (backend.memory) or fewer replicas",
     "taint": "the nodes are tainted: add a toleration (backend.tolerations)",
@@ -47,9 +55,13 @@ def _selector(deployment: Any) -> str:
 
 def _progress(deployment: Any) -> dict[str, int]:
     status = deployment.status
-    return {"wanted": deployment.spec.replicas or 0, "updated": status.updated_replicas or 0,
-            "ready": status.ready_replicas or 0, "available": status.available_replicas or 0,
-            "total": status.replicas or 0}
+    return {
+        "wanted": deployment.spec.replicas or 0,
+        "updated": status.updated_replicas or 0,
+        "ready": status.ready_replicas or 0,
+        "available": status.available_replicas or 0,
+        "total": status.replicas or 0,
+    }
 
 
 def rolled_out(deployment: Any) -> bool:
@@ -57,8 +69,13 @@ def rolled_out(deployment: Any) -> bool:
     available, with no old ones left."""
     p = _progress(deployment)
     observed = (deployment.status.observed_generation or 0) >= (deployment.metadata.generation or 0)
-    return observed and p["updated"] == p["wanted"] and p["available"] == p["wanted"] and p["total"] == p["wanted"] \
+    return (
+        observed
+        and p["updated"] == p["wanted"]
+        and p["available"] == p["wanted"]
+        and p["total"] == p["wanted"]
         and p["ready"] == p["wanted"]
+    )
 
 
 def _fatal(pods: list[Any], deployment: Any) -> str | None:
@@ -80,10 +97,16 @@ def _fatal(pods: list[Any], deployment: Any) -> str | None:
     return None
 
 
-def wait_for_rollout(api_client: client.ApiClient, namespace: str, name: str, timeout_s: float,
-                     progress: Callable[[dict[str, int]], None] | None = None, poll_s: float = 0.5) -> Any:
-    """Wait until Deployment ``namespace/name`` has rolled out; return it. ``progress`` gets the replica counts each time
-    they change. Raises :class:`RolloutError` with a diagnosis on a failure that waiting does not cure, or at the
+def wait_for_rollout(
+    api_client: client.ApiClient,
+    namespace: str,
+    name: str,
+    timeout_s: float,
+    progress: Callable[[dict[str, int]], None] | None = None,
+    poll_s: float = 0.5,
+) -> Any:
+    """Wait until Deployment ``namespace/name`` has rolled out; return it. ``progress`` gets the replica counts each
+    time they change. Raises :class:`RolloutError` with a diagnosis on a failure that waiting does not cure, or at the
     timeout [s]."""
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     start = time.monotonic()
@@ -113,7 +136,9 @@ def wait_for_rollout(api_client: client.ApiClient, namespace: str, name: str, ti
 def scale(api_client: client.ApiClient, namespace: str, name: str, replicas: int) -> None:
     """Set the replica count of Deployment ``namespace/name`` through its scale subresource."""
     try:
-        client.AppsV1Api(api_client).patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+        client.AppsV1Api(api_client).patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": replicas}}
+        )
     except ApiException as exc:
         raise ClusterError(describe_api_error(exc, f"scale Deployment {namespace}/{name}", namespace)) from None
 
@@ -123,12 +148,18 @@ def _container_lines(pod: Any) -> list[str]:
     for status in pod.status.container_statuses or []:
         state, last = status.state, status.last_state
         if state and state.waiting:
-            lines.append(f"container {status.name}: waiting: {state.waiting.reason}: {state.waiting.message or ''}".rstrip(": "))
+            lines.append(
+                f"container {status.name}: waiting: {state.waiting.reason}: {state.waiting.message or ''}".rstrip(": ")
+            )
         elif state and state.terminated:
-            lines.append(f"container {status.name}: terminated: {state.terminated.reason} (exit {state.terminated.exit_code})")
+            lines.append(
+                f"container {status.name}: terminated: {state.terminated.reason} (exit {state.terminated.exit_code})"
+            )
         if last and last.terminated:
-            lines.append(f"container {status.name}: last terminated: {last.terminated.reason} "
-                         f"(exit {last.terminated.exit_code}), restarts {status.restart_count}")
+            lines.append(
+                f"container {status.name}: last terminated: {last.terminated.reason} "
+                f"(exit {last.terminated.exit_code}), restarts {status.restart_count}"
+            )
     return lines
 
 
@@ -142,8 +173,14 @@ def _events(core: client.CoreV1Api, namespace: str, names: set[str], since: Any,
         events = core.list_namespaced_event(namespace).items
     except ApiException:
         return []
-    chosen = [e for e in events if e.involved_object.name in names and e.type == "Warning"
-              and e.involved_object.kind in ("Pod", "ReplicaSet", "Deployment") and (since is None or _when(e) >= since)]
+    chosen = [
+        e
+        for e in events
+        if e.involved_object.name in names
+        and e.type == "Warning"
+        and e.involved_object.kind in ("Pod", "ReplicaSet", "Deployment")
+        and (since is None or _when(e) >= since)
+    ]
     chosen.sort(key=_when)
     lines, seen = [], set()
     for event in reversed(chosen):
@@ -152,8 +189,10 @@ def _events(core: client.CoreV1Api, namespace: str, names: set[str], since: Any,
             continue
         seen.add(key)
         count = f" (x{event.count})" if (event.count or 1) > 1 else ""
-        lines.append(f"{event.involved_object.kind.lower()}/{event.involved_object.name}: {event.reason}{count}: "
-                     f"{(event.message or '').strip()}")
+        lines.append(
+            f"{event.involved_object.kind.lower()}/{event.involved_object.name}: {event.reason}{count}: "
+            f"{(event.message or '').strip()}"
+        )
     return lines[:limit][::-1]
 
 
@@ -166,18 +205,24 @@ def diagnose(api_client: client.ApiClient, namespace: str, name: str, headline: 
     except ApiException as exc:
         return describe_api_error(exc, f"read Deployment {namespace}/{name}", namespace)
     counts = _progress(deployment)
-    lines = [f"Deployment {namespace}/{name}: {counts['ready']} of {counts['wanted']} replicas ready "
-             f"({counts['updated']} updated, {counts['available']} available)"]
+    lines = [
+        f"Deployment {namespace}/{name}: {counts['ready']} of {counts['wanted']} replicas ready "
+        f"({counts['updated']} updated, {counts['available']} available)"
+    ]
     for condition in deployment.status.conditions or []:
         if condition.status != "True" or condition.type == "ReplicaFailure":
             lines.append(f"condition {condition.type}={condition.status}: {condition.reason}: {condition.message}")
     pods = core.list_namespaced_pod(namespace, label_selector=_selector(deployment)).items
     names = {name, *(p.metadata.name for p in pods)}
-    names |= {r.metadata.name for r in apps.list_namespaced_replica_set(namespace, label_selector=_selector(deployment)).items}
+    names |= {
+        r.metadata.name for r in apps.list_namespaced_replica_set(namespace, label_selector=_selector(deployment)).items
+    }
     for pod in sorted(pods, key=lambda p: p.metadata.name):
         where = pod.spec.node_name or "not scheduled"
-        lines.append(f"pod {pod.metadata.name} ({where}): {pod.status.phase}"
-                     + (" (terminating)" if pod.metadata.deletion_timestamp else ""))
+        lines.append(
+            f"pod {pod.metadata.name} ({where}): {pod.status.phase}"
+            + (" (terminating)" if pod.metadata.deletion_timestamp else "")
+        )
         for condition in pod.status.conditions or []:
             if condition.status != "True" and condition.reason:
                 lines.append(f"  {condition.type}={condition.status}: {condition.reason}: {condition.message or ''}")
@@ -187,8 +232,11 @@ def diagnose(api_client: client.ApiClient, namespace: str, name: str, headline: 
         lines.append("warning events:")
         lines += [f"  {line}" for line in events]
     evidence = "\n".join(lines)
-    hints = [hint for key, hint in HINTS.items() if key in evidence
-             and not (key == "CrashLoopBackOff" and "OOMKilled" in evidence)]  # the OOM kills are the crashes
+    hints = [
+        hint
+        for key, hint in HINTS.items()
+        if key in evidence and not (key == "CrashLoopBackOff" and "OOMKilled" in evidence)
+    ]  # the OOM kills are the crashes
     why = _why(evidence)
     first = "; ".join(filter(None, [headline, why]))
     if hints:
@@ -198,8 +246,16 @@ def diagnose(api_client: client.ApiClient, namespace: str, name: str, headline: 
 
 def _why(evidence: str) -> str:
     """The most telling line of the evidence, in short."""
-    for marker in ("OOMKilled", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-                   "FailedCreate", "Unschedulable", "FailedScheduling"):
+    for marker in (
+        "OOMKilled",
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "FailedCreate",
+        "Unschedulable",
+        "FailedScheduling",
+    ):
         for line in evidence.splitlines():
             if marker in line:
                 return line.strip()

@@ -45,7 +45,8 @@ NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 @dataclass
 class SimNode:
-    """A node to register: its capacity (Kubernetes quantities) and, for GPU nodes, NVIDIA GPU feature discovery labels."""
+    """A node to register: its capacity (Kubernetes quantities) and, for GPU nodes, NVIDIA GPU feature discovery
+    labels."""
 
     name: str
     cpu: str = "8"
@@ -73,20 +74,30 @@ class _Pod:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' ``$(VAR)`` expansion: defined variables are replaced, ``$$`` is a literal ``$``, others stay."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )
 
 
 class NodeSimulator:
     """Kubelet stand-in for ``nodes`` on the cluster of ``api_client``; a context manager (start/stop a thread)."""
 
-    def __init__(self, api_client: client.ApiClient, nodes: list[SimNode], logs_dir: Path,
-                 pod_ip_base: str = "127.0.1.10", pullable: Callable[[str], bool] | None = None, poll_s: float = 0.2):
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        nodes: list[SimNode],
+        logs_dir: Path,
+        pod_ip_base: str = "127.0.1.10",
+        pullable: Callable[[str], bool] | None = None,
+        poll_s: float = 0.2,
+    ):
         self.core = client.CoreV1Api(api_client)
         self.nodes = {n.name: n for n in nodes}
         self.node_ips = {n.name: str(ipaddress.ip_address("127.0.1.1") + i) for i, n in enumerate(nodes)}
@@ -102,7 +113,7 @@ class NodeSimulator:
         self._thread: threading.Thread | None = None
 
     # -- life ----------------------------------------------------------------------------------------------------------
-    def __enter__(self) -> "NodeSimulator":
+    def __enter__(self) -> NodeSimulator:
         self.start()
         return self
 
@@ -130,34 +141,82 @@ class NodeSimulator:
 
     # -- nodes ---------------------------------------------------------------------------------------------------------
     def _register(self, node: SimNode) -> None:
-        labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                  **node.labels}
+        labels = {
+            "kubernetes.io/hostname": node.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            **node.labels,
+        }
         capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", "ephemeral-storage": "100Gi"}
         if node.gpus:
             capacity["nvidia.com/gpu"] = str(node.gpus)
-            labels.update({"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": node.gpu_product,
-                           "nvidia.com/gpu.count": str(node.gpus)})
-        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name, "labels": labels},
-                "spec": {"taints": node.taints} if node.taints else {}}
+            labels.update(
+                {
+                    "nvidia.com/gpu.present": "true",
+                    "nvidia.com/gpu.product": node.gpu_product,
+                    "nvidia.com/gpu.count": str(node.gpus),
+                }
+            )
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node.name, "labels": labels},
+            "spec": {"taints": node.taints} if node.taints else {},
+        }
         with contextlib.suppress(ApiException):
             self.core.delete_node(node.name)
         self.core.create_node(body)
         now = _now()
-        conditions = [{"type": t, "status": "False", "reason": f"KubeletHas{r}", "lastHeartbeatTime": now,
-                       "lastTransitionTime": now} for t, r in (("MemoryPressure", "SufficientMemory"),
-                                                               ("DiskPressure", "NoDiskPressure"),
-                                                               ("PIDPressure", "SufficientPID"))]
-        conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now,
-                           "lastTransitionTime": now, "message": "gawm node simulator (no real kubelet)"})
-        self.core.patch_node_status(node.name, {"status": {
-            "capacity": capacity, "allocatable": capacity, "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": self.node_ips[node.name]},
-                          {"type": "Hostname", "address": node.name}],
-            "nodeInfo": {"kubeletVersion": "v1.20.2-gawm-simulator", "kubeProxyVersion": "v1.20.2-gawm-simulator",
-                         "containerRuntimeVersion": "gawm-simulator://0", "osImage": "gawm node simulator",
-                         "operatingSystem": "linux", "architecture": "amd64", "kernelVersion": "n/a",
-                         "machineID": uuid.uuid4().hex, "systemUUID": str(uuid.uuid4()), "bootID": str(uuid.uuid4())},
-        }})
+        conditions = [
+            {
+                "type": t,
+                "status": "False",
+                "reason": f"KubeletHas{r}",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+            for t, r in (
+                ("MemoryPressure", "SufficientMemory"),
+                ("DiskPressure", "NoDiskPressure"),
+                ("PIDPressure", "SufficientPID"),
+            )
+        ]
+        conditions.append(
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+                "message": "gawm node simulator (no real kubelet)",
+            }
+        )
+        self.core.patch_node_status(
+            node.name,
+            {
+                "status": {
+                    "capacity": capacity,
+                    "allocatable": capacity,
+                    "conditions": conditions,
+                    "addresses": [
+                        {"type": "InternalIP", "address": self.node_ips[node.name]},
+                        {"type": "Hostname", "address": node.name},
+                    ],
+                    "nodeInfo": {
+                        "kubeletVersion": "v1.20.2-gawm-simulator",
+                        "kubeProxyVersion": "v1.20.2-gawm-simulator",
+                        "containerRuntimeVersion": "gawm-simulator://0",
+                        "osImage": "gawm node simulator",
+                        "operatingSystem": "linux",
+                        "architecture": "amd64",
+                        "kernelVersion": "n/a",
+                        "machineID": uuid.uuid4().hex,
+                        "systemUUID": str(uuid.uuid4()),
+                        "bootID": str(uuid.uuid4()),
+                    },
+                }
+            },
+        )
         # The API server taints every new node not-ready; the node lifecycle controller (off here) would lift it.
         for _ in range(20):
             current = self.core.read_node(node.name)
@@ -191,8 +250,9 @@ class NodeSimulator:
                 self._finish_deletion(pod, state)
                 continue
             if state is None:
-                state = self._pods[uid] = _Pod(uid, self._allocate_ip(pod), self.node_ips[pod.spec.node_name],
-                                               time.monotonic(), _now())
+                state = self._pods[uid] = _Pod(
+                    uid, self._allocate_ip(pod), self.node_ips[pod.spec.node_name], time.monotonic(), _now()
+                )
             status = self._status(pod, state)
             if status != state.reported:
                 try:
@@ -233,13 +293,26 @@ class NodeSimulator:
         state.events.add((reason, message))
         now = _now()
         with contextlib.suppress(ApiException):
-            self.core.create_namespaced_event(pod.metadata.namespace, {
-                "metadata": {"name": f"{pod.metadata.name}.{uuid.uuid4().hex[:12]}"},
-                "involvedObject": {"kind": "Pod", "namespace": pod.metadata.namespace, "name": pod.metadata.name,
-                                   "uid": pod.metadata.uid, "apiVersion": "v1"},
-                "reason": reason, "message": message, "type": kind, "count": 1,
-                "firstTimestamp": now, "lastTimestamp": now,
-                "source": {"component": "kubelet", "host": pod.spec.node_name}})
+            self.core.create_namespaced_event(
+                pod.metadata.namespace,
+                {
+                    "metadata": {"name": f"{pod.metadata.name}.{uuid.uuid4().hex[:12]}"},
+                    "involvedObject": {
+                        "kind": "Pod",
+                        "namespace": pod.metadata.namespace,
+                        "name": pod.metadata.name,
+                        "uid": pod.metadata.uid,
+                        "apiVersion": "v1",
+                    },
+                    "reason": reason,
+                    "message": message,
+                    "type": kind,
+                    "count": 1,
+                    "firstTimestamp": now,
+                    "lastTimestamp": now,
+                    "source": {"component": "kubelet", "host": pod.spec.node_name},
+                },
+            )
 
     def _status(self, pod: Any, state: _Pod) -> dict[str, Any]:
         """The status a kubelet would report now."""
@@ -247,13 +320,22 @@ class NodeSimulator:
         containers, all_ready, phase = [], True, "Running"
         for container in pod.spec.containers:
             image = container.image
-            cs: dict[str, Any] = {"name": container.name, "image": image, "imageID": "", "restartCount": 0,
-                                  "ready": False, "started": False, "state": {}}
+            cs: dict[str, Any] = {
+                "name": container.name,
+                "image": image,
+                "imageID": "",
+                "restartCount": 0,
+                "ready": False,
+                "started": False,
+                "state": {},
+            }
             if not self.pullable(image):
                 host = image.split("/")[0]
                 reason = "ErrImagePull" if time.monotonic() - state.started < 1.0 else "ImagePullBackOff"
-                why = (f'rpc error: code = Unknown desc = pinging container registry {host}: Get "https://{host}/v2/": '
-                       f"dial tcp: lookup {host}: no such host")
+                why = (
+                    f'rpc error: code = Unknown desc = pinging container registry {host}: Get "https://{host}/v2/": '
+                    f"dial tcp: lookup {host}: no such host"
+                )
                 self._event(pod, state, "Normal", "Pulling", f'Pulling image "{image}"')
                 self._event(pod, state, "Warning", "Failed", f'Failed to pull image "{image}": {why}')
                 message = why if reason == "ErrImagePull" else f'Back-off pulling image "{image}"'
@@ -263,8 +345,10 @@ class NodeSimulator:
                 containers.append(cs)
                 all_ready, phase = False, "Pending"
                 continue
-            cs["imageID"] = f"docker.io/simulated/{image.split(':')[0].split('/')[-1]}@sha256:" \
-                            f"{uuid.uuid5(uuid.NAMESPACE_URL, image).hex * 2}"
+            cs["imageID"] = (
+                f"docker.io/simulated/{image.split(':')[0].split('/')[-1]}@sha256:"
+                f"{uuid.uuid5(uuid.NAMESPACE_URL, image).hex * 2}"
+            )
             cs["containerID"] = f"sim://{state.uid}-{container.name}"
             self._event(pod, state, "Normal", "Pulled", f'Container image "{image}" already present on machine')
             exit_code = self._exit_code(pod, container, state) if failure is None else None
@@ -272,11 +356,21 @@ class NodeSimulator:
                 oom = failure == "OOMKilled"
                 code = 137 if oom else (exit_code if exit_code is not None else 1)
                 cs["restartCount"] = 1 + int((time.monotonic() - state.started) / 5)
-                cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message":
-                                           f"back-off 10s restarting failed container={container.name} "
-                                           f"pod={pod.metadata.name}_{pod.metadata.namespace}({pod.metadata.uid})"}}
-                cs["lastState"] = {"terminated": {"exitCode": code, "reason": "OOMKilled" if oom else "Error",
-                                                  "startedAt": state.start_time, "finishedAt": state.start_time}}
+                cs["state"] = {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": f"back-off 10s restarting failed container={container.name} "
+                        f"pod={pod.metadata.name}_{pod.metadata.namespace}({pod.metadata.uid})",
+                    }
+                }
+                cs["lastState"] = {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "OOMKilled" if oom else "Error",
+                        "startedAt": state.start_time,
+                        "finishedAt": state.start_time,
+                    }
+                }
                 self._event(pod, state, "Warning", "BackOff", "Back-off restarting failed container")
                 containers.append(cs)
                 all_ready = False
@@ -292,12 +386,21 @@ class NodeSimulator:
             state.ready_since = None
         ready_status = "True" if all_ready else "False"
         since = state.ready_since or state.start_time
-        conditions = [{"type": "Initialized", "status": "True", "lastTransitionTime": state.start_time},
-                      {"type": "PodScheduled", "status": "True", "lastTransitionTime": state.start_time},
-                      {"type": "ContainersReady", "status": ready_status, "lastTransitionTime": since},
-                      {"type": "Ready", "status": ready_status, "lastTransitionTime": since}]
-        return {"phase": phase, "hostIP": state.node_ip, "podIP": state.ip, "podIPs": [{"ip": state.ip}],
-                "startTime": state.start_time, "conditions": conditions, "containerStatuses": containers}
+        conditions = [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": state.start_time},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": state.start_time},
+            {"type": "ContainersReady", "status": ready_status, "lastTransitionTime": since},
+            {"type": "Ready", "status": ready_status, "lastTransitionTime": since},
+        ]
+        return {
+            "phase": phase,
+            "hostIP": state.node_ip,
+            "podIP": state.ip,
+            "podIPs": [{"ip": state.ip}],
+            "startTime": state.start_time,
+            "conditions": conditions,
+            "containerStatuses": containers,
+        }
 
     # -- real model servers --------------------------------------------------------------------------------------------
     @staticmethod
@@ -319,8 +422,9 @@ class NodeSimulator:
             # Paths in the environment name the image's file system, which does not exist here.
             env = {k: v for k, v in env.items() if not v.startswith("/")}
             log_path = self.logs_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log"
-            state.proc = processes.spawn([sys.executable, "-m", "gawm_lib.server", *args, "--exit-with-parent"],
-                                         log_path, env=env)
+            state.proc = processes.spawn(
+                [sys.executable, "-m", "gawm_lib.server", *args, "--exit-with-parent"], log_path, env=env
+            )
         if state.exit_code is None:
             state.exit_code = state.proc.poll()
         return state.exit_code
@@ -353,7 +457,11 @@ class NodeSimulator:
         self._kill(state)
         self._pods.pop(pod.metadata.uid, None)
         with contextlib.suppress(ApiException):
-            self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0,
-                                            body=client.V1DeleteOptions(
-                                                grace_period_seconds=0,
-                                                preconditions=client.V1Preconditions(uid=pod.metadata.uid)))
+            self.core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.metadata.uid)
+                ),
+            )

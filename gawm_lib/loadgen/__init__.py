@@ -26,5 +26,14 @@ from gawm_lib.loadgen.records import COLUMNS, ERROR_KINDS, FLUSH_S
 from gawm_lib.loadgen.runner import LoadError, check, merge_results, run_load, write_bodies
 from gawm_lib.loadgen.spec import LoadSpec
 
-__all__ = ["COLUMNS", "ERROR_KINDS", "FLUSH_S", "LoadError", "LoadSpec", "check", "merge_results", "run_load",
-           "write_bodies"]
+__all__ = [
+    "COLUMNS",
+    "ERROR_KINDS",
+    "FLUSH_S",
+    "LoadError",
+    "LoadSpec",
+    "check",
+    "merge_results",
+    "run_load",
+    "write_bodies",
+]

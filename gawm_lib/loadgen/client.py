@@ -23,11 +23,16 @@ def session(max_connections: int, timeout_s: float):
     """An aiohttp session with at most ``max_connections`` connections and a per-request ``timeout_s``."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=None,
-                                     keepalive_timeout=30, enable_cleanup_closed=False)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                 auto_decompress=False, skip_auto_headers=("User-Agent",),
-                                 cookie_jar=aiohttp.DummyCookieJar())
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=0, ttl_dns_cache=None, keepalive_timeout=30, enable_cleanup_closed=False
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 def error_kind(exc: BaseException) -> str:
@@ -90,9 +95,11 @@ def join_bodies(bodies: list[dict[str, Any]]) -> dict[str, Any]:
         for body in bodies:
             other = body["inputs"][j]
             if other.get("name") != tensor.get("name") or other.get("datatype") != tensor.get("datatype"):
-                raise ValueError(f"cannot join requests: input {j} is {tensor.get('name')!r}/"
-                                 f"{tensor.get('datatype')!r} in one and {other.get('name')!r}/"
-                                 f"{other.get('datatype')!r} in another")
+                raise ValueError(
+                    f"cannot join requests: input {j} is {tensor.get('name')!r}/"
+                    f"{tensor.get('datatype')!r} in one and {other.get('name')!r}/"
+                    f"{other.get('datatype')!r} in another"
+                )
             data.extend(other["data"])
             rows += int(other["shape"][0]) if other.get("shape") else 1
         inputs.append({**tensor, "shape": [rows, *list(tensor.get("shape", [1]))[1:]], "data": data})

@@ -58,8 +58,11 @@ class Load:
         self.items = [client.request_items(b) for b in raw]
         self.payload_ids = schedule.draws(payload_rng, "integers", 0, len(self.bodies))
         self.arrival_rng = schedule.seeds(self.load.arrival_seed, self.process, self.processes)
-        self.think = (schedule.draws(self.arrival_rng, self.load.think_time_distribution, self.load.think_time_s)
-                      if self.load.think_time_s > 0 else None)
+        self.think = (
+            schedule.draws(self.arrival_rng, self.load.think_time_distribution, self.load.think_time_s)
+            if self.load.think_time_s > 0
+            else None
+        )
         self.trace: tuple[Any, Any] | None = None
         if self.load.scenario == "trace":
             arrivals, ids = schedule.read_trace(self.load.trace_path, len(self.bodies))
@@ -68,8 +71,9 @@ class Load:
         self.path = f"/v2/models/{spec.model}/infer"
         self.targets = itertools.cycle(range(len(self.urls)))
         prefix = f"{spec.workload}-part-" if self.processes == 1 else f"{spec.workload}-p{self.process}-part-"
-        self.recorder = records.Recorder(Path(spec.out_dir), prefix, spec.workload,
-                                         [url.split("//")[-1] for url in self.urls], self.process)
+        self.recorder = records.Recorder(
+            Path(spec.out_dir), prefix, spec.workload, [url.split("//")[-1] for url in self.urls], self.process
+        )
         self.rows = self.recorder.buffer
         self.pack = records.ROW.pack
 
@@ -98,15 +102,30 @@ class Load:
             done, error = monotonic_ns(), client.error_kind(exc)
         finally:
             self.in_flight -= 1
-        self.rows += self.pack(phase, step, level, scheduled_ns, sent, first, done, status, records.ERROR_CODE[error],
-                               len(self.bodies[payload]), bytes_in, self.items[payload], *timing, target)
+        self.rows += self.pack(
+            phase,
+            step,
+            level,
+            scheduled_ns,
+            sent,
+            first,
+            done,
+            status,
+            records.ERROR_CODE[error],
+            len(self.bodies[payload]),
+            bytes_in,
+            self.items[payload],
+            *timing,
+            target,
+        )
 
     async def _exchange_http1(self, target: int, payload: int) -> tuple[int, bytes, int]:
         return await self.pools[target].exchange(self.requests[target][payload], self.load.request_timeout_s)
 
     async def _exchange_aiohttp(self, target: int, payload: int) -> tuple[int, bytes, int]:
-        async with self.session.post(self.urls[target] + self.path, data=self.bodies[payload],
-                                     headers=client.HEADERS) as answer:
+        async with self.session.post(
+            self.urls[target] + self.path, data=self.bodies[payload], headers=client.HEADERS
+        ) as answer:
             first = monotonic_ns()
             return answer.status, await answer.read(), first
 
@@ -173,8 +192,10 @@ class Load:
     async def _closed(self, step: schedule.Step, start_ns: int) -> None:
         min_end, max_end, min_requests = self._ends(step, start_ns)
         phase = records.PHASES.index(step.phase)
-        if not max(schedule.share(step.level, self.process, self.processes),
-                   schedule.share(step.end_level, self.process, self.processes)):
+        if not max(
+            schedule.share(step.level, self.process, self.processes),
+            schedule.share(step.end_level, self.process, self.processes),
+        ):
             return  # fewer users than processes: this one has none
 
         def users_at(now_ns: int) -> tuple[int, float]:
@@ -252,8 +273,9 @@ class Load:
             self.issued = 0
             start_ns = monotonic_ns()
             try:
-                runner = {"open": self._open, "closed": self._closed, "offline": self._offline,
-                          "trace": self._trace}[step.mode]
+                runner = {"open": self._open, "closed": self._closed, "offline": self._offline, "trace": self._trace}[
+                    step.mode
+                ]
                 await runner(step, start_ns)
                 if step.drain:
                     await self._drain()
@@ -269,10 +291,17 @@ class Load:
 
     def _phase(self, step: schedule.Step, phase: str, index: int, start_ns: int, end_ns: int) -> dict[str, Any]:
         level = schedule.trace_mean_rate(self.trace[0]) if step.mode == "trace" and self.trace else step.level
-        return {"phase": phase, "step": index, "level": level, "end_level": step.end_level if step.mode != "trace"
-                else level, "mode": step.mode, "start_ns": start_ns, "end_ns": end_ns,
-                "start_unix_ns": self.anchor["anchor_unix_ns"] + start_ns - self.anchor["anchor_monotonic_ns"],
-                "end_unix_ns": self.anchor["anchor_unix_ns"] + end_ns - self.anchor["anchor_monotonic_ns"]}
+        return {
+            "phase": phase,
+            "step": index,
+            "level": level,
+            "end_level": step.end_level if step.mode != "trace" else level,
+            "mode": step.mode,
+            "start_ns": start_ns,
+            "end_ns": end_ns,
+            "start_unix_ns": self.anchor["anchor_unix_ns"] + start_ns - self.anchor["anchor_monotonic_ns"],
+            "end_unix_ns": self.anchor["anchor_unix_ns"] + end_ns - self.anchor["anchor_monotonic_ns"],
+        }
 
     def stop(self) -> None:
         """Stop at once: cancel the schedule and every request in flight (each is recorded as 'cancelled')."""
@@ -337,9 +366,17 @@ class Load:
             await asyncio.gather(self.reporter, self.flusher, return_exceptions=True)
             info = self._client_info()
         self.recorder.flush()
-        return {"workload": self.spec.workload, **self.anchor, "phases": phases, "requests": self.recorder.total,
-                "interrupted": self.stopping, "process": self.process, "processes": self.processes,
-                "client": info, "pid": os.getpid()}
+        return {
+            "workload": self.spec.workload,
+            **self.anchor,
+            "phases": phases,
+            "requests": self.recorder.total,
+            "interrupted": self.stopping,
+            "process": self.process,
+            "processes": self.processes,
+            "client": info,
+            "pid": os.getpid(),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,8 +29,9 @@ class ProtocolError(Exception):
 def build_request(url: str, path: str, body: bytes, content_type: str = "application/json") -> bytes:
     """The bytes of ``POST path`` with ``body`` to the server at ``url``."""
     netloc = urlsplit(url).netloc
-    return (f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1") + body
 
 
 class _Connection(asyncio.Protocol):
@@ -99,7 +100,7 @@ class _Connection(asyncio.Protocol):
                 elif name == b"connection":
                     keep = value.strip().lower() == b"keep-alive" or (keep and value.strip().lower() != b"close")
             if 100 <= self.status < 200:  # an interim answer: the real one follows
-                del buf[:end + 4]
+                del buf[: end + 4]
                 if buf:
                     self._parse()
                 return
@@ -116,7 +117,7 @@ class _Connection(asyncio.Protocol):
         if self.state == _LENGTH:
             end = self.pos + self.length
             if len(buf) >= end:
-                self._finish(bytes(buf[self.pos:end]), extra=len(buf) > end)
+                self._finish(bytes(buf[self.pos : end]), extra=len(buf) > end)
         elif self.state == _CHUNKED:
             self._chunks()
 
@@ -127,12 +128,12 @@ class _Connection(asyncio.Protocol):
             if line_end < 0:
                 return
             try:
-                size = int(bytes(buf[self.pos:line_end]).split(b";")[0].strip(), 16)
+                size = int(bytes(buf[self.pos : line_end]).split(b";")[0].strip(), 16)
             except ValueError:
                 raise ProtocolError("bad chunk size") from None
             if size == 0:
                 rest = line_end + 2
-                if buf[rest:rest + 2] == b"\r\n":
+                if buf[rest : rest + 2] == b"\r\n":
                     self._finish(bytes(self.body), extra=len(buf) > rest + 2)
                 elif buf.find(b"\r\n\r\n", rest) >= 0:  # trailers, then the end
                     self._finish(bytes(self.body), extra=False)
@@ -140,7 +141,7 @@ class _Connection(asyncio.Protocol):
             data_end = line_end + 2 + size
             if len(buf) < data_end + 2:
                 return
-            self.body += buf[line_end + 2:data_end]
+            self.body += buf[line_end + 2 : data_end]
             self.pos = data_end + 2
 
     def _finish(self, body: bytes, extra: bool) -> None:
@@ -163,7 +164,7 @@ class _Connection(asyncio.Protocol):
         if future is None or future.done():
             return
         if self.state == _UNTIL_CLOSE:
-            future.set_result((self.status, bytes(self.buffer[self.pos:]), self.first_ns))
+            future.set_result((self.status, bytes(self.buffer[self.pos :]), self.first_ns))
         else:
             future.set_exception(ConnectionResetError(f"connection closed before the answer was complete ({exc})"))
 
@@ -190,8 +191,9 @@ class Pool:
             if conn.usable:
                 return conn
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl),
-                                         self.connect_timeout_s)
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl), self.connect_timeout_s
+        )
         self.opened += 1
         return conn
 
@@ -199,8 +201,9 @@ class Pool:
         """Open ``count`` idle connections now (failures are ignored: requests will meet them); return how many
         opened. A load that starts with connections in hand does not open them in a burst when a hiccup leaves several
         requests due at once, which on one core can snowball into a long stall."""
-        results = await asyncio.gather(*[asyncio.wait_for(self._connection(), timeout_s) for _ in range(count)],
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *[asyncio.wait_for(self._connection(), timeout_s) for _ in range(count)], return_exceptions=True
+        )
         opened = [conn for conn in results if isinstance(conn, _Connection)]
         self.idle.extend(opened)
         return len(opened)

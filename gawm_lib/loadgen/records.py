@@ -47,7 +47,7 @@ COLUMNS = {  # name -> meaning [unit]
     "server_compute_ns": "server: forward pass of the batch [ns] (-1 unknown)",
     "server_decode_ns": "server: arrival to enqueued: body, parsing, decoding (JPEG, text, audio) [ns] (-1 unknown)",
     "truncated": "items whose output was cut at a limit, Whisper's decode_tokens (server-reported; -1 unknown: other "
-                 "workloads, older servers; a records file without the column: unknown)",
+    "workloads, older servers; a records file without the column: unknown)",
     "replica": "address of the replica that got it",
     "process": "index of the load process that sent it",
 }
@@ -57,10 +57,25 @@ ERRORS = ("", *ERROR_KINDS, "cancelled", "http_1xx", "http_3xx")
 ERROR_CODE = {kind: code for code, kind in enumerate(ERRORS)}
 _STRINGS = {"workload", "phase", "error", "replica"}
 _PACKED = (  # what ROW holds, in order: (column, struct code); workload and process are the recorder's own
-    ("phase", "b"), ("step", "i"), ("level", "d"), ("scheduled_ns", "q"), ("sent_ns", "q"), ("first_byte_ns", "q"),
-    ("done_ns", "q"), ("status", "i"), ("error", "b"), ("bytes_out", "q"), ("bytes_in", "q"), ("items", "i"),
-    ("batch_size", "q"), ("server_queue_ns", "q"), ("server_compute_ns", "q"), ("server_decode_ns", "q"),
-    ("truncated", "i"), ("replica", "h"))
+    ("phase", "b"),
+    ("step", "i"),
+    ("level", "d"),
+    ("scheduled_ns", "q"),
+    ("sent_ns", "q"),
+    ("first_byte_ns", "q"),
+    ("done_ns", "q"),
+    ("status", "i"),
+    ("error", "b"),
+    ("bytes_out", "q"),
+    ("bytes_in", "q"),
+    ("items", "i"),
+    ("batch_size", "q"),
+    ("server_queue_ns", "q"),
+    ("server_compute_ns", "q"),
+    ("server_decode_ns", "q"),
+    ("truncated", "i"),
+    ("replica", "h"),
+)
 ROW = struct.Struct("<" + "".join(code for _, code in _PACKED))
 _DTYPE = np.dtype([(name, "<" + code) for name, code in _PACKED])
 
@@ -68,8 +83,12 @@ _DTYPE = np.dtype([(name, "<" + code) for name, code in _PACKED])
 def schema():
     import pyarrow as pa
 
-    return pa.schema([pa.field(name, pa.string() if name in _STRINGS else pa.float64() if name == "level"
-                                else pa.int64()) for name in COLUMNS])
+    return pa.schema(
+        [
+            pa.field(name, pa.string() if name in _STRINGS else pa.float64() if name == "level" else pa.int64())
+            for name in COLUMNS
+        ]
+    )
 
 
 class Recorder:
@@ -89,8 +108,12 @@ class Recorder:
         self.written = 0
         self.process = process
         self._schema = schema()
-        self._dictionaries = {"workload": pa.array([workload]), "phase": pa.array(PHASES),
-                              "error": pa.array(ERRORS), "replica": pa.array(replicas or [""])}
+        self._dictionaries = {
+            "workload": pa.array([workload]),
+            "phase": pa.array(PHASES),
+            "error": pa.array(ERRORS),
+            "replica": pa.array(replicas or [""]),
+        }
         self._warm_up()
 
     @property
@@ -113,15 +136,16 @@ class Recorder:
             else:
                 codes = rows[name]
             if name in _STRINGS:
-                arrays.append(pa.DictionaryArray.from_arrays(pa.array(codes), self._dictionaries[name])
-                              .dictionary_decode())
+                arrays.append(
+                    pa.DictionaryArray.from_arrays(pa.array(codes), self._dictionaries[name]).dictionary_decode()
+                )
             else:
                 arrays.append(pa.array(codes.astype(np.float64 if name == "level" else np.int64)))
         return pa.Table.from_arrays(arrays, schema=self._schema)
 
     def _take(self) -> bytes:
         data = bytes(self.buffer)  # the same bytearray stays in use: the load process appends to it directly
-        del self.buffer[:len(data)]
+        del self.buffer[: len(data)]
         return data
 
     def _open(self):

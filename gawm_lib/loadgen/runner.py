@@ -61,14 +61,27 @@ def run_load(spec: LoadSpec, work_dir: Path, progress: bool = True) -> dict[str,
     procs, results, logs = [], [], []
     for index in range(count):
         spec_name, result_name, log_name = _names(spec, index, count)
-        part = dataclasses.replace(spec, process_index=index, process_count=count,
-                                   start_file=str(start_file) if count > 1 else "")
+        part = dataclasses.replace(
+            spec, process_index=index, process_count=count, start_file=str(start_file) if count > 1 else ""
+        )
         part.write(work_dir / spec_name)
         (work_dir / result_name).unlink(missing_ok=True)
         results.append(work_dir / result_name)
         logs.append(work_dir / log_name)
-        procs.append(processes.spawn([sys.executable, "-m", "gawm_lib.loadgen", str(work_dir / spec_name), "--result",
-                                      str(work_dir / result_name)], logs[-1], stdout=subprocess.PIPE))
+        procs.append(
+            processes.spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "gawm_lib.loadgen",
+                    str(work_dir / spec_name),
+                    "--result",
+                    str(work_dir / result_name),
+                ],
+                logs[-1],
+                stdout=subprocess.PIPE,
+            )
+        )
     done = [0] * count
     ready = [threading.Event() for _ in range(count)]
     state = {"phase": "", "step": 0}
@@ -156,9 +169,16 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             phase[f"{edge}_unix_ns"] = anchor["anchor_unix_ns"] + phase[f"{edge}_ns"] - anchor["anchor_monotonic_ns"]
         phases.append(phase)
     phases.sort(key=lambda p: p["start_ns"])
-    return {"workload": first["workload"], **anchor, "phases": phases, "requests": sum(p["requests"] for p in parts),
-            "interrupted": any(p["interrupted"] for p in parts), "processes": len(parts), "client": first.get("client"),
-            "parts": parts}
+    return {
+        "workload": first["workload"],
+        **anchor,
+        "phases": phases,
+        "requests": sum(p["requests"] for p in parts),
+        "interrupted": any(p["interrupted"] for p in parts),
+        "processes": len(parts),
+        "client": first.get("client"),
+        "parts": parts,
+    }
 
 
 def write_bodies(path: Path, bodies: list[dict[str, Any]]) -> Path:

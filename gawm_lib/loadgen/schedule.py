@@ -57,24 +57,64 @@ def plan(load: LoadConfig, trace_span_s: float | None = None) -> list[Step]:
             closed = stage.users is not None
             start = float(stage.users if closed else stage.rate_rps)
             end = stage.end_users if closed else stage.end_rate_rps
-            steps.append(Step("step", i, "closed" if closed else "open", start, start if end is None else float(end),
-                              stage.duration_s, load.min_requests_per_step, max(stage.duration_s, longest),
-                              stage.arrival, drain=False))
+            steps.append(
+                Step(
+                    "step",
+                    i,
+                    "closed" if closed else "open",
+                    start,
+                    start if end is None else float(end),
+                    stage.duration_s,
+                    load.min_requests_per_step,
+                    max(stage.duration_s, longest),
+                    stage.arrival,
+                    drain=False,
+                )
+            )
     elif sc == "trace":
         span = float(trace_span_s or 0.0)
         return [Step("step", 0, "trace", 0.0, 0.0, span, 0, max(span, longest), drain=True)]
     else:
-        mode = {"single_stream": "closed", "closed_loop": "closed", "poisson": "open", "constant_rate": "open",
-                "offline": "offline"}[sc]
+        mode = {
+            "single_stream": "closed",
+            "closed_loop": "closed",
+            "poisson": "open",
+            "constant_rate": "open",
+            "offline": "offline",
+        }[sc]
         levels = [1.0] if sc == "single_stream" else load.levels
         arrival = "constant" if sc == "constant_rate" else "poisson"
         for i, level in enumerate(levels):
-            steps.append(Step("step", i, mode, level, level, load.step_duration_s, load.min_requests_per_step,
-                              max(load.step_duration_s, longest), arrival))
+            steps.append(
+                Step(
+                    "step",
+                    i,
+                    mode,
+                    level,
+                    level,
+                    load.step_duration_s,
+                    load.min_requests_per_step,
+                    max(load.step_duration_s, longest),
+                    arrival,
+                )
+            )
     if load.warmup_s > 0:
         first = steps[0]
-        steps.insert(0, Step("warmup", -1, first.mode, first.level, first.level, load.warmup_s, 0, load.warmup_s,
-                             first.arrival, drain=True))
+        steps.insert(
+            0,
+            Step(
+                "warmup",
+                -1,
+                first.mode,
+                first.level,
+                first.level,
+                load.warmup_s,
+                0,
+                load.warmup_s,
+                first.arrival,
+                drain=True,
+            ),
+        )
     return steps
 
 
@@ -94,8 +134,9 @@ def _inverse_cumulative_rate(s: np.ndarray, r0: float, r1: float, d: float) -> n
     return np.where(s <= at_d, ramp, after)
 
 
-def arrival_times_ns(step: Step, rng: np.random.Generator, start_ns: int, process: int = 0,
-                     processes: int = 1) -> Iterator[int]:
+def arrival_times_ns(
+    step: Step, rng: np.random.Generator, start_ns: int, process: int = 0, processes: int = 1
+) -> Iterator[int]:
     """Due times [monotonic ns] of this process's requests in an open-loop step, without end (the caller stops)."""
     r0, r1 = step.level, step.end_level
     if r0 <= 0:
@@ -167,8 +208,10 @@ def read_trace(path: str | Path, payload_count: int) -> tuple[np.ndarray, np.nda
         wrong = ~np.isfinite(raw) | (raw != np.round(raw)) | (raw < 0) | (raw >= payload_count)
         if wrong.any():
             bad = int(np.flatnonzero(wrong)[0])
-            raise ValueError(f"{path.name}: payload_id must be whole numbers from 0 to payload_count - 1 = "
-                             f"{payload_count - 1} (row {bad}: {frame['payload_id'].iloc[bad]!r})")
+            raise ValueError(
+                f"{path.name}: payload_id must be whole numbers from 0 to payload_count - 1 = "
+                f"{payload_count - 1} (row {bad}: {frame['payload_id'].iloc[bad]!r})"
+            )
         ids = raw.astype(np.int64)[order]
     return arrivals[order], ids
 

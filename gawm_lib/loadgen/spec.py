@@ -28,5 +28,5 @@ class LoadSpec:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def read(cls, path: Path) -> "LoadSpec":
+    def read(cls, path: Path) -> LoadSpec:
         return cls(**json.loads(Path(path).read_text()))

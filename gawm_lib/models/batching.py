@@ -122,8 +122,9 @@ def _idle_row(lam: float, s: float, big: int, delay: float, size: int) -> np.nda
     return row
 
 
-def _transition_matrix(lam: float, sb: np.ndarray, big: int, delay: float, n_left: int, f: np.ndarray,
-                       w: np.ndarray) -> np.ndarray:
+def _transition_matrix(
+    lam: float, sb: np.ndarray, big: int, delay: float, n_left: int, f: np.ndarray, w: np.ndarray
+) -> np.ndarray:
     """Row-stochastic matrix over states: index b-1 is (m=0, batch b); index B-1+m is (m queued, batch B). A batch
     of b takes ``sb[b-1] * f[j]`` with probability ``w[j]``.
 
@@ -189,7 +190,7 @@ def _window_parts(weights: np.ndarray, s: float, lam: float, sb: np.ndarray, big
     # Left behind: queue position j+1 = m + i; it goes k = j // B full cycles later (for j >= B).
     pos = np.zeros((m_max + n_i, x.size))
     for m in np.flatnonzero(weights):
-        pos[m:m + n_i] += weights[m] * pmf
+        pos[m : m + n_i] += weights[m] * pmf
     if pos.shape[0] > big:
         starts = np.arange(big, pos.shape[0], big)
         slots = np.add.reduceat(pos[big:], starts - big, axis=0)
@@ -232,8 +233,9 @@ _OWN_FACTOR_POINTS = 100  # a request's own batch time: the p95 at low load lies
 _WAIT_BINS = 1024  # with random batch times the waits are binned (per batch) before the factors spread them
 
 
-def _latency_distribution(parts: list[Part], sb: np.ndarray, f: np.ndarray, w: np.ndarray) -> tuple[np.ndarray,
-                                                                                                     np.ndarray]:
+def _latency_distribution(
+    parts: list[Part], sb: np.ndarray, f: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each latency [s] and its expected count: wait + the time of the request's batch, ``sb[b-1] * F`` for a batch
     of b, and ``k * s(B) * F_1 + ... + s(B) * F_k+1`` for one left behind k full cycles, whose sum is represented by
     its mean and variance, ``(k+1) s(B) E[F] + sqrt(k+1) s(B) (F - E[F])``. F takes the values ``f`` with weights
@@ -261,8 +263,15 @@ def _latency_distribution(parts: list[Part], sb: np.ndarray, f: np.ndarray, w: n
     return lat.ravel(), (w[:, None] * cell_mass[None, :]).ravel()
 
 
-def predict_batching(arrival_rate: float, service: BatchLatencyModel | BatchLatencyTable, max_batch: int,
-                     max_delay_s: float, *, service_factors=None, factor_points: int = 12) -> BatchingPrediction:
+def predict_batching(
+    arrival_rate: float,
+    service: BatchLatencyModel | BatchLatencyTable,
+    max_batch: int,
+    max_delay_s: float,
+    *,
+    service_factors=None,
+    factor_points: int = 12,
+) -> BatchingPrediction:
     """Mean and quantiles of latency [s] for a dynamic-batching server at ``arrival_rate`` requests/s.
 
     ``service_factors`` (optional, positive): the batch-time variability, as in
@@ -286,7 +295,7 @@ def predict_batching(arrival_rate: float, service: BatchLatencyModel | BatchLate
         raise ValueError(f"max_delay_s must be >= 0 seconds, got {max_delay_s}")
     f, w = _factor_points(service_factors, factor_points)
     mean_f = float(f @ w)
-    scv = float(w @ (f - mean_f) ** 2) / mean_f ** 2
+    scv = float(w @ (f - mean_f) ** 2) / mean_f**2
     sb = np.asarray(service.predict(np.arange(1, big + 1)), dtype=float)
     rho = lam * sb[-1] * mean_f / big
     if rho >= 1:
@@ -307,11 +316,11 @@ def predict_batching(arrival_rate: float, service: BatchLatencyModel | BatchLate
     pi[pi < 1e-13] = 0.0
     parts = []
     for fj, wj in zip(f, w):  # the batch in service when a request arrives takes sb * fj
-        parts += _window_parts(wj * pi[big - 1:], sb[-1] * fj, lam, sb, big)
+        parts += _window_parts(wj * pi[big - 1 :], sb[-1] * fj, lam, sb, big)
         for b in range(1, big + 1):
             if pi[b - 1] > 0:
                 if b < big:
-                    parts += _window_parts(wj * pi[b - 1:b], sb[b - 1] * fj, lam, sb, big)
+                    parts += _window_parts(wj * pi[b - 1 : b], sb[b - 1] * fj, lam, sb, big)
                 parts += _formation_parts(wj * pi[b - 1], sb[b - 1] * fj, lam, sb, big, delay)
     lat, mass = _latency_distribution(parts, sb, *_factor_points(service_factors, _OWN_FACTOR_POINTS))
     order = np.argsort(lat, kind="stable")
@@ -320,7 +329,15 @@ def predict_batching(arrival_rate: float, service: BatchLatencyModel | BatchLate
     total = cdf[-1]
     batch = np.minimum(np.arange(1, size + 1), big)
     mean_batch = float(pi @ batch)
-    return BatchingPrediction(arrival_rate=lam, max_batch=big, max_delay_s=delay, utilisation=rho,
-                              busy_fraction=lam * mean_f * float(pi @ sb[batch - 1]) / mean_batch,
-                              mean_batch_size=mean_batch, mean_response_s=float(lat @ mass / total),
-                              requests_per_cycle=float(total), _latency=lat, _cdf=(cdf - 0.5 * mass) / total)
+    return BatchingPrediction(
+        arrival_rate=lam,
+        max_batch=big,
+        max_delay_s=delay,
+        utilisation=rho,
+        busy_fraction=lam * mean_f * float(pi @ sb[batch - 1]) / mean_batch,
+        mean_batch_size=mean_batch,
+        mean_response_s=float(lat @ mass / total),
+        requests_per_cycle=float(total),
+        _latency=lat,
+        _cdf=(cdf - 0.5 * mass) / total,
+    )

@@ -56,8 +56,16 @@ def _capacity_cost(server: str, service: BatchLatencyModel, servers: int, max_ba
     return service.predict(1) / (servers if server == "mgc" else 1)
 
 
-def _p95(server: str, rate: float, service: BatchLatencyModel, scv: float, servers: int, max_batch: int,
-         max_delay_s: float, factors) -> float:
+def _p95(
+    server: str,
+    rate: float,
+    service: BatchLatencyModel,
+    scv: float,
+    servers: int,
+    max_batch: int,
+    max_delay_s: float,
+    factors,
+) -> float:
     if server == "mg1":
         return mg1(rate, service.predict(1), scv).p95_s
     if server == "mgc":
@@ -76,18 +84,32 @@ def _search(arrival_rate, slo, service, server, scv, servers, max_batch, max_del
         if p95 >= best[0] and server == "batching":
             # Past the U-shape's minimum (or on the low-load plateau D + s(1)): fewer requests per replica now means
             # as much or more waiting for batches to fill, so more replicas cannot help.
-            raise ValueError(f"no replica count meets p95 <= {slo:.4g} s: best p95 is {best[0]:.4g} s at "
-                             f"{best[1]} replicas (batches wait for max_delay_s at low load; lower it)")
+            raise ValueError(
+                f"no replica count meets p95 <= {slo:.4g} s: best p95 is {best[0]:.4g} s at "
+                f"{best[1]} replicas (batches wait for max_delay_s at low load; lower it)"
+            )
         best = min(best, (p95, c))
         c += 1
-    raise ValueError(f"no replica count up to max_replicas={max_replicas} meets p95 <= {slo:.4g} s "
-                     f"(best {best[0]:.4g} s at {best[1]} replicas)")
+    raise ValueError(
+        f"no replica count up to max_replicas={max_replicas} meets p95 <= {slo:.4g} s "
+        f"(best {best[0]:.4g} s at {best[1]} replicas)"
+    )
 
 
-def plan_capacity(arrival_rate: float, slo_p95_s: float, service: BatchLatencyModel, *, server: str = "mg1",
-                  service_scv: float = 1.0, servers_per_replica: int = 1, max_batch: int = 1,
-                  max_delay_s: float = 0.0, service_factors=None, utilisation_cap: float = 0.85,
-                  max_replicas: int = 1000) -> CapacityPlan:
+def plan_capacity(
+    arrival_rate: float,
+    slo_p95_s: float,
+    service: BatchLatencyModel,
+    *,
+    server: str = "mg1",
+    service_scv: float = 1.0,
+    servers_per_replica: int = 1,
+    max_batch: int = 1,
+    max_delay_s: float = 0.0,
+    service_factors=None,
+    utilisation_cap: float = 0.85,
+    max_replicas: int = 1000,
+) -> CapacityPlan:
     """Fewest replicas ``c`` with predicted p95 <= ``slo_p95_s`` at ``arrival_rate`` and utilisation <= cap.
 
     Utilisation is ``rate * s(1)`` (mg1), ``rate * s(1) / servers`` (mgc) or ``rate * s(B) / B`` (batching, times
@@ -111,21 +133,41 @@ def plan_capacity(arrival_rate: float, slo_p95_s: float, service: BatchLatencyMo
         raise ValueError(f"service_factors are for server='batching'; {server} takes the variability as service_scv")
     s1 = service.predict(1)
     if slo_p95_s < s1:
-        raise ValueError(f"impossible SLO: p95 <= {slo_p95_s:.4g} s is below the service time at batch size 1 "
-                         f"({s1:.4g} s); no number of replicas can meet it")
+        raise ValueError(
+            f"impossible SLO: p95 <= {slo_p95_s:.4g} s is below the service time at batch size 1 "
+            f"({s1:.4g} s); no number of replicas can meet it"
+        )
     if server != "batching" and service_scv > 0:
         floor_p95 = float(stats.gamma(1.0 / service_scv, scale=s1 * service_scv).ppf(0.95))
         if slo_p95_s < floor_p95:
-            raise ValueError(f"impossible SLO: p95 <= {slo_p95_s:.4g} s is below the p95 of the service time "
-                             f"itself ({floor_p95:.4g} s with SCV {service_scv}); no number of replicas can meet it")
-    args = (server, service_scv, int(servers_per_replica), int(max_batch), float(max_delay_s), service_factors,
-            utilisation_cap, int(max_replicas))
+            raise ValueError(
+                f"impossible SLO: p95 <= {slo_p95_s:.4g} s is below the p95 of the service time "
+                f"itself ({floor_p95:.4g} s with SCV {service_scv}); no number of replicas can meet it"
+            )
+    args = (
+        server,
+        service_scv,
+        int(servers_per_replica),
+        int(max_batch),
+        float(max_delay_s),
+        service_factors,
+        utilisation_cap,
+        int(max_replicas),
+    )
     c, p95, util = _search(arrival_rate, slo_p95_s, service, *args)
 
     def at_c(model: BatchLatencyModel) -> float:
         try:
-            return _p95(server, arrival_rate / c, model, service_scv, int(servers_per_replica), int(max_batch),
-                        float(max_delay_s), service_factors)
+            return _p95(
+                server,
+                arrival_rate / c,
+                model,
+                service_scv,
+                int(servers_per_replica),
+                int(max_batch),
+                float(max_delay_s),
+                service_factors,
+            )
         except UnstableSystemError:
             return math.inf
 
@@ -136,6 +178,14 @@ def plan_capacity(arrival_rate: float, slo_p95_s: float, service: BatchLatencyMo
             return None
 
     low, high = service.shifted(-1.0), service.shifted(+1.0)
-    return CapacityPlan(replicas=c, server=server, arrival_rate=float(arrival_rate),
-                        per_replica_rate=arrival_rate / c, utilisation=util, p95_s=p95, slo_p95_s=float(slo_p95_s),
-                        p95_range_s=(at_c(low), at_c(high)), replicas_range=(needed(low), needed(high)))
+    return CapacityPlan(
+        replicas=c,
+        server=server,
+        arrival_rate=float(arrival_rate),
+        per_replica_rate=arrival_rate / c,
+        utilisation=util,
+        p95_s=p95,
+        slo_p95_s=float(slo_p95_s),
+        p95_range_s=(at_c(low), at_c(high)),
+        replicas_range=(needed(low), needed(high)),
+    )

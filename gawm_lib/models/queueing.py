@@ -26,8 +26,9 @@ class UnstableSystemError(ValueError):
 
     def __init__(self, utilisation: float, what: str = "queue"):
         self.utilisation = float(utilisation)
-        super().__init__(f"unstable {what}: utilisation {utilisation:.4g} >= 1 "
-                         "(arrivals reach or exceed service capacity)")
+        super().__init__(
+            f"unstable {what}: utilisation {utilisation:.4g} >= 1 (arrivals reach or exceed service capacity)"
+        )
 
 
 def _positive(name: str, value: float) -> float:
@@ -210,6 +211,13 @@ def sweep(model, arrival_rates, **kwargs):
     rows = []
     for lam in np.asarray(arrival_rates, dtype=float).ravel():
         pred = model(float(lam), **kwargs)
-        rows.append({"arrival_rate": float(lam), "utilisation": pred.utilisation, "mean_s": pred.mean_response_s,
-                     "p50_s": pred.p50_s, "p95_s": pred.p95_s})
+        rows.append(
+            {
+                "arrival_rate": float(lam),
+                "utilisation": pred.utilisation,
+                "mean_s": pred.mean_response_s,
+                "p50_s": pred.p50_s,
+                "p95_s": pred.p95_s,
+            }
+        )
     return pd.DataFrame(rows)

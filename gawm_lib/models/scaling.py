@@ -74,8 +74,9 @@ def fit_usl(concurrency, throughput) -> USLModel:
         raise ValueError("need at least 3 distinct concurrency levels to fit sigma and kappa")
     # Start from the per-client rate at the lowest concurrency and a small, interior contention (bounds are strict).
     lam0 = float(x[np.argmin(n)] / n.min())
-    popt, pcov = optimize.curve_fit(_usl, n, x, p0=[lam0, 0.01, 1e-4], bounds=([1e-300, 0.0, 0.0], np.inf),
-                                    max_nfev=10_000)
+    popt, pcov = optimize.curve_fit(
+        _usl, n, x, p0=[lam0, 0.01, 1e-4], bounds=([1e-300, 0.0, 0.0], np.inf), max_nfev=10_000
+    )
     se = np.sqrt(np.clip(np.diag(pcov), 0.0, None)) if np.all(np.isfinite(pcov)) else np.full(3, math.nan)
     return USLModel(*(float(v) for v in popt), *(float(v) for v in se))
 
@@ -95,9 +96,15 @@ class MVAResult:
     def to_frame(self):
         import pandas as pd  # local: keeps the module import light
 
-        return pd.DataFrame({"population": self.population, "throughput": self.throughput,
-                             "response_time_s": self.response_time, "queue_length": self.queue_length,
-                             "utilisation": self.utilisation})
+        return pd.DataFrame(
+            {
+                "population": self.population,
+                "throughput": self.throughput,
+                "response_time_s": self.response_time,
+                "queue_length": self.queue_length,
+                "utilisation": self.utilisation,
+            }
+        )
 
 
 def _mva_single(s: float, n_users: int, z: float) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +136,9 @@ def _product_form(s: float, n_users: int, z: float, c: int) -> tuple[np.ndarray,
     return x, r
 
 
-def mva(service_time_s: float, n_users: int, think_time_s: float = 0.0, servers: int = 1, *,
-        method: str = "exact") -> MVAResult:
+def mva(
+    service_time_s: float, n_users: int, think_time_s: float = 0.0, servers: int = 1, *, method: str = "exact"
+) -> MVAResult:
     """Closed network of ``n_users`` clients: a FCFS station with ``servers`` exponential servers (mean
     ``service_time_s``) plus a think (delay) station of mean ``think_time_s``.
 

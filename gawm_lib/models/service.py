@@ -49,8 +49,9 @@ class BatchLatencyModel:
         if not (self.alpha >= 0 and self.floor >= 0):
             raise ValueError(f"alpha and floor must be >= 0 (got alpha={self.alpha}, floor={self.floor})")
         if not self.alpha + self.beta > 0 and not self.floor > 0:
-            raise ValueError(f"latency at batch 1 must be positive "
-                             f"(alpha+beta={self.alpha + self.beta}, floor={self.floor})")
+            raise ValueError(
+                f"latency at batch 1 must be positive (alpha+beta={self.alpha + self.beta}, floor={self.floor})"
+            )
 
     @property
     def knee(self) -> float:
@@ -94,8 +95,18 @@ class BatchLatencyModel:
         beta = self.beta + n_sigma * self.beta_se
         if not (alpha + beta > 0 or floor > 0):
             beta = -alpha + 1e-12
-        return BatchLatencyModel(alpha, beta, floor, self.alpha_se, self.beta_se, self.floor_se, self.knee_se,
-                                 self.n_points, self.rmse_s, self.cov)
+        return BatchLatencyModel(
+            alpha,
+            beta,
+            floor,
+            self.alpha_se,
+            self.beta_se,
+            self.floor_se,
+            self.knee_se,
+            self.n_points,
+            self.rmse_s,
+            self.cov,
+        )
 
 
 @dataclass(frozen=True)
@@ -116,8 +127,9 @@ class BatchLatencyTable:
             raise ValueError(f"seconds must be one positive finite latency per batch size 1..n, got {self.seconds!r}")
 
     @classmethod
-    def from_measurements(cls, batch_sizes, latencies_s, max_batch: int,
-                          fallback: BatchLatencyModel | None = None) -> BatchLatencyTable:
+    def from_measurements(
+        cls, batch_sizes, latencies_s, max_batch: int, fallback: BatchLatencyModel | None = None
+    ) -> BatchLatencyTable:
         """Mean measured latency per batch size 1..``max_batch``; a size never measured takes ``fallback.predict``
         (ValueError without a fallback)."""
         b = np.asarray(batch_sizes, dtype=float).ravel()
@@ -211,8 +223,9 @@ def fit_batch_latency(batch_sizes, latencies_s, *, significance: float = 0.05) -
         # The profile SSE is smooth between consecutive distinct batch sizes, so minimise within each interval. The
         # knee stays below the second-largest level: two levels must remain on the slope for alpha to be identified.
         for lo, hi in zip(levels[:-2], levels[1:-1]):
-            res = optimize.minimize_scalar(lambda k: _profile(b, y, k)[0], bounds=(lo, hi), method="bounded",
-                                           options={"xatol": 1e-6 * (hi - lo)})
+            res = optimize.minimize_scalar(
+                lambda k: _profile(b, y, k)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-6 * (hi - lo)}
+            )
             for knee in (lo, float(res.x)):
                 sse, coef = _profile(b, y, knee)
                 if sse < best[0] * (1 - 1e-12):
@@ -231,8 +244,10 @@ def fit_batch_latency(batch_sizes, latencies_s, *, significance: float = 0.05) -
         sse = sse_hinge
     floor, alpha = (float(c) for c in coef)
     if alpha <= 0:
-        raise ValueError("latency does not increase with batch size over the measured range (fitted alpha = 0); "
-                         "measure larger batches to see the per-item cost")
+        raise ValueError(
+            "latency does not increase with batch size over the measured range (fitted alpha = 0); "
+            "measure larger batches to see the per-item cost"
+        )
 
     # Jacobian of floor + alpha*max(0, b-knee) w.r.t. (floor, alpha[, knee]) and the map to (alpha, beta, floor):
     # beta = floor - alpha*knee, so d beta = d floor - knee d alpha - alpha d knee.
@@ -246,6 +261,15 @@ def fit_batch_latency(batch_sizes, latencies_s, *, significance: float = 0.05) -
     cov = to_abf @ cov_theta @ to_abf.T
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     knee_se = float(np.sqrt(max(cov_theta[2, 2], 0.0))) if use_hinge else 0.0
-    return BatchLatencyModel(alpha=alpha, beta=floor - alpha * knee, floor=floor, alpha_se=float(se[0]),
-                             beta_se=float(se[1]), floor_se=float(se[2]), knee_se=knee_se, n_points=n,
-                             rmse_s=math.sqrt(sse / n), cov=tuple(tuple(float(v) for v in row) for row in cov))
+    return BatchLatencyModel(
+        alpha=alpha,
+        beta=floor - alpha * knee,
+        floor=floor,
+        alpha_se=float(se[0]),
+        beta_se=float(se[1]),
+        floor_se=float(se[2]),
+        knee_se=knee_se,
+        n_points=n,
+        rmse_s=math.sqrt(sse / n),
+        cov=tuple(tuple(float(v) for v in row) for row in cov),
+    )

@@ -15,8 +15,14 @@ from scipy import stats
 
 from .service import BatchLatencyModel, BatchLatencyTable
 
-__all__ = ["LatencySummary", "simulate_queue", "fcfs_completions", "simulate_batching", "replay_batching",
-           "summarize_latencies"]
+__all__ = [
+    "LatencySummary",
+    "simulate_queue",
+    "fcfs_completions",
+    "simulate_batching",
+    "replay_batching",
+    "summarize_latencies",
+]
 
 
 def _check(arrival_rate: float, n_requests: int) -> None:
@@ -50,14 +56,21 @@ def _lindley(service: np.ndarray, gaps: np.ndarray, block: int = 4096) -> np.nda
     wait = np.empty(n)
     carry = 0.0
     for lo in range(0, n, block):
-        walk = np.cumsum(step[lo:lo + block])
-        wait[lo:lo + block] = np.maximum(carry + walk, walk - np.minimum.accumulate(walk))
+        walk = np.cumsum(step[lo : lo + block])
+        wait[lo : lo + block] = np.maximum(carry + walk, walk - np.minimum.accumulate(walk))
         carry = wait[min(lo + block, n) - 1]
     return wait
 
 
-def simulate_queue(arrival_rate: float, service_mean_s: float, *, service_scv: float = 1.0, servers: int = 1,
-                   n_requests: int = 100_000, seed: int = 0) -> np.ndarray:
+def simulate_queue(
+    arrival_rate: float,
+    service_mean_s: float,
+    *,
+    service_scv: float = 1.0,
+    servers: int = 1,
+    n_requests: int = 100_000,
+    seed: int = 0,
+) -> np.ndarray:
     """Latencies [s] of a FCFS M/G/c queue with gamma service times (mean ``service_mean_s``, SCV ``service_scv``).
 
     One server uses the vectorised Lindley recursion; c servers a heap of server free-times (each arrival, in order,
@@ -87,8 +100,15 @@ def fcfs_completions(arrivals: np.ndarray, service: np.ndarray, servers: int) ->
     return done
 
 
-def simulate_batching(arrival_rate: float, service: BatchLatencyModel | BatchLatencyTable, max_batch: int,
-                      max_delay_s: float, *, n_requests: int = 100_000, seed: int = 0) -> np.ndarray:
+def simulate_batching(
+    arrival_rate: float,
+    service: BatchLatencyModel | BatchLatencyTable,
+    max_batch: int,
+    max_delay_s: float,
+    *,
+    n_requests: int = 100_000,
+    seed: int = 0,
+) -> np.ndarray:
     """Latencies [s] of one dynamic-batching server (Triton-style), deterministic batch time ``service.predict(b)``.
 
     When the server is free and requests wait, it dispatches at ``max(free, min(oldest + max_delay_s, arrival of the
@@ -102,12 +122,25 @@ def simulate_batching(arrival_rate: float, service: BatchLatencyModel | BatchLat
         raise ValueError(f"max_delay_s must be >= 0 seconds, got {max_delay_s}")
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / arrival_rate, size=int(n_requests)))
-    return _batching(arrivals, np.asarray(service.predict(np.arange(1, int(max_batch) + 1)), dtype=float),
-                     int(max_batch), float(max_delay_s), None, rng)[0]
+    return _batching(
+        arrivals,
+        np.asarray(service.predict(np.arange(1, int(max_batch) + 1)), dtype=float),
+        int(max_batch),
+        float(max_delay_s),
+        None,
+        rng,
+    )[0]
 
 
-def replay_batching(arrivals_s, service: BatchLatencyModel | BatchLatencyTable, max_batch: int,
-                    max_delay_s: float, *, service_factors=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def replay_batching(
+    arrivals_s,
+    service: BatchLatencyModel | BatchLatencyTable,
+    max_batch: int,
+    max_delay_s: float,
+    *,
+    service_factors=None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """The same server as :func:`simulate_batching` driven by given arrival times [s] (sorted): a trace replay.
 
     ``service_factors`` (optional, positive): batch times are ``service.predict(b)`` times a factor drawn for each batch
@@ -129,12 +162,24 @@ def replay_batching(arrivals_s, service: BatchLatencyModel | BatchLatencyTable, 
         factors = np.asarray(service_factors, dtype=float).ravel()
         if factors.size < 1 or not np.all(np.isfinite(factors) & (factors > 0)):
             raise ValueError("service_factors must be one or more positive finite numbers")
-    return _batching(arrivals, np.asarray(service.predict(np.arange(1, int(max_batch) + 1)), dtype=float),
-                     int(max_batch), float(max_delay_s), factors, np.random.default_rng(seed))
+    return _batching(
+        arrivals,
+        np.asarray(service.predict(np.arange(1, int(max_batch) + 1)), dtype=float),
+        int(max_batch),
+        float(max_delay_s),
+        factors,
+        np.random.default_rng(seed),
+    )
 
 
-def _batching(arrivals: np.ndarray, batch_time: np.ndarray, big: int, max_delay_s: float, factors: np.ndarray | None,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _batching(
+    arrivals: np.ndarray,
+    batch_time: np.ndarray,
+    big: int,
+    max_delay_s: float,
+    factors: np.ndarray | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     n = arrivals.size
     done = np.empty(n)
     size = np.empty(n, dtype=np.int64)
@@ -164,8 +209,9 @@ class LatencySummary:
     n: int
 
 
-def summarize_latencies(latencies, *, n_batches: int = 20, confidence: float = 0.95,
-                        warmup_fraction: float = 0.1) -> LatencySummary:
+def summarize_latencies(
+    latencies, *, n_batches: int = 20, confidence: float = 0.95, warmup_fraction: float = 0.1
+) -> LatencySummary:
     """Point estimates from all post-warm-up latencies [s]; CIs from ``n_batches`` contiguous batch statistics.
 
     Consecutive latencies are correlated, so the naive i.i.d. interval is far too narrow; means of long contiguous
@@ -173,7 +219,7 @@ def summarize_latencies(latencies, *, n_batches: int = 20, confidence: float = 0
     ``warmup_fraction`` of requests (empty-system start) is dropped.
     """
     x = np.asarray(latencies, dtype=float).ravel()
-    x = x[int(len(x) * warmup_fraction):]
+    x = x[int(len(x) * warmup_fraction) :]
     if n_batches < 2 or len(x) < 10 * n_batches:
         raise ValueError(f"need at least {10 * max(n_batches, 2)} latencies after warm-up for {n_batches} batches")
     if not np.all(np.isfinite(x)):
@@ -181,8 +227,11 @@ def summarize_latencies(latencies, *, n_batches: int = 20, confidence: float = 0
     chunks = np.array_split(x, n_batches)
     half = stats.t.ppf(0.5 + confidence / 2, n_batches - 1) / math.sqrt(n_batches)
     point = {"mean": float(x.mean()), "p50": float(np.quantile(x, 0.5)), "p95": float(np.quantile(x, 0.95))}
-    per = {"mean": [c.mean() for c in chunks], "p50": [np.quantile(c, 0.5) for c in chunks],
-           "p95": [np.quantile(c, 0.95) for c in chunks]}
+    per = {
+        "mean": [c.mean() for c in chunks],
+        "p50": [np.quantile(c, 0.5) for c in chunks],
+        "p95": [np.quantile(c, 0.95) for c in chunks],
+    }
     spread = {k: half * float(np.std(v, ddof=1)) for k, v in per.items()}
     ci = {k: (point[k] - spread[k], point[k] + spread[k]) for k in per}
     return LatencySummary(point["mean"], point["p50"], point["p95"], ci["mean"], ci["p50"], ci["p95"], len(x))

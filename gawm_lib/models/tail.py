@@ -85,8 +85,10 @@ def fit_tail_curve(rates_rps, p95_s, capacity_rps: float) -> TailCurve:
     if not (np.all(np.isfinite(rates) & (rates > 0)) and np.all(np.isfinite(p95) & (p95 > 0))):
         raise ValueError("rates_rps and p95_s must be finite and > 0")
     if np.any(rates >= capacity_rps):
-        raise ValueError(f"steps at {rates[rates >= capacity_rps].tolist()} req/s are at or past the capacity "
-                         f"({capacity_rps:.4g} req/s): leave out saturated steps")
+        raise ValueError(
+            f"steps at {rates[rates >= capacity_rps].tolist()} req/s are at or past the capacity "
+            f"({capacity_rps:.4g} req/s): leave out saturated steps"
+        )
     if np.unique(rates).size < 2:
         raise ValueError("fit_tail_curve needs steps at two or more rates")
     top = rates.max() / capacity_rps

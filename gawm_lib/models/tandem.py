@@ -91,8 +91,9 @@ class TandemServer:
         """The CPU stage's utilisation at ``replica_rate`` req/s per replica."""
         return replica_rate / self.capacity_rps(replicas)
 
-    def simulate(self, replica_rate: float, replicas: int = 1, *, n_requests: int = 20_000, warmup: float = 0.1,
-                 seed: int = 0) -> np.ndarray:
+    def simulate(
+        self, replica_rate: float, replicas: int = 1, *, n_requests: int = 20_000, warmup: float = 0.1, seed: int = 0
+    ) -> np.ndarray:
         """Latencies [s] of ``n_requests`` Poisson arrivals at ``replica_rate`` per replica (the first ``warmup``
         share dropped). :class:`UnstableSystemError` at or past the CPU stage's capacity."""
         if not replica_rate > 0:
@@ -117,7 +118,7 @@ class TandemServer:
         done = np.empty(n)
         done[order] = ready[order] + batched
         latency = done - arrivals + self.dispatch_s + rng.choice(np.asarray(self.cpu_out_s), size=n) * factor
-        return latency[int(warmup * n):]
+        return latency[int(warmup * n) :]
 
 
 def fit_slowdown(threads: int, cpu_in_mean_s: float, saturation: list[tuple[int, float]]) -> tuple[float, float]:
@@ -140,8 +141,10 @@ def fit_slowdown(threads: int, cpu_in_mean_s: float, saturation: list[tuple[int,
         per = throughput / replicas
         stretch = threads / (cpu_in_mean_s * per) - 1.0
         if stretch < 0:
-            raise ValueError(f"{replicas} replica(s) carried {per:.1f} req/s each, more than {threads} threads at "
-                             f"{cpu_in_mean_s * 1e3:.3g} ms a request allow: the CPU stage was not the bottleneck")
+            raise ValueError(
+                f"{replicas} replica(s) carried {per:.1f} req/s each, more than {threads} threads at "
+                f"{cpu_in_mean_s * 1e3:.3g} ms a request allow: the CPU stage was not the bottleneck"
+            )
         rows.append([per, throughput])
         rhs.append(stretch)
     design = np.asarray(rows)
@@ -163,8 +166,16 @@ class TandemPlan:
     p95_s: dict[int, float]
 
 
-def plan_tandem(model: TandemServer, load_rps: float, slo_p95_s: float, max_replicas: int, *,
-                max_utilisation: float = 0.85, n_requests: int = 20_000, seed: int = 0) -> TandemPlan:
+def plan_tandem(
+    model: TandemServer,
+    load_rps: float,
+    slo_p95_s: float,
+    max_replicas: int,
+    *,
+    max_utilisation: float = 0.85,
+    n_requests: int = 20_000,
+    seed: int = 0,
+) -> TandemPlan:
     """The fewest of 1..``max_replicas`` replicas that keep the predicted p95 within ``slo_p95_s`` at ``load_rps``
     split evenly, each replica's CPU stage at most ``max_utilisation`` busy. Keep ``max_replicas`` to the counts the
     model was fitted on: past them the host's other limits (a shared GPU, the cores) are not in it."""

@@ -6,8 +6,8 @@ autocorrelation needs an unbroken series, so there NaN is an error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats
@@ -45,8 +45,14 @@ def summarize_trace(values, quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75,
     if any(not 0 <= q <= 1 for q in qs):
         raise ValueError(f"quantiles must lie in [0, 1], got {qs}")
     qv = np.quantile(x, qs) if qs else []
-    return TraceSummary(n=int(x.size), mean=float(x.mean()), std=float(x.std(ddof=1)) if x.size > 1 else 0.0,
-                        min=float(x.min()), max=float(x.max()), quantiles=dict(zip(qs, (float(v) for v in qv))))
+    return TraceSummary(
+        n=int(x.size),
+        mean=float(x.mean()),
+        std=float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        min=float(x.min()),
+        max=float(x.max()),
+        quantiles=dict(zip(qs, (float(v) for v in qv))),
+    )
 
 
 def autocorrelation(values, max_lag: int) -> np.ndarray:
@@ -89,6 +95,11 @@ def compare_traces(a, b) -> TraceComparison:
     """Kolmogorov-Smirnov two-sample test (``scipy.stats.ks_2samp``, two-sided) of the finite samples of a and b."""
     x, y = _finite(a, "trace a"), _finite(b, "trace b")
     res = stats.ks_2samp(x, y)
-    return TraceComparison(statistic=float(res.statistic), p_value=float(res.pvalue), n_a=int(x.size),
-                           n_b=int(y.size), mean_diff=float(y.mean() - x.mean()),
-                           median_diff=float(np.median(y) - np.median(x)))
+    return TraceComparison(
+        statistic=float(res.statistic),
+        p_value=float(res.pvalue),
+        n_a=int(x.size),
+        n_b=int(y.size),
+        mean_diff=float(y.mean() - x.mean()),
+        median_diff=float(np.median(y) - np.median(x)),
+    )

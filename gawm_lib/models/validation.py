@@ -7,8 +7,8 @@ columns. Metrics default to ``throughput`` [requests/s], ``p50`` and ``p95`` [s]
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,8 +47,14 @@ class ValidationReport:
 Predictor = Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]
 
 
-def validate(fit_frame: pd.DataFrame, holdout_frame: pd.DataFrame, predictor: Predictor, *,
-             metrics: Sequence[str] = DEFAULT_METRICS, config_columns: Sequence[str] | None = None) -> ValidationReport:
+def validate(
+    fit_frame: pd.DataFrame,
+    holdout_frame: pd.DataFrame,
+    predictor: Predictor,
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    config_columns: Sequence[str] | None = None,
+) -> ValidationReport:
     """Fit with ``predictor`` on ``fit_frame``, compare its predictions with the measured ``holdout_frame``.
 
     ``config_columns`` (default: every holdout column that is not a metric) identify each configuration in the table.

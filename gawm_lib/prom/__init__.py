@@ -21,8 +21,18 @@ _EXPORTS = {
     "promql": ("Prefix", "matcher", "quote_string", "quote_regex", "parse_duration", "format_duration"),
     "common": ("PrometheusNotInstalled", "PrometheusStartError", "PrometheusQueryError", "EmptyQueryWarning"),
     "local": ("LocalPrometheus", "Target", "wait_for_targets_up", "find_binary", "prometheus_version"),
-    "query": ("FRAME_COLUMNS", "Phase", "query_phases", "save_run_metrics", "load_run_metrics",
-              "fetch_scrape_interval_s", "phases_from_now", "empty_frame", "query_run_phases", "RUN_QUERIES"),
+    "query": (
+        "FRAME_COLUMNS",
+        "Phase",
+        "query_phases",
+        "save_run_metrics",
+        "load_run_metrics",
+        "fetch_scrape_interval_s",
+        "phases_from_now",
+        "empty_frame",
+        "query_run_phases",
+        "RUN_QUERIES",
+    ),
     "seed": ("import_seed_csv", "read_seed_csv", "read_seed_phases", "SeedCsvError", "SEED_METRICS"),
     "grafana": ("grafana_dashboard", "GRAFANA_UNITS"),
 }
@@ -48,6 +58,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .grafana import GRAFANA_UNITS, grafana_dashboard
     from .local import LocalPrometheus, Target, find_binary, prometheus_version, wait_for_targets_up
     from .promql import Prefix, format_duration, matcher, parse_duration, quote_regex, quote_string
-    from .query import (FRAME_COLUMNS, RUN_QUERIES, Phase, empty_frame, fetch_scrape_interval_s, load_run_metrics,
-                        phases_from_now, query_phases, query_run_phases, save_run_metrics)
+    from .query import (
+        FRAME_COLUMNS,
+        RUN_QUERIES,
+        Phase,
+        empty_frame,
+        fetch_scrape_interval_s,
+        load_run_metrics,
+        phases_from_now,
+        query_phases,
+        query_run_phases,
+        save_run_metrics,
+    )
     from .seed import SEED_METRICS, SeedCsvError, import_seed_csv, read_seed_csv, read_seed_phases

@@ -21,7 +21,8 @@ class PrometheusQueryError(RuntimeError):
         self.url, self.query_name, self.promql, self.cause = url, query_name, promql, cause
         where = f" ({detail})" if detail else ""
         super().__init__(
-            f"Prometheus at {url} failed query {query_name!r}{where}: {type(cause).__name__}: {cause}\n  PromQL: {promql}"
+            f"Prometheus at {url} failed query {query_name!r}{where}: {type(cause).__name__}: {cause}\n"
+            f"  PromQL: {promql}"
         )
 
 
@@ -38,6 +39,13 @@ def connect(url: str, timeout_s: float = 30.0, retries: int = 1):
 
     session = requests.Session()
     session.trust_env = False  # never route our loopback/cluster queries through an env proxy
-    retry = Retry(total=retries, connect=retries, read=0, backoff_factor=0.2,
-                  status_forcelist=(502, 503, 504), allowed_methods=("GET", "POST"), raise_on_status=False)
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=0,
+        backoff_factor=0.2,
+        status_forcelist=(502, 503, 504),
+        allowed_methods=("GET", "POST"),
+        raise_on_status=False,
+    )
     return PrometheusConnect(url=url.rstrip("/"), session=session, retry=retry, timeout=timeout_s)

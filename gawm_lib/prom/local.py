@@ -20,9 +20,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -107,10 +108,19 @@ class LocalPrometheus:
     thread or a thread that outlives the run).
     """
 
-    def __init__(self, workdir: str | os.PathLike, targets: Iterable[Any] = (), *, scrape_interval_s: float = 1.0,
-                 binary: str = "prometheus", job: str = "gawm", ready_timeout_s: float = 20.0,
-                 stop_timeout_s: float = 10.0, extra_args: Iterable[str] = (),
-                 scrape_configs: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        targets: Iterable[Any] = (),
+        *,
+        scrape_interval_s: float = 1.0,
+        binary: str = "prometheus",
+        job: str = "gawm",
+        ready_timeout_s: float = 20.0,
+        stop_timeout_s: float = 10.0,
+        extra_args: Iterable[str] = (),
+        scrape_configs: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
         self.workdir = Path(workdir)
         self.scrape_interval_s = float(scrape_interval_s)
         self.binary, self.job = binary, job
@@ -139,10 +149,13 @@ class LocalPrometheus:
         timeout = format_duration(min(self.scrape_interval_s, 10.0))
         config = {
             "global": {"scrape_interval": interval, "scrape_timeout": timeout, "evaluation_interval": interval},
-            "scrape_configs": [{
-                "job_name": self.job,
-                "file_sd_configs": [{"files": [str(self.targets_path.resolve())], "refresh_interval": "5s"}],
-            }, *self.scrape_configs],
+            "scrape_configs": [
+                {
+                    "job_name": self.job,
+                    "file_sd_configs": [{"files": [str(self.targets_path.resolve())], "refresh_interval": "5s"}],
+                },
+                *self.scrape_configs,
+            ],
         }
         return yaml.safe_dump(config, sort_keys=False)
 
@@ -162,7 +175,7 @@ class LocalPrometheus:
         except OSError:
             return "(no log)"
 
-    def start(self) -> "LocalPrometheus":
+    def start(self) -> LocalPrometheus:
         path = find_binary(self.binary)
         self.version = prometheus_version(path)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -182,8 +195,14 @@ class LocalPrometheus:
         """Start on ``port``; True when ready, False when the port was taken meanwhile."""
         self.stop()
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        args = [path, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.data_dir}",
-                f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", *self.extra_args]
+        args = [
+            path,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.data_dir}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+            *self.extra_args,
+        ]
         self._proc = processes.spawn(args, self.log_path)  # own session, dies with its parent
         self.url = f"http://127.0.0.1:{port}"
         import requests
@@ -201,7 +220,8 @@ class LocalPrometheus:
                             return False
                     raise PrometheusStartError(
                         f"Prometheus exited with code {code} before it was ready ({' '.join(args)}); "
-                        f"log {self.log_path}, tail:\n{self.log_tail()}")
+                        f"log {self.log_path}, tail:\n{self.log_tail()}"
+                    )
                 try:
                     if session.get(self.url + "/-/ready", timeout=1.0).status_code == 200:
                         return True
@@ -210,7 +230,8 @@ class LocalPrometheus:
                 if time.monotonic() > deadline:
                     raise PrometheusStartError(
                         f"Prometheus at {self.url} not ready after {self.ready_timeout_s} s; "
-                        f"log {self.log_path}, tail:\n{self.log_tail()}")
+                        f"log {self.log_path}, tail:\n{self.log_tail()}"
+                    )
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -222,8 +243,9 @@ class LocalPrometheus:
     def wait_for_targets(self, n: int | None = None, timeout_s: float = 30.0) -> list[dict]:
         """Wait until at least ``n`` (default: all) of the targets last given to :meth:`set_targets`
         are scraped successfully; stale targets from before the last ``set_targets`` never count."""
-        return wait_for_targets_up(self.url, len(self.targets) if n is None else n, timeout_s, job=self.job,
-                                   targets=self.targets)
+        return wait_for_targets_up(
+            self.url, len(self.targets) if n is None else n, timeout_s, job=self.job, targets=self.targets
+        )
 
     def reload(self) -> None:
         """Ask Prometheus to re-read its config (``POST /-/reload``; lifecycle API is on)."""
@@ -233,7 +255,7 @@ class LocalPrometheus:
             s.trust_env = False
             s.post(self.url + "/-/reload", timeout=10).raise_for_status()
 
-    def __enter__(self) -> "LocalPrometheus":
+    def __enter__(self) -> LocalPrometheus:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -245,8 +267,9 @@ def _is(active: Mapping[str, Any], target: Target) -> bool:
     return labels.get("instance") == target.address and all(labels.get(k) == v for k, v in target.labels.items())
 
 
-def wait_for_targets_up(url: str, n: int, timeout_s: float = 30.0, *, job: str | None = None,
-                        targets: Iterable[Any] | None = None) -> list[dict]:
+def wait_for_targets_up(
+    url: str, n: int, timeout_s: float = 30.0, *, job: str | None = None, targets: Iterable[Any] | None = None
+) -> list[dict]:
     """Wait until at least ``n`` active targets report health "up" (only those of ``job`` and,
     if given, matching one of ``targets`` by address and labels); return them (Prometheus'
     target dicts). TimeoutError lists every active target's state."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Go's regexp.QuoteMeta set: Prometheus regexes are RE2, anchored on both ends.
@@ -30,7 +30,7 @@ class Prefix:
     value: str
 
 
-LabelValue = Union[str, Prefix, Iterable[str]]
+LabelValue = str | Prefix | Iterable[str]
 
 
 def check_label_name(name: str) -> str:

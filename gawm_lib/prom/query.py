@@ -21,10 +21,11 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -49,7 +50,7 @@ class Phase:
 def _utc(t: datetime) -> datetime:
     if not isinstance(t, datetime):
         raise TypeError(f"phase bounds must be datetimes, got {t!r}")
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def as_phase(p: Any) -> Phase:
@@ -69,17 +70,26 @@ def as_phase(p: Any) -> Phase:
 
 def empty_frame(extra: Mapping[str, str] | None = None) -> pd.DataFrame:
     """A frame with no rows and the tidy columns (plus ``extra`` name -> dtype)."""
-    cols = {"time": pd.Series([], dtype="datetime64[ns, UTC]"), "query": pd.Series([], dtype="str"),
-            "value": pd.Series([], dtype="float64"), "unit": pd.Series([], dtype="str"),
-            "labels": pd.Series([], dtype="str"), "phase": pd.Series([], dtype="str")}
+    cols = {
+        "time": pd.Series([], dtype="datetime64[ns, UTC]"),
+        "query": pd.Series([], dtype="str"),
+        "value": pd.Series([], dtype="float64"),
+        "unit": pd.Series([], dtype="str"),
+        "labels": pd.Series([], dtype="str"),
+        "phase": pd.Series([], dtype="str"),
+    }
     cols.update({k: pd.Series([], dtype=v) for k, v in (extra or {}).items()})
     return pd.DataFrame(cols)
 
 
 def labels_json(labels: Mapping[str, Any]) -> str:
     """The ``labels`` column encoding: JSON, sorted keys, no ``__name__``."""
-    return json.dumps({k: str(v) for k, v in labels.items() if k != "__name__"}, sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        {k: str(v) for k, v in labels.items() if k != "__name__"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def fetch_scrape_interval_s(url: str, timeout_s: float = 10.0, job: str | None = None) -> float:
@@ -124,8 +134,17 @@ def _resolve_step(url: str, step_s, window, scrape_interval_s, timeout_s) -> tup
     return step, window
 
 
-def _run(url: str, queries: list, phase_list: list[Phase], step_s: float, window, params: Mapping[str, Any],
-         timeout_s: float, retries: int, max_points: int) -> pd.DataFrame:
+def _run(
+    url: str,
+    queries: list,
+    phase_list: list[Phase],
+    step_s: float,
+    window,
+    params: Mapping[str, Any],
+    timeout_s: float,
+    retries: int,
+    max_points: int,
+) -> pd.DataFrame:
     """Query every (phase, query); rows carry ``_phase_index`` (position in ``phase_list``)."""
     step = f"{step_s:g}"
     cols: dict[str, list] = {c: [] for c in (*FRAME_COLUMNS, "_phase_index")}
@@ -145,16 +164,21 @@ def _run(url: str, queries: list, phase_list: list[Phase], step_s: float, window
                     chunked |= len(spans) > 1
                 n_series = 0
                 for cs, ce in spans:
-                    start = datetime.fromtimestamp(cs, timezone.utc)
-                    end = datetime.fromtimestamp(ce, timezone.utc)
+                    start = datetime.fromtimestamp(cs, UTC)
+                    end = datetime.fromtimestamp(ce, UTC)
                     try:
-                        result = prom.custom_query_range(promql, start_time=start, end_time=end, step=step,
-                                                         params={"timeout": f"{timeout_s:g}s"})
-                        rows = [(labels_json(r.get("metric", {})), float(ts), float(v))
-                                for r in result for ts, v in r.get("values", [])]
+                        result = prom.custom_query_range(
+                            promql, start_time=start, end_time=end, step=step, params={"timeout": f"{timeout_s:g}s"}
+                        )
+                        rows = [
+                            (labels_json(r.get("metric", {})), float(ts), float(v))
+                            for r in result
+                            for ts, v in r.get("values", [])
+                        ]
                     except Exception as exc:
-                        raise PrometheusQueryError(url, q.name, promql, exc,
-                                                   f"phase {ph.name!r} {start.isoformat()}..{end.isoformat()}") from exc
+                        raise PrometheusQueryError(
+                            url, q.name, promql, exc, f"phase {ph.name!r} {start.isoformat()}..{end.isoformat()}"
+                        ) from exc
                     n_series += len(result)
                     for lab, ts, val in rows:
                         cols["time"].append(ts)
@@ -170,8 +194,9 @@ def _run(url: str, queries: list, phase_list: list[Phase], step_s: float, window
         prom.close()
     for name, (phases, promql) in empty.items():
         shown = phases if len(phases) <= 5 else phases[:5] + [f"... {len(phases) - 5} more"]
-        warning = EmptyQueryWarning(f"query {name!r} returned no series from {url} in {len(phases)} phase(s) "
-                                    f"{shown}; PromQL: {promql}")
+        warning = EmptyQueryWarning(
+            f"query {name!r} returned no series from {url} in {len(phases)} phase(s) {shown}; PromQL: {promql}"
+        )
         warning.query_name, warning.phases, warning.promql = name, list(phases), promql  # for callers that count
         warnings.warn(warning, stacklevel=3)
     if not cols["time"]:
@@ -185,19 +210,28 @@ def _run(url: str, queries: list, phase_list: list[Phase], step_s: float, window
     return frame
 
 
-def query_phases(url: str, query_names: Iterable[str], phases: Iterable[Any], step_s: float | None = None,
-                 params: Mapping[str, Any] | None = None, *, scrape_interval_s: float | None = None,
-                 window: str | float | None = None, timeout_s: float = 30.0, retries: int = 1,
-                 max_points: int = MAX_POINTS) -> pd.DataFrame:
+def query_phases(
+    url: str,
+    query_names: Iterable[str],
+    phases: Iterable[Any],
+    step_s: float | None = None,
+    params: Mapping[str, Any] | None = None,
+    *,
+    scrape_interval_s: float | None = None,
+    window: str | float | None = None,
+    timeout_s: float = 30.0,
+    retries: int = 1,
+    max_points: int = MAX_POINTS,
+) -> pd.DataFrame:
     """Run catalogue queries over every phase; return one tidy frame (see module doc).
 
     ``phases``: ``(name, start_utc, end_utc)`` tuples or objects with ``name``/``start``/``end``.
     ``params``: label matchers for :meth:`Query.render` (str exact, list = any of, Prefix).
     ``step_s`` defaults to the scrape interval (``scrape_interval_s``, else read from Prometheus's
     config); ``window`` (rate window) defaults to 4 scrape intervals (4 steps if only ``step_s``
-    is given), so the first points of a phase still see the end of the previous one. Derived queries over a whole range (``Query.over_range``,
-    e.g. energy per request) give one point per phase, at its end. Ranges over ``max_points``
-    points are split into chunks. A query with no series emits :class:`EmptyQueryWarning` (once
+    is given), so the first points of a phase still see the end of the previous one. Derived queries over a whole
+    range (``Query.over_range``, e.g. energy per request) give one point per phase, at its end. Ranges over
+    ``max_points`` points are split into chunks. A query with no series emits :class:`EmptyQueryWarning` (once
     per query, naming the phases). Raises :class:`PrometheusQueryError` if Prometheus is down,
     slower than ``timeout_s``, or answers an error; KeyError/ValueError for bad names or params.
     """
@@ -213,16 +247,40 @@ def query_phases(url: str, query_names: Iterable[str], phases: Iterable[Any], st
 
 #: Queries saved for every local run (our server's metrics and NVML; DCGM/cAdvisor need a cluster).
 RUN_QUERIES = (
-    "throughput", "requests_total", "error_rate", "latency_mean", "latency_p50", "latency_p95", "latency_p99", "queue_wait_mean",
-    "queue_wait_p95", "compute_time_mean", "batch_size_mean", "inflight", "items_per_second", "gc_pause_ratio", "gpu_util_nvml",
-    "gpu_memory_used_nvml", "gpu_power_nvml", "gpu_energy_nvml", "energy_per_request_nvml",
+    "throughput",
+    "requests_total",
+    "error_rate",
+    "latency_mean",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "queue_wait_mean",
+    "queue_wait_p95",
+    "compute_time_mean",
+    "batch_size_mean",
+    "inflight",
+    "items_per_second",
+    "gc_pause_ratio",
+    "gpu_util_nvml",
+    "gpu_memory_used_nvml",
+    "gpu_power_nvml",
+    "gpu_energy_nvml",
+    "energy_per_request_nvml",
 )
 
 
-def query_run_phases(url: str, results: Iterable[Mapping[str, Any]], step_s: float | None = None,
-                     query_names: Iterable[str] = RUN_QUERIES, *, scrape_interval_s: float | None = None,
-                     window: str | float | None = None, timeout_s: float = 30.0, retries: int = 1,
-                     max_points: int = MAX_POINTS) -> pd.DataFrame:
+def query_run_phases(
+    url: str,
+    results: Iterable[Mapping[str, Any]],
+    step_s: float | None = None,
+    query_names: Iterable[str] = RUN_QUERIES,
+    *,
+    scrape_interval_s: float | None = None,
+    window: str | float | None = None,
+    timeout_s: float = 30.0,
+    retries: int = 1,
+    max_points: int = MAX_POINTS,
+) -> pd.DataFrame:
     """:func:`query_phases` for load results (``gawm_lib.loadgen.run_load``): each result's
     ``phases`` (dicts with ``phase``, ``step``, ``level``, ``start_unix_ns``, ``end_unix_ns``) are
     queried with ``params={"workload": result["workload"]}``. The frame has the tidy columns plus
@@ -237,12 +295,17 @@ def query_run_phases(url: str, results: Iterable[Mapping[str, Any]], step_s: flo
     for result in results:
         workload = str(result["workload"])
         raw = list(result.get("phases") or [])
-        phase_list = [Phase(str(p["phase"]), datetime.fromtimestamp(p["start_unix_ns"] / 1e9, timezone.utc),
-                            datetime.fromtimestamp(p["end_unix_ns"] / 1e9, timezone.utc)) for p in raw]
+        phase_list = [
+            Phase(
+                str(p["phase"]),
+                datetime.fromtimestamp(p["start_unix_ns"] / 1e9, UTC),
+                datetime.fromtimestamp(p["end_unix_ns"] / 1e9, UTC),
+            )
+            for p in raw
+        ]
         if not phase_list:
             continue
-        frame = _run(url, queries, phase_list, step_s, window, {"workload": workload}, timeout_s, retries,
-                     max_points)
+        frame = _run(url, queries, phase_list, step_s, window, {"workload": workload}, timeout_s, retries, max_points)
         index = frame.pop("_phase_index")
         frame["workload"] = workload
         frame["step"] = [int(raw[i].get("step", -1)) for i in index]
@@ -273,7 +336,7 @@ def load_run_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 def phases_from_now(*names_and_seconds: tuple[str, float], end: datetime | None = None) -> list[Phase]:
     """Consecutive phases ending at ``end`` (default now), e.g. ``("warmup", 5), ("steady", 10)``."""
-    t = _utc(end or datetime.now(timezone.utc)) - timedelta(seconds=sum(s for _, s in names_and_seconds))
+    t = _utc(end or datetime.now(UTC)) - timedelta(seconds=sum(s for _, s in names_and_seconds))
     out = []
     for name, seconds in names_and_seconds:
         out.append(Phase(name, t, t + timedelta(seconds=seconds)))

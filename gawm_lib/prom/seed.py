@@ -86,11 +86,15 @@ DEFAULT_TZ = "UTC"
 #: The seed's exports have a 5 s step.
 SEED_STEP_S = 5.0
 
-_CSV_NAME = re.compile(r"(?P<run>(?P<workload>[A-Za-z0-9][A-Za-z0-9_.-]*?)_r(?P<replicas>\d+))_"
-                       r"(?P<metric>[A-Za-z0-9][A-Za-z0-9_.:-]*?)_(?P<stamp>\d{8}_\d{6})\.csv\Z")
+_CSV_NAME = re.compile(
+    r"(?P<run>(?P<workload>[A-Za-z0-9][A-Za-z0-9_.-]*?)_r(?P<replicas>\d+))_"
+    r"(?P<metric>[A-Za-z0-9][A-Za-z0-9_.:-]*?)_(?P<stamp>\d{8}_\d{6})\.csv\Z"
+)
 _RUN_DIR = re.compile(r"(?P<workload>[A-Za-z0-9][A-Za-z0-9_.-]*?)_r(?P<replicas>\d+)\Z")
-_PHASE_NAME = re.compile(r"(?:(?P<run>(?P<workload>[A-Za-z0-9][A-Za-z0-9_.-]*?)_r(?P<replicas>\d+))_|_)?"
-                         r"timestamps(?:_(?P<stamp>\d{8}_\d{6}))?\.txt\Z")
+_PHASE_NAME = re.compile(
+    r"(?:(?P<run>(?P<workload>[A-Za-z0-9][A-Za-z0-9_.-]*?)_r(?P<replicas>\d+))_|_)?"
+    r"timestamps(?:_(?P<stamp>\d{8}_\d{6}))?\.txt\Z"
+)
 _EXPECT = "<workload>_r<N>_<metric>_<YYYYmmdd_HHMMSS>.csv, in the folder or in a folder <workload>_r<N>/"
 
 
@@ -113,33 +117,75 @@ def _aliases(query: str, factor: float, seed_unit: str, *names: str) -> dict[str
 
 #: Seed metric name (lower case) -> catalogue query, factor to the catalogue's unit, and the seed's unit. Catalogue
 #: names themselves are accepted too, in the catalogue's units (factor 1).
-SEED_METRICS: Mapping[str, SeedMetric] = MappingProxyType({
-    **_aliases("gpu_util_dcgm", 0.01, "percent", "gpu_util", "gpu_utilization", "gpu_utilisation",
-               "gpu_util_percent", "dcgm_fi_dev_gpu_util"),
-    **_aliases("gpu_memory_used_dcgm", 2.0**20, "MiB", "gpu_mem", "gpu_mem_used", "gpu_memory", "gpu_memory_used",
-               "gpu_memory_used_mib", "gpu_fb_used", "dcgm_fi_dev_fb_used"),
-    **_aliases("gpu_power_dcgm", 1.0, "W", "gpu_power", "power", "gpu_power_usage", "gpu_power_watts",
-               "dcgm_fi_dev_power_usage"),
-    **_aliases("gpu_temp_dcgm", 1.0, "°C", "gpu_temp", "gpu_temperature", "temperature", "dcgm_fi_dev_gpu_temp"),
-    **_aliases("container_cpu", 1.0, "cores", "cpu", "cpu_usage", "cpu_cores", "container_cpu_usage"),
-    **_aliases("latency_p50", 1e-3, "ms", "latency_p50_ms", "p50_latency_ms", "p50_ms"),
-    **_aliases("latency_p95", 1e-3, "ms", "latency_p95_ms", "p95_latency_ms", "p95_ms"),
-    **_aliases("latency_p99", 1e-3, "ms", "latency_p99_ms", "p99_latency_ms", "p99_ms"),
-    **_aliases("latency_mean", 1e-3, "ms", "latency_mean_ms", "mean_latency_ms", "latency_avg_ms"),
-    **_aliases("throughput", 1.0, "req/s", "rps", "requests_per_second", "throughput_rps", "request_rate"),
-})
+SEED_METRICS: Mapping[str, SeedMetric] = MappingProxyType(
+    {
+        **_aliases(
+            "gpu_util_dcgm",
+            0.01,
+            "percent",
+            "gpu_util",
+            "gpu_utilization",
+            "gpu_utilisation",
+            "gpu_util_percent",
+            "dcgm_fi_dev_gpu_util",
+        ),
+        **_aliases(
+            "gpu_memory_used_dcgm",
+            2.0**20,
+            "MiB",
+            "gpu_mem",
+            "gpu_mem_used",
+            "gpu_memory",
+            "gpu_memory_used",
+            "gpu_memory_used_mib",
+            "gpu_fb_used",
+            "dcgm_fi_dev_fb_used",
+        ),
+        **_aliases(
+            "gpu_power_dcgm",
+            1.0,
+            "W",
+            "gpu_power",
+            "power",
+            "gpu_power_usage",
+            "gpu_power_watts",
+            "dcgm_fi_dev_power_usage",
+        ),
+        **_aliases("gpu_temp_dcgm", 1.0, "°C", "gpu_temp", "gpu_temperature", "temperature", "dcgm_fi_dev_gpu_temp"),
+        **_aliases("container_cpu", 1.0, "cores", "cpu", "cpu_usage", "cpu_cores", "container_cpu_usage"),
+        **_aliases("latency_p50", 1e-3, "ms", "latency_p50_ms", "p50_latency_ms", "p50_ms"),
+        **_aliases("latency_p95", 1e-3, "ms", "latency_p95_ms", "p95_latency_ms", "p95_ms"),
+        **_aliases("latency_p99", 1e-3, "ms", "latency_p99_ms", "p99_latency_ms", "p99_ms"),
+        **_aliases("latency_mean", 1e-3, "ms", "latency_mean_ms", "mean_latency_ms", "latency_avg_ms"),
+        **_aliases("throughput", 1.0, "req/s", "rps", "requests_per_second", "throughput_rps", "request_rate"),
+    }
+)
 
 #: The seed study's figures: figure name -> the queries of its panels (top to bottom).
-SEED_FIGURES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "gpu_util": ("gpu_util_dcgm",), "gpu_memory": ("gpu_memory_used_dcgm",), "gpu_power": ("gpu_power_dcgm",),
-    "gpu_temp": ("gpu_temp_dcgm",), "cpu": ("container_cpu",), "latency": ("latency_p50", "latency_p95"),
-})
+SEED_FIGURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "gpu_util": ("gpu_util_dcgm",),
+        "gpu_memory": ("gpu_memory_used_dcgm",),
+        "gpu_power": ("gpu_power_dcgm",),
+        "gpu_temp": ("gpu_temp_dcgm",),
+        "cpu": ("container_cpu",),
+        "latency": ("latency_p50", "latency_p95"),
+    }
+)
 
 
 def seed_metric_table() -> pd.DataFrame:
     """The name mapping of :data:`SEED_METRICS` as a table (seed name, seed unit, query, its unit, factor)."""
-    rows = [{"seed name": name, "seed unit": m.seed_unit, "query": m.query, "unit": CATALOGUE[m.query].unit,
-             "factor": m.factor} for name, m in SEED_METRICS.items()]
+    rows = [
+        {
+            "seed name": name,
+            "seed unit": m.seed_unit,
+            "query": m.query,
+            "unit": CATALOGUE[m.query].unit,
+            "factor": m.factor,
+        }
+        for name, m in SEED_METRICS.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -160,12 +206,15 @@ def check_tz(tz: str | None) -> str:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=3)
-        raise ValueError(f"tz={name!r} is not a time zone (an IANA name such as 'Europe/Berlin' or 'UTC')"
-                         + (f"; did you mean {close}?" if close else "")) from None
+        raise ValueError(
+            f"tz={name!r} is not a time zone (an IANA name such as 'Europe/Berlin' or 'UTC')"
+            + (f"; did you mean {close}?" if close else "")
+        ) from None
     return name
 
 
 # --- reading ---------------------------------------------------------------------------------------------------------
+
 
 def _read_rows(path: Path, first: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the data rows of a comma-separated file, each row with its 1-based line number. Rows that are
@@ -196,13 +245,16 @@ def _read_rows(path: Path, first: str) -> tuple[list[str], list[tuple[int, list[
 
 def _cut_short(path: Path, line: int, fields: list[str], header: list[str]) -> None:
     if len(fields) > len(header):
-        raise SeedCsvError(f"{path}: line {line}: {len(fields)} fields, but the header {','.join(header)} has "
-                           f"{len(header)}")
+        raise SeedCsvError(
+            f"{path}: line {line}: {len(fields)} fields, but the header {','.join(header)} has {len(header)}"
+        )
     empty = [h for h, f in zip(header, fields) if f == ""]
     if len(fields) < len(header) or empty:
-        missing = header[len(fields):] if len(fields) < len(header) else empty
-        raise SeedCsvError(f"{path}: line {line}: the line is cut short: {','.join(fields)!r} has no "
-                           f"{', '.join(missing)} (header {','.join(header)})")
+        missing = header[len(fields) :] if len(fields) < len(header) else empty
+        raise SeedCsvError(
+            f"{path}: line {line}: the line is cut short: {','.join(fields)!r} has no "
+            f"{', '.join(missing)} (header {','.join(header)})"
+        )
 
 
 _ISO_HINT = "Unix seconds or milliseconds, or ISO 8601 such as 2025-06-12 14:00:00 or 2025-06-12T12:00:00Z"
@@ -217,8 +269,10 @@ def _parse_times(texts: list[str], lines: list[int], path: Path, tz: str) -> tup
     if finite.any():
         if not finite.all():
             i = int((~finite).to_numpy().argmax())
-            raise SeedCsvError(f"{path}: line {lines[i]}: timestamp {texts[i]!r} is not a time like the other lines "
-                               f"(Unix {'milliseconds' if numbers.abs().max() > 1e11 else 'seconds'})")
+            raise SeedCsvError(
+                f"{path}: line {lines[i]}: timestamp {texts[i]!r} is not a time like the other lines "
+                f"(Unix {'milliseconds' if numbers.abs().max() > 1e11 else 'seconds'})"
+            )
         unit = "ms" if numbers.abs().max() > 1e11 else "s"
         try:
             times = pd.to_datetime(numbers.astype("float64"), unit=unit, utc=True)
@@ -238,8 +292,10 @@ def _parse_times(texts: list[str], lines: list[int], path: Path, tz: str) -> tup
     aware = [p.tzinfo is not None for p in parsed]
     if any(aware) and not all(aware):
         i = aware.index(not aware[0])
-        raise SeedCsvError(f"{path}: line {lines[i]}: timestamp {texts[i]!r} "
-                           f"{'has a UTC offset' if aware[i] else 'has no UTC offset'}, unlike line {lines[0]}")
+        raise SeedCsvError(
+            f"{path}: line {lines[i]}: timestamp {texts[i]!r} "
+            f"{'has a UTC offset' if aware[i] else 'has no UTC offset'}, unlike line {lines[0]}"
+        )
     if all(aware):
         return pd.DatetimeIndex([p.tz_convert("UTC") for p in parsed]), "ISO 8601 with a UTC offset"
     naive = pd.DatetimeIndex(parsed)
@@ -251,8 +307,10 @@ def _parse_times(texts: list[str], lines: list[int], path: Path, tz: str) -> tup
                 pd.Timestamp(p).tz_localize(tz, ambiguous="raise", nonexistent="raise")
             except ValueError as exc:
                 kind = "does not exist" if "nonexistent" in str(exc) else "is ambiguous"
-                raise SeedCsvError(f"{path}: line {lines[i]}: local time {texts[i]!r} {kind} in {tz} (daylight "
-                                   "saving); export Unix times or times with a UTC offset") from None
+                raise SeedCsvError(
+                    f"{path}: line {lines[i]}: local time {texts[i]!r} {kind} in {tz} (daylight "
+                    "saving); export Unix times or times with a UTC offset"
+                ) from None
         raise
     return local.tz_convert("UTC"), f"local time, {tz}"
 
@@ -269,21 +327,32 @@ def _parse_csv_name(path: Path, root: Path) -> re.Match:
     try:
         datetime.strptime(m.group("stamp"), "%Y%m%d_%H%M%S")
     except ValueError:
-        raise SeedCsvError(f"{path}: bad export timestamp {m.group('stamp')!r} in the file name (expected "
-                           "YYYYmmdd_HHMMSS)") from None
+        raise SeedCsvError(
+            f"{path}: bad export timestamp {m.group('stamp')!r} in the file name (expected YYYYmmdd_HHMMSS)"
+        ) from None
     return m
 
 
-def read_seed_csv(path: str | os.PathLike, root: str | os.PathLike | None = None, tz: str | None = None,
-                  phase: str = "seed", metrics: Mapping[str, Any] | None = None,
-                  drop_nonfinite: bool = False) -> pd.DataFrame:
+def read_seed_csv(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    tz: str | None = None,
+    phase: str = "seed",
+    metrics: Mapping[str, Any] | None = None,
+    drop_nonfinite: bool = False,
+) -> pd.DataFrame:
     """One export file -> tidy frame with ``workload`` and ``replicas`` (all rows in ``phase``). ``attrs["file"]``
     describes the file (metric, query, factor, rows, time basis, dropped lines). ``root`` is the folder of the
     exports (default: the file's folder, or its parent for a file in a ``<workload>_r<N>/`` folder)."""
     path = Path(path)
     if root is None:
-        root = path.parent.parent if _RUN_DIR.match(path.parent.name) and _CSV_NAME.match(path.name) \
-            and _CSV_NAME.match(path.name).group("run") == path.parent.name else path.parent
+        root = (
+            path.parent.parent
+            if _RUN_DIR.match(path.parent.name)
+            and _CSV_NAME.match(path.name)
+            and _CSV_NAME.match(path.name).group("run") == path.parent.name
+            else path.parent
+        )
     root = Path(root)
     tz = check_tz(tz)
     name = _parse_csv_name(path, root)
@@ -291,8 +360,9 @@ def read_seed_csv(path: str | os.PathLike, root: str | os.PathLike | None = None
     header, rows = _read_rows(path, "the header timestamp,value and data lines")
     missing = [c for c in ("timestamp", "value") if c not in header]
     if missing:
-        raise SeedCsvError(f"{path}: line 1: missing column(s) {missing}; found {header} "
-                           "(expected the header timestamp,value)")
+        raise SeedCsvError(
+            f"{path}: line 1: missing column(s) {missing}; found {header} (expected the header timestamp,value)"
+        )
     if len(set(header)) != len(header):
         raise SeedCsvError(f"{path}: line 1: a column is named twice in the header {header}")
     if not rows:
@@ -314,29 +384,49 @@ def read_seed_csv(path: str | os.PathLike, root: str | os.PathLike | None = None
             if drop_nonfinite:
                 dropped += 1
                 continue
-            raise SeedCsvError(f"{path}: line {line}: value {text!r} is not finite (drop_nonfinite=True drops "
-                               "such lines)")
+            raise SeedCsvError(
+                f"{path}: line {line}: value {text!r} is not finite (drop_nonfinite=True drops such lines)"
+            )
         value *= factor
         if unit == "ratio" and not -1e-9 <= value <= 1.0 + 1e-9:
             hint = "percent exports are named e.g. gpu_util (converted /100)" if factor == 1.0 else "check the unit"
-            raise SeedCsvError(f"{path}: line {line}: value {text!r} is {value:g} as a ratio of {query}, outside "
-                               f"0..1 ({hint})")
+            raise SeedCsvError(
+                f"{path}: line {line}: value {text!r} is {value:g} as a ratio of {query}, outside 0..1 ({hint})"
+            )
         keep_lines.append(line)
         keep_times.append(fields[it])
         values.append(value)
         label_rows.append(labels_json({h: fields[i] for i, h in label_cols if fields[i] != ""}))
     times, basis = _parse_times(keep_times, keep_lines, path, tz)
-    frame = pd.DataFrame({
-        "time": pd.Series(times, dtype="datetime64[ns, UTC]"), "query": query,
-        "value": pd.Series(values, dtype="float64"), "unit": unit, "labels": label_rows, "phase": phase,
-        "workload": workload, "replicas": replicas,
-    }, index=range(len(values)))
-    frame = frame.astype({"query": "str", "unit": "str", "labels": "str", "phase": "str", "workload": "str",
-                          "replicas": "int64"})
+    frame = pd.DataFrame(
+        {
+            "time": pd.Series(times, dtype="datetime64[ns, UTC]"),
+            "query": query,
+            "value": pd.Series(values, dtype="float64"),
+            "unit": unit,
+            "labels": label_rows,
+            "phase": phase,
+            "workload": workload,
+            "replicas": replicas,
+        },
+        index=range(len(values)),
+    )
+    frame = frame.astype(
+        {"query": "str", "unit": "str", "labels": "str", "phase": "str", "workload": "str", "replicas": "int64"}
+    )
     frame.attrs["file"] = {
-        "file": str(path), "workload": workload, "replicas": replicas, "metric": metric, "query": query,
-        "seed_unit": mapped.seed_unit if mapped else "", "unit": unit, "factor": factor, "rows": len(frame),
-        "dropped_nonfinite": dropped, "time_basis": basis, "exported": name.group("stamp"),
+        "file": str(path),
+        "workload": workload,
+        "replicas": replicas,
+        "metric": metric,
+        "query": query,
+        "seed_unit": mapped.seed_unit if mapped else "",
+        "unit": unit,
+        "factor": factor,
+        "rows": len(frame),
+        "dropped_nonfinite": dropped,
+        "time_basis": basis,
+        "exported": name.group("stamp"),
         "in_catalogue": query in CATALOGUE,
     }
     return frame
@@ -363,15 +453,19 @@ def read_seed_phases(path: str | os.PathLike, tz: str | None = None) -> pd.DataF
     table = pd.DataFrame({"phase": names, "start": start, "end": end, "line": lines, "time_basis": basis})
     for row in table.itertuples():
         if row.end < row.start:
-            raise SeedCsvError(f"{path}: line {row.line}: phase {row.phase!r} ends before it starts "
-                               f"({row.end.isoformat()} < {row.start.isoformat()} UTC)")
-        if (table["phase"].iloc[:row.Index] == row.phase).any():
+            raise SeedCsvError(
+                f"{path}: line {row.line}: phase {row.phase!r} ends before it starts "
+                f"({row.end.isoformat()} < {row.start.isoformat()} UTC)"
+            )
+        if (table["phase"].iloc[: row.Index] == row.phase).any():
             raise SeedCsvError(f"{path}: line {row.line}: phase {row.phase!r} is listed twice")
     ordered = table.sort_values("start", kind="stable")
     for prev, nxt in zip(ordered.itertuples(), ordered.iloc[1:].itertuples()):
         if nxt.start < prev.end:
-            raise SeedCsvError(f"{path}: line {nxt.line}: phase {nxt.phase!r} starts before phase {prev.phase!r} "
-                               f"(line {prev.line}) ends")
+            raise SeedCsvError(
+                f"{path}: line {nxt.line}: phase {nxt.phase!r} starts before phase {prev.phase!r} "
+                f"(line {prev.line}) ends"
+            )
     return table
 
 
@@ -387,8 +481,10 @@ def _phase_run(path: Path, root: Path) -> tuple[str, int]:
         return m.group("workload"), int(m.group("replicas"))
     if folder:
         return folder.group("workload"), int(folder.group("replicas"))
-    raise SeedCsvError(f"{path}: which run's phases are these? Name it <workload>_r<N>_timestamps.txt or put it in "
-                       "the run's folder <workload>_r<N>/")
+    raise SeedCsvError(
+        f"{path}: which run's phases are these? Name it <workload>_r<N>_timestamps.txt or put it in "
+        "the run's folder <workload>_r<N>/"
+    )
 
 
 def _assign_phases(frame: pd.DataFrame, phases: pd.DataFrame, default: str) -> pd.Series:
@@ -403,8 +499,13 @@ def _assign_phases(frame: pd.DataFrame, phases: pd.DataFrame, default: str) -> p
     return out
 
 
-def import_seed_csv(root: str | os.PathLike, tz: str | None = None, phase: str = "seed",
-                    metrics: Mapping[str, Any] | None = None, drop_nonfinite: bool = False) -> pd.DataFrame:
+def import_seed_csv(
+    root: str | os.PathLike,
+    tz: str | None = None,
+    phase: str = "seed",
+    metrics: Mapping[str, Any] | None = None,
+    drop_nonfinite: bool = False,
+) -> pd.DataFrame:
     """Every export under ``root`` (see the module's docstring for the layout, times, names and phases) -> one tidy
     frame: the columns of gawm's run metrics (``time``, ``query``, ``value``, ``unit``, ``labels``, ``phase``) plus
     ``workload`` and ``replicas``, in catalogue units, times in UTC.
@@ -416,8 +517,11 @@ def import_seed_csv(root: str | os.PathLike, tz: str | None = None, phase: str =
     if not root.is_dir():
         raise FileNotFoundError(f"seed CSV folder {root} is not a directory")
     zone = check_tz(tz)
-    visible = [p for p in sorted(root.rglob("*")) if p.is_file()
-               and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    visible = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
     csvs = [p for p in visible if p.suffix.lower() == ".csv"]
     phase_files = [p for p in visible if p.suffix.lower() == ".txt" and _PHASE_NAME.match(p.name)]
     frames, files, seen = [], [], {}
@@ -426,9 +530,11 @@ def import_seed_csv(root: str | os.PathLike, tz: str | None = None, phase: str =
         info = frame.attrs.pop("file")
         key = (info["workload"], info["replicas"], info["query"])
         if key in seen:
-            raise SeedCsvError(f"{path}: line 1: the same metric exported twice: {info['metric']!r} and "
-                               f"{seen[key]['metric']!r} of {info['workload']}_r{info['replicas']} are both "
-                               f"{info['query']!r}; the other file is {seen[key]['file']}")
+            raise SeedCsvError(
+                f"{path}: line 1: the same metric exported twice: {info['metric']!r} and "
+                f"{seen[key]['metric']!r} of {info['workload']}_r{info['replicas']} are both "
+                f"{info['query']!r}; the other file is {seen[key]['file']}"
+            )
         seen[key] = info
         files.append(info)
         frames.append(frame)
@@ -436,13 +542,17 @@ def import_seed_csv(root: str | os.PathLike, tz: str | None = None, phase: str =
     for path in phase_files:
         run = _phase_run(path, root)
         if run in phase_of:
-            raise SeedCsvError(f"{path}: line 1: a second phases file for {run[0]}_r{run[1]}; the other is "
-                               f"{phase_of[run]}")
+            raise SeedCsvError(
+                f"{path}: line 1: a second phases file for {run[0]}_r{run[1]}; the other is {phase_of[run]}"
+            )
         phase_of[run] = path
         table = read_seed_phases(path, zone).assign(workload=run[0], replicas=run[1], file=str(path))
         phase_tables.append(table)
-    phases = pd.concat(phase_tables, ignore_index=True) if phase_tables else pd.DataFrame(
-        columns=["phase", "start", "end", "line", "time_basis", "workload", "replicas", "file"])
+    phases = (
+        pd.concat(phase_tables, ignore_index=True)
+        if phase_tables
+        else pd.DataFrame(columns=["phase", "start", "end", "line", "time_basis", "workload", "replicas", "file"])
+    )
     for frame in frames:
         if not len(frame):
             continue
@@ -453,12 +563,16 @@ def import_seed_csv(root: str | os.PathLike, tz: str | None = None, phase: str =
     frames = [f for f in frames if len(f)]
     out = pd.concat(frames, ignore_index=True) if frames else empty_frame({"workload": "str", "replicas": "int64"})
     out = out[[*FRAME_COLUMNS, "workload", "replicas"]]
-    local = [f for f in files if f["time_basis"].startswith("local")] + \
-            [{"file": p} for p in phases["file"].unique() if phases.loc[phases["file"] == p, "time_basis"]
-             .iloc[0].startswith("local")]
+    local = [f for f in files if f["time_basis"].startswith("local")] + [
+        {"file": p}
+        for p in phases["file"].unique()
+        if phases.loc[phases["file"] == p, "time_basis"].iloc[0].startswith("local")
+    ]
     if tz is None:
-        note = (f"local times read as {DEFAULT_TZ}: no tz was given (the seed's exporter wrote its local time; pass "
-                "tz='Europe/Berlin' or its zone)")
+        note = (
+            f"local times read as {DEFAULT_TZ}: no tz was given (the seed's exporter wrote its local time; pass "
+            "tz='Europe/Berlin' or its zone)"
+        )
         if local:
             log.warning("seed import %s: %d file(s) with local times: %s", root, len(local), note)
     else:
@@ -466,16 +580,31 @@ def import_seed_csv(root: str | os.PathLike, tz: str | None = None, phase: str =
         log.info("seed import %s: %s", root, note)
     if not local:
         note += "; no file has local times (Unix epoch or UTC offset: zone-free)"
-    out.attrs.update({
-        "tz": zone, "tz_given": tz is not None, "tz_note": note, "root": str(root), "files": files,
-        "phases": [{"workload": r.workload, "replicas": int(r.replicas), "phase": r.phase,
-                    "start": r.start.isoformat(), "end": r.end.isoformat(), "file": r.file}
-                   for r in phases.itertuples()],
-    })
+    out.attrs.update(
+        {
+            "tz": zone,
+            "tz_given": tz is not None,
+            "tz_note": note,
+            "root": str(root),
+            "files": files,
+            "phases": [
+                {
+                    "workload": r.workload,
+                    "replicas": int(r.replicas),
+                    "phase": r.phase,
+                    "start": r.start.isoformat(),
+                    "end": r.end.isoformat(),
+                    "file": r.file,
+                }
+                for r in phases.itertuples()
+            ],
+        }
+    )
     return out
 
 
 # --- tables and sentences ------------------------------------------------------------------------------------------
+
 
 def _run_order(frame: pd.DataFrame) -> list[tuple[str, int]]:
     from gawm_lib.plots import WORKLOAD_LABEL
@@ -505,11 +634,18 @@ def seed_runs(frame: pd.DataFrame) -> pd.DataFrame:
         mine = files[(files["workload"] == workload) & (files["replicas"] == replicas)] if len(files) else files
         ph = phases[(phases["workload"] == workload) & (phases["replicas"] == replicas)]
         start, end = part["time"].min(), part["time"].max()
-        rows.append({"workload": workload, "replicas": replicas, "metrics": ", ".join(sorted(part["query"].unique())),
-                     "rows": len(part), "first (UTC)": start.strftime("%Y-%m-%d %H:%M:%S"),
-                     "span [s]": round((end - start).total_seconds(), 1),
-                     "phases": ", ".join(ph.sort_values("start")["phase"]) or "-",
-                     "times read as": "; ".join(sorted(set(mine["time_basis"]))) if len(mine) else ""})
+        rows.append(
+            {
+                "workload": workload,
+                "replicas": replicas,
+                "metrics": ", ".join(sorted(part["query"].unique())),
+                "rows": len(part),
+                "first (UTC)": start.strftime("%Y-%m-%d %H:%M:%S"),
+                "span [s]": round((end - start).total_seconds(), 1),
+                "phases": ", ".join(ph.sort_values("start")["phase"]) or "-",
+                "times read as": "; ".join(sorted(set(mine["time_basis"]))) if len(mine) else "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -532,9 +668,18 @@ def seed_means(frame: pd.DataFrame, phase: str = "") -> pd.DataFrame:
         if chosen:
             part = part[part["phase"] == chosen]
         for query, group in part.groupby("query", sort=True):
-            rows.append({"workload": workload, "replicas": replicas, "phase": chosen or "all samples",
-                         "query": query, "unit": group["unit"].iloc[0], "mean": group["value"].mean(),
-                         "max": group["value"].max(), "n": len(group)})
+            rows.append(
+                {
+                    "workload": workload,
+                    "replicas": replicas,
+                    "phase": chosen or "all samples",
+                    "query": query,
+                    "unit": group["unit"].iloc[0],
+                    "mean": group["value"].mean(),
+                    "max": group["value"].max(),
+                    "n": len(group),
+                }
+            )
     return pd.DataFrame(rows, columns=["workload", "replicas", "phase", "query", "unit", "mean", "max", "n"])
 
 
@@ -543,8 +688,11 @@ def seed_result_table(means: pd.DataFrame, queries: Iterable[str] | None = None)
     the ``phase`` column only where the runs' phases differ."""
     from gawm_lib import plots
 
-    order = [q for q in (queries or [q for names in SEED_FIGURES.values() for q in names] + ["throughput"])
-             if q in set(means["query"])]
+    order = [
+        q
+        for q in (queries or [q for names in SEED_FIGURES.values() for q in names] + ["throughput"])
+        if q in set(means["query"])
+    ]
     rows = []
     for (workload, replicas, phase), group in means.groupby(["workload", "replicas", "phase"], sort=False):
         row = {"workload": workload, "replicas": replicas, "phase": phase}
@@ -563,14 +711,20 @@ def _fmt(query: str, unit: str, value: float) -> str:
     from gawm_lib import plots
 
     label, factor = plots.query_axis_label(query, unit)
-    shown = label[label.rfind("[") + 1:-1]
+    shown = label[label.rfind("[") + 1 : -1]
     number = value * factor
     text = f"{number:.0f}" if abs(number) >= 100 else f"{number:.3g}"
     return f"{text} {shown}" if shown != "%" else f"{text} %"
 
 
-_WORDS = {"gpu_util_dcgm": "GPU utilisation", "gpu_power_dcgm": "GPU power", "latency_p95": "p95 latency",
-          "container_cpu": "CPU use", "gpu_memory_used_dcgm": "GPU memory", "throughput": "throughput"}
+_WORDS = {
+    "gpu_util_dcgm": "GPU utilisation",
+    "gpu_power_dcgm": "GPU power",
+    "latency_p95": "p95 latency",
+    "container_cpu": "CPU use",
+    "gpu_memory_used_dcgm": "GPU memory",
+    "throughput": "throughput",
+}
 
 
 def describe_seed(means: pd.DataFrame) -> list[str]:
@@ -601,8 +755,10 @@ def describe_seed(means: pd.DataFrame) -> list[str]:
         hit = means[means["query"] == query]
         if len(hit):
             top = hit.loc[hit["max"].idxmax()]
-            peaks.append(f"the {words} was {_fmt(query, top['unit'], top['max'])} ({workload_name(top['workload'])}, "
-                         f"{top['replicas']} replica{'s' if top['replicas'] != 1 else ''})")
+            peaks.append(
+                f"the {words} was {_fmt(query, top['unit'], top['max'])} ({workload_name(top['workload'])}, "
+                f"{top['replicas']} replica{'s' if top['replicas'] != 1 else ''})"
+            )
     if peaks:
         sentence = "; ".join(peaks) + "."
         sentences.append(sentence[0].upper() + sentence[1:])
@@ -638,8 +794,10 @@ def seed_timeline(frame: pd.DataFrame, queries: Iterable[str], title: str | None
     phases = seed_phases(frame)
     starts = _run_starts(frame, phases)
     runs = list(starts)
-    span = max((frame.loc[(frame["workload"] == w) & (frame["replicas"] == r), "time"].max() - s).total_seconds()
-               for (w, r), s in starts.items())
+    span = max(
+        (frame.loc[(frame["workload"] == w) & (frame["replicas"] == r), "time"].max() - s).total_seconds()
+        for (w, r), s in starts.items()
+    )
     scale, xunit = (60.0, "min") if span > 900 else (1.0, "s")
     fig, axes = plots.figure(width="single", aspect=0.3 if len(present) > 1 else 0.42, nrows=len(present))
     axes = axes[:, 0]
@@ -670,21 +828,36 @@ def seed_timeline(frame: pd.DataFrame, queries: Iterable[str], title: str | None
                 y = group["value"] * factor
                 (line,) = ax.plot(x, y, color=colour, linestyle=style, linewidth=1.2, label=series)
                 handles.setdefault(series, line)
-                rows += [{"panel": query, "series": series, "run_id": f"seed:{workload}_r{replicas}",
-                          "config": f"replicas={replicas}", "x_name": f"elapsed_{xunit}", "x": xv, "y_name": label,
-                          "y": yv, "kind": "measured", "time_utc": t.isoformat(), "value": v, "unit": unit,
-                          "phase": p}
-                         for xv, yv, t, v, p in zip(x, y, group["time"], group["value"], group["phase"])]
-        ax.set_ylabel(label.replace(" [", "\n[") if len(present) > 1 else label, fontsize=7 if len(present) > 1
-                      else None)
+                rows += [
+                    {
+                        "panel": query,
+                        "series": series,
+                        "run_id": f"seed:{workload}_r{replicas}",
+                        "config": f"replicas={replicas}",
+                        "x_name": f"elapsed_{xunit}",
+                        "x": xv,
+                        "y_name": label,
+                        "y": yv,
+                        "kind": "measured",
+                        "time_utc": t.isoformat(),
+                        "value": v,
+                        "unit": unit,
+                        "phase": p,
+                    }
+                    for xv, yv, t, v, p in zip(x, y, group["time"], group["value"], group["phase"])
+                ]
+        ax.set_ylabel(
+            label.replace(" [", "\n[") if len(present) > 1 else label, fontsize=7 if len(present) > 1 else None
+        )
         if unit != "celsius":
             ax.set_ylim(bottom=0)
     _draw_phases(axes, phases, starts, scale, counts)
     axes[-1].set_xlabel(f"time since the run's start [{xunit}]")
     if title:
         axes[0].set_title(title)
-    fig.legend(list(handles.values()), list(handles), loc="outside upper center", ncols=min(3, len(handles)),
-               frameon=False)
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside upper center", ncols=min(3, len(handles)), frameon=False
+    )
     return plots.attach_data(fig, rows)
 
 
@@ -694,20 +867,35 @@ def _draw_phases(axes, phases: pd.DataFrame, starts: dict, scale: float, counts:
     relative = {}
     for run, start in starts.items():
         ph = phases[(phases["workload"] == run[0]) & (phases["replicas"] == run[1])].sort_values("start")
-        relative[run] = [(r.phase, (r.start - start).total_seconds() / scale, (r.end - start).total_seconds() / scale)
-                         for r in ph.itertuples()]
+        relative[run] = [
+            (r.phase, (r.start - start).total_seconds() / scale, (r.end - start).total_seconds() / scale)
+            for r in ph.itertuples()
+        ]
     if not any(relative.values()):
         return
     first = next(iter(relative.values()))
-    same = all(len(v) == len(first) and all(a[0] == b[0] and abs(a[1] - b[1]) < 1 / scale and abs(a[2] - b[2])
-                                            < 1 / scale for a, b in zip(v, first)) for v in relative.values())
+    same = all(
+        len(v) == len(first)
+        and all(
+            a[0] == b[0] and abs(a[1] - b[1]) < 1 / scale and abs(a[2] - b[2]) < 1 / scale for a, b in zip(v, first)
+        )
+        for v in relative.values()
+    )
     if same:
         for ax in axes:
             for i, (_, s, e) in enumerate(first):
                 ax.axvspan(s, e, color=plots.OKABE_ITO[i % 2 + 5], alpha=0.12, linewidth=0)
         for name, s, e in first:
-            axes[0].text((s + e) / 2, 1.0, name, transform=axes[0].get_xaxis_transform(), ha="center", va="bottom",
-                         fontsize=7, color="0.35")
+            axes[0].text(
+                (s + e) / 2,
+                1.0,
+                name,
+                transform=axes[0].get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="0.35",
+            )
         return
     for run, spans in relative.items():
         i, n = counts[run[0]].index(run[1]), len(counts[run[0]])
@@ -715,5 +903,12 @@ def _draw_phases(axes, phases: pd.DataFrame, starts: dict, scale: float, counts:
         for ax in axes:
             for _, s, _e in spans:
                 ax.axvline(s, color=colour, linestyle=":", linewidth=0.8, alpha=0.7)
-    axes[0].figure.text(0.0, 0.0, "dotted: where each run's phases start (the runs' phases differ)", fontsize=7,
-                        color="0.35", ha="left", va="top")
+    axes[0].figure.text(
+        0.0,
+        0.0,
+        "dotted: where each run's phases start (the runs' phases differ)",
+        fontsize=7,
+        color="0.35",
+        ha="left",
+        va="top",
+    )

@@ -16,12 +16,15 @@ def build_workload(cfg: WorkloadConfig) -> Workload:
     """The workload object for a config (the model is built by ``load()``, not here)."""
     if cfg.name == "resnet50":
         from gawm_lib.workloads.resnet50 import ResNet50
+
         return ResNet50(cfg)
     if cfg.name == "distilbert":
         from gawm_lib.workloads.distilbert import DistilBert
+
         return DistilBert(cfg)
     if cfg.name == "whisper":
         from gawm_lib.workloads.whisper import Whisper
+
         return Whisper(cfg)
     raise ValueError(f"unknown workload {cfg.name!r}")
 

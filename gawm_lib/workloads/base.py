@@ -89,7 +89,7 @@ class Workload(abc.ABC):
         if self.cfg.batch_sizes:
             sizes = [b for b in self.cfg.batch_sizes if b < self.cfg.max_batch_size]
         else:
-            sizes = [2 ** i for i in range(self.cfg.max_batch_size.bit_length()) if 2 ** i < self.cfg.max_batch_size]
+            sizes = [2**i for i in range(self.cfg.max_batch_size.bit_length()) if 2**i < self.cfg.max_batch_size]
         return [*sizes, self.cfg.max_batch_size]
 
     def padded_size(self, n: int) -> int:
@@ -127,8 +127,7 @@ class Workload(abc.ABC):
         """``count`` encoded request items made from real data (photos, sentences, speech), seeded."""
 
     @abc.abstractmethod
-    def warmup_item(self) -> bytes | str:
-        ...
+    def warmup_item(self) -> bytes | str: ...
 
     def request_stats(self, answers: list[dict[str, Any]]) -> dict[str, float]:
         """Per-request totals reported in the response's parameters and metrics (tokens, audio seconds)."""
@@ -157,12 +156,21 @@ class Workload(abc.ABC):
             "name": self.name,
             "versions": ["1"],
             "platform": "pytorch",
-            "inputs": [{"name": s.name, "datatype": s.datatypes[0], "shape": list(s.shape),
-                        "parameters": {"accepts": list(s.datatypes), "description": s.description}}
-                       for s in self.inputs],
+            "inputs": [
+                {
+                    "name": s.name,
+                    "datatype": s.datatypes[0],
+                    "shape": list(s.shape),
+                    "parameters": {"accepts": list(s.datatypes), "description": s.description},
+                }
+                for s in self.inputs
+            ],
             "outputs": [{"name": n, "datatype": d, "shape": [-1, *s]} for n, d, s in self.outputs],
-            "parameters": {"weights": self.weights_info, "settings": self.cfg.model_dump(),
-                           "load_s": round(self.load_s, 3)},
+            "parameters": {
+                "weights": self.weights_info,
+                "settings": self.cfg.model_dump(),
+                "load_s": round(self.load_s, 3),
+            },
         }
 
     def decode_request(self, request: InferRequest) -> list[Any]:
@@ -175,8 +183,9 @@ class Workload(abc.ABC):
         if spec is None:
             raise InferenceError(f"{tensor.field}.name", f"one of {names}", tensor.name)
         if tensor.datatype not in spec.datatypes:
-            raise InferenceError(f"{tensor.field}.datatype", " or ".join(spec.datatypes) + f" for {spec.name!r}",
-                                 tensor.datatype)
+            raise InferenceError(
+                f"{tensor.field}.datatype", " or ".join(spec.datatypes) + f" for {spec.name!r}", tensor.datatype
+            )
         shape = tensor.shape
         want = spec.shape
         fits = len(shape) == len(want) and all(w in (-1, s) for w, s in zip(want, shape))
@@ -185,8 +194,11 @@ class Workload(abc.ABC):
         if not fits or not shape:
             raise InferenceError(f"{tensor.field}.shape", f"{list(want)} (-1: any size)", list(shape))
         if not 1 <= shape[0] <= self.cfg.max_batch_size:
-            raise InferenceError(f"{tensor.field}.shape[0]", f"1 to {self.cfg.max_batch_size} items "
-                                 "(max_batch_size: a request is never split across batches)", shape[0])
+            raise InferenceError(
+                f"{tensor.field}.shape[0]",
+                f"1 to {self.cfg.max_batch_size} items (max_batch_size: a request is never split across batches)",
+                shape[0],
+            )
         return self.decode_tensor(tensor)
 
     def bytes_items(self, tensor: Tensor) -> list[bytes]:
@@ -197,8 +209,10 @@ class Workload(abc.ABC):
                 try:
                     item = base64.b64decode(item, validate=True)
                 except (binascii.Error, ValueError):
-                    raise InferenceError(f"{tensor.field}.data[{index}]", "base64 (binary items travel as base64 in "
-                                         "JSON; or use the binary tensor data extension)") from None
+                    raise InferenceError(
+                        f"{tensor.field}.data[{index}]",
+                        "base64 (binary items travel as base64 in JSON; or use the binary tensor data extension)",
+                    ) from None
             out.append(item)
         return out
 

@@ -8,7 +8,8 @@ The server collates the next batch while the current one runs. On a GPU, :class:
 on a side CUDA stream, so the copy overlaps the running batch; the forward pass waits for the copy's event only.
 
 :class:`GpuCollector` reads the GPUs this process uses at scrape time: torch's allocated and reserved memory, and from
-NVML (``nvidia-ml-py``) utilisation, memory used, power and the energy counter. Without a GPU or NVML it exports nothing.
+NVML (``nvidia-ml-py``) utilisation, memory used, power and the energy counter. Without a GPU or NVML it exports
+nothing.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def stack(arrays: list[Any], rows: int, device: str) -> Any:
     dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
     out = torch.empty((rows, *first.shape), dtype=dtype, pin_memory=device == "cuda")
     view = out.numpy()
-    np.stack(arrays, out=view[:len(arrays)])
-    view[len(arrays):] = first
+    np.stack(arrays, out=view[: len(arrays)])
+    view[len(arrays) :] = first
     return out
 
 
@@ -165,7 +166,7 @@ class GpuCollector:
         self.torch = torch_module
         self.handles: list[tuple[int, str, Any]] = []  # (torch index, NVML index, handle)
 
-    def start(self) -> "GpuCollector":
+    def start(self) -> GpuCollector:
         """Find the GPUs (call once the model is on its device); a machine without them exports nothing."""
         if self.torch is None:
             import torch

@@ -59,7 +59,8 @@ class DistilBert(Workload):
                     f"and is not cached here ({type(exc).__name__}). No package ships DistilBERT weights offline "
                     f"(`gawm weights fetch distilbert` installs only the real vocabulary); save a DistilBERT model of "
                     f"your own in {weights_store.distilbert_own_dir()}, give its path as weights, or use "
-                    "weights: random (same compute, real tokenizer)") from None
+                    "weights: random (same compute, real tokenizer)"
+                ) from None
             info = {"weights": "pretrained" if weights == "pretrained" else "path", "source": source}
         self.id2label = model.config.id2label
         self.pad_id = self.tokenizer.pad_token_id
@@ -80,8 +81,9 @@ class DistilBert(Workload):
         if not raw.strip():
             raise InferenceError(where, "a non-empty string")
         if len(raw) > self.cfg.max_text_chars:
-            raise InferenceError(where, f"at most {self.cfg.max_text_chars} characters (max_text_chars)",
-                                 f"{len(raw)} characters")
+            raise InferenceError(
+                where, f"at most {self.cfg.max_text_chars} characters (max_text_chars)", f"{len(raw)} characters"
+            )
         return raw
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -100,11 +102,11 @@ class DistilBert(Workload):
         width = self.cfg.max_seq_len if static else int(lengths.max())
         rows = self.padded_size(len(items))
         input_ids = np.full((rows, width), self.pad_id, dtype=np.int64)
-        input_ids[:len(items)][np.arange(width) < lengths[:, None]] = np.concatenate(items)
-        input_ids[len(items):] = input_ids[0]  # padding rows repeat the first
+        input_ids[: len(items)][np.arange(width) < lengths[:, None]] = np.concatenate(items)
+        input_ids[len(items) :] = input_ids[0]  # padding rows repeat the first
         mask = np.zeros((rows, width), dtype=np.int64)
-        mask[:len(items)] = np.arange(width) < lengths[:, None]
-        mask[len(items):] = mask[0]
+        mask[: len(items)] = np.arange(width) < lengths[:, None]
+        mask[len(items) :] = mask[0]
         tensors = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
         return self.stager(tensors), lengths.tolist()
 
@@ -122,8 +124,10 @@ class DistilBert(Workload):
         with torch.inference_mode():
             probs = self.device_forward(**staged.get())[:count].cpu().numpy()
         labels, scores = probs.argmax(axis=1), probs.max(axis=1)
-        return [{"label": self.id2label[int(k)], "score": float(p), "tokens": int(n)}
-                for k, p, n in zip(labels, scores, tokens)]
+        return [
+            {"label": self.id2label[int(k)], "score": float(p), "tokens": int(n)}
+            for k, p, n in zip(labels, scores, tokens)
+        ]
 
     def request_stats(self, answers: list[dict[str, Any]]) -> dict[str, float]:
         return {"tokens": sum(a["tokens"] for a in answers)}

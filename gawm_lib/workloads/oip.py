@@ -28,9 +28,19 @@ if TYPE_CHECKING:
 HEADER_LENGTH = "inference-header-content-length"
 # BF16 has no numpy type: it travels as uint16 bit patterns and is widened to float32 on arrival.
 NUMPY_TYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BF16": np.uint16,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BF16": np.uint16,
 }
 DATATYPES = (*NUMPY_TYPES, "BYTES")
 MAX_RANK = 8
@@ -79,8 +89,11 @@ class InferRequest:
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if (not isinstance(value, list) or len(value) > MAX_RANK
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_RANK
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in value)
+    ):
         raise InferenceError(where, f"a list of at most {MAX_RANK} non-negative integers", value)
     return tuple(value)
 
@@ -126,11 +139,11 @@ def _binary_bytes(raw: memoryview, count: int, where: str) -> list[bytes]:
     while offset < len(raw):
         if offset + 4 > len(raw):
             raise InferenceError(where, "a 4-byte little-endian length before each BYTES element", "a truncated length")
-        size = int.from_bytes(raw[offset:offset + 4], "little")
+        size = int.from_bytes(raw[offset : offset + 4], "little")
         offset += 4
         if offset + size > len(raw):
             raise InferenceError(where, f"an element of {size} bytes", f"{len(raw) - offset} bytes left")
-        out.append(bytes(raw[offset:offset + size]))
+        out.append(bytes(raw[offset : offset + size]))
         offset += size
     if len(out) != count:
         raise InferenceError(where, f"{count} BYTES elements (the product of the shape)", len(out))
@@ -153,16 +166,21 @@ def _binary_numbers(raw: memoryview, datatype: str, shape: tuple[int, ...], wher
 SHM_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
-def parse_request(body: bytes, header_length: str | None, output_names: tuple[str, ...],
-                  shared_memory: SharedMemoryRegistry | None = None) -> InferRequest:
+def parse_request(
+    body: bytes,
+    header_length: str | None,
+    output_names: tuple[str, ...],
+    shared_memory: SharedMemoryRegistry | None = None,
+) -> InferRequest:
     """An :class:`InferRequest` from an HTTP body (and its ``Inference-Header-Content-Length`` header, if any);
     ``shared_memory``: the server's registered regions, ``None`` where clients may not use shared memory."""
     json_end = len(body)
     if header_length is not None:
         text = header_length.strip(" \t")
         if not re.fullmatch(r"[0-9]{1,18}", text) or int(text) > len(body):
-            raise InferenceError("Inference-Header-Content-Length", f"an integer in [0, {len(body)}] (the body size)",
-                                 header_length)
+            raise InferenceError(
+                "Inference-Header-Content-Length", f"an integer in [0, {len(body)}] (the body size)", header_length
+            )
         json_end = int(text)
     try:
         doc = json.loads(bytes(memoryview(body)[:json_end]))
@@ -204,26 +222,39 @@ def parse_request(body: bytes, header_length: str | None, output_names: tuple[st
         size = tparams.get("binary_data_size")
         if any(key in tparams for key in SHM_PARAMETERS):
             if shared_memory is None:
-                raise InferenceError(f"{where}.parameters.shared_memory_region",
-                                     "data in the body: this server does not take shared memory (allow_client_shm)")
+                raise InferenceError(
+                    f"{where}.parameters.shared_memory_region",
+                    "data in the body: this server does not take shared memory (allow_client_shm)",
+                )
             if size is not None or "data" in spec:
                 raise InferenceError(f"{where}.parameters", "one of data, binary_data_size or shared_memory_region")
             raw = shared_memory.read(tparams, f"{where}.parameters")
-            data = (_binary_bytes(raw, count, f"{where}.parameters.shared_memory_region") if datatype == "BYTES"
-                    else _binary_numbers(raw, datatype, shape, f"{where}.parameters.shared_memory_byte_size"))
+            data = (
+                _binary_bytes(raw, count, f"{where}.parameters.shared_memory_region")
+                if datatype == "BYTES"
+                else _binary_numbers(raw, datatype, shape, f"{where}.parameters.shared_memory_byte_size")
+            )
         elif size is not None:
             if header_length is None:
-                raise InferenceError(f"{where}.parameters.binary_data_size",
-                                     "an Inference-Header-Content-Length header with binary tensor data")
+                raise InferenceError(
+                    f"{where}.parameters.binary_data_size",
+                    "an Inference-Header-Content-Length header with binary tensor data",
+                )
             if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary) - offset:
-                raise InferenceError(f"{where}.parameters.binary_data_size",
-                                     f"an integer in [0, {len(binary) - offset}] (binary data left)", size)
+                raise InferenceError(
+                    f"{where}.parameters.binary_data_size",
+                    f"an integer in [0, {len(binary) - offset}] (binary data left)",
+                    size,
+                )
             if "data" in spec:
                 raise InferenceError(f"{where}.data", "no 'data' when binary_data_size is given")
-            raw = binary[offset:offset + size]
+            raw = binary[offset : offset + size]
             offset += size
-            data = (_binary_bytes(raw, count, f"{where}.data") if datatype == "BYTES"
-                    else _binary_numbers(raw, datatype, shape, f"{where}.data"))
+            data = (
+                _binary_bytes(raw, count, f"{where}.data")
+                if datatype == "BYTES"
+                else _binary_numbers(raw, datatype, shape, f"{where}.data")
+            )
         else:
             if "data" not in spec:
                 raise InferenceError(f"{where}.data", "the tensor's elements (or parameters.binary_data_size)")
@@ -237,8 +268,9 @@ def parse_request(body: bytes, header_length: str | None, output_names: tuple[st
             data = data.reshape(shape)
         tensors.append(Tensor(name, datatype, shape, data, where))
     if offset != len(binary):
-        raise InferenceError("body", f"{offset} bytes of binary tensor data after the JSON header",
-                             f"{len(binary)} bytes")
+        raise InferenceError(
+            "body", f"{offset} bytes of binary tensor data after the JSON header", f"{len(binary)} bytes"
+        )
     return InferRequest(tensors, request_id, *_requested_outputs(doc.get("outputs"), output_names), binary_all)
 
 
@@ -255,8 +287,10 @@ def _requested_outputs(outputs: Any, known: tuple[str, ...]) -> tuple[list[str] 
             raise InferenceError(f"{where}.name", f"one of {', '.join(known)}", got)
         params = spec.get("parameters", {})
         if isinstance(params, dict) and any(key in params for key in SHM_PARAMETERS):
-            raise InferenceError(f"{where}.parameters.shared_memory_region",
-                                 "outputs in the response body (this server writes none to shared memory)")
+            raise InferenceError(
+                f"{where}.parameters.shared_memory_region",
+                "outputs in the response body (this server writes none to shared memory)",
+            )
         flag = params.get("binary_data", False) if isinstance(params, dict) else None
         if not isinstance(flag, bool):
             raise InferenceError(f"{where}.parameters.binary_data", "true or false", flag)
@@ -276,8 +310,9 @@ class Output:
     values: Any
 
 
-def encode_response(model: str, request: InferRequest, outputs: list[Output],
-                    parameters: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+def encode_response(
+    model: str, request: InferRequest, outputs: list[Output], parameters: dict[str, Any]
+) -> tuple[bytes, dict[str, str]]:
     """The HTTP body and headers answering ``request``: JSON, or a JSON header plus binary outputs."""
     by_name = {o.name: o for o in outputs}
     chosen = [by_name[n] for n in request.outputs] if request.outputs is not None else outputs
@@ -291,8 +326,9 @@ def encode_response(model: str, request: InferRequest, outputs: list[Output],
         if out.datatype == "BYTES":
             values: Any = out.values
             if not binary:
-                entry["data"] = [(v.encode() if isinstance(v, str) else bytes(v)).decode("utf-8", errors="replace")
-                                 for v in values]
+                entry["data"] = [
+                    (v.encode() if isinstance(v, str) else bytes(v)).decode("utf-8", errors="replace") for v in values
+                ]
         else:
             # Finite values only: JSON has no NaN, and a NaN score is no answer.
             values = np.nan_to_num(np.asarray(out.values, dtype=NUMPY_TYPES[out.datatype]).reshape(-1))
@@ -306,8 +342,10 @@ def encode_response(model: str, request: InferRequest, outputs: list[Output],
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
-    return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
-                                        "inference-header-content-length": str(len(header))}
+    return b"".join([header, *blobs]), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
 
 
 def tensor_bytes(datatype: str, values: Any) -> bytes:
@@ -320,9 +358,13 @@ def tensor_bytes(datatype: str, values: Any) -> bytes:
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
-def encode_request(inputs: list[tuple[str, str, list[int], Any]], binary: bool = True,
-                   outputs: list[str] | None = None, binary_outputs: bool = False,
-                   shared_memory: tuple[str, int] | None = None) -> tuple[bytes, dict[str, str]]:
+def encode_request(
+    inputs: list[tuple[str, str, list[int], Any]],
+    binary: bool = True,
+    outputs: list[str] | None = None,
+    binary_outputs: bool = False,
+    shared_memory: tuple[str, int] | None = None,
+) -> tuple[bytes, dict[str, str]]:
     """An inference request body and headers (for tests, samples and benchmarks): inputs as (name, datatype, shape,
     values) with values a numpy array or a list of bytes/str; ``binary`` uses the binary tensor data extension.
     ``shared_memory=(region, offset)``: the inputs' data is not sent but named in that registered region, back to back
@@ -338,8 +380,11 @@ def encode_request(inputs: list[tuple[str, str, list[int], Any]], binary: bool =
         if shared_memory is not None:
             region, offset = shared_memory
             size = len(tensor_bytes(datatype, values))
-            entry["parameters"] = {"shared_memory_region": region, "shared_memory_byte_size": size,
-                                   "shared_memory_offset": offset}
+            entry["parameters"] = {
+                "shared_memory_region": region,
+                "shared_memory_byte_size": size,
+                "shared_memory_offset": offset,
+            }
             shared_memory = (region, offset + size)
         elif binary:
             blob = tensor_bytes(datatype, values)
@@ -353,5 +398,7 @@ def encode_request(inputs: list[tuple[str, str, list[int], Any]], binary: bool =
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
-    return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
-                                        "inference-header-content-length": str(len(header))}
+    return b"".join([header, *blobs]), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }

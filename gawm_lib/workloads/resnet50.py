@@ -31,15 +31,24 @@ class ResNet50(Workload):
     name = "resnet50"
     inputs = (
         InputSpec("image", ("BYTES",), (-1,), "JPEG/PNG files (base64 in JSON, raw with the binary extension)"),
-        InputSpec("pixel_values", ("UINT8", "FP32", "FP16", "BF16"), (-1, 3, SIZE, SIZE),
-                  "pre-processed RGB: UINT8 0..255, or floats normalised with the ImageNet mean/std"),
+        InputSpec(
+            "pixel_values",
+            ("UINT8", "FP32", "FP16", "BF16"),
+            (-1, 3, SIZE, SIZE),
+            "pre-processed RGB: UINT8 0..255, or floats normalised with the ImageNet mean/std",
+        ),
     )
 
     @property
     def outputs(self):
         k = (self.cfg.top_k,)
-        return (("label", "BYTES", ()), ("score", "FP32", ()), ("top_k_labels", "BYTES", k),
-                ("top_k_scores", "FP32", k), ("top_k_indices", "INT32", k))
+        return (
+            ("label", "BYTES", ()),
+            ("score", "FP32", ()),
+            ("top_k_labels", "BYTES", k),
+            ("top_k_scores", "FP32", k),
+            ("top_k_indices", "INT32", k),
+        )
 
     def _build(self):
         import torch
@@ -95,7 +104,9 @@ class ResNet50(Workload):
 
     def decode_tensor(self, tensor: Tensor) -> list[Any]:
         if tensor.name == "image":
-            return [self.decode_item(raw, f"{tensor.field}.data[{i}]") for i, raw in enumerate(self.bytes_items(tensor))]
+            return [
+                self.decode_item(raw, f"{tensor.field}.data[{i}]") for i, raw in enumerate(self.bytes_items(tensor))
+            ]
         array = self.finite(tensor, tensor.data)
         return list(array if array.dtype == np.uint8 else array.astype(np.float32, copy=False))  # rows are views
 
@@ -125,9 +136,13 @@ class ResNet50(Workload):
             scores, indices = self.device_forward(**batch.get())
             scores, indices = scores[:count].cpu().numpy(), indices[:count].cpu().numpy()
         return [
-            {"label": self.categories[int(idx[0])], "score": float(sc[0]),
-             "top_k_labels": [self.categories[int(i)] for i in idx], "top_k_scores": sc.tolist(),
-             "top_k_indices": idx.astype(np.int32).tolist()}
+            {
+                "label": self.categories[int(idx[0])],
+                "score": float(sc[0]),
+                "top_k_labels": [self.categories[int(i)] for i in idx],
+                "top_k_scores": sc.tolist(),
+                "top_k_indices": idx.astype(np.int32).tolist(),
+            }
             for sc, idx in zip(scores, indices)
         ]
 

@@ -27,7 +27,9 @@ def _photo_sources() -> list[Path]:
     import matplotlib
 
     sample_data = Path(matplotlib.get_data_path()) / "sample_data"
-    found = [p for p in (sample_data / "grace_hopper.jpg", sample_data / "Minduka_Present_Blue_Pack.png") if p.is_file()]
+    found = [
+        p for p in (sample_data / "grace_hopper.jpg", sample_data / "Minduka_Present_Blue_Pack.png") if p.is_file()
+    ]
     if not found:
         raise FileNotFoundError(f"no sample photos in {sample_data}: is matplotlib installed with its sample data?")
     return found
@@ -127,8 +129,12 @@ def synthesise(text: str, words_per_min: int = 150) -> bytes:
         return cached.read_bytes()
     if shutil.which("espeak-ng") is None:
         raise FileNotFoundError("espeak-ng is needed to make speech samples: apt-get install espeak-ng")
-    out = subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(words_per_min), "--stdout", text],
-                         capture_output=True, check=True, timeout=60)
+    out = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", str(words_per_min), "--stdout", text],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
     with wave.open(io.BytesIO(out.stdout)) as wav:
         rate = wav.getframerate()
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")

@@ -73,19 +73,22 @@ class SharedMemoryRegistry:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            raise InferenceError("key", f"an existing shared-memory object in {self.root} the server can read",
-                                 key) from exc
+            raise InferenceError(
+                "key", f"an existing shared-memory object in {self.root} the server can read", key
+            ) from exc
         try:
             size = os.fstat(fd).st_size
             if offset + byte_size > size or byte_size == 0:
-                raise InferenceError("byte_size", f"1 to {size - offset} bytes (the object {key!r} has {size})",
-                                     byte_size)
+                raise InferenceError(
+                    "byte_size", f"1 to {size - offset} bytes (the object {key!r} has {size})", byte_size
+                )
             with self._lock:
                 if name in self._regions:
                     raise InferenceError("region name", "a name not registered yet (unregister it first)", name)
                 mapped = mmap.mmap(fd, offset + byte_size, access=mmap.ACCESS_READ)
-                self._regions[name] = Region(name, key, offset, byte_size, fd,
-                                             memoryview(mapped)[offset:offset + byte_size])
+                self._regions[name] = Region(
+                    name, key, offset, byte_size, fd, memoryview(mapped)[offset : offset + byte_size]
+                )
         except BaseException:
             os.close(fd)
             raise
@@ -101,8 +104,9 @@ class SharedMemoryRegistry:
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             if name is not None and name not in self._regions:
-                raise InferenceError("region name", f"a registered region ({', '.join(self._regions) or 'none'})",
-                                     name, 404)
+                raise InferenceError(
+                    "region name", f"a registered region ({', '.join(self._regions) or 'none'})", name, 404
+                )
             return [r.status() for r in self._regions.values() if name is None or r.name == name]
 
     def read(self, params: dict[str, Any], where: str) -> memoryview:
@@ -111,16 +115,21 @@ class SharedMemoryRegistry:
         with self._lock:  # held throughout: an unregister closes the region's descriptor
             region = self._regions.get(name) if isinstance(name, str) else None
             if region is None:
-                raise InferenceError(f"{where}.shared_memory_region",
-                                     f"a registered region ({', '.join(self._regions) or 'none'})", name)
+                raise InferenceError(
+                    f"{where}.shared_memory_region", f"a registered region ({', '.join(self._regions) or 'none'})", name
+                )
             if "shared_memory_byte_size" not in params:
                 raise InferenceError(f"{where}.shared_memory_byte_size", "the tensor's size in bytes, with the region")
             size = _int(params, "shared_memory_byte_size", where)
             offset = _int(params, "shared_memory_offset", where, 0)
             if offset + size > region.byte_size:
-                raise InferenceError(f"{where}.shared_memory_byte_size",
-                                     f"offset + byte size within the region's {region.byte_size} bytes", offset + size)
+                raise InferenceError(
+                    f"{where}.shared_memory_byte_size",
+                    f"offset + byte size within the region's {region.byte_size} bytes",
+                    offset + size,
+                )
             if os.fstat(region.fd).st_size < region.offset + offset + size:
-                raise InferenceError(f"{where}.shared_memory_region", "a shared-memory object that was not shrunk",
-                                     name)
-            return region.view[offset:offset + size]
+                raise InferenceError(
+                    f"{where}.shared_memory_region", "a shared-memory object that was not shrunk", name
+                )
+            return region.view[offset : offset + size]

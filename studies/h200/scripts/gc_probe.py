@@ -32,9 +32,18 @@ def probe(thresholds: tuple[int, int, int] | None, connections: int, duration_s:
     from gawm_lib.bench.server_bench import metric_samples, payloads, served, server_run
     from gawm_lib.config import WorkloadConfig
 
-    cfg = WorkloadConfig(name="distilbert", device="cpu", threads=1, decode_workers=1, max_queue_size=4096,
-                         max_batch_size=64, max_queue_delay_ms=5, max_seq_len=16, warmup_batches=1,
-                         gc_thresholds=thresholds)
+    cfg = WorkloadConfig(
+        name="distilbert",
+        device="cpu",
+        threads=1,
+        decode_workers=1,
+        max_queue_size=4096,
+        max_batch_size=64,
+        max_queue_delay_ms=5,
+        max_seq_len=16,
+        warmup_batches=1,
+        gc_thresholds=thresholds,
+    )
     bodies, headers, _ = payloads(cfg, "encoded", per_request=1, count=64)
     with served(cfg) as replicas:
         replica = replicas[0]
@@ -49,12 +58,19 @@ def probe(thresholds: tuple[int, int, int] | None, connections: int, duration_s:
     generations = {}
     for generation in "012":
         count, total_s = grown("count", generation), grown("sum", generation)
-        generations[generation] = {"collections": int(count), "total_ms": round(1e3 * total_s, 2),
-                                   "mean_ms": round(1e3 * total_s / count, 3) if count else None}
-    return {"gc_thresholds": list(thresholds) if thresholds else "python (700, 10, 10)",
-            "requests_per_s": result["items_per_s"], "latency_ms": result["latency_ms"],
-            "batch_size_mean": result["batch_size_mean"], "generations": generations,
-            "collector_ms_total": round(sum(g["total_ms"] for g in generations.values()), 2)}
+        generations[generation] = {
+            "collections": int(count),
+            "total_ms": round(1e3 * total_s, 2),
+            "mean_ms": round(1e3 * total_s / count, 3) if count else None,
+        }
+    return {
+        "gc_thresholds": list(thresholds) if thresholds else "python (700, 10, 10)",
+        "requests_per_s": result["items_per_s"],
+        "latency_ms": result["latency_ms"],
+        "batch_size_mean": result["batch_size_mean"],
+        "generations": generations,
+        "collector_ms_total": round(sum(g["total_ms"] for g in generations.values()), 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,15 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.connections < 1 or args.duration_s <= 0:
         parser.error("--connections must be >= 1 and --duration-s > 0")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    report = {"benchmark": "gc_probe", "command": " ".join(["python -m studies.h200.scripts.gc_probe", *sys.argv[1:]]),
-              "started_utc": runs.utc_now().isoformat(), "git": runs.git_info(), "host": runs.host_info(),
-              "load_average": os.getloadavg(), "packages": runs.package_versions(),
-              "threads": {"torch_per_server": 1, **runs.thread_settings()}, "results": {}}
+    report = {
+        "benchmark": "gc_probe",
+        "command": " ".join(["python -m studies.h200.scripts.gc_probe", *sys.argv[1:]]),
+        "started_utc": runs.utc_now().isoformat(),
+        "git": runs.git_info(),
+        "host": runs.host_info(),
+        "load_average": os.getloadavg(),
+        "packages": runs.package_versions(),
+        "threads": {"torch_per_server": 1, **runs.thread_settings()},
+        "results": {},
+    }
     for name, thresholds in SETTINGS.items():
         report["results"][name] = row = probe(thresholds, args.connections, args.duration_s)
-        print(f"{name:>15}: {row['requests_per_s']} req/s, collections by generation "
-              f"{[g['collections'] for g in row['generations'].values()]}, {row['collector_ms_total']} ms in all",
-              flush=True)
+        print(
+            f"{name:>15}: {row['requests_per_s']} req/s, collections by generation "
+            f"{[g['collections'] for g in row['generations'].values()]}, {row['collector_ms_total']} ms in all",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     return 0

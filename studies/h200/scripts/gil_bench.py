@@ -66,10 +66,17 @@ def measure(intervals_ms: list[float], repeats: int, ops: int, seed: int = 1) ->
             times[interval]["busy"].append(beside_busy_thread(ops) * 1000)
     finally:
         sys.setswitchinterval(default)
-    return [{"switch_interval_ms": i, "ops": ops,
-             "alone_ms_median": round(statistics.median(t["alone"]), 1),
-             "busy_ms_median": round(statistics.median(t["busy"]), 1), "busy_ms_max": round(max(t["busy"]), 1),
-             "busy_ms": [round(v, 1) for v in t["busy"]]} for i, t in times.items()]
+    return [
+        {
+            "switch_interval_ms": i,
+            "ops": ops,
+            "alone_ms_median": round(statistics.median(t["alone"]), 1),
+            "busy_ms_median": round(statistics.median(t["busy"]), 1),
+            "busy_ms_max": round(max(t["busy"]), 1),
+            "busy_ms": [round(v, 1) for v in t["busy"]],
+        }
+        for i, t in times.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,15 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or RESULTS / "probes" / "gil_switch.json"
     rows = measure(args.intervals_ms, args.repeats, args.ops)
-    record = {"created_utc": runs.utc_now().isoformat(), "git": runs.git_info(), "host": runs.host_info(),
-              "load_average": os.getloadavg(), "python": sys.version.split()[0], "torch_threads": 1,
-              "command": "python -m studies.h200.scripts.gil_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-              "results": rows}
+    record = {
+        "created_utc": runs.utc_now().isoformat(),
+        "git": runs.git_info(),
+        "host": runs.host_info(),
+        "load_average": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "torch_threads": 1,
+        "command": "python -m studies.h200.scripts.gil_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "results": rows,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=str) + "\n")
     for row in rows:
-        print(f"switch interval {row['switch_interval_ms']} ms: {row['ops']} ops alone {row['alone_ms_median']} ms, "
-              f"beside a busy Python thread median {row['busy_ms_median']} ms, worst {row['busy_ms_max']} ms")
+        print(
+            f"switch interval {row['switch_interval_ms']} ms: {row['ops']} ops alone {row['alone_ms_median']} ms, "
+            f"beside a busy Python thread median {row['busy_ms_median']} ms, worst {row['busy_ms_max']} ms"
+        )
     print(f"wrote {out}")
     return 0
 

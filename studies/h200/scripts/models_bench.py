@@ -103,8 +103,14 @@ GPU_KEYS = ("gpu", "gpu_also", "gpu_superseded", "gpu_goal_met", "gpu_goal_met_b
 SETTINGS: dict[str, dict[str, Any]] = {
     "resnet50": {"max_batch_size": 4, "max_queue_delay_ms": 5},
     "distilbert": {"max_batch_size": 8, "max_queue_delay_ms": 5},
-    "whisper": {"max_batch_size": 4, "max_queue_delay_ms": 5, "decode_tokens": 8, "temperatures": [0.0],
-                "timestamps": False, "model_size": "tiny"},
+    "whisper": {
+        "max_batch_size": 4,
+        "max_queue_delay_ms": 5,
+        "decode_tokens": 8,
+        "temperatures": [0.0],
+        "timestamps": False,
+        "model_size": "tiny",
+    },
 }
 
 
@@ -150,12 +156,29 @@ PLANS = {
     "full": Plan(requests=200, min_step_s=30.0),
     # ~2 clips/s: 200 requests take 16 minutes at 10 % utilisation; steps at high load are cheap in time and their p95
     # is the noisiest: at least 150 s each
-    "full-whisper": Plan(requests=200, min_step_s=150.0, fit_batches=10, calibration_requests=100,
-                         speed_check_requests=30),
-    "quick": Plan(requests=40, min_step_s=10.0, fit_s=2.0, fit_batches=8, calibration_requests=40,
-                  calibration_min_s=10.0, speed_check_requests=20, speed_check_min_s=5.0),
-    "quick-whisper": Plan(requests=20, min_step_s=10.0, fit_s=2.0, fit_batches=4, calibration_requests=20,
-                          calibration_min_s=10.0, speed_check_requests=10, speed_check_min_s=5.0),
+    "full-whisper": Plan(
+        requests=200, min_step_s=150.0, fit_batches=10, calibration_requests=100, speed_check_requests=30
+    ),
+    "quick": Plan(
+        requests=40,
+        min_step_s=10.0,
+        fit_s=2.0,
+        fit_batches=8,
+        calibration_requests=40,
+        calibration_min_s=10.0,
+        speed_check_requests=20,
+        speed_check_min_s=5.0,
+    ),
+    "quick-whisper": Plan(
+        requests=20,
+        min_step_s=10.0,
+        fit_s=2.0,
+        fit_batches=4,
+        calibration_requests=20,
+        calibration_min_s=10.0,
+        speed_check_requests=10,
+        speed_check_min_s=5.0,
+    ),
 }
 
 
@@ -174,8 +197,14 @@ def payload_items(workload, name: str, count: int = 32, seed: int = 11) -> list[
 
 
 def _load(workload: str, backend, bodies: Path, out: Path, work: Path, **load: Any) -> tuple[pd.DataFrame, dict]:
-    spec = LoadSpec(workload=workload, model=workload, targets=[r.url for r in backend.replicas],
-                    bodies_path=str(bodies), out_dir=str(out), load=LoadConfig(**load).model_dump())
+    spec = LoadSpec(
+        workload=workload,
+        model=workload,
+        targets=[r.url for r in backend.replicas],
+        bodies_path=str(bodies),
+        out_dir=str(out),
+        load=LoadConfig(**load).model_dump(),
+    )
     result = run_load(spec, work, progress=False)
     return summary.read_requests(out), result
 
@@ -205,9 +234,13 @@ class CpuMeter:
         wall0, busy0, ours0, load0 = self._start
         wall1, busy1, ours1, load1 = self._snapshot()
         span = max(wall1 - wall0, 1e-9)
-        return {"seconds": round(span, 1), "busy_cores": round((busy1 - busy0) / span, 3),
-                "other_processes_cores": round(max(0.0, (busy1 - busy0) - (ours1 - ours0)) / span, 3),
-                "load_average_1m_start": load0, "load_average_1m_end": load1}
+        return {
+            "seconds": round(span, 1),
+            "busy_cores": round((busy1 - busy0) / span, 3),
+            "other_processes_cores": round(max(0.0, (busy1 - busy0) - (ours1 - ours0)) / span, 3),
+            "load_average_1m_start": load0,
+            "load_average_1m_end": load1,
+        }
 
 
 def _batch_times(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -246,11 +279,17 @@ def _overhead(rows: pd.DataFrame) -> float:
 
 
 def _per_size(sizes: np.ndarray, seconds: np.ndarray, slow: np.ndarray) -> dict[int, dict[str, Any]]:
-    return {int(b): {"batches": int((sizes == b).sum()), "interfered": int((slow & (sizes == b)).sum()),
-                     "mean_s": float(seconds[(sizes == b) & ~slow].mean()) if ((sizes == b) & ~slow).any() else None,
-                     "cv": float(seconds[sizes == b].std(ddof=1) / seconds[sizes == b].mean())
-                     if (sizes == b).sum() > 1 else None}
-            for b in np.unique(sizes)}
+    return {
+        int(b): {
+            "batches": int((sizes == b).sum()),
+            "interfered": int((slow & (sizes == b)).sum()),
+            "mean_s": float(seconds[(sizes == b) & ~slow].mean()) if ((sizes == b) & ~slow).any() else None,
+            "cv": float(seconds[sizes == b].std(ddof=1) / seconds[sizes == b].mean())
+            if (sizes == b).sum() > 1
+            else None,
+        }
+        for b in np.unique(sizes)
+    }
 
 
 def _fit_sweep(sweep_rows: pd.DataFrame, max_batch: int) -> tuple[BatchLatencyTable, Any, dict[str, Any]]:
@@ -258,9 +297,12 @@ def _fit_sweep(sweep_rows: pd.DataFrame, max_batch: int) -> tuple[BatchLatencyTa
     sizes, seconds, slow = _batch_times(sweep_rows)
     hinge = fit_batch_latency(sizes[~slow], seconds[~slow]) if np.unique(sizes[~slow]).size >= 2 else None
     table = BatchLatencyTable.from_measurements(sizes[~slow], seconds[~slow], max_batch, fallback=hinge)
-    info = {"batches": int(len(seconds)), "interfered": int(slow.sum()),
-            "interfered_factors": [round(float(f), 3) for f in (seconds / table.predict(sizes))[slow]],
-            "per_batch_size": _per_size(sizes, seconds, slow)}
+    info = {
+        "batches": int(len(seconds)),
+        "interfered": int(slow.sum()),
+        "interfered_factors": [round(float(f), 3) for f in (seconds / table.predict(sizes))[slow]],
+        "per_batch_size": _per_size(sizes, seconds, slow),
+    }
     return table, hinge, info
 
 
@@ -295,22 +337,33 @@ def _calibrate(rows: pd.DataFrame, table: BatchLatencyTable) -> tuple[BatchLaten
     calibrated = [b for b in range(1, len(under_load) + 1) if ((sizes == b) & ~slow).sum() >= MIN_CALIBRATED_BATCHES]
     for b in calibrated:
         under_load[b - 1] = float(seconds[(sizes == b) & ~slow].mean())
-    nearest = {b: min(calibrated, key=lambda c: (abs(c - b), -c)) for b in range(1, len(under_load) + 1)
-               if calibrated and b not in calibrated}
+    nearest = {
+        b: min(calibrated, key=lambda c: (abs(c - b), -c))
+        for b in range(1, len(under_load) + 1)
+        if calibrated and b not in calibrated
+    }
     for b, c in nearest.items():
         under_load[b - 1] = table.seconds[b - 1] * under_load[c - 1] / table.seconds[c - 1]
     service = BatchLatencyTable(tuple(under_load))
     every = seconds / service.predict(sizes)
     factors = every[~slow]
-    info = {"load_factor": load_factor, "load_factor_se": float(ratio[~slow].std(ddof=1) / np.sqrt((~slow).sum())),
-            "sizes_calibrated": calibrated, "min_calibrated_batches": MIN_CALIBRATED_BATCHES,
-            "uncalibrated_scaled_as": nearest,
-            "batches": int(len(seconds)), "interfered": int(slow.sum()),
-            "interfered_factors": [round(float(f), 3) for f in every[slow]],
-            "factor_cv": float(every.std(ddof=1)), "factor_cv_without_interfered": float(factors.std(ddof=1)),
-            "factor_p05": float(np.quantile(factors, 0.05)), "factor_p95": float(np.quantile(factors, 0.95)),
-            "factors_used": "without interfered", "factors": [round(float(f), 4) for f in factors],
-            "per_batch_size": _per_size(sizes, seconds, slow)}
+    info = {
+        "load_factor": load_factor,
+        "load_factor_se": float(ratio[~slow].std(ddof=1) / np.sqrt((~slow).sum())),
+        "sizes_calibrated": calibrated,
+        "min_calibrated_batches": MIN_CALIBRATED_BATCHES,
+        "uncalibrated_scaled_as": nearest,
+        "batches": int(len(seconds)),
+        "interfered": int(slow.sum()),
+        "interfered_factors": [round(float(f), 3) for f in every[slow]],
+        "factor_cv": float(every.std(ddof=1)),
+        "factor_cv_without_interfered": float(factors.std(ddof=1)),
+        "factor_p05": float(np.quantile(factors, 0.05)),
+        "factor_p95": float(np.quantile(factors, 0.95)),
+        "factors_used": "without interfered",
+        "factors": [round(float(f), 4) for f in factors],
+        "per_batch_size": _per_size(sizes, seconds, slow),
+    }
     return service, factors, info
 
 
@@ -329,20 +382,34 @@ def _speed_check(rows: pd.DataFrame, service: BatchLatencyTable) -> dict[str, An
         raise RuntimeError("the speed check ran no batch: is the server answering?")
     ratio = seconds / np.asarray(service.predict(sizes))
     kept = ratio[~slow] if (~slow).any() else ratio
-    return {"factor": float(kept.mean()),
-            "se": float(kept.std(ddof=1) / np.sqrt(kept.size)) if kept.size > 1 else None,
-            "batches": int(len(seconds)), "interfered": int(slow.sum()),
-            "requests": int((rows["phase"] == "step").sum())}
+    return {
+        "factor": float(kept.mean()),
+        "se": float(kept.std(ddof=1) / np.sqrt(kept.size)) if kept.size > 1 else None,
+        "batches": int(len(seconds)),
+        "interfered": int(slow.sum()),
+        "requests": int((rows["phase"] == "step").sum()),
+    }
 
 
 def _step_stats(latency_s: np.ndarray, start_s: float, done_s: np.ndarray) -> dict[str, float]:
     """The measured numbers as :func:`gawm_lib.summary.summarise` computes them: ok / (last done - first due)."""
-    return {"throughput_rps": len(latency_s) / (done_s.max() - start_s),
-            "p50_ms": float(np.percentile(latency_s, 50)) * 1e3, "p95_ms": float(np.percentile(latency_s, 95)) * 1e3}
+    return {
+        "throughput_rps": len(latency_s) / (done_s.max() - start_s),
+        "p50_ms": float(np.percentile(latency_s, 50)) * 1e3,
+        "p95_ms": float(np.percentile(latency_s, 95)) * 1e3,
+    }
 
 
-def replay_step(rows: pd.DataFrame, service, factors: np.ndarray, max_batch: int, delay_s: float, overhead_s: float,
-                replays: int, seed: int = 0) -> dict[str, Any]:
+def replay_step(
+    rows: pd.DataFrame,
+    service,
+    factors: np.ndarray,
+    max_batch: int,
+    delay_s: float,
+    overhead_s: float,
+    replays: int,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Prediction of one held-out step for its own schedule: the due times of its requests (warm-up included, so the
     step starts from the same state) replayed through the fitted server, ``replays`` times with batch-time factors
     drawn from ``factors``; p50/p95 pooled over the replays, throughput and batch size (per batch, and per request)
@@ -361,13 +428,27 @@ def replay_step(rows: pd.DataFrame, service, factors: np.ndarray, max_batch: int
         per_batch.append(in_step.sum() / (1.0 / size[in_step]).sum())  # requests / batches that served them
         per_request.append(size[in_step].mean())
     pooled = np.concatenate(latencies)
-    return {"throughput_rps": float(np.mean(throughput)), "p50_ms": float(np.percentile(pooled, 50)) * 1e3,
-            "p95_ms": float(np.percentile(pooled, 95)) * 1e3, "mean_batch_size": float(np.mean(per_batch)),
-            "mean_batch_size_per_request": float(np.mean(per_request))}
+    return {
+        "throughput_rps": float(np.mean(throughput)),
+        "p50_ms": float(np.percentile(pooled, 50)) * 1e3,
+        "p95_ms": float(np.percentile(pooled, 95)) * 1e3,
+        "mean_batch_size": float(np.mean(per_batch)),
+        "mean_batch_size_per_request": float(np.mean(per_request)),
+    }
 
 
-def noise_floor(rate: float, n_requests: int, n_warmup: int, service, factors: np.ndarray, max_batch: int,
-                delay_s: float, p95_s: float, runs_: int, seed: int = 1000) -> dict[str, float]:
+def noise_floor(
+    rate: float,
+    n_requests: int,
+    n_warmup: int,
+    service,
+    factors: np.ndarray,
+    max_batch: int,
+    delay_s: float,
+    p95_s: float,
+    runs_: int,
+    seed: int = 1000,
+) -> dict[str, float]:
     """Relative error of a step's measured p95 against the steady-state p95 ``p95_s`` when the model is exact: simulated
     Poisson runs of ``n_warmup`` + ``n_requests`` requests of the fitted server (with its service-time variability)."""
     rng = np.random.default_rng(seed)
@@ -376,13 +457,28 @@ def noise_floor(rate: float, n_requests: int, n_warmup: int, service, factors: n
         arrivals = np.cumsum(rng.exponential(1.0 / rate, n_warmup + n_requests))
         lat, _ = replay_batching(arrivals, service, max_batch, delay_s, service_factors=factors, seed=seed + r)
         errors[r] = np.percentile(lat[n_warmup:], 95) / p95_s - 1.0
-    return {"p95_mean_abs_error_pct": float(np.abs(errors).mean() * 100), "p95_sd_pct": float(errors.std() * 100),
-            "p95_bias_pct": float(errors.mean() * 100)}
+    return {
+        "p95_mean_abs_error_pct": float(np.abs(errors).mean() * 100),
+        "p95_sd_pct": float(errors.std() * 100),
+        "p95_bias_pct": float(errors.mean() * 100),
+    }
 
 
-def step_length_for_floor(rate: float, service, factors: np.ndarray, max_batch: int, delay_s: float, *,
-                          target_pct: float, min_s: float, max_s: float, min_requests: int = 0, warmup_s: float = 0.0,
-                          runs_: int = 100, seed: int = 1000) -> dict[str, Any]:
+def step_length_for_floor(
+    rate: float,
+    service,
+    factors: np.ndarray,
+    max_batch: int,
+    delay_s: float,
+    *,
+    target_pct: float,
+    min_s: float,
+    max_s: float,
+    min_requests: int = 0,
+    warmup_s: float = 0.0,
+    runs_: int = 100,
+    seed: int = 1000,
+) -> dict[str, Any]:
     """The shortest held-out step at ``rate`` (seconds, from ``min_s`` to ``max_s``) whose noise floor (the p95 error a
     perfect steady-state model would show on average, :func:`noise_floor`) is at most ``target_pct``, for the fitted
     server ``service`` with batch-time factors ``factors``. A step of ``s`` seconds sends ``max(min_requests, rate *
@@ -402,18 +498,25 @@ def step_length_for_floor(rate: float, service, factors: np.ndarray, max_batch: 
     seconds, tried = float(min_s), []
     while True:
         n = max(int(min_requests), int(np.ceil(rate * seconds)))
-        floor = noise_floor(rate, n, n_warmup, service, factors, max_batch, delay_s, p95_s, runs_,
-                            seed)["p95_mean_abs_error_pct"]
+        floor = noise_floor(rate, n, n_warmup, service, factors, max_batch, delay_s, p95_s, runs_, seed)[
+            "p95_mean_abs_error_pct"
+        ]
         tried.append({"step_s": seconds, "requests": n, "noise_floor_pct": floor})
         if floor <= target_pct or seconds >= max_s:
             break
         seconds = min(float(max_s), max(1.25 * seconds, 1.1 * seconds * (floor / target_pct) ** 2))
-    return {"step_s": seconds, "noise_floor_pct": floor, "target_pct": target_pct, "target_met": floor <= target_pct,
-            "tried": tried}
+    return {
+        "step_s": seconds,
+        "noise_floor_pct": floor,
+        "target_pct": target_pct,
+        "target_met": floor <= target_pct,
+        "tried": tried,
+    }
 
 
-def plan_steps(entry: dict[str, Any], target_pct: float, min_s: float, max_s: float, runs_: int = 100,
-               source: str = "the report") -> list[dict[str, Any]]:
+def plan_steps(
+    entry: dict[str, Any], target_pct: float, min_s: float, max_s: float, runs_: int = 100, source: str = "the report"
+) -> list[dict[str, Any]]:
     """Before a run: how long each held-out step must be for its noise floor to come under ``target_pct``, from a
     recorded entry's fitted server (its table under load, batch-time factors, batching settings and plan). The run
     itself sizes each step again from its own fit (``--max-noise-floor-pct``); this says what that will cost."""
@@ -425,24 +528,44 @@ def plan_steps(entry: dict[str, Any], target_pct: float, min_s: float, max_s: fl
         plan = entry["plan"]
         utilisations, requests, warmup_s = plan["utilisations"], plan["requests"], plan["warmup_s"]
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{source}: the {name} entry lacks {err} (service_used_s, service_variability.factors, "
-                         "settings.max_batch_size / max_queue_delay_ms and plan are needed to plan steps)") from None
+        raise ValueError(
+            f"{source}: the {name} entry lacks {err} (service_used_s, service_variability.factors, "
+            "settings.max_batch_size / max_queue_delay_ms and plan are needed to plan steps)"
+        ) from None
     capacity = big / float(service.predict(big))
-    return [{"utilisation": u, "rate_rps": u * capacity,
-             **step_length_for_floor(u * capacity, service, factors, big, delay_ms / 1e3, target_pct=target_pct,
-                                     min_s=min_s, max_s=max_s, min_requests=requests, warmup_s=warmup_s, runs_=runs_)}
-            for u in utilisations]
+    return [
+        {
+            "utilisation": u,
+            "rate_rps": u * capacity,
+            **step_length_for_floor(
+                u * capacity,
+                service,
+                factors,
+                big,
+                delay_ms / 1e3,
+                target_pct=target_pct,
+                min_s=min_s,
+                max_s=max_s,
+                min_requests=requests,
+                warmup_s=warmup_s,
+                runs_=runs_,
+            ),
+        }
+        for u in utilisations
+    ]
 
 
-def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | None = None,
-                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def validate_workload(
+    name: str, work: Path, quick: bool = False, plan: Plan | None = None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Fit, run the held-out steps and compare (see the module docstring). ``plan`` and ``settings`` override the
     defaults (tests use tiny ones)."""
     plan = plan or plan_for(name, quick)
     cfg = WorkloadConfig(name=name, threads=1, warmup_batches=2, **(SETTINGS[name] | (settings or {})))
     workload = build_workload(cfg)
-    bodies = write_bodies(work / f"{name}-bodies.jsonl",
-                          [workload.request_body([i]) for i in payload_items(workload, name)])
+    bodies = write_bodies(
+        work / f"{name}-bodies.jsonl", [workload.request_body([i]) for i in payload_items(workload, name)]
+    )
     big = cfg.max_batch_size
     delay_s = cfg.max_queue_delay_ms / 1e3
     with open_backend(cfg, BackendConfig(replicas=1), work / f"{name}-logs") as backend:
@@ -450,41 +573,72 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
 
         def open_loop(part: str, rate: float, min_s: float, requests: int, seed: int) -> pd.DataFrame:
             """One Poisson step at ``rate``: at least ``min_s`` and ``requests`` (60 s past the time they need)."""
-            return _load(name, backend, bodies, work / f"{name}-{part}.parquet", work, scenario="poisson",
-                         levels=[rate], step_duration_s=min_s, min_requests_per_step=requests,
-                         max_step_duration_s=max(min_s, 3.0 * requests / rate) + 60.0, warmup_s=plan.warmup_s,
-                         arrival_seed=seed)[0]
+            return _load(
+                name,
+                backend,
+                bodies,
+                work / f"{name}-{part}.parquet",
+                work,
+                scenario="poisson",
+                levels=[rate],
+                step_duration_s=min_s,
+                min_requests_per_step=requests,
+                max_step_duration_s=max(min_s, 3.0 * requests / rate) + 60.0,
+                warmup_s=plan.warmup_s,
+                arrival_seed=seed,
+            )[0]
 
         busy_fits = []
         for attempt in range(plan.fit_attempts):
             meter = CpuMeter(pid)
             sweep = []
             for b in range(1, big + 1):
-                rows, _ = _load(name, backend, bodies, work / f"{name}-sweep{b}.parquet", work,
-                                scenario="closed_loop", levels=[1], payloads_per_request=b, step_duration_s=plan.fit_s,
-                                min_requests_per_step=plan.fit_batches,
-                                warmup_s=plan.warmup_s if b == 1 else 0.5)
+                rows, _ = _load(
+                    name,
+                    backend,
+                    bodies,
+                    work / f"{name}-sweep{b}.parquet",
+                    work,
+                    scenario="closed_loop",
+                    levels=[1],
+                    payloads_per_request=b,
+                    step_duration_s=plan.fit_s,
+                    min_requests_per_step=plan.fit_batches,
+                    warmup_s=plan.warmup_s if b == 1 else 0.5,
+                )
                 sweep.append(rows[(rows["phase"] == "step") & (rows["error"] == "")])
             table, hinge, sweep_info = _fit_sweep(pd.concat(sweep), big)
             overhead_s = _overhead(sweep[0])
             calibration_rate = plan.calibration_utilisation * big / table.predict(big)
-            rows = open_loop("calibration", calibration_rate, plan.calibration_min_s, plan.calibration_requests,
-                             seed=CALIBRATION_SEED)
+            rows = open_loop(
+                "calibration",
+                calibration_rate,
+                plan.calibration_min_s,
+                plan.calibration_requests,
+                seed=CALIBRATION_SEED,
+            )
             fit_cpu = meter.read()
             if fit_cpu["other_processes_cores"] <= QUIET_OTHER_CORES or attempt == plan.fit_attempts - 1:
                 break
             busy_fits.append({**fit_cpu, "service_table_s": list(table.seconds)})
             time.sleep(plan.busy_wait_s)
         service, factors, variability = _calibrate(rows, table)
-        variability["calibration"] = {"utilisation_of_sweep_capacity": plan.calibration_utilisation,
-                                      "rate_rps": calibration_rate, "requests": int((rows["phase"] == "step").sum())}
+        variability["calibration"] = {
+            "utilisation_of_sweep_capacity": plan.calibration_utilisation,
+            "rate_rps": calibration_rate,
+            "requests": int((rows["phase"] == "step").sum()),
+        }
         capacity = big / service.predict(big)
 
         def speed_check(part: str) -> dict[str, Any]:
             if not plan.speed_check_requests:
                 return {"factor": 1.0}
-            return _speed_check(open_loop(part, calibration_rate, plan.speed_check_min_s, plan.speed_check_requests,
-                                          seed=CALIBRATION_SEED), service)
+            return _speed_check(
+                open_loop(
+                    part, calibration_rate, plan.speed_check_min_s, plan.speed_check_requests, seed=CALIBRATION_SEED
+                ),
+                service,
+            )
 
         held_out = []
         check = None  # the last speed check: the one after a step is the one before the next
@@ -500,15 +654,32 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
                 sizing = None
                 if plan.max_noise_floor_pct is not None:  # as long as a perfect model needs to score under it
                     sizing = step_length_for_floor(
-                        rate, service_now, factors, big, delay_s,
-                        target_pct=plan.max_noise_floor_pct, min_s=plan.min_step_s, max_s=plan.max_step_s,
-                        min_requests=plan.requests, warmup_s=plan.warmup_s, runs_=max(1, plan.noise_runs // 2))
-                rows = open_loop(f"rate{i}", rate, sizing["step_s"] if sizing else plan.min_step_s, plan.requests,
-                                 seed=plan.arrival_seed + i)
+                        rate,
+                        service_now,
+                        factors,
+                        big,
+                        delay_s,
+                        target_pct=plan.max_noise_floor_pct,
+                        min_s=plan.min_step_s,
+                        max_s=plan.max_step_s,
+                        min_requests=plan.requests,
+                        warmup_s=plan.warmup_s,
+                        runs_=max(1, plan.noise_runs // 2),
+                    )
+                rows = open_loop(
+                    f"rate{i}",
+                    rate,
+                    sizing["step_s"] if sizing else plan.min_step_s,
+                    plan.requests,
+                    seed=plan.arrival_seed + i,
+                )
                 check = after = speed_check(f"speed{i}-after")
                 cpu = meter.read()
-                if (cpu["other_processes_cores"] <= QUIET_OTHER_CORES or cpu["seconds"] > 600
-                        or attempt == plan.step_attempts - 1):
+                if (
+                    cpu["other_processes_cores"] <= QUIET_OTHER_CORES
+                    or cpu["seconds"] > 600
+                    or attempt == plan.step_attempts - 1
+                ):
                     break
                 busy_steps.append(cpu)  # the same schedule (seed) again, on a quieter machine
                 check = None  # and a fresh check before it, after the wait
@@ -523,50 +694,103 @@ def validate_workload(name: str, work: Path, quick: bool = False, plan: Plan | N
             before_only = predict_batching(rate, service_now, big, delay_s, service_factors=factors)
             same = replay_step(rows, step_service, factors, big, delay_s, overhead_s, plan.replays)
             step_batches = analysis.server_batches(in_step)
-            drift = (step_batches["server_compute_ns"].to_numpy() / 1e9
-                     / np.asarray(step_service.predict(step_batches["batch_size"].to_numpy())))
-            held_out.append({
-                "utilisation": u, "rate_rps": rate, "capacity_rps": step_capacity,
-                "requests": int(step["sent"]), "errors": int(step["errors"]),
-                "duration_s": float(step["duration_s"]),
-                "measured": {m: float(step[m]) for m in METRICS},
-                "predicted": {"throughput_rps": rate, "p50_ms": (predicted.p50_s + overhead_s) * 1e3,
-                              "p95_ms": (predicted.p95_s + overhead_s) * 1e3},
-                "predicted_same_schedule": {m: same[m] for m in METRICS},
-                "predicted_p95_ms_from_check_before": (before_only.p95_s + overhead_s) * 1e3,
-                # per batch (what predict_batching gives); per request is larger (E[b^2]/E[b]: a big batch holds
-                # more of the requests), which is what a mean over request records shows
-                "mean_batch_size": {"measured": float(step_batches["batch_size"].mean()),
-                                    "predicted": predicted.mean_batch_size,
-                                    "predicted_same_schedule": same["mean_batch_size"],
-                                    "measured_per_request": float(in_step["batch_size"].mean()),
-                                    "predicted_same_schedule_per_request": same["mean_batch_size_per_request"]},
-                "arrival_seed": plan.arrival_seed + i, "step_sizing": sizing,
-                "speed_check": before, "speed_check_after": after, "speed_factor": speed_factor,
-                "service_drift": {"batches": int(len(drift)), "mean": float(drift.mean()),
-                                  "median": float(np.median(drift))},
-                "noise_floor": noise_floor(rate, int(step["sent"]), int((rows["phase"] == "warmup").sum()),
-                                           step_service, factors, big, delay_s, predicted.p95_s, plan.noise_runs),
-                "cpu": cpu, "busy_attempts": busy_steps,
-            })
-    return summarise_workload({
-        "workload": name, "settings": cfg.model_dump(), "weights": cfg.weights, "plan": asdict(plan),
-        "fit_design": "batch sweep (table); each size's time under load from an open-loop calibration step where it "
-                      f"ran {MIN_CALIBRATED_BATCHES}+ times, else the sweep's x the nearest such size's slowdown; each "
-                      "held-out "
-                      "step's rate from a speed check (the calibration step again) just before it, its predictions "
-                      "from the mean of that check and the one just after it",
-        "service_table_s": list(table.seconds), "load_factor": variability["load_factor"],
-        "service_used_s": list(service.seconds),
-        "service_model": ({"alpha_s": hinge.alpha, "beta_s": hinge.beta, "floor_s": hinge.floor,
-                           "alpha_se_s": hinge.alpha_se, "beta_se_s": hinge.beta_se, "knee": hinge.knee,
-                           "rmse_s": hinge.rmse_s, "fit_points": int(hinge.n_points), "fit_points_are": "batches",
-                           "used": False, "max_error_vs_table_pct": float(100 * np.max(np.abs(
-                               hinge.predict(np.arange(1, big + 1)) / np.asarray(table.seconds) - 1)))}
-                          if hinge is not None else None),
-        "sweep": sweep_info, "service_variability": variability, "fit_cpu": fit_cpu, "busy_fits": busy_fits,
-        "client_overhead_ms": overhead_s * 1e3, "capacity_rps": capacity, "held_out": held_out,
-    })
+            drift = (
+                step_batches["server_compute_ns"].to_numpy()
+                / 1e9
+                / np.asarray(step_service.predict(step_batches["batch_size"].to_numpy()))
+            )
+            held_out.append(
+                {
+                    "utilisation": u,
+                    "rate_rps": rate,
+                    "capacity_rps": step_capacity,
+                    "requests": int(step["sent"]),
+                    "errors": int(step["errors"]),
+                    "duration_s": float(step["duration_s"]),
+                    "measured": {m: float(step[m]) for m in METRICS},
+                    "predicted": {
+                        "throughput_rps": rate,
+                        "p50_ms": (predicted.p50_s + overhead_s) * 1e3,
+                        "p95_ms": (predicted.p95_s + overhead_s) * 1e3,
+                    },
+                    "predicted_same_schedule": {m: same[m] for m in METRICS},
+                    "predicted_p95_ms_from_check_before": (before_only.p95_s + overhead_s) * 1e3,
+                    # per batch (what predict_batching gives); per request is larger (E[b^2]/E[b]: a big batch holds
+                    # more of the requests), which is what a mean over request records shows
+                    "mean_batch_size": {
+                        "measured": float(step_batches["batch_size"].mean()),
+                        "predicted": predicted.mean_batch_size,
+                        "predicted_same_schedule": same["mean_batch_size"],
+                        "measured_per_request": float(in_step["batch_size"].mean()),
+                        "predicted_same_schedule_per_request": same["mean_batch_size_per_request"],
+                    },
+                    "arrival_seed": plan.arrival_seed + i,
+                    "step_sizing": sizing,
+                    "speed_check": before,
+                    "speed_check_after": after,
+                    "speed_factor": speed_factor,
+                    "service_drift": {
+                        "batches": int(len(drift)),
+                        "mean": float(drift.mean()),
+                        "median": float(np.median(drift)),
+                    },
+                    "noise_floor": noise_floor(
+                        rate,
+                        int(step["sent"]),
+                        int((rows["phase"] == "warmup").sum()),
+                        step_service,
+                        factors,
+                        big,
+                        delay_s,
+                        predicted.p95_s,
+                        plan.noise_runs,
+                    ),
+                    "cpu": cpu,
+                    "busy_attempts": busy_steps,
+                }
+            )
+    return summarise_workload(
+        {
+            "workload": name,
+            "settings": cfg.model_dump(),
+            "weights": cfg.weights,
+            "plan": asdict(plan),
+            "fit_design": "batch sweep (table); each size's time under load from an open-loop calibration step where "
+            f"it ran {MIN_CALIBRATED_BATCHES}+ times, else the sweep's x the nearest such size's slowdown; each "
+            "held-out "
+            "step's rate from a speed check (the calibration step again) just before it, its predictions "
+            "from the mean of that check and the one just after it",
+            "service_table_s": list(table.seconds),
+            "load_factor": variability["load_factor"],
+            "service_used_s": list(service.seconds),
+            "service_model": (
+                {
+                    "alpha_s": hinge.alpha,
+                    "beta_s": hinge.beta,
+                    "floor_s": hinge.floor,
+                    "alpha_se_s": hinge.alpha_se,
+                    "beta_se_s": hinge.beta_se,
+                    "knee": hinge.knee,
+                    "rmse_s": hinge.rmse_s,
+                    "fit_points": int(hinge.n_points),
+                    "fit_points_are": "batches",
+                    "used": False,
+                    "max_error_vs_table_pct": float(
+                        100 * np.max(np.abs(hinge.predict(np.arange(1, big + 1)) / np.asarray(table.seconds) - 1))
+                    ),
+                }
+                if hinge is not None
+                else None
+            ),
+            "sweep": sweep_info,
+            "service_variability": variability,
+            "fit_cpu": fit_cpu,
+            "busy_fits": busy_fits,
+            "client_overhead_ms": overhead_s * 1e3,
+            "capacity_rps": capacity,
+            "held_out": held_out,
+        }
+    )
 
 
 def summarise_workload(entry: dict[str, Any]) -> dict[str, Any]:
@@ -577,27 +801,37 @@ def summarise_workload(entry: dict[str, Any]) -> dict[str, Any]:
     held = entry["held_out"]
     spans = [("fit", entry.get("fit_cpu"))] + [(f"utilisation {h['utilisation']:g}", h.get("cpu")) for h in held]
     if any(cpu for _, cpu in spans):
-        entry["machine_busy_spans"] = {name: cpu["other_processes_cores"] for name, cpu in spans
-                                       if cpu and cpu["other_processes_cores"] > QUIET_OTHER_CORES}
+        entry["machine_busy_spans"] = {
+            name: cpu["other_processes_cores"]
+            for name, cpu in spans
+            if cpu and cpu["other_processes_cores"] > QUIET_OTHER_CORES
+        }
         entry["machine_quiet"] = not entry["machine_busy_spans"]
     else:
         entry["machine_quiet"] = None
     entry["mape_pct"] = {m: mape([h["measured"][m] for h in held], [h["predicted"][m] for h in held]) for m in METRICS}
     worst = max(held, key=lambda h: abs(h["predicted"]["p95_ms"] / h["measured"]["p95_ms"] - 1))
-    entry["worst_p95_point"] = {"utilisation": worst["utilisation"], "measured_ms": worst["measured"]["p95_ms"],
-                                "predicted_ms": worst["predicted"]["p95_ms"],
-                                "error_pct": 100 * (worst["predicted"]["p95_ms"] / worst["measured"]["p95_ms"] - 1)}
+    entry["worst_p95_point"] = {
+        "utilisation": worst["utilisation"],
+        "measured_ms": worst["measured"]["p95_ms"],
+        "predicted_ms": worst["predicted"]["p95_ms"],
+        "error_pct": 100 * (worst["predicted"]["p95_ms"] / worst["measured"]["p95_ms"] - 1),
+    }
     if all("predicted_same_schedule" in h for h in held):
-        entry["mape_pct_same_schedule"] = {m: mape([h["measured"][m] for h in held],
-                                                   [h["predicted_same_schedule"][m] for h in held]) for m in METRICS}
+        entry["mape_pct_same_schedule"] = {
+            m: mape([h["measured"][m] for h in held], [h["predicted_same_schedule"][m] for h in held]) for m in METRICS
+        }
         worst = max(held, key=lambda h: abs(h["predicted_same_schedule"]["p95_ms"] / h["measured"]["p95_ms"] - 1))
         entry["worst_p95_point_same_schedule"] = {
-            "utilisation": worst["utilisation"], "measured_ms": worst["measured"]["p95_ms"],
+            "utilisation": worst["utilisation"],
+            "measured_ms": worst["measured"]["p95_ms"],
             "predicted_ms": worst["predicted_same_schedule"]["p95_ms"],
-            "error_pct": 100 * (worst["predicted_same_schedule"]["p95_ms"] / worst["measured"]["p95_ms"] - 1)}
+            "error_pct": 100 * (worst["predicted_same_schedule"]["p95_ms"] / worst["measured"]["p95_ms"] - 1),
+        }
     if all("predicted_p95_ms_from_check_before" in h for h in held):
-        entry["p95_mape_pct_from_check_before"] = mape([h["measured"]["p95_ms"] for h in held],
-                                                       [h["predicted_p95_ms_from_check_before"] for h in held])
+        entry["p95_mape_pct_from_check_before"] = mape(
+            [h["measured"]["p95_ms"] for h in held], [h["predicted_p95_ms_from_check_before"] for h in held]
+        )
     if all("noise_floor" in h for h in held):
         entry["p95_noise_floor_mape_pct"] = float(np.mean([h["noise_floor"]["p95_mean_abs_error_pct"] for h in held]))
     return entry
@@ -608,11 +842,18 @@ def analysis_speed(n: int = 10_000_000, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     scheduled = np.cumsum(rng.exponential(1e5, n)).astype(np.int64)
-    records = pd.DataFrame({
-        "workload": pd.Categorical(rng.choice(["resnet50", "distilbert", "whisper"], n)),
-        "phase": "step", "step": rng.integers(0, 10, n), "level": 1.0, "error": "",
-        "scheduled_ns": scheduled, "sent_ns": scheduled, "done_ns": scheduled + rng.lognormal(16, 0.5, n).astype(np.int64),
-    })
+    records = pd.DataFrame(
+        {
+            "workload": pd.Categorical(rng.choice(["resnet50", "distilbert", "whisper"], n)),
+            "phase": "step",
+            "step": rng.integers(0, 10, n),
+            "level": 1.0,
+            "error": "",
+            "scheduled_ns": scheduled,
+            "sent_ns": scheduled,
+            "done_ns": scheduled + rng.lognormal(16, 0.5, n).astype(np.int64),
+        }
+    )
     made = time.perf_counter() - start
     records["latency_ms"] = (records["done_ns"] - records["scheduled_ns"]) / 1e6
     start = time.perf_counter()
@@ -620,8 +861,14 @@ def analysis_speed(n: int = 10_000_000, seed: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         plots.save_figure(plots.latency_cdf(records), "cdf_10m", ["synthetic"], "models_bench", out_dir=Path(tmp))
     elapsed = time.perf_counter() - start
-    return {"records": n, "seconds": round(elapsed, 2), "goal_seconds": 10.0, "met": elapsed <= 10.0,
-            "table_rows": len(table), "synthesis_seconds": round(made, 2)}
+    return {
+        "records": n,
+        "seconds": round(elapsed, 2),
+        "goal_seconds": 10.0,
+        "met": elapsed <= 10.0,
+        "table_rows": len(table),
+        "synthesis_seconds": round(made, 2),
+    }
 
 
 # -- the report: one file, merged per workload ------------------------------------------------------------------------
@@ -634,8 +881,10 @@ def _entries(report: dict[str, Any]) -> list[dict[str, Any]]:
     for entry in report.get("workloads", []):
         entry = dict(entry)
         if "run" not in entry:
-            entry["run"] = {**{k: report.get(k) for k in _RUN_KEYS},
-                            "command_note": "schema 1 recorded the command without its options"}
+            entry["run"] = {
+                **{k: report.get(k) for k in _RUN_KEYS},
+                "command_note": "schema 1 recorded the command without its options",
+            }
         out.append(summarise_workload(entry))
     return out
 
@@ -658,20 +907,29 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
         speed = max(speeds, key=lambda s: s.get("records", 0)) if speeds else None
     ordered = [current[w] for w in WORKLOADS if w in current] + [e for w, e in current.items() if w not in WORKLOADS]
     return {
-        "benchmark": "models", "schema_version": 2, "updated_utc": runs.utc_now().isoformat(),
+        "benchmark": "models",
+        "schema_version": 2,
+        "updated_utc": runs.utc_now().isoformat(),
         "goal": f"held-out p95 MAPE <= {GOAL_MAPE_PCT:g} % from 10 % to 85 % utilisation, per workload, on the local "
-                "CPU backend",
+        "CPU backend",
         "commands": list(dict.fromkeys(e["run"]["command"] for e in ordered if e["run"].get("command"))),
         "mape_pct": {e["workload"]: e["mape_pct"] for e in ordered},
-        "mape_pct_same_schedule": {e["workload"]: e["mape_pct_same_schedule"] for e in ordered
-                                   if "mape_pct_same_schedule" in e},
-        "p95_noise_floor_mape_pct": {e["workload"]: e["p95_noise_floor_mape_pct"] for e in ordered
-                                     if "p95_noise_floor_mape_pct" in e},
+        "mape_pct_same_schedule": {
+            e["workload"]: e["mape_pct_same_schedule"] for e in ordered if "mape_pct_same_schedule" in e
+        },
+        "p95_noise_floor_mape_pct": {
+            e["workload"]: e["p95_noise_floor_mape_pct"] for e in ordered if "p95_noise_floor_mape_pct" in e
+        },
         "machine_quiet": {e["workload"]: e["machine_quiet"] for e in ordered},
         "p95_goal_met": {e["workload"]: e["mape_pct"]["p95_ms"] <= GOAL_MAPE_PCT for e in ordered},
-        "p95_goal_met_same_schedule": {e["workload"]: e["mape_pct_same_schedule"]["p95_ms"] <= GOAL_MAPE_PCT
-                                       for e in ordered if "mape_pct_same_schedule" in e},
-        "workloads": ordered, "analysis_speed": speed, "superseded": superseded,
+        "p95_goal_met_same_schedule": {
+            e["workload"]: e["mape_pct_same_schedule"]["p95_ms"] <= GOAL_MAPE_PCT
+            for e in ordered
+            if "mape_pct_same_schedule" in e
+        },
+        "workloads": ordered,
+        "analysis_speed": speed,
+        "superseded": superseded,
         **{key: existing[key] for key in GPU_KEYS if existing.get(key)},  # written by study_report
     }
 
@@ -681,25 +939,42 @@ def draw_figures(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]
     written = []
     titles = {"predicted": "steady-state prediction", "predicted_same_schedule": "prediction for each step's schedule"}
     for key, suffix in (("predicted", ""), ("predicted_same_schedule", "_same_schedule")):
-        rows = [{"workload": e["workload"], "metric": m.removesuffix("_ms").removesuffix("_rps"),
-                 "measured": h["measured"][m] / (1e3 if m.endswith("_ms") else 1),
-                 "predicted": h[key][m] / (1e3 if m.endswith("_ms") else 1)}
-                for e in report["workloads"] for h in e["held_out"] if key in h for m in METRICS]
+        rows = [
+            {
+                "workload": e["workload"],
+                "metric": m.removesuffix("_ms").removesuffix("_rps"),
+                "measured": h["measured"][m] / (1e3 if m.endswith("_ms") else 1),
+                "predicted": h[key][m] / (1e3 if m.endswith("_ms") else 1),
+            }
+            for e in report["workloads"]
+            for h in e["held_out"]
+            if key in h
+            for m in METRICS
+        ]
         if not rows:
             continue
         fig = plots.predicted_vs_measured(pd.DataFrame(rows), title=titles[key])
-        files = plots.save_figure(fig, f"{stem}_predicted_vs_measured{suffix}", [],
-                                  "studies/h200/scripts/models_bench.py",
-                                  {"prediction": key, "commands": report["commands"]}, out_dir=out_dir,
-                                  overwrite=True)  # the benchmark's own figure, redrawn from its report
+        files = plots.save_figure(
+            fig,
+            f"{stem}_predicted_vs_measured{suffix}",
+            [],
+            "studies/h200/scripts/models_bench.py",
+            {"prediction": key, "commands": report["commands"]},
+            out_dir=out_dir,
+            overwrite=True,
+        )  # the benchmark's own figure, redrawn from its report
         written.append(files["png"])
     return written
 
 
 def plan_with(plan: Plan, args: argparse.Namespace) -> Plan:
     """``plan`` with the step options the command line gave."""
-    given = {"min_step_s": args.min_step_s, "max_step_s": args.max_step_s, "arrival_seed": args.arrival_seed,
-             "max_noise_floor_pct": args.max_noise_floor_pct}
+    given = {
+        "min_step_s": args.min_step_s,
+        "max_step_s": args.max_step_s,
+        "arrival_seed": args.arrival_seed,
+        "max_noise_floor_pct": args.max_noise_floor_pct,
+    }
     return replace(plan, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -714,16 +989,21 @@ def print_step_plan(report: dict[str, Any], args: argparse.Namespace, parser: ar
     for name in names:
         plan = plan_with(plan_for(name, args.quick), args)
         try:
-            steps = plan_steps(entries[name], plan.max_noise_floor_pct, plan.min_step_s, plan.max_step_s,
-                               source=str(args.out))
+            steps = plan_steps(
+                entries[name], plan.max_noise_floor_pct, plan.min_step_s, plan.max_step_s, source=str(args.out)
+            )
         except ValueError as err:
             parser.error(f"--plan-steps: {err}")
-        print(f"{name}: held-out steps for a noise floor <= {plan.max_noise_floor_pct:g} % (from {plan.min_step_s:g} "
-              f"to {plan.max_step_s:g} s a step)")
+        print(
+            f"{name}: held-out steps for a noise floor <= {plan.max_noise_floor_pct:g} % (from {plan.min_step_s:g} "
+            f"to {plan.max_step_s:g} s a step)"
+        )
         for s in steps:
-            print(f"  {100 * s['utilisation']:3.0f} %  {s['rate_rps']:8.2f} req/s  {s['step_s']:7.0f} s  "
-                  f"{s['tried'][-1]['requests']:7d} requests  floor {s['noise_floor_pct']:4.1f} %"
-                  + ("" if s["target_met"] else "  (even the longest step is short of the target)"))
+            print(
+                f"  {100 * s['utilisation']:3.0f} %  {s['rate_rps']:8.2f} req/s  {s['step_s']:7.0f} s  "
+                f"{s['tried'][-1]['requests']:7d} requests  floor {s['noise_floor_pct']:4.1f} %"
+                + ("" if s["target_met"] else "  (even the longest step is short of the target)")
+            )
         total = sum(s["step_s"] + plan.warmup_s for s in steps)
         mean_floor = np.mean([s["noise_floor_pct"] for s in steps])
         print(f"  held-out steps in all: {total / 60:.0f} min; their mean floor {mean_floor:.1f} %")
@@ -732,35 +1012,66 @@ def print_step_plan(report: dict[str, Any], args: argparse.Namespace, parser: ar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS,
-                        help="workloads to run (default: all three, or none with --merge)")
+    parser.add_argument(
+        "--workloads", nargs="+", choices=WORKLOADS, help="workloads to run (default: all three, or none with --merge)"
+    )
     parser.add_argument("--quick", action="store_true", help="short steps: a smoke test, not a measurement")
-    parser.add_argument("--out", type=Path, default=RESULTS / "models_cpu" / "models.json",
-                        help="report to merge into (created if absent)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "models_cpu" / "models.json",
+        help="report to merge into (created if absent)",
+    )
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier reports whose entries to merge in")
     parser.add_argument("--figures", action="store_true", help="only redraw the figures from --out")
-    parser.add_argument("--min-step-s", type=float, default=None,
-                        help="held-out step length in seconds (default: the plan's; longer steps lower the p95 noise "
-                             "floor at high load, where a step's requests come fastest)")
-    parser.add_argument("--arrival-seed", type=int, default=None,
-                        help="held-out step i sends the Poisson schedule of this seed + i (default: the plan's, 100)")
-    parser.add_argument("--max-noise-floor-pct", type=float, default=None,
-                        help="make each held-out step as long as a perfect model needs to miss its p95 by at most this "
-                             "much on average (from --min-step-s up to --max-step-s)")
-    parser.add_argument("--max-step-s", type=float, default=None,
-                        help="longest held-out step with --max-noise-floor-pct (default: the plan's, 4 hours)")
-    parser.add_argument("--plan-steps", action="store_true",
-                        help="run nothing: print the step lengths --max-noise-floor-pct needs, from the fits in --out")
-    parser.add_argument("--records", type=int, default=None,
-                        help="analysis-speed records (default: 10 million when the report has no measurement yet)")
+    parser.add_argument(
+        "--min-step-s",
+        type=float,
+        default=None,
+        help="held-out step length in seconds (default: the plan's; longer steps lower the p95 noise "
+        "floor at high load, where a step's requests come fastest)",
+    )
+    parser.add_argument(
+        "--arrival-seed",
+        type=int,
+        default=None,
+        help="held-out step i sends the Poisson schedule of this seed + i (default: the plan's, 100)",
+    )
+    parser.add_argument(
+        "--max-noise-floor-pct",
+        type=float,
+        default=None,
+        help="make each held-out step as long as a perfect model needs to miss its p95 by at most this "
+        "much on average (from --min-step-s up to --max-step-s)",
+    )
+    parser.add_argument(
+        "--max-step-s",
+        type=float,
+        default=None,
+        help="longest held-out step with --max-noise-floor-pct (default: the plan's, 4 hours)",
+    )
+    parser.add_argument(
+        "--plan-steps",
+        action="store_true",
+        help="run nothing: print the step lengths --max-noise-floor-pct needs, from the fits in --out",
+    )
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=None,
+        help="analysis-speed records (default: 10 million when the report has no measurement yet)",
+    )
     args = parser.parse_args(argv)
     words = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m studies.h200.scripts.models_bench", *map(shlex.quote, words)])
     workloads = args.workloads if args.workloads is not None else ([] if args.merge else list(WORKLOADS))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     report = json.loads(args.out.read_text()) if args.out.is_file() else None
-    for flag, value in (("--min-step-s", args.min_step_s), ("--max-step-s", args.max_step_s),
-                        ("--max-noise-floor-pct", args.max_noise_floor_pct)):
+    for flag, value in (
+        ("--min-step-s", args.min_step_s),
+        ("--max-step-s", args.max_step_s),
+        ("--max-noise-floor-pct", args.max_noise_floor_pct),
+    ):
         if value is not None and not value > 0:
             parser.error(f"{flag}: expected a positive number, got {value}")
     if args.max_noise_floor_pct is not None:
@@ -768,8 +1079,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.workloads or WORKLOADS:
             plan = plan_with(plan_for(name, args.quick), args)
             if plan.min_step_s > plan.max_step_s:
-                parser.error(f"{name}: --max-step-s {plan.max_step_s:g} is shorter than --min-step-s "
-                             f"{plan.min_step_s:g} (a flag not given takes the plan's default)")
+                parser.error(
+                    f"{name}: --max-step-s {plan.max_step_s:g} is shorter than --min-step-s "
+                    f"{plan.min_step_s:g} (a flag not given takes the plan's default)"
+                )
     if args.plan_steps:
         if args.max_noise_floor_pct is None:
             parser.error("--plan-steps: give the noise floor to plan for with --max-noise-floor-pct")
@@ -786,8 +1099,11 @@ def main(argv: list[str] | None = None) -> int:
     if workloads and args.out.is_file():  # said at the start, so that a stale file can still be swapped for a new one
         held = sorted(e["workload"] for e in report.get("workloads", []))
         again = sorted(set(held) & set(workloads))
-        print(f"{args.out} exists: this run's entries go into it (it has {', '.join(held) or 'no entries'})"
-              + (f"; its entries for {', '.join(again)} move to superseded" if again else ""), file=sys.stderr)
+        print(
+            f"{args.out} exists: this run's entries go into it (it has {', '.join(held) or 'no entries'})"
+            + (f"; its entries for {', '.join(again)} move to superseded" if again else ""),
+            file=sys.stderr,
+        )
     # the code that runs is the code of now: commits made while a long run goes on must not be credited with it
     run_info = {"command": command, "quick": args.quick, "git": runs.git_info()}
     results = []
@@ -796,9 +1112,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="gawm-models-bench-") as tmp:
             plan = plan_with(plan_for(name, args.quick), args)
             result = validate_workload(name, Path(tmp), args.quick, plan=plan)
-        result["run"] = {**run_info, "started_utc": started.isoformat(), "finished_utc": runs.utc_now().isoformat(),
-                         "host": runs.host_info(), "packages": runs.package_versions(),
-                         "threads": {"torch_per_server": 1, **runs.thread_settings()}}
+        result["run"] = {
+            **run_info,
+            "started_utc": started.isoformat(),
+            "finished_utc": runs.utc_now().isoformat(),
+            "host": runs.host_info(),
+            "packages": runs.package_versions(),
+            "threads": {"torch_per_server": 1, **runs.thread_settings()},
+        }
         results.append(result)
         # written after each workload, so a long run that stops later keeps what it measured
         report = merge_report(report, {"workloads": [result]})
@@ -813,15 +1134,23 @@ def main(argv: list[str] | None = None) -> int:
     draw_figures(report, args.out.parent, args.out.stem)
     for r in report["workloads"]:
         same = r.get("mape_pct_same_schedule")
-        print(f"{r['workload']:>10}: capacity {r['capacity_rps']:.1f} req/s, MAPE steady state: throughput "
-              f"{r['mape_pct']['throughput_rps']:.1f} %, p50 {r['mape_pct']['p50_ms']:.1f} %, p95 "
-              f"{r['mape_pct']['p95_ms']:.1f} %" + (f"; same schedule: p95 {same['p95_ms']:.1f} %" if same else "")
-              + (f"; noise floor p95 {r['p95_noise_floor_mape_pct']:.1f} %" if "p95_noise_floor_mape_pct" in r else "")
-              + (f"; MACHINE BUSY: other processes used {r['machine_busy_spans']} cores" if r["machine_quiet"] is False
-                 else ""))
+        print(
+            f"{r['workload']:>10}: capacity {r['capacity_rps']:.1f} req/s, MAPE steady state: throughput "
+            f"{r['mape_pct']['throughput_rps']:.1f} %, p50 {r['mape_pct']['p50_ms']:.1f} %, p95 "
+            f"{r['mape_pct']['p95_ms']:.1f} %"
+            + (f"; same schedule: p95 {same['p95_ms']:.1f} %" if same else "")
+            + (f"; noise floor p95 {r['p95_noise_floor_mape_pct']:.1f} %" if "p95_noise_floor_mape_pct" in r else "")
+            + (
+                f"; MACHINE BUSY: other processes used {r['machine_busy_spans']} cores"
+                if r["machine_quiet"] is False
+                else ""
+            )
+        )
     if report.get("analysis_speed"):
-        print(f"analysis of {report['analysis_speed']['records']:,} records: {report['analysis_speed']['seconds']} s "
-              f"(goal <= 10 s)")
+        print(
+            f"analysis of {report['analysis_speed']['records']:,} records: {report['analysis_speed']['seconds']} s "
+            f"(goal <= 10 s)"
+        )
     print(f"wrote {args.out}")
     return 0
 

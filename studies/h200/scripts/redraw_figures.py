@@ -45,8 +45,11 @@ def redraw(folder: Path) -> list[Path]:
     missing = set(meta["run_ids"]) - set(table["run_id"])
     if missing:
         raise SystemExit(f"{folder / 'steps.csv'}: no steps of run(s) {sorted(missing)} named in {sidecar}")
-    parameters = {**meta.get("parameters", {}), "redrawn_from": "steps.csv",
-                  "redrawn_by": "studies/h200/scripts/redraw_figures.py"}
+    parameters = {
+        **meta.get("parameters", {}),
+        "redrawn_from": "steps.csv",
+        "redrawn_by": "studies/h200/scripts/redraw_figures.py",
+    }
     command = parameters.get("command", "")
     slo = {w: v for w, v in slo_from_command(command).items() if w in set(table["workload"])}
     drawn = [("latency_vs_throughput", plots.tail_vs_throughput_by_replicas(table, slo))]
@@ -62,8 +65,16 @@ def redraw(folder: Path) -> list[Path]:
             print(f"removed {folder / 'scaling_vs_replicas.png'}: its runs have no two replica counts in closed loop")
     written = []
     for fig_id, fig in drawn:
-        files = plots.save_figure(fig, fig_id, meta["run_ids"], meta.get("notebook", ""), parameters, out_dir=folder,
-                                  overwrite=True, quiet=True)
+        files = plots.save_figure(
+            fig,
+            fig_id,
+            meta["run_ids"],
+            meta.get("notebook", ""),
+            parameters,
+            out_dir=folder,
+            overwrite=True,
+            quiet=True,
+        )
         written.append(files["png"])
     return written
 
@@ -75,24 +86,39 @@ def redraw_thesis(sidecar: Path, results: Path = RESULTS) -> list[Path]:
     steps = pd.read_csv(results / "steps.csv")
     table = steps[steps["run_id"].isin(meta["run_ids"])]
     table = table.assign(config="replicas=" + table["replicas"].astype(str))
-    parameters = {**meta.get("parameters", {}), "redrawn_from": "studies/h200/results/steps.csv",
-                  "redrawn_by": "studies/h200/scripts/redraw_figures.py"}
+    parameters = {
+        **meta.get("parameters", {}),
+        "redrawn_from": "studies/h200/results/steps.csv",
+        "redrawn_by": "studies/h200/scripts/redraw_figures.py",
+    }
     prefix = sidecar.name.removesuffix("_latency_vs_throughput.json")
     drawn = [(f"{prefix}_latency_vs_throughput", plots.latency_vs_throughput(table, meta["parameters"]["slo_ms"]))]
     measured, predicted = analysis.replica_scaling(table)
     drawn.append((f"{prefix}_scaling_vs_replicas", plots.scaling_vs_replicas(measured, predicted)))
     written = []
     for fig_id, fig in drawn:
-        files = plots.save_figure(fig, fig_id, meta["run_ids"], meta.get("notebook", ""), parameters,
-                                  out_dir=sidecar.parent, overwrite=True, quiet=True)
+        files = plots.save_figure(
+            fig,
+            fig_id,
+            meta["run_ids"],
+            meta.get("notebook", ""),
+            parameters,
+            out_dir=sidecar.parent,
+            overwrite=True,
+            quiet=True,
+        )
         written.append(files["png"])
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="the study's results folder to redraw in place (default: studies/h200/results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="the study's results folder to redraw in place (default: studies/h200/results)",
+    )
     results = parser.parse_args(argv).results.resolve()
     for sidecar in sorted(results.rglob("latency_vs_throughput.json")):
         if (sidecar.parent / "steps.csv").exists():

@@ -29,11 +29,13 @@ def held_out(report: dict) -> list[str]:
 
 
 def index(results: Path) -> str:
-    note = ("Written by `python -m studies.h200.scripts.run_index` from each folder's `report.json` and `steps.csv`; "
-            "the run id ends with the commit it ran (`<UTC start>-<name>-<commit>`). The commands are as recorded "
-            "when the reports were written (before the study moved to `studies/h200`: `gawm_lib.bench.*` is now "
-            "`studies.h200.scripts.*`, `data/benchmarks/h200` is `studies/h200/results`, `params/` is "
-            "`studies/h200/params/`).")
+    note = (
+        "Written by `python -m studies.h200.scripts.run_index` from each folder's `report.json` and `steps.csv`; "
+        "the run id ends with the commit it ran (`<UTC start>-<name>-<commit>`). The commands are as recorded "
+        "when the reports were written (before the study moved to `studies/h200`: `gawm_lib.bench.*` is now "
+        "`studies.h200.scripts.*`, `data/benchmarks/h200` is `studies/h200/results`, `params/` is "
+        "`studies/h200/params/`)."
+    )
     lines = ["# The H200 study's runs, per report", "", note, ""]
     for path in sorted(results.rglob("report.json"), key=lambda p: (len(p.relative_to(results).parts), str(p))):
         report = json.loads(path.read_text())
@@ -44,12 +46,22 @@ def index(results: Path) -> str:
         steps = path.parent / "steps.csv"
         others = []
         if steps.is_file():
-            others = [r for r in pd.read_csv(steps, usecols=["run_id"])["run_id"].drop_duplicates()
-                      if r not in fitted and r not in out]
-        gpus = sorted({d["name"] for r in report.get("runs", {}).values()
-                       for d in (r.get("gpu") or {}).get("devices", [])})
-        lines += [f"## `{name}`", "", f"Command: `{report.get('command', '')}`", "",
-                  f"Runs reported ({len(fitted)}; {', '.join(gpus) or 'no GPU recorded'}):", ""]
+            others = [
+                r
+                for r in pd.read_csv(steps, usecols=["run_id"])["run_id"].drop_duplicates()
+                if r not in fitted and r not in out
+            ]
+        gpus = sorted(
+            {d["name"] for r in report.get("runs", {}).values() for d in (r.get("gpu") or {}).get("devices", [])}
+        )
+        lines += [
+            f"## `{name}`",
+            "",
+            f"Command: `{report.get('command', '')}`",
+            "",
+            f"Runs reported ({len(fitted)}; {', '.join(gpus) or 'no GPU recorded'}):",
+            "",
+        ]
         lines += [f"- `{r}`" for r in fitted]
         if out:
             lines += ["", f"Held out ({len(out)}):", ""] + [f"- `{r}`" for r in out]

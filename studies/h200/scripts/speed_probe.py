@@ -62,8 +62,10 @@ def cpu_shares(before: np.ndarray | None, after: np.ndarray | None) -> dict[str,
     total = spent.sum()
     if total <= 0:
         return {}
-    return {"cpu_busy": round(float(1 - (spent[3] + spent[4]) / total), 4),
-            "cpu_steal": round(float(spent[7] / total), 4)}
+    return {
+        "cpu_busy": round(float(1 - (spent[3] + spent[4]) / total), 4),
+        "cpu_steal": round(float(spent[7] / total), 4),
+    }
 
 
 def current_cpu() -> int:
@@ -81,8 +83,16 @@ def _timing(loops: int, times: np.ndarray | None) -> tuple[dict, np.ndarray | No
     unit(loops)
     took = time.perf_counter() - started
     now = cpu_times()
-    return ({"monotonic_ns": time.monotonic_ns(), "unix_ns": time.time_ns(), "seconds": took, "cpu": current_cpu(),
-             **cpu_shares(times, now)}, now)
+    return (
+        {
+            "monotonic_ns": time.monotonic_ns(),
+            "unix_ns": time.time_ns(),
+            "seconds": took,
+            "cpu": current_cpu(),
+            **cpu_shares(times, now),
+        },
+        now,
+    )
 
 
 def probe(out: Path, duration_s: float, interval_s: float = 0.5, loops: int = LOOPS) -> int:
@@ -107,8 +117,10 @@ def survey(out: Path, seconds_per_cpu: float, rounds: int = 1, interval_s: float
     ``rounds`` times over, timing :func:`unit` every ``interval_s`` as :func:`probe` does (each line's ``cpu`` is
     the pinned core); restores the affinity it had and returns how many timings."""
     if not seconds_per_cpu > 0 or not interval_s > 0 or rounds < 1:
-        raise ValueError(f"seconds_per_cpu and interval_s must be > 0 and rounds >= 1, got {seconds_per_cpu}, "
-                         f"{interval_s} and {rounds}")
+        raise ValueError(
+            f"seconds_per_cpu and interval_s must be > 0 and rounds >= 1, got {seconds_per_cpu}, "
+            f"{interval_s} and {rounds}"
+        )
     before = os.sched_getaffinity(0)
     out.parent.mkdir(parents=True, exist_ok=True)
     count, times = 0, cpu_times()
@@ -147,8 +159,15 @@ def by_cpu(timings: pd.DataFrame) -> pd.DataFrame:
     known, slow = _known(timings)
     cores = known["cpu"].astype(int)
     grouped = (known["seconds"] * 1e3).groupby(cores)
-    table = pd.DataFrame({"count": grouped.size(), "p5": grouped.quantile(0.05), "median": grouped.median(),
-                          "p95": grouped.quantile(0.95), "slow_share": slow.groupby(cores).mean()})
+    table = pd.DataFrame(
+        {
+            "count": grouped.size(),
+            "p5": grouped.quantile(0.05),
+            "median": grouped.median(),
+            "p95": grouped.quantile(0.95),
+            "slow_share": slow.groupby(cores).mean(),
+        }
+    )
     table.index.name = "cpu"
     return table.reset_index()
 
@@ -161,8 +180,16 @@ def read(path: Path) -> pd.DataFrame:
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         try:
             row = json.loads(line)
-            rows.append((int(row["monotonic_ns"]), int(row["unix_ns"]), float(row["seconds"]), int(row.get("cpu", -1)),
-                         float(row.get("cpu_busy", np.nan)), float(row.get("cpu_steal", np.nan))))
+            rows.append(
+                (
+                    int(row["monotonic_ns"]),
+                    int(row["unix_ns"]),
+                    float(row["seconds"]),
+                    int(row.get("cpu", -1)),
+                    float(row.get("cpu_busy", np.nan)),
+                    float(row.get("cpu_steal", np.nan)),
+                )
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{number}: not a speed-probe timing ({exc!r}): {line[:80]!r}") from exc
     return pd.DataFrame(rows, columns=["monotonic_ns", "unix_ns", "seconds", "cpu", "cpu_busy", "cpu_steal"])
@@ -178,8 +205,9 @@ def phase_medians(phases: list[dict], timings: pd.DataFrame) -> pd.DataFrame:
     for phase in phases:
         if phase["phase"] == "step":
             lo, hi = np.searchsorted(unix, [phase["start_unix_ns"], phase["end_unix_ns"]])
-            rows.append({"step": int(phase["step"]),
-                         "probe_ms": float(np.median(seconds[lo:hi])) * 1e3 if hi > lo else np.nan})
+            rows.append(
+                {"step": int(phase["step"]), "probe_ms": float(np.median(seconds[lo:hi])) * 1e3 if hi > lo else np.nan}
+            )
     return pd.DataFrame(rows, columns=["step", "probe_ms"])
 
 
@@ -194,16 +222,20 @@ def flips(timings: pd.DataFrame, bin_s: float = 0.5) -> dict[str, float]:
     stretch = ((slow != slow.shift()) | (known["cpu"] != known["cpu"].shift())).cumsum()
     lengths = slow.groupby(stretch).agg(["first", "size"])
     lengths = lengths.loc[lengths["first"].astype(bool), "size"]
-    out = {"slow_stretch_median": float(lengths.median()) if len(lengths) else 0.0,
-           "slow_stretch_max": int(lengths.max()) if len(lengths) else 0}
+    out = {
+        "slow_stretch_median": float(lengths.median()) if len(lengths) else 0.0,
+        "slow_stretch_max": int(lengths.max()) if len(lengths) else 0,
+    }
     bins = (known["unix_ns"] - known["unix_ns"].min()) // int(bin_s * 1e9)
     shares = slow.groupby([bins, known["cpu"]]).mean().unstack()
     if shares.shape[1] >= 2 and shares.dropna().shape[0] >= 2:
         pairs = shares.dropna().corr().to_numpy()[np.triu_indices(shares.shape[1], 1)]
         machine = shares.mean(axis=1)
-        out.update(mean_pairwise_correlation=round(float(np.nanmean(pairs)), 3),
-                   machine_slow_share_min=round(float(machine.min()), 3),
-                   machine_slow_share_max=round(float(machine.max()), 3))
+        out.update(
+            mean_pairwise_correlation=round(float(np.nanmean(pairs)), 3),
+            machine_slow_share_min=round(float(machine.min()), 3),
+            machine_slow_share_max=round(float(machine.max()), 3),
+        )
     return out
 
 
@@ -212,12 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append the timings to")
     parser.add_argument("--duration-s", type=float, help="how long to probe [s] (not with --survey)")
     parser.add_argument("--interval-s", type=float, help="time between timings [s] (default 0.5; 0.05 with --survey)")
-    parser.add_argument("--survey", action="store_true", help="pin the probe to each core in turn; prints the summary "
-                                                              "--summarise prints")
+    parser.add_argument(
+        "--survey",
+        action="store_true",
+        help="pin the probe to each core in turn; prints the summary --summarise prints",
+    )
     parser.add_argument("--survey-s", type=float, default=5.0, help="seconds on each core with --survey (default 5)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all cores with --survey (default 1)")
-    parser.add_argument("--summarise", action="store_true", help="probe nothing: print each core's summary and "
-                                                                 "how its slow spells come and go, from --out")
+    parser.add_argument(
+        "--summarise",
+        action="store_true",
+        help="probe nothing: print each core's summary and how its slow spells come and go, from --out",
+    )
     args = parser.parse_args(argv)
     if not args.summarise and args.survey == (args.duration_s is not None):
         parser.error("give either --duration-s (probe beside a run) or --survey (each core in turn)")

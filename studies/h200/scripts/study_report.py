@@ -70,8 +70,13 @@ from gawm_lib.models import TandemServer, plan_tandem
 from gawm_lib.models.scaling import mva
 from studies.h200.scripts import speed_probe
 
-GPU_QUERIES = {"gpu_util_nvml": "gpu_util", "gpu_memory_used_nvml": "gpu_memory_bytes", "gpu_power_nvml": "gpu_power_w",
-               "energy_per_request_nvml": "energy_per_request_j", "gc_pause_ratio": "gc_pause_share"}
+GPU_QUERIES = {
+    "gpu_util_nvml": "gpu_util",
+    "gpu_memory_used_nvml": "gpu_memory_bytes",
+    "gpu_power_nvml": "gpu_power_w",
+    "energy_per_request_nvml": "energy_per_request_j",
+    "gc_pause_ratio": "gc_pause_share",
+}
 # a workload run with several values of one of these is one configuration per value
 CONFIGURATION_SETTINGS = ("decode_workers", "gc_freeze", "gc_thresholds", "payloads_per_request")
 
@@ -92,8 +97,13 @@ def scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     shared = analysis.replica_scaling(table.assign(placement="shared"))
     own = analysis.replica_scaling(table.assign(placement="exclusive"))
     measured = shared[0].drop(columns=["placement"])
-    predicted = pd.concat([shared[1][shared[1]["model"] == "MVA"].assign(model="MVA-1"),
-                           own[1][own[1]["model"] == "MVA"].assign(model="MVA-R")], ignore_index=True)
+    predicted = pd.concat(
+        [
+            shared[1][shared[1]["model"] == "MVA"].assign(model="MVA-1"),
+            own[1][own[1]["model"] == "MVA"].assign(model="MVA-R"),
+        ],
+        ignore_index=True,
+    )
     return measured, predicted.drop(columns=["placement"])
 
 
@@ -126,10 +136,19 @@ def delay_bottleneck(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float
         replicas, users = int(step["replicas"]), float(step["level"])
         busy = min(replicas, users)  # fewer users than replicas: the rest idle
         throughput = busy * per_replica(users / busy)
-        rows.append({"run_id": step["run_id"], "workload": step["workload"], "replicas": replicas, "level": users,
-                     "fitted_on": replicas == 1, "throughput_rps": step["throughput_rps"],
-                     "predicted_throughput_rps": throughput, "mean_ms": step["mean_ms"],
-                     "predicted_mean_ms": users / throughput * 1e3})
+        rows.append(
+            {
+                "run_id": step["run_id"],
+                "workload": step["workload"],
+                "replicas": replicas,
+                "level": users,
+                "fitted_on": replicas == 1,
+                "throughput_rps": step["throughput_rps"],
+                "predicted_throughput_rps": throughput,
+                "mean_ms": step["mean_ms"],
+                "predicted_mean_ms": users / throughput * 1e3,
+            }
+        )
     frame = pd.DataFrame(rows)
     frame["throughput_ape_pct"] = 100 * (frame["predicted_throughput_rps"] / frame["throughput_rps"] - 1).abs()
     frame["mean_ape_pct"] = 100 * (frame["predicted_mean_ms"] / frame["mean_ms"] - 1).abs()
@@ -147,11 +166,17 @@ def capacity_plan(steps: pd.DataFrame, slo_ms: dict[str, float], loads: dict[str
         capacity = mine.groupby("replicas")["throughput_rps"].max().sort_index()
         for load in loads.get(workload, []):
             enough = capacity[capacity >= load]
-            rows.append({"workload": workload, "slo_p95_ms": limit, "load_rps": load,
-                         "replicas": int(enough.index[0]) if len(enough) else None,
-                         "slo_capacity_rps": float(enough.iloc[0]) if len(enough) else None,
-                         "measured_counts": ",".join(map(str, capacity.index)),
-                         "measured_slo_capacity_rps": ",".join(f"{c:.0f}" for c in capacity)})
+            rows.append(
+                {
+                    "workload": workload,
+                    "slo_p95_ms": limit,
+                    "load_rps": load,
+                    "replicas": int(enough.index[0]) if len(enough) else None,
+                    "slo_capacity_rps": float(enough.iloc[0]) if len(enough) else None,
+                    "measured_counts": ",".join(map(str, capacity.index)),
+                    "measured_slo_capacity_rps": ",".join(f"{c:.0f}" for c in capacity),
+                }
+            )
     plan = pd.DataFrame(rows)
     if len(plan):
         plan["replicas"] = plan["replicas"].astype("Int64")  # a count, or empty where none measured reaches the load
@@ -171,8 +196,9 @@ def cpu_bound_runs(steps: pd.DataFrame, workload: str) -> list[str]:
     return busiest["run_id"].tolist()
 
 
-def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame,
-                      workload: str) -> tuple[TandemServer | None, pd.DataFrame, dict]:
+def tandem_validation(
+    requests: pd.DataFrame, steps: pd.DataFrame, workload: str
+) -> tuple[TandemServer | None, pd.DataFrame, dict]:
     """The tandem model of ``workload`` fitted on its CPU-bound closed-loop runs (None where it cannot be), its
     predictions of the open-loop steps, and what to report of it."""
     fitted_on = cpu_bound_runs(steps, workload)
@@ -183,17 +209,23 @@ def tandem_validation(requests: pd.DataFrame, steps: pd.DataFrame,
     except ValueError as exc:
         return None, pd.DataFrame(), {"not_fitted": str(exc), "fitted_on": fitted_on}
     predicted = analysis.predict_tandem_steps(mine, model)
-    info = {"fitted_on": fitted_on, "max_replicas_fitted": int(fit_rows["replicas"].max()),
-            "threads": model.threads,
-            "cpu_in_mean_ms": round(float(np.mean(model.cpu_in_s)) * 1e3, 3),
-            "cpu_out_mean_ms": round(float(np.mean(model.cpu_out_s)) * 1e3, 3),
-            "dispatch_ms": round(model.dispatch_s * 1e3, 3),
-            "per_replica_slowdown_per_rps": model.per_replica_slowdown, "host_slowdown_per_rps": model.host_slowdown,
-            "capacity_rps_per_replica": {}, "held_out_mape_pct": {}}
+    info = {
+        "fitted_on": fitted_on,
+        "max_replicas_fitted": int(fit_rows["replicas"].max()),
+        "threads": model.threads,
+        "cpu_in_mean_ms": round(float(np.mean(model.cpu_in_s)) * 1e3, 3),
+        "cpu_out_mean_ms": round(float(np.mean(model.cpu_out_s)) * 1e3, 3),
+        "dispatch_ms": round(model.dispatch_s * 1e3, 3),
+        "per_replica_slowdown_per_rps": model.per_replica_slowdown,
+        "host_slowdown_per_rps": model.host_slowdown,
+        "capacity_rps_per_replica": {},
+        "held_out_mape_pct": {},
+    }
     if predicted.empty:
         return model, predicted, info
     validation = analysis.validation_table(predicted, metrics=("p50", "p95")).merge(
-        predicted[["run_id", "level", "replicas", "utilisation"]], on=["run_id", "level"])
+        predicted[["run_id", "level", "replicas", "utilisation"]], on=["run_id", "level"]
+    )
     for replicas, rows in validation[validation["utilisation"] >= 0.1].groupby("replicas"):
         info["capacity_rps_per_replica"][f"replicas_{replicas}"] = round(model.capacity_rps(int(replicas)), 1)
         info["held_out_mape_pct"][f"replicas_{replicas}"] = rows.groupby("metric")["ape_pct"].mean().round(1).to_dict()
@@ -208,8 +240,11 @@ def _p95_table(predicted: pd.DataFrame) -> pd.DataFrame:
     """:func:`gawm_lib.analysis.validation_table` of the p95 alone, one row per predicted step (a rate may be visited
     twice in a run), with its replicas, utilisation and failed requests."""
     table = analysis.validation_table(predicted, metrics=("p95",))
-    return table.assign(replicas=predicted["replicas"].to_numpy(), utilisation=predicted["utilisation"].to_numpy(),
-                        errors=predicted["errors"].to_numpy())
+    return table.assign(
+        replicas=predicted["replicas"].to_numpy(),
+        utilisation=predicted["utilisation"].to_numpy(),
+        errors=predicted["errors"].to_numpy(),
+    )
 
 
 def levelled(validation: pd.DataFrame) -> pd.DataFrame:
@@ -230,13 +265,15 @@ def levelled(validation: pd.DataFrame) -> pd.DataFrame:
         scored = rows.index.difference(lowest.index)
         out.loc[rows.index, "level_factor"] = factor
         out.loc[scored, "levelled_predicted"] = out.loc[scored, "predicted"] * factor
-        out.loc[scored, "levelled_ape_pct"] = 100 * (out.loc[scored, "levelled_predicted"]
-                                                     / out.loc[scored, "measured"] - 1).abs()
+        out.loc[scored, "levelled_ape_pct"] = (
+            100 * (out.loc[scored, "levelled_predicted"] / out.loc[scored, "measured"] - 1).abs()
+        )
     return out
 
 
-def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
-                    slo_ms: dict[str, float]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def tail_validation(
+    requests: pd.DataFrame, heldout: pd.DataFrame, slo_ms: dict[str, float]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The tail curve of each (workload, replicas) with a closed-loop run and a Poisson sweep in ``requests``, its
     p95 predictions of the same configurations' Poisson steps in ``heldout`` (MAPE over 10-85 % of the capacity), and
     with an SLO the highest rate it says meets it."""
@@ -245,10 +282,21 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
     for (workload, replicas), why in sorted(not_fitted.items()):
         info.setdefault(workload, {})[f"replicas_{replicas}"] = {"not_fitted": why}
     for (workload, replicas), curve in sorted(curves.items()):
-        entry = {"t0_ms": round(curve.t0_s * 1e3, 3), "k_ms": round(curve.k_s * 1e3, 3),
-                 "headroom": round(curve.headroom, 4), "capacity_rps": round(curve.capacity_rps, 1),
-                 "fitted_on": sorted(requests[(requests["workload"] == workload) & (requests["replicas"] == replicas)
-                                              & (requests["scenario"] == "poisson")]["run_id"].unique().tolist())}
+        entry = {
+            "t0_ms": round(curve.t0_s * 1e3, 3),
+            "k_ms": round(curve.k_s * 1e3, 3),
+            "headroom": round(curve.headroom, 4),
+            "capacity_rps": round(curve.capacity_rps, 1),
+            "fitted_on": sorted(
+                requests[
+                    (requests["workload"] == workload)
+                    & (requests["replicas"] == replicas)
+                    & (requests["scenario"] == "poisson")
+                ]["run_id"]
+                .unique()
+                .tolist()
+            ),
+        }
         if workload in slo_ms:
             entry["max_rate_rps_at_slo"] = round(curve.max_rate(slo_ms[workload] / 1e3), 1)
         info.setdefault(workload, {})[f"replicas_{replicas}"] = entry
@@ -264,8 +312,9 @@ def tail_validation(requests: pd.DataFrame, heldout: pd.DataFrame,
         entry = info[workload][f"replicas_{replicas}"]
         entry["held_out"] = sorted(rows["run_id"].unique().tolist())
         entry["held_out_p95_mape_pct"] = round(float(rows["ape_pct"].mean()), 1)
-        entry["held_out_p95_mape_pct_by_run"] = {run: round(float(mine["ape_pct"].mean()), 1)
-                                                 for run, mine in rows.groupby("run_id")}
+        entry["held_out_p95_mape_pct_by_run"] = {
+            run: round(float(mine["ape_pct"].mean()), 1) for run, mine in rows.groupby("run_id")
+        }
         entry["held_out_utilisation"] = _span(rows["utilisation"])
         failed = rows[rows["errors"] > 0].groupby(["run_id", "level"])["errors"].sum()  # scored like the others,
         for (run, level), n in failed.items():  # but the reader should know why they missed
@@ -300,8 +349,9 @@ def tail_cross_validation(requests: pd.DataFrame, info: dict[str, Any]) -> tuple
         entry["revisit_floor_p95_mape_pct"] = round(float(np.average(rows["loo_mape_pct"], weights=rows["visits"])), 1)
         within = rows[rows["within_run_visits"] > 0]
         if len(within):
-            entry["revisit_floor_within_run_p95_mape_pct"] = round(float(np.average(
-                within["within_run_loo_mape_pct"], weights=within["within_run_visits"])), 1)
+            entry["revisit_floor_within_run_p95_mape_pct"] = round(
+                float(np.average(within["within_run_loo_mape_pct"], weights=within["within_run_visits"])), 1
+            )
     return crossed, repeats
 
 
@@ -310,21 +360,31 @@ def probe_summary(timings: pd.DataFrame, steps: pd.DataFrame, files: list[str]) 
     more than once, how each visit's p95 and probe time stood against the rate's mean: their Spearman rank correlation
     (near +1: the slow visits came when the machine's Python ran slow), per workload configuration."""
     ms = timings["seconds"].to_numpy() * 1e3
-    summary = {"files": files, "timings": int(ms.size),
-               "probe_ms": {k: round(float(np.quantile(ms, q)), 3) for k, q in (("p5", .05), ("median", .5),
-                                                                                  ("p95", .95))} if ms.size else {},
-               "revisit_correlation": {}}
+    summary = {
+        "files": files,
+        "timings": int(ms.size),
+        "probe_ms": {k: round(float(np.quantile(ms, q)), 3) for k, q in (("p5", 0.05), ("median", 0.5), ("p95", 0.95))}
+        if ms.size
+        else {},
+        "revisit_correlation": {},
+    }
     visits = steps[(steps["scenario"] == "poisson") & steps["probe_ms"].notna()]
     relative = []
     for _, group in visits.groupby(["workload", "replicas", "level"]):
         if len(group) >= 2:
-            relative.append(group.assign(p95_rel=group["p95_ms"] / group["p95_ms"].mean(),
-                                         probe_rel=group["probe_ms"] / group["probe_ms"].mean()))
-    for (workload, replicas), group in (pd.concat(relative).groupby(["workload", "replicas"]) if relative else ()):
+            relative.append(
+                group.assign(
+                    p95_rel=group["p95_ms"] / group["p95_ms"].mean(),
+                    probe_rel=group["probe_ms"] / group["probe_ms"].mean(),
+                )
+            )
+    for (workload, replicas), group in pd.concat(relative).groupby(["workload", "replicas"]) if relative else ():
         if len(group) >= 3:
             rho = stats.spearmanr(group["probe_rel"], group["p95_rel"]).statistic
             summary["revisit_correlation"].setdefault(workload, {})[f"replicas_{replicas}"] = {
-                "visits": len(group), "spearman_rho": round(float(rho), 3)}
+                "visits": len(group),
+                "spearman_rho": round(float(rho), 3),
+            }
     return summary
 
 
@@ -337,7 +397,8 @@ def tail_window_floors(requests: pd.DataFrame, info: dict[str, Any]) -> pd.DataF
         entry = info.setdefault(workload, {}).setdefault(f"replicas_{replicas}", {})
         entry["window_floor_p95_mape_pct"] = {
             f"{window:g}": round(float(np.average(group["floor_pct"], weights=group["windows"])), 1)
-            for window, group in rows.groupby("window_s")}
+            for window, group in rows.groupby("window_s")
+        }
     return floors
 
 
@@ -357,8 +418,9 @@ def model_plan(plan: pd.DataFrame, models: dict[str, TandemServer], max_replicas
             replicas.append(None)
             p95.append(np.nan)
             continue
-        answer = plan_tandem(model, float(row["load_rps"]), float(row["slo_p95_ms"]) / 1e3,
-                             max_replicas[row["workload"]])
+        answer = plan_tandem(
+            model, float(row["load_rps"]), float(row["slo_p95_ms"]) / 1e3, max_replicas[row["workload"]]
+        )
         replicas.append(answer.replicas)
         p95.append(answer.p95_s[answer.replicas or max(answer.p95_s)] * 1e3)
     return plan.assign(model_replicas=pd.array(replicas, dtype="Int64"), model_p95_ms=np.round(p95, 2))
@@ -388,10 +450,16 @@ def _repeat_summary(pairs: pd.DataFrame) -> dict[str, Any]:
     """Per workload: how many steps matched and their mean and largest difference per metric [%]."""
     summary = {}
     for workload, rows in pairs.groupby("workload"):
-        summary[workload] = {"steps": len(rows), **{
-            metric.removesuffix("_rps").removesuffix("_ms"): {
-                "mean_diff_pct": round(float(rows[f"{metric}_diff_pct"].mean()), 1),
-                "max_diff_pct": round(float(rows[f"{metric}_diff_pct"].max()), 1)} for metric in REPEAT_METRICS}}
+        summary[workload] = {
+            "steps": len(rows),
+            **{
+                metric.removesuffix("_rps").removesuffix("_ms"): {
+                    "mean_diff_pct": round(float(rows[f"{metric}_diff_pct"].mean()), 1),
+                    "max_diff_pct": round(float(rows[f"{metric}_diff_pct"].max()), 1),
+                }
+                for metric in REPEAT_METRICS
+            },
+        }
     return summary
 
 
@@ -416,14 +484,22 @@ def _for_configurations(per: dict[str, Any] | None, labels: set[str]) -> dict[st
         return None
     bases = {label.split(" ")[0] for label in labels if " " in label}
     out = {name: value for name, value in per.items() if name not in bases}
-    out.update({label: per[label.split(" ")[0]] for label in sorted(labels)
-                if label not in per and label.split(" ")[0] in per})
+    out.update(
+        {label: per[label.split(" ")[0]] for label in sorted(labels) if label not in per and label.split(" ")[0] in per}
+    )
     return out
 
 
-def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] | None = None,
-          loads: dict[str, list[float]] | None = None, repeat_ids: list[str] | None = None,
-          heldout_ids: list[str] | None = None, speed_probes: list[Path] | None = None) -> dict[str, Any]:
+def build(
+    run_ids: list[str],
+    out: Path,
+    command: str,
+    slo_ms: dict[str, float] | None = None,
+    loads: dict[str, list[float]] | None = None,
+    repeat_ids: list[str] | None = None,
+    heldout_ids: list[str] | None = None,
+    speed_probes: list[Path] | None = None,
+) -> dict[str, Any]:
     """The report of ``run_ids`` (any workloads; closed-loop replica studies get the scaling models, open-loop runs
     are predicted by the batch-service model fitted on the same workload's 1-replica closed-loop runs), with
     ``repeat_ids`` how far the same configurations' runs in another session landed from these, and with
@@ -434,7 +510,7 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     if heldout_ids:
         heldout = analysis.load_requests(heldout_ids)[0]
         both = configurations(pd.concat([requests, heldout], ignore_index=True))
-        requests, heldout = both.iloc[:len(requests)], both.iloc[len(requests):]
+        requests, heldout = both.iloc[: len(requests)], both.iloc[len(requests) :]
     else:
         requests = configurations(requests)
     labels = set(requests["workload"].unique())
@@ -444,9 +520,14 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     timings = None
     if speed_probes:
         timings = pd.concat([speed_probe.read(p) for p in speed_probes], ignore_index=True)
-        probes = pd.concat([speed_probe.phase_medians(phases, timings).assign(run_id=r.id, workload=workload)
-                            for r in loaded for workload, phases in r.manifest.get("phases", {}).items()],
-                           ignore_index=True)
+        probes = pd.concat(
+            [
+                speed_probe.phase_medians(phases, timings).assign(run_id=r.id, workload=workload)
+                for r in loaded
+                for workload, phases in r.manifest.get("phases", {}).items()
+            ],
+            ignore_index=True,
+        )
         gpu = gpu.merge(probes, on=["run_id", "workload", "step"], how="outer") if len(gpu) else probes
     if len(gpu):  # the same configuration labels as the requests (a run of one workload is one configuration)
         per_run = requests.groupby("run_id")["workload"]
@@ -455,9 +536,25 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     steps = table.merge(gpu, on=["run_id", "workload", "step"], how="left") if len(gpu) else table
     probe = probe_summary(timings, steps, [str(p) for p in speed_probes]) if timings is not None else None
     out.mkdir(parents=True, exist_ok=True)
-    keep = ["run_id", "workload", "replicas", "placement", "scenario", "step", "level", "ok", "errors",
-            "throughput_rps", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "compute_ms", "batch_size_mean",
-            *[c for c in (*GPU_QUERIES.values(), "probe_ms") if c in steps]]
+    keep = [
+        "run_id",
+        "workload",
+        "replicas",
+        "placement",
+        "scenario",
+        "step",
+        "level",
+        "ok",
+        "errors",
+        "throughput_rps",
+        "mean_ms",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "compute_ms",
+        "batch_size_mean",
+        *[c for c in (*GPU_QUERIES.values(), "probe_ms") if c in steps],
+    ]
     steps[keep].round(4).to_csv(out / "steps.csv", index=False)
 
     closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
@@ -466,18 +563,24 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     if studied:
         measured, predicted = scaling(closed[closed["workload"].isin(studied)])
         joined = measured[["workload", "replicas", "level", "throughput_rps", "mean_ms"]].merge(
-            predicted.pivot_table(index=["workload", "replicas"], columns="model",
-                                  values=["throughput_rps", "mean_ms"])
-            .pipe(lambda f: f.set_axis([f"{m}_{v}" for v, m in f.columns], axis=1)).reset_index(),
-            on=["workload", "replicas"], how="left")
+            predicted.pivot_table(index=["workload", "replicas"], columns="model", values=["throughput_rps", "mean_ms"])
+            .pipe(lambda f: f.set_axis([f"{m}_{v}" for v, m in f.columns], axis=1))
+            .reset_index(),
+            on=["workload", "replicas"],
+            how="left",
+        )
         joined.round(3).to_csv(out / "scaling.csv", index=False)
         frames = []
         for workload in studied:
             frame, fitted[workload] = delay_bottleneck(closed[closed["workload"] == workload])
             frames.append(frame)
-            mva_mape[workload] = {f"replicas_{r}": {"throughput": round(float(g["throughput_ape_pct"].mean()), 1),
-                                                    "mean_latency": round(float(g["mean_ape_pct"].mean()), 1)}
-                                  for r, g in frame[~frame["fitted_on"]].groupby("replicas")}
+            mva_mape[workload] = {
+                f"replicas_{r}": {
+                    "throughput": round(float(g["throughput_ape_pct"].mean()), 1),
+                    "mean_latency": round(float(g["mean_ape_pct"].mean()), 1),
+                }
+                for r, g in frame[~frame["fitted_on"]].groupby("replicas")
+            }
         pd.concat(frames, ignore_index=True).round(4).to_csv(out / "mva_steps.csv", index=False)
 
     validations, mape, services = [], {}, {}
@@ -491,14 +594,20 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
             except ValueError as exc:  # e.g. closed-loop steps whose batches were all about one size
                 services[workload] = {"not_fitted": str(exc), "fitted_on": single}
                 continue
-        services[workload] = {"alpha_ms": round(service.alpha * 1e3, 4), "beta_ms": round(service.beta * 1e3, 4),
-                              "overhead_ms": round(overhead * 1e3, 3), "fitted_on": single}
+        services[workload] = {
+            "alpha_ms": round(service.alpha * 1e3, 4),
+            "beta_ms": round(service.beta * 1e3, 4),
+            "overhead_ms": round(overhead * 1e3, 3),
+            "fitted_on": single,
+        }
         held = mine[~mine["run_id"].isin(single)]
         if len(held):
             validation = analysis.validation_table(analysis.predict_steps(held, service, overhead))
             validations.append(validation.assign(workload=workload))
-            mape[workload] = {scenario: rows.groupby("metric")["ape_pct"].mean().round(1).to_dict()
-                              for scenario, rows in validation.groupby("scenario")}
+            mape[workload] = {
+                scenario: rows.groupby("metric")["ape_pct"].mean().round(1).to_dict()
+                for scenario, rows in validation.groupby("scenario")
+            }
     if validations:
         pd.concat(validations, ignore_index=True).round(4).to_csv(out / "validation.csv", index=False)
 
@@ -527,8 +636,11 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
 
     plan = None
     if slo_ms:
-        plan = model_plan(capacity_plan(steps, slo_ms, loads or {}), tandem_models,
-                          {w: tandem_info[w]["max_replicas_fitted"] for w in tandem_models})
+        plan = model_plan(
+            capacity_plan(steps, slo_ms, loads or {}),
+            tandem_models,
+            {w: tandem_info[w]["max_replicas_fitted"] for w in tandem_models},
+        )
         plan.to_csv(out / "capacity.csv", index=False)
 
     repeats = None
@@ -543,21 +655,42 @@ def build(run_ids: list[str], out: Path, command: str, slo_ms: dict[str, float] 
     if measured is not None:
         drawn.append(("scaling_vs_replicas", plots.scaling_vs_replicas(measured, predicted)))
     for fig_id, fig in drawn:
-        figures[fig_id] = [str(p) for p in plots.save_figure(fig, fig_id, run_ids,
-                                                             "studies/h200/scripts/study_report.py",
-                                                             {"command": command}, out_dir=out,
-                                                             overwrite=True).values()]
+        figures[fig_id] = [
+            str(p)
+            for p in plots.save_figure(
+                fig,
+                fig_id,
+                run_ids,
+                "studies/h200/scripts/study_report.py",
+                {"command": command},
+                out_dir=out,
+                overwrite=True,
+            ).values()
+        ]
     report = {
         "command": command,
         "run_ids": run_ids,
-        "runs": {r.id: {"git": r.manifest.get("git"), "host": r.manifest.get("host"), "gpu": r.manifest.get("gpu"),
-                        "status": r.manifest.get("status"), "weights": r.manifest.get("workloads")} for r in loaded},
+        "runs": {
+            r.id: {
+                "git": r.manifest.get("git"),
+                "host": r.manifest.get("host"),
+                "gpu": r.manifest.get("gpu"),
+                "status": r.manifest.get("status"),
+                "weights": r.manifest.get("workloads"),
+            }
+            for r in loaded
+        },
         # one value per configuration (configurations() splits a workload sent with several)
-        "payloads_per_request": {w: int(v) for frame in (requests, heldout) if len(frame)
-                                 for w, v in frame.groupby("workload")["payloads_per_request"].max().items()},
+        "payloads_per_request": {
+            w: int(v)
+            for frame in (requests, heldout)
+            if len(frame)
+            for w, v in frame.groupby("workload")["payloads_per_request"].max().items()
+        },
         "model_mape_pct": mape,
-        "mva_delay_bottleneck": {w: {**{k: round(v, 3) for k, v in fitted[w].items()},
-                                     "held_out_mape_pct": mva_mape[w]} for w in fitted},
+        "mva_delay_bottleneck": {
+            w: {**{k: round(v, 3) for k, v in fitted[w].items()}, "held_out_mape_pct": mva_mape[w]} for w in fitted
+        },
         "model": {"service": services},
         "tandem_model": tandem_info,
         "tail_curve": tail_info,
@@ -586,13 +719,16 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     by 13.6 and 15.2 %, which the cross-run check cannot see. Where the held-out runs have a level step
     (:func:`levelled`), the levelled check decides the held-out verdict: the curve, once told the lease's level by
     one low-rate step, predicting the lease's other steps."""
-    mape = {w: {r: v["p95"] for r, v in info.get("held_out_mape_pct", {}).items()}
-            for w, info in report["tandem_model"].items()}
+    mape = {
+        w: {r: v["p95"] for r, v in info.get("held_out_mape_pct", {}).items()}
+        for w, info in report["tandem_model"].items()
+    }
     repeat = (report.get("repeatability") or {}).get("by_workload", {})
 
     def per_replicas(key: str) -> dict[str, dict[str, Any]]:  # the tail curves' ``key`` where it was measured
-        found = {w: {r: v[key] for r, v in per.items() if key in v}
-                 for w, per in (report.get("tail_curve") or {}).items()}
+        found = {
+            w: {r: v[key] for r, v in per.items() if key in v} for w, per in (report.get("tail_curve") or {}).items()
+        }
         return {w: m for w, m in found.items() if m}
 
     def met(errors: dict[str, dict[str, float]], spans: dict[str, dict[str, list[float]]] | None = None):
@@ -610,13 +746,17 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
     cross_met = met(cross, per_replicas("cross_run_utilisation"))
     return {
         "goal": f"held-out p95 MAPE <= {goal_pct:g} % from 10 % to 85 % utilisation on a GPU (open-loop steps)",
-        "source": source, "command": report["command"], "model": "gawm_lib.models.TandemServer",
+        "source": source,
+        "command": report["command"],
+        "model": "gawm_lib.models.TandemServer",
         "payloads_per_request": report.get("payloads_per_request", {}),
-        "devices": sorted({d.get("name", "?") for r in report["runs"].values()
-                           for d in ((r.get("gpu") or {}).get("devices") or [])}),
-        "goal_met": {w: tandem_met.get(w, False) or (held_out_met[w] if w in held_out_met
-                                                     else cross_met.get(w, False))
-                     for w in sorted({*tandem_met, *held_out_met, *cross_met})},
+        "devices": sorted(
+            {d.get("name", "?") for r in report["runs"].values() for d in ((r.get("gpu") or {}).get("devices") or [])}
+        ),
+        "goal_met": {
+            w: tandem_met.get(w, False) or (held_out_met[w] if w in held_out_met else cross_met.get(w, False))
+            for w in sorted({*tandem_met, *held_out_met, *cross_met})
+        },
         "p95_mape_pct": mape,
         "p95_goal_met": tandem_met,
         "not_fitted": {w: info["not_fitted"] for w, info in report["tandem_model"].items() if "not_fitted" in info},
@@ -624,8 +764,8 @@ def gpu_goal(report: dict[str, Any], goal_pct: float, source: str) -> dict[str, 
         "tail_curve": {
             "model": "gawm_lib.models.TailCurve",
             "scope": "other rates of a configuration (workload, replicas) from Poisson sweeps of it and its "
-                     "measured capacity: not a new configuration; the levelled check also takes each held-out "
-                     "sweep's visits to its lowest rate, in the lease it predicts",
+            "measured capacity: not a new configuration; the levelled check also takes each held-out "
+            "sweep's visits to its lowest rate, in the lease it predicts",
             "reach_needed": TAIL_REACH,
             "p95_mape_pct": tail,
             "utilisation": per_replicas("held_out_utilisation"),
@@ -666,8 +806,11 @@ def write_gpu_goal(path: Path, section: dict[str, Any]) -> None:
     command is replaced. ``gpu_goal_met`` says per workload whether any standing section meets the goal, and
     ``gpu_goal_met_by`` which reports' configurations do."""
     data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "models"}
-    standing = [s for s in [data.get("gpu"), *data.get("gpu_also", [])]
-                if s and (s.get("source"), s.get("command")) != (section["source"], section["command"])]
+    standing = [
+        s
+        for s in [data.get("gpu"), *data.get("gpu_also", [])]
+        if s and (s.get("source"), s.get("command")) != (section["source"], section["command"])
+    ]
     covered = checked_configurations(section)
     kept, superseded = [], []
     for earlier in standing:
@@ -704,28 +847,60 @@ def _per_workload(values: list[str], what: str, parse) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--suite", nargs="+", help="suites whose completed runs to report (gawm run params/suite_*.yaml)")
+    which.add_argument(
+        "--suite", nargs="+", help="suites whose completed runs to report (gawm run params/suite_*.yaml)"
+    )
     which.add_argument("--run-ids", nargs="+", help="run ids under GAWM_RAW_DIR")
     parser.add_argument("--out", type=Path, required=True, help="folder for the report (e.g. studies/h200/results)")
-    parser.add_argument("--slo-ms", nargs="+", default=[], metavar="WORKLOAD=MS",
-                        help="p95 targets for a capacity plan from the measured steps, e.g. resnet50=15")
-    parser.add_argument("--repeat", nargs="+", default=[], metavar="SUITE",
-                        help="suites that ran the same configurations again: compared step by step")
-    parser.add_argument("--heldout", nargs="+", default=[], metavar="SUITE",
-                        help="suites whose Poisson runs the tail curves fitted here (and the tandem model) predict")
-    parser.add_argument("--models-json", type=Path,
-                        help="also write the tandem model's errors against the 10 %% goal under 'gpu' in this models "
-                             "report (studies/h200/results/models_cpu/models.json)")
-    parser.add_argument("--speed-probe", nargs="+", default=[], type=Path, metavar="FILE",
-                        help="python -m studies.h200.scripts.speed_probe files recorded beside the runs: each step's "
-                             "median probe time goes into steps.csv (probe_ms)")
-    parser.add_argument("--loads-rps", nargs="+", default=[], metavar="WORKLOAD=R1,R2",
-                        help="loads to plan for [req/s], e.g. resnet50=100,400,1600")
+    parser.add_argument(
+        "--slo-ms",
+        nargs="+",
+        default=[],
+        metavar="WORKLOAD=MS",
+        help="p95 targets for a capacity plan from the measured steps, e.g. resnet50=15",
+    )
+    parser.add_argument(
+        "--repeat",
+        nargs="+",
+        default=[],
+        metavar="SUITE",
+        help="suites that ran the same configurations again: compared step by step",
+    )
+    parser.add_argument(
+        "--heldout",
+        nargs="+",
+        default=[],
+        metavar="SUITE",
+        help="suites whose Poisson runs the tail curves fitted here (and the tandem model) predict",
+    )
+    parser.add_argument(
+        "--models-json",
+        type=Path,
+        help="also write the tandem model's errors against the 10 %% goal under 'gpu' in this models "
+        "report (studies/h200/results/models_cpu/models.json)",
+    )
+    parser.add_argument(
+        "--speed-probe",
+        nargs="+",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="python -m studies.h200.scripts.speed_probe files recorded beside the runs: each step's "
+        "median probe time goes into steps.csv (probe_ms)",
+    )
+    parser.add_argument(
+        "--loads-rps",
+        nargs="+",
+        default=[],
+        metavar="WORKLOAD=R1,R2",
+        help="loads to plan for [req/s], e.g. resnet50=100,400,1600",
+    )
     args = parser.parse_args(argv)
     slo_ms = _per_workload(args.slo_ms, "--slo-ms", float)
     loads = _per_workload(args.loads_rps, "--loads-rps", lambda t: [float(x) for x in t.split(",")])
     if set(loads) - set(slo_ms):
         parser.error(f"--loads-rps for {sorted(set(loads) - set(slo_ms))} without an --slo-ms")
+
     def suite_runs(names: list[str]) -> list[str]:
         try:
             return [r for name in names for r in suite.suite_run_ids(name)]
@@ -748,8 +923,22 @@ def main(argv: list[str] | None = None) -> int:
     report = build(run_ids, args.out, command, slo_ms, loads, repeat_ids, heldout_ids, args.speed_probe)
     if args.models_json:
         write_gpu_goal(args.models_json, gpu_goal(report, 10.0, str(args.out / "report.json")))
-    print(json.dumps({k: report[k] for k in ("model_mape_pct", "mva_delay_bottleneck", "tandem_model", "tail_curve",
-                                             "capacity_plan", "repeatability")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "model_mape_pct",
+                    "mva_delay_bottleneck",
+                    "tandem_model",
+                    "tail_curve",
+                    "capacity_plan",
+                    "repeatability",
+                )
+            },
+            indent=1,
+        )
+    )
     return 0
 
 
