@@ -235,7 +235,8 @@ def _few_note(fig, data: pd.DataFrame) -> None:
 
 
 def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: int = 2_000):
-    """Empirical CDF of request latency [ms] (ok requests of the measured steps), log x, one panel per workload.
+    """Empirical CDF of request latency [ms] (ok requests of the measured steps), one panel per workload; the latency
+    axis is logarithmic where a panel's latencies span about a decade or more.
 
     One configuration of a workload: one curve per load level (darker = lower level), so the curves of different
     loads are never pooled. Several configurations (a ``config`` column, :func:`gawm_lib.analysis.load_requests`):
@@ -296,13 +297,25 @@ def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: 
                 }
                 for x, y in zip(values, fraction)
             ]
-        ax.set_xscale("log")
-        _plain_log(ax, "x")
+        shown = [row["x"] for row in rows if row["panel"] == workload]
+        if shown and max(shown) > 8 * max(min(shown), 1e-9):  # a log axis where the latencies span about a decade
+            ax.set_xscale("log")
+            _plain_log(ax, "x")
         ax.set_xlabel("latency [ms]")
         ax.set_ylim(0, 1.01)
         ax.set_title(title)
         legend_title = _level_words(mine) if len(configs) == 1 else "configuration @ level"
-        ax.legend(loc="lower right", fontsize=6, title=legend_title, title_fontsize=6)
+        if len(configs) == 1:
+            ax.legend(loc="lower right", fontsize=6, title=legend_title, title_fontsize=6)
+        else:  # long configuration labels: under the panel, where they cover no curve
+            ax.legend(
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.3),
+                fontsize=6,
+                title=legend_title,
+                title_fontsize=6,
+                frameon=False,
+            )
     axes[0, 0].set_ylabel("fraction of requests [-]")
     return attach_data(fig, rows)
 
