@@ -1,7 +1,7 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager and kube-scheduler
 (Kubernetes 1.20.2, built once from Debian's source package by ``k8s/testenv/build-control-plane.sh``, which
 ``make test-prereqs`` runs before pytest, and cached in ``~/.cache/gawm/kubernetes-1.20.2/bin``), all on loopback with
-free ports, plus the node simulator of ``gawm_lib.cluster.simulator`` (there is no kubelet). tests/conftest.py imports
+free ports, plus the node simulator of ``tests/node_simulator.py`` (there is no kubelet). tests/conftest.py imports
 the fixtures, so that every test module shares one plane; test modules import only the plain names they need
 (``Cluster``, ``GPU_NODE``, ...).
 
@@ -34,7 +34,7 @@ from kubernetes import client
 
 from gawm_lib import processes
 from gawm_lib.cluster import apply_objects, render_access
-from gawm_lib.cluster.simulator import NodeSimulator, SimNode
+from node_simulator import NodeSimulator, SimNode
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "k8s" / "testenv" / "build-control-plane.sh"

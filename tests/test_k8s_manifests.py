@@ -210,7 +210,7 @@ def test_kubernetes_settings_are_checked(fields: dict, problem: str) -> None:
 
 
 def test_settings_reach_the_server_as_expanded_arguments() -> None:
-    from gawm_lib.cluster.simulator import expand
+    from node_simulator import expand
 
     cfg = WorkloadConfig(
         name="whisper",

@@ -4,8 +4,9 @@ placement and cluster facts, and delete what was applied.
 
 Modules: ``connect`` (kubeconfig or in-cluster config, API errors in words), ``manifests`` (objects from settings; also
 writes ``k8s/base``), ``apply`` (create-or-replace, delete, wait until gone), ``rollout`` (wait and diagnose), ``facts``
-(placement, nodes, versions), ``simulator`` (a kubelet stand-in for tests against a real control plane) and ``loadjob``
-(the in-cluster load-generator Job's entry point). The backend built on them is ``gawm_lib.backends.kubernetes``.
+(placement, nodes, versions) and ``loadjob`` (the in-cluster load-generator Job's entry point). The kubelet stand-in
+of the tests is ``tests/node_simulator.py``, not part of the package. The backend built on them is
+``gawm_lib.backends.kubernetes``.
 """
 
 from gawm_lib.cluster.apply import ObjectRef, apply_objects, delete_objects, wait_gone
