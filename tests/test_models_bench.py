@@ -4,6 +4,7 @@ real run of the Whisper path (fit, held-out steps, both predictions) against a r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,11 +55,20 @@ def test_merge_replaces_per_workload_keeps_the_rest_and_the_replaced_runs():
     )
     assert [e["workload"] for e in again["workloads"]] == ["resnet50", "distilbert", "whisper"]
     assert again["workloads"][1]["run"]["command"] == "cmd distilbert"
-    assert [e["workload"] for e in again["superseded"]] == ["distilbert"]  # the replaced run is kept
-    assert again["superseded"][0]["held_out"][0]["measured"]["p95_ms"] == 20.0
+    # append-only: every entry recorded stays in runs, oldest first; workloads is each one's newest
+    assert [e["workload"] for e in again["runs"]] == ["distilbert", "resnet50", "whisper", "distilbert"]
+    assert again["runs"][0]["held_out"][0]["measured"]["p95_ms"] == 20.0 and "superseded" not in again
     assert set(again["commands"]) == {"python -m studies.h200.scripts.models_bench", "cmd distilbert", "cmd whisper"}
     json.dumps(again)  # serialisable as written
-    assert mb.merge_report(again, again)["superseded"] == again["superseded"]  # the same runs again: no duplicates
+    assert mb.merge_report(again, again)["runs"] == again["runs"]  # the same runs again: no duplicates
+    schema2 = {**again, "schema_version": 2, "superseded": again["runs"][:1], "workloads": again["workloads"]}
+    del schema2["runs"]  # a schema-2 file: its superseded entries come first, then its current ones
+    assert [e["workload"] for e in mb.merge_report(schema2, {"workloads": []})["runs"]] == [
+        "distilbert",
+        "resnet50",
+        "distilbert",
+        "whisper",
+    ]
     assert again["machine_quiet"] == {"resnet50": None, "distilbert": None, "whisper": None}  # no CPU recorded
 
 
@@ -416,6 +426,7 @@ def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_r
     )
     monkeypatch.setattr(mb, "analysis_speed", lambda records: {"records": records, "seconds": 0.1})
     monkeypatch.setattr(mb, "draw_figures", lambda *a: None)
+    monkeypatch.setenv("GAWM_RAW_DIR", str(tmp_path / "raw"))  # where the run keeps its request records
     out = tmp_path / "models.json"
     assert mb.main(["--workloads", "whisper", "--out", str(out), "--records", "10"]) == 0
     report = json.loads(out.read_text())
@@ -425,7 +436,10 @@ def test_a_run_is_credited_to_the_commit_it_started_from_not_one_made_while_it_r
     # a second run into the same file says so before it runs, and what it will replace there
     assert mb.main(["--workloads", "whisper", "--out", str(out)]) == 0
     assert (
-        f"{out} exists: this run's entries go into it (it has whisper); its entries for whisper move to superseded"
-        in capsys.readouterr().err
+        f"{out} exists: this run's entries go into it (it has whisper); new entries for whisper are appended and "
+        "become the current ones" in capsys.readouterr().err
     )
-    assert json.loads(out.read_text())["superseded"][0]["run"]["git"] == {"short": "started"}
+    recorded = json.loads(out.read_text())["runs"]
+    assert len(recorded) == 2 and recorded[0]["run"]["git"] == {"short": "started"}  # the first run stays recorded
+    assert all(Path(e["run"]["records_dir"]).is_dir() for e in recorded)  # the request records are kept
+    assert recorded[0]["run"]["records_dir"] != recorded[1]["run"]["records_dir"]

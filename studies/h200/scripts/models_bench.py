@@ -41,9 +41,10 @@ batch times over the fitted ones (service drift), load average and the CPU other
 
 Then 10 million synthetic request records go through :func:`gawm_lib.summary.summarise` and
 :func:`gawm_lib.plots.latency_cdf`, timed. Results are merged per workload into
-``studies/h200/results/models_cpu/models.json``: a run replaces the entries of the workloads it ran (the replaced ones
-move to ``superseded``), keeps the others, and records its command with each entry; the predicted-vs-measured figures
-are drawn from every current entry. Run it on a quiet machine::
+``studies/h200/results/models_cpu/models.json``, an append-only record: every run's entries are appended to ``runs``
+(each with its command, commit, host, times and the folder that keeps its request records, under ``data/raw/``), and
+``workloads`` is the current view, each workload's newest entry; the predicted-vs-measured figures are drawn from it.
+Run it on a quiet machine::
 
     python -m studies.h200.scripts.models_bench                   # all three, about an hour on 2 cores
     python -m studies.h200.scripts.models_bench --workloads whisper  # about 40 minutes (capacity ~2 clips/s)
@@ -82,7 +83,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gawm_lib import analysis, plots, runs, summary
+from gawm_lib import analysis, paths, plots, runs, summary
 from gawm_lib.backends import open_backend
 from gawm_lib.config import BackendConfig, LoadConfig, WorkloadConfig
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
@@ -889,16 +890,32 @@ def _entries(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _recorded(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every entry a report has recorded, oldest first: schema 3's ``runs``; before it, the ``superseded`` entries and
+    then the current ones (schema 1's with their run lifted in)."""
+    if "runs" in report:
+        return [summarise_workload(dict(entry)) for entry in report["runs"]]
+    return [*(summarise_workload(dict(entry)) for entry in report.get("superseded", [])), *_entries(report)]
+
+
 def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_speed: bool = True) -> dict[str, Any]:
-    """``existing`` with the workload entries of ``new`` in place of its own for the same workloads; the replaced ones
-    move to ``superseded`` (nothing recorded is dropped). ``analysis_speed``: the new one when ``replace_speed`` (a
-    fresh measurement), else the one over more records."""
+    """``existing`` with the workload entries of ``new`` appended to its ``runs`` (nothing recorded is rewritten or
+    dropped; an entry of a run already recorded is not added twice), and ``workloads`` the newest entry of each
+    workload. ``analysis_speed``: the new one when ``replace_speed`` (a fresh measurement), else the one over more
+    records."""
     existing = existing or {}
-    current = {e["workload"]: e for e in _entries(existing)}
-    superseded = list(existing.get("superseded", []))
+    recorded = _recorded(existing)
+
+    def identity(entry: dict[str, Any]) -> str:
+        return entry["workload"] + json.dumps(entry["run"], sort_keys=True, default=str)
+
+    seen = {identity(entry) for entry in recorded}
     for entry in _entries(new):
-        if entry["workload"] in current and current[entry["workload"]]["run"] != entry["run"]:
-            superseded.append(current[entry["workload"]])  # (merging the same run again supersedes nothing)
+        if identity(entry) not in seen:
+            recorded.append(entry)
+            seen.add(identity(entry))
+    current = {}
+    for entry in recorded:  # the newest entry of each workload
         current[entry["workload"]] = entry
     speeds = [s for s in (existing.get("analysis_speed"), new.get("analysis_speed")) if s]
     if new.get("analysis_speed") and replace_speed:
@@ -908,7 +925,7 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
     ordered = [current[w] for w in WORKLOADS if w in current] + [e for w, e in current.items() if w not in WORKLOADS]
     return {
         "benchmark": "models",
-        "schema_version": 2,
+        "schema_version": 3,
         "updated_utc": runs.utc_now().isoformat(),
         "goal": f"held-out p95 MAPE <= {GOAL_MAPE_PCT:g} % from 10 % to 85 % utilisation, per workload, on the local "
         "CPU backend",
@@ -929,7 +946,7 @@ def merge_report(existing: dict[str, Any] | None, new: dict[str, Any], replace_s
         },
         "workloads": ordered,
         "analysis_speed": speed,
-        "superseded": superseded,
+        "runs": recorded,
         **{key: existing[key] for key in GPU_KEYS if existing.get(key)},  # written by study_report
     }
 
@@ -1101,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
         again = sorted(set(held) & set(workloads))
         print(
             f"{args.out} exists: this run's entries go into it (it has {', '.join(held) or 'no entries'})"
-            + (f"; its entries for {', '.join(again)} move to superseded" if again else ""),
+            + (f"; new entries for {', '.join(again)} are appended and become the current ones" if again else ""),
             file=sys.stderr,
         )
     # the code that runs is the code of now: commits made while a long run goes on must not be credited with it
@@ -1109,10 +1126,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in workloads:
         started = runs.utc_now()
-        with tempfile.TemporaryDirectory(prefix="gawm-models-bench-") as tmp:
-            plan = plan_with(plan_for(name, args.quick), args)
-            result = validate_workload(name, Path(tmp), args.quick, plan=plan)
+        # the request records are kept (data/raw/ is git-ignored) and named in the entry, so the check can be redone
+        records = paths.raw_dir() / f"models-bench-{started:%Y%m%dT%H%M%SZ}-{name}"
+        for k in range(2, 1000):  # a run of the same second (tests) gets a folder of its own
+            if not records.exists():
+                break
+            records = records.with_name(f"models-bench-{started:%Y%m%dT%H%M%SZ}-{name}-{k}")
+        records.mkdir(parents=True)
+        plan = plan_with(plan_for(name, args.quick), args)
+        result = validate_workload(name, records, args.quick, plan=plan)
         result["run"] = {
+            "records_dir": str(records),
             **run_info,
             "started_utc": started.isoformat(),
             "finished_utc": runs.utc_now().isoformat(),
