@@ -176,6 +176,30 @@ def _level_text(level: float, scenario: str | None) -> str:
     return f"{level:g}/s" if scenario in OPEN_LOOP else f"{level:g}"
 
 
+def _step_points(steps: pd.DataFrame, panel: str, series: str, config: str, x: str, y: str) -> list[dict]:
+    """The data rows of one plotted line of load steps (a summary's rows): each point's run, step, level and the
+    requests behind it, with ``x`` and ``y`` the columns drawn."""
+    n = _n(steps)
+    return [
+        {
+            "panel": panel,
+            "series": series,
+            "run_id": r,
+            "config": config,
+            "x_name": x,
+            "x": xv,
+            "y_name": y,
+            "y": yv,
+            "n": k,
+            "few_requests": k < MIN_REQUESTS,
+            "kind": "measured",
+            "label": f"{lv:g}",
+            "step": st,
+        }
+        for r, xv, yv, k, lv, st in zip(_run_of(steps), steps[x], steps[y], n, steps["level"], steps["step"])
+    ]
+
+
 def _plain_log(ax, axis: str = "x") -> None:
     """A log axis with plain numbers (20, 50, 100) at 1-2-5 steps instead of powers of ten."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -351,26 +375,7 @@ def latency_vs_throughput(table: pd.DataFrame, slo_ms: dict[str, float] | None =
                     label=f"{tag}{name}",
                 )
                 _mark_few(ax, steps["throughput_rps"], steps[f"{name}_ms"], n, line_colour, marker)
-                rows += [
-                    {
-                        "panel": workload,
-                        "series": f"{tag}{name}",
-                        "run_id": r,
-                        "config": config,
-                        "x_name": "throughput_rps",
-                        "x": x,
-                        "y_name": f"{name}_ms",
-                        "y": y,
-                        "n": k,
-                        "few_requests": k < MIN_REQUESTS,
-                        "kind": "measured",
-                        "label": f"{lv:g}",
-                        "step": st,
-                    }
-                    for r, x, y, k, lv, st in zip(
-                        _run_of(steps), steps["throughput_rps"], steps[f"{name}_ms"], n, steps["level"], steps["step"]
-                    )
-                ]
+                rows += _step_points(steps, workload, f"{tag}{name}", config, "throughput_rps", f"{name}_ms")
             for _, step in steps.iterrows():
                 ax.annotate(
                     _level_text(step["level"], step.get("scenario")),
@@ -420,26 +425,7 @@ def tail_vs_throughput_by_replicas(table: pd.DataFrame, slo_ms: dict[str, float]
                 color=line_colour,
                 label=label,
             )
-            rows += [
-                {
-                    "panel": workload,
-                    "series": label,
-                    "run_id": r,
-                    "config": label,
-                    "x_name": "throughput_rps",
-                    "x": x,
-                    "y_name": "p95_ms",
-                    "y": y,
-                    "n": k,
-                    "few_requests": k < MIN_REQUESTS,
-                    "kind": "measured",
-                    "label": f"{lv:g}",
-                    "step": st,
-                }
-                for r, x, y, k, lv, st in zip(
-                    _run_of(steps), steps["throughput_rps"], steps["p95_ms"], _n(steps), steps["level"], steps["step"]
-                )
-            ]
+            rows += _step_points(steps, workload, label, label, "throughput_rps", "p95_ms")
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8)
             ax.annotate(
@@ -487,31 +473,7 @@ def percentiles_vs_load(table: pd.DataFrame, percentiles=("p50", "p95", "p99"), 
                     label=f"{tag}{name}",
                 )
                 _mark_few(ax, steps["offered_rps"], steps[f"{name}_ms"], _n(steps), line_colour, marker)
-                rows += [
-                    {
-                        "panel": workload,
-                        "series": f"{tag}{name}",
-                        "run_id": r,
-                        "config": config,
-                        "x_name": "offered_rps",
-                        "x": x,
-                        "y_name": f"{name}_ms",
-                        "y": y,
-                        "n": k,
-                        "few_requests": k < MIN_REQUESTS,
-                        "kind": "measured",
-                        "label": f"{lv:g}",
-                        "step": st,
-                    }
-                    for r, x, y, k, lv, st in zip(
-                        _run_of(steps),
-                        steps["offered_rps"],
-                        steps[f"{name}_ms"],
-                        _n(steps),
-                        steps["level"],
-                        steps["step"],
-                    )
-                ]
+                rows += _step_points(steps, workload, f"{tag}{name}", config, "offered_rps", f"{name}_ms")
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8, label="SLO")
         ax.set_title(workload_name(workload))

@@ -8,6 +8,7 @@ The notebook draws a recorded run: the test writes one first, with request recor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -255,14 +256,22 @@ def run_cell_below(driver, code: str, timeout_s: float = 60) -> dict:
     return wait_for(done, timeout_s, f"the cell {code!r} to run")
 
 
-def test_notebook_02_run_all_in_jupyterlab_shows_its_figures_inline_and_no_error(tmp_path, browser):
-    raw, figures = tmp_path / "raw", tmp_path / "figures"
-    run = write_run(raw)
+@contextlib.contextmanager
+def lab_on_recorded_runs(tmp_path: Path, figures: Path):
+    """JupyterLab as ``make lab`` starts it, with the test's settings (LAB_SETTINGS) and the runs of
+    ``tmp_path / "raw"``, figures to ``figures``; yields (base URL, token)."""
     for name, settings in LAB_SETTINGS.items():
         path = tmp_path / "cfg" / "lab" / "user-settings" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings))
-    with start_lab(tmp_path, env={"GAWM_RAW_DIR": str(raw), "GAWM_FIGURES_DIR": str(figures)}) as (base, token, _):
+    env = {"GAWM_RAW_DIR": str(tmp_path / "raw"), "GAWM_FIGURES_DIR": str(figures)}
+    with start_lab(tmp_path, env=env) as (base, token, _):
+        yield base, token
+
+
+def test_notebook_02_run_all_in_jupyterlab_shows_its_figures_inline_and_no_error(tmp_path, browser):
+    run, figures = write_run(tmp_path / "raw"), tmp_path / "figures"
+    with lab_on_recorded_runs(tmp_path, figures) as (base, token):
         try:
             state = open_and_run_all(browser, base, token, NOTEBOOK)
             browser.save_screenshot(str(tmp_path / "notebook_02.png"))  # the notebook with its first figure in view
@@ -292,13 +301,9 @@ OTHER_NOTEBOOKS = [
 
 @pytest.mark.parametrize("notebook", OTHER_NOTEBOOKS, ids=[Path(n).stem[:2] for n in OTHER_NOTEBOOKS])
 def test_each_figure_notebook_run_all_in_jupyterlab_shows_its_figures_inline(tmp_path, browser, notebook):
-    raw, figures = tmp_path / "raw", tmp_path / "figures"
-    write_run(raw)
-    for name, settings in LAB_SETTINGS.items():
-        path = tmp_path / "cfg" / "lab" / "user-settings" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings))
-    with start_lab(tmp_path, env={"GAWM_RAW_DIR": str(raw), "GAWM_FIGURES_DIR": str(figures)}) as (base, token, _):
+    write_run(tmp_path / "raw")
+    figures = tmp_path / "figures"
+    with lab_on_recorded_runs(tmp_path, figures) as (base, token):
         try:
             state = open_and_run_all(browser, base, token, notebook, timeout_s=420)
             assert state["errors"] == [], "\n\n".join(state["errors"])[-3000:]
