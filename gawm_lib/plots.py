@@ -122,8 +122,7 @@ def attach_data(fig, rows: list[dict] | pd.DataFrame):
     for column in DATA_COLUMNS:
         if column not in frame:
             frame[column] = "" if column in ("panel", "series", "run_id", "config", "kind", "label") else np.nan
-    frame["few_requests"] = frame["few_requests"].astype(object).where(frame["few_requests"].notna(), False)
-    frame["few_requests"] = frame["few_requests"].astype(bool)
+    frame["few_requests"] = frame["few_requests"].eq(True)  # unknown (NaN) is not flagged
     extra = [c for c in frame.columns if c not in DATA_COLUMNS]
     fig.gawm_data = frame[DATA_COLUMNS + extra].reset_index(drop=True)
     return fig
@@ -321,8 +320,10 @@ def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: 
                 }
                 for x, y in zip(values, fraction)
             ]
-        shown = [row["x"] for row in rows if row["panel"] == workload]
-        if shown and max(shown) > 8 * max(min(shown), 1e-9):  # a log axis where the latencies span about a decade
+        shown = np.concatenate([group["latency_ms"].to_numpy() for group, *_ in curves]) if curves else []
+        if len(shown) and shown.max() > 8 * max(
+            shown.min(), 1e-9
+        ):  # a log axis where the latencies span about a decade
             ax.set_xscale("log")
             _plain_log(ax, "x")
         ax.set_xlabel("latency [ms]")

@@ -37,6 +37,24 @@ def slo_from_command(command: str) -> dict[str, float]:
     return slo
 
 
+def save(drawn: list, meta: dict, parameters: dict, folder: Path) -> list[Path]:
+    """Write each (figure id, figure) of ``drawn`` over the committed one in ``folder``, with the original run ids
+    and notebook (``meta``); returns the PNGs."""
+    return [
+        plots.save_figure(
+            fig,
+            fig_id,
+            meta["run_ids"],
+            meta.get("notebook", ""),
+            parameters,
+            out_dir=folder,
+            overwrite=True,
+            quiet=True,
+        )["png"]
+        for fig_id, fig in drawn
+    ]
+
+
 def redraw(folder: Path) -> list[Path]:
     sidecar = folder / "latency_vs_throughput.json"
     meta = json.loads(sidecar.read_text())
@@ -63,20 +81,7 @@ def redraw(folder: Path) -> list[Path]:
             for ext in ("pdf", "png", "json", "csv"):
                 (folder / f"scaling_vs_replicas.{ext}").unlink(missing_ok=True)
             print(f"removed {folder / 'scaling_vs_replicas.png'}: its runs have no two replica counts in closed loop")
-    written = []
-    for fig_id, fig in drawn:
-        files = plots.save_figure(
-            fig,
-            fig_id,
-            meta["run_ids"],
-            meta.get("notebook", ""),
-            parameters,
-            out_dir=folder,
-            overwrite=True,
-            quiet=True,
-        )
-        written.append(files["png"])
-    return written
+    return save(drawn, meta, parameters, folder)
 
 
 def redraw_thesis(sidecar: Path, results: Path = RESULTS) -> list[Path]:
@@ -95,20 +100,7 @@ def redraw_thesis(sidecar: Path, results: Path = RESULTS) -> list[Path]:
     drawn = [(f"{prefix}_latency_vs_throughput", plots.latency_vs_throughput(table, meta["parameters"]["slo_ms"]))]
     measured, predicted = analysis.replica_scaling(table)
     drawn.append((f"{prefix}_scaling_vs_replicas", plots.scaling_vs_replicas(measured, predicted)))
-    written = []
-    for fig_id, fig in drawn:
-        files = plots.save_figure(
-            fig,
-            fig_id,
-            meta["run_ids"],
-            meta.get("notebook", ""),
-            parameters,
-            out_dir=sidecar.parent,
-            overwrite=True,
-            quiet=True,
-        )
-        written.append(files["png"])
-    return written
+    return save(drawn, meta, parameters, sidecar.parent)
 
 
 def main(argv: list[str] | None = None) -> int:
