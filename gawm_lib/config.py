@@ -4,6 +4,10 @@ Precedence is defaults < params file < overrides. Validation happens before anyt
 type or an out-of-range value raises :class:`ConfigError`, whose message names the file (or the override), the key path
 and what was expected. Units are in the field names (``_s``, ``_ms``).
 
+A params file is read strictly (:func:`read_params_file`): UTF-8, at most ``MAX_PARAMS_BYTES``, YAML without aliases or
+a key given twice, not empty. Values are bounded by what one run can do (``MAX_USERS``, ``MAX_RATE_RPS`` and the other
+``MAX_*`` constants), and a message quotes at most ``MAX_QUOTE_CHARS`` of any value and lists ``MAX_PROBLEMS`` problems.
+
 Validation is pure: it checks types, ranges, names and the consistency of the settings with one another, never this
 machine, so a params file for a cluster or a GPU machine validates anywhere. What the settings need of the machine that
 runs them (local weights paths, the kubeconfig file, the trace file, CPU cores and GPUs for placement, the Prometheus
@@ -15,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,6 +41,24 @@ WorkloadName = Literal["resnet50", "distilbert", "whisper"]
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# What one run can do. A value past these is a typo, not an experiment (`levels: [1000000000]` passed validation and
+# the load process grew by 80 MB/s creating users, sending nothing); each is far above what the studies use (at most
+# 512 users, 3,830 req/s, 8 replicas, 12 steps of 30 s, 64 payloads). Validation names the bound it applies.
+MAX_USERS = 10_000  # closed loop: concurrent users, all load processes together (a task and a row buffer each)
+MAX_RATE_RPS = 100_000  # open loop: arrivals [req/s], all load processes together (one holds ~7,000 req/s)
+MAX_QUEUED = 100_000  # offline: requests queued at once
+MAX_STEPS = 1_000  # steps of a sweep (levels), stages of a profile
+MAX_STEP_S = 86_400  # one step, stage or trace replay [s]: 24 h
+MAX_RUN_S = 7 * 86_400  # every step of a load at its shortest, one after another [s]: a week
+MAX_REPLICAS = 64  # replicas of each workload; load processes
+MAX_PAYLOADS = 10_000  # distinct sample payloads, held in memory by every load process
+MAX_PAYLOAD_INPUTS = 65_536  # payload_count x payloads_per_request: the inputs each load process holds
+MAX_TRACE_ROWS = 10_000_000  # arrivals in a trace file, read whole by every load process
+MAX_PARAMS_BYTES = 1 << 20  # a params or suite file
+MAX_QUOTE_CHARS = 200  # a value quoted in an error message is cut to this many characters
+MAX_PROBLEMS = 20  # problems listed in one error message; the rest are counted
 
 
 class WorkloadConfig(_Settings):
@@ -81,6 +104,35 @@ class WorkloadConfig(_Settings):
         description="backpressure: requests admitted and not yet in a batch; one more is answered 503",
     )
     max_body_bytes: int = Field(64 << 20, ge=1024, le=2 << 30, description="largest request body; larger ones get 413")
+    max_header_bytes: int = Field(
+        64 << 10,
+        ge=1024,
+        le=16 << 20,
+        description="largest request line and headers together; larger ones get 431 and the connection is closed",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a request's headers must arrive within this many seconds of its first byte, and its body within "
+        "this many seconds of its headers; a slower one gets 408 and its connection is closed (it never holds a "
+        "queue slot: a request is admitted once its body is in)",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="an idle connection (before its first request or between two) is closed after this long "
+        "(uvicorn's timeout_keep_alive)",
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM: the server stops accepting connections and answers the requests in flight for at "
+        "most this long, then exits 0 (keep it below the pod's terminationGracePeriodSeconds)",
+    )
+    api_docs: bool = Field(False, description="serve FastAPI's /docs, /redoc and /openapi.json (off: less to attack)")
     decode_workers: int = Field(
         4,
         ge=0,
@@ -153,7 +205,7 @@ class WorkloadConfig(_Settings):
         # Whether a path exists is the machine's business: preflight checks it where the replicas run.
         if value in ("random", "pretrained") or (value.strip() and value == value.strip()):
             return value
-        raise ValueError(f"expected 'random', 'pretrained' or a path, got {value!r}")
+        raise ValueError(f"expected 'random', 'pretrained' or a path, got {_quote(value)}")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -184,6 +236,48 @@ class WorkloadConfig(_Settings):
         return value
 
 
+class ExternalEndpoint(_Settings):
+    """One OIP v2 server gawm did not start (``backend.kind: external``): measured as it is, never started or stopped.
+    ``headers`` are sent with every request (``Host`` for an ingress that routes by host name); a value may name
+    environment variables as ``${NAME}``, read when the run starts and never written to the run directory, which is how
+    a token must be given (an ``Authorization`` header without ``${...}`` is refused)."""
+
+    url: str = Field(description="base URL of the server, e.g. http://127.0.0.1:8080 or http://ingress.example/prefix")
+    model: str | None = Field(None, description="model name in /v2/models/<model>; unset: the workload's name")
+    version: str | None = Field(None, description="model version (/v2/models/<model>/versions/<version>); unset: none")
+    workload: WorkloadName | None = Field(
+        None, description="gawm workload whose payloads this server gets; unset: the experiment's only workload"
+    )
+    replica: str | None = Field(None, description="label of this endpoint in the records; unset: its host:port")
+    metrics_url: str | None = Field(
+        None, description="Prometheus metrics of this server (http://HOST:PORT/metrics), scraped when given"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers; ${NAME}: from the env")
+    input: str | None = Field(
+        None, description="the model input to fill (a name from its metadata); unset: the first one gawm can make"
+    )
+
+    @field_validator("url", "metrics_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"expected an http:// or https:// URL such as http://127.0.0.1:8080, got {value!r}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or any(c in text for c in "\r\n"):
+                raise ValueError(f"header {clip(repr(name))}: expected an HTTP header name and a one-line value")
+            if name.lower() in ("authorization", "proxy-authorization", "x-api-key") and "${" not in text:
+                raise ValueError(
+                    f"header {name}: give the secret as ${{ENV_VAR}} (read at the start of the run, never written "
+                    "to the run directory), e.g. 'Bearer ${KSERVE_TOKEN}'"
+                )
+        return value
+
+
 class BackendConfig(_Settings):
     """Where replicas run: ``local`` child processes (default) or ``kubernetes`` (a Deployment + Service per workload).
 
@@ -195,8 +289,13 @@ class BackendConfig(_Settings):
     "3Gi"); requests equal limits, so replicas get the Guaranteed QoS class and steady timings.
     """
 
-    kind: Literal["local", "kubernetes"] = "local"
-    replicas: int = Field(1, ge=1, le=64)
+    kind: Literal["local", "kubernetes", "external"] = "local"
+    endpoints: list[ExternalEndpoint] = Field(
+        default_factory=list,
+        max_length=64,
+        description="external: the servers to measure (gawm starts and stops nothing); one replica each",
+    )
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
     host: str = Field("127.0.0.1", description="local backend: loopback address the replicas listen on")
     placement: Literal["none", "shared", "exclusive"] = Field(
         "none",
@@ -225,6 +324,14 @@ class BackendConfig(_Settings):
     context: str | None = Field(None, description="kubernetes: kubeconfig context; unset: its current context")
     image: str = Field("gawm-model-server:0.1.0", description="kubernetes: model-server image (k8s/Dockerfile)")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_mode: Literal["image", "host-python"] = Field(
+        "image",
+        description="kubernetes: 'image' (the default, for real clusters) runs the model-server image of "
+        "k8s/Dockerfile, with Python, gawm and the weights inside; 'host-python' is for a local test node or a CI "
+        "node that shares this machine's files: backend.image is then a tiny image (no Python in it) and the pod "
+        "mounts /usr, this Python installation and this project directory with its virtual environment "
+        "read-only from the node (hostPath), and runs the server with this venv's python",
+    )
     service_account: str = Field("gawm", description="kubernetes: ServiceAccount of the pods (no API token is mounted)")
     gpu: int = Field(0, ge=0, le=16, description="kubernetes: nvidia.com/gpu per replica; 0 runs on CPU")
     runtime_class: str | None = Field(
@@ -250,21 +357,23 @@ class BackendConfig(_Settings):
         except ValueError:
             is_loopback = False
         if not is_loopback:
-            raise ValueError(f"expected a loopback address such as 127.0.0.1, got {value!r}")
+            raise ValueError(f"expected a loopback address such as 127.0.0.1, got {_quote(value)}")
         return value
 
     @field_validator("namespace", "service_account")
     @classmethod
     def _dns_label(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
-            raise ValueError(f"expected a DNS-1123 label (lower-case letters, digits, '-'; at most 63), got {value!r}")
+            raise ValueError(
+                f"expected a DNS-1123 label (lower-case letters, digits, '-'; at most 63), got {_quote(value)}"
+            )
         return value
 
     @field_validator("runtime_class")
     @classmethod
     def _dns_subdomain(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
-            raise ValueError(f"expected a RuntimeClass name (DNS-1123 subdomain), got {value!r}")
+            raise ValueError(f"expected a RuntimeClass name (DNS-1123 subdomain), got {_quote(value)}")
         return value
 
     @field_validator("image")
@@ -272,7 +381,7 @@ class BackendConfig(_Settings):
     def _image(cls, value: str) -> str:
         if not value or value != value.strip() or any(c.isspace() or c.isupper() for c in value.split(":")[0]):
             raise ValueError(
-                f"expected an image reference such as registry.example/gawm/model-server:0.1.0, got {value!r}"
+                f"expected an image reference such as registry.example/gawm/model-server:0.1.0, got {_quote(value)}"
             )
         return value
 
@@ -283,7 +392,7 @@ class BackendConfig(_Settings):
         pattern = r"\+?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[mkMGTPE]|[KMGTPE]i)?"
         if value is not None and (not re.fullmatch(pattern, value) or not float(re.sub(r"[^\d.]", "", value) or 0)):
             example = "'500m' or '2'" if info.field_name == "cpu" else "'512Mi' or '3Gi'"
-            raise ValueError(f"expected a positive Kubernetes quantity such as {example}, got {value!r}")
+            raise ValueError(f"expected a positive Kubernetes quantity such as {example}, got {_quote(value)}")
         return value
 
     @field_validator("kubeconfig")
@@ -308,8 +417,20 @@ class BackendConfig(_Settings):
     def _unique_devices(cls, value: list[int], info: ValidationInfo) -> list[int]:
         # Whether this machine has them is the preflight's question.
         if len(set(value)) != len(value):
-            raise ValueError(f"expected each {'core' if info.field_name == 'cpus' else 'GPU'} once, got {value}")
+            raise ValueError(
+                f"expected each {'core' if info.field_name == 'cpus' else 'GPU'} once, got {_quote(value)}"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _external(self) -> BackendConfig:
+        if self.kind == "external" and not self.endpoints:
+            raise ValueError("backend.kind external needs endpoints: [{url: http://HOST:PORT, model: NAME}, ...]")
+        if self.kind != "external" and self.endpoints:
+            raise ValueError(f"endpoints are for backend.kind external (kind is {self.kind})")
+        if self.kind == "external" and (self.replicas != 1 or self.placement != "none" or self.cpus or self.gpus):
+            raise ValueError("external: replicas are the endpoints; replicas, placement, cpus and gpus do not apply")
+        return self
 
     @model_validator(mode="after")
     def _local_placement(self) -> BackendConfig:
@@ -326,12 +447,16 @@ class LoadStage(_Settings):
     """One stage of a ``stages`` load: ``users`` (closed loop) or ``rate_rps`` (open loop) for ``duration_s``, ramping
     linearly to ``end_users`` / ``end_rate_rps`` when given (a step when not)."""
 
-    duration_s: float = Field(gt=0, le=86_400)
-    users: int | None = Field(None, ge=1, le=100_000, description="closed loop: concurrent users at the stage's start")
-    end_users: int | None = Field(None, ge=0, le=100_000, description="closed loop: users at the end (a linear ramp)")
-    rate_rps: float | None = Field(None, gt=0, le=1e6, description="open loop: arrival rate at the start [req/s]")
+    duration_s: float = Field(gt=0, le=MAX_STEP_S)
+    users: int | None = Field(
+        None, ge=1, le=MAX_USERS, description="closed loop: concurrent users at the stage's start"
+    )
+    end_users: int | None = Field(None, ge=0, le=MAX_USERS, description="closed loop: users at the end (a linear ramp)")
+    rate_rps: float | None = Field(
+        None, gt=0, le=MAX_RATE_RPS, description="open loop: arrival rate at the start [req/s]"
+    )
     end_rate_rps: float | None = Field(
-        None, ge=0, le=1e6, description="open loop: rate at the end (a linear ramp) [req/s]"
+        None, ge=0, le=MAX_RATE_RPS, description="open loop: rate at the end (a linear ramp) [req/s]"
     )
     arrival: Literal["poisson", "constant"] = Field(
         "poisson", description="open loop: Poisson or evenly spaced arrivals"
@@ -351,6 +476,12 @@ class LoadStage(_Settings):
 _TRACE_SUFFIXES = (".csv", ".parquet", ".pq")  # what gawm_lib.loadgen.schedule.read_trace reads
 LoadScenario = Literal["single_stream", "closed_loop", "poisson", "constant_rate", "offline", "stages", "trace"]
 _OPEN_LOOP = ("poisson", "constant_rate", "offline", "trace")
+_LEVEL_BOUNDS = {  # scenario -> (largest level, what a level is)
+    "closed_loop": (MAX_USERS, "concurrent users"),
+    "poisson": (MAX_RATE_RPS, "arrival rates [req/s]"),
+    "constant_rate": (MAX_RATE_RPS, "arrival rates [req/s]"),
+    "offline": (MAX_QUEUED, "requests queued at once"),
+}
 
 
 class LoadConfig(_Settings):
@@ -371,15 +502,21 @@ class LoadConfig(_Settings):
     levels: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [1.0, 2.0],
         min_length=1,
+        max_length=MAX_STEPS,
         description="one step each: users (closed_loop), arrival rates [req/s] (poisson, constant_rate) or requests "
         "queued at once (offline)",
     )
-    step_duration_s: float = Field(3.0, gt=0, le=86_400, description="shortest step [s]")
+    step_duration_s: float = Field(3.0, gt=0, le=MAX_STEP_S, description="shortest step [s]")
     min_requests_per_step: int = Field(1, ge=1, le=100_000_000, description="fewest requests a step sends")
-    max_step_duration_s: float = Field(120.0, gt=0, le=86_400, description="a step ends here whatever its count [s]")
+    max_step_duration_s: float = Field(
+        120.0, gt=0, le=MAX_STEP_S, description="a step ends here whatever its count [s]"
+    )
     warmup_s: float = Field(1.0, ge=0, le=3600, description="load before the first step, recorded as phase 'warmup'")
     stages: list[LoadStage] = Field(
-        default_factory=list, validate_default=True, description="scenario stages: the load profile, in order"
+        default_factory=list,
+        max_length=MAX_STEPS,
+        validate_default=True,
+        description="scenario stages: the load profile, in order",
     )
     think_time_s: float = Field(
         0.0, ge=0, le=3600, description="closed loop: mean pause between an answer and the user's next request [s]"
@@ -404,9 +541,11 @@ class LoadConfig(_Settings):
         "busy between close arrivals, so set 0 where the generator shares a core with a "
         "server, at the cost of sends up to ~1 ms late",
     )
-    arrival_seed: int = Field(1, description="seed of the arrival schedule (and think times)")
-    payload_seed: int = Field(2, description="seed of the payload sampling, independent of the arrivals")
-    payload_count: int = Field(16, ge=1, le=100_000, description="distinct sample payloads drawn from real data")
+    arrival_seed: int = Field(1, ge=0, lt=2**63, description="seed of the arrival schedule (and think times)")
+    payload_seed: int = Field(
+        2, ge=0, lt=2**63, description="seed of the payload sampling, independent of the arrivals"
+    )
+    payload_count: int = Field(16, ge=1, le=MAX_PAYLOADS, description="distinct sample payloads drawn from real data")
     payloads_per_request: int = Field(
         1,
         ge=1,
@@ -428,7 +567,10 @@ class LoadConfig(_Settings):
     )
     trace_time_scale: float = Field(1.0, gt=0, le=1e6, description="multiplies trace times (0.5 replays twice as fast)")
     slo_ms: float | None = Field(None, gt=0, le=3_600_000, description="latency objective for goodput [ms]")
-    processes: int = Field(1, ge=1, le=64, description="load processes sharing the load (more cores)")
+    max_error_share: float = Field(
+        0.01, ge=0, le=1, description="a step with a larger share of failed requests is INVALID (cancelled not counted)"
+    )
+    processes: int = Field(1, ge=1, le=MAX_REPLICAS, description="load processes sharing the load (more cores)")
     process_cpus: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=list,
         description="CPU cores for the load processes (process i on process_cpus[i % n]); empty: not pinned",
@@ -438,11 +580,25 @@ class LoadConfig(_Settings):
     @classmethod
     def _levels(cls, value: list[float], info: ValidationInfo) -> list[float]:
         scenario = info.data.get("scenario")
+        bound, what = _LEVEL_BOUNDS.get(scenario, (None, ""))
+        if bound is not None and not all(level <= bound for level in value):  # `not <=`: inf and NaN too
+            raise ValueError(f"{scenario} levels are {what}: expected each <= {bound:,}")
         if scenario in ("closed_loop", "offline") and any(level != int(level) for level in value):
             what = "concurrent users" if scenario == "closed_loop" else "requests queued at once"
             raise ValueError(f"{scenario} levels are numbers of {what}: whole numbers")
         if scenario in ("single_stream", "stages", "trace") and value not in ([1.0, 2.0], [1.0]):
             raise ValueError(f"scenario {scenario} does not use levels; leave them out")
+        return value
+
+    @field_validator("step_duration_s")
+    @classmethod
+    def _sweep_length(cls, value: float, info: ValidationInfo) -> float:
+        steps = len(info.data.get("levels") or [])
+        if steps * value > MAX_RUN_S:
+            raise ValueError(
+                f"{steps} levels x {value:g} s is {steps * value:,.0f} s: expected the steps at their shortest to "
+                f"take <= {MAX_RUN_S:,} s (a week)"
+            )
         return value
 
     @field_validator("max_step_duration_s")
@@ -460,6 +616,9 @@ class LoadConfig(_Settings):
             raise ValueError("scenario stages needs at least one stage, e.g. [{duration_s: 10, rate_rps: 5}]")
         if scenario != "stages" and value:
             raise ValueError(f"stages are used by scenario stages only (scenario is {scenario})")
+        total = sum(stage.duration_s for stage in value)
+        if total > MAX_RUN_S:
+            raise ValueError(f"expected stages that take <= {MAX_RUN_S:,} s (a week) in all, got {total:,.0f} s")
         return value
 
     @field_validator("think_time_s")
@@ -481,8 +640,19 @@ class LoadConfig(_Settings):
         if not value:
             raise ValueError("scenario trace needs trace_path: a CSV or parquet file with a column arrival_s")
         if Path(value).suffix.lower() not in _TRACE_SUFFIXES:
-            raise ValueError(f"expected a .csv or .parquet trace file, got {value!r}")
+            raise ValueError(f"expected a .csv or .parquet trace file, got {_quote(value)}")
         return value  # its contents are read at the start of a run (preflight), by the load process's own reader
+
+    @field_validator("payloads_per_request")
+    @classmethod
+    def _inputs_held(cls, value: int, info: ValidationInfo) -> int:
+        count = info.data.get("payload_count")
+        if count is not None and count * value > MAX_PAYLOAD_INPUTS:
+            raise ValueError(
+                f"each load process holds payload_count x payloads_per_request inputs ({count} x {value}): "
+                f"expected <= {MAX_PAYLOAD_INPUTS:,}"
+            )
+        return value
 
     @field_validator("processes")
     @classmethod
@@ -512,6 +682,16 @@ class ExperimentConfig(_Settings):
     load: LoadConfig = LoadConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
 
+    @field_validator("notebook", "figures_notebook")
+    @classmethod
+    def _notebook(cls, value: str | None) -> str | None:
+        # Whether it exists is checked at the start of a run (preflight); that it is a notebook of the project, here.
+        if value is not None and (
+            not value.endswith(".ipynb") or Path(value).is_absolute() or ".." in Path(value).parts
+        ):
+            raise ValueError("expected a notebook (.ipynb) path from the project root")
+        return value
+
     @field_validator("workloads", mode="before")
     @classmethod
     def _names_as_workloads(cls, value: Any) -> Any:
@@ -525,6 +705,22 @@ class ExperimentConfig(_Settings):
         names = [w.name for w in self.workloads]
         if len(names) != len(set(names)):
             raise ValueError(f"each workload may appear once, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _external_workloads(self) -> ExperimentConfig:
+        names = [w.name for w in self.workloads]
+        if self.backend.kind == "external":
+            for index, endpoint in enumerate(self.backend.endpoints):
+                if endpoint.workload is None and len(names) > 1:
+                    raise ValueError(f"backend.endpoints.{index}.workload: expected one of {names} (several workloads)")
+                if endpoint.workload is not None and endpoint.workload not in names:
+                    raise ValueError(
+                        f"backend.endpoints.{index}.workload: expected one of {names}, got {endpoint.workload!r}"
+                    )
+            served = {e.workload or names[0] for e in self.backend.endpoints}
+            if set(names) - served:
+                raise ValueError(f"backend.endpoints: no endpoint for workload(s) {sorted(set(names) - served)}")
         return self
 
     @model_validator(mode="after")
@@ -548,13 +744,108 @@ class ConfigError(ValueError):
     """Invalid settings; the message lists every problem as ``source: key.path: what was expected``."""
 
 
+def clip(text: str, limit: int = MAX_QUOTE_CHARS) -> str:
+    """``text``, cut to ``limit`` characters where longer (saying how long it was)."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
+def _quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message quotes what was given, never all of a huge value."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > limit:  # its whole repr would be built only to be cut
+        head = dict(list(value.items())[:limit]) if isinstance(value, dict) else value[:limit]
+        return f"{repr(head)[: limit - 1]}… ({len(value):,} items)"
+    return clip(repr(value), limit)
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that params files do not accept; the message says where and why."""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as params files use it: no aliases (``*name``: a 471-byte file of nested aliases expanded to 2.2 GB, and
+    no params file needs them) and no key twice in one mapping (the later block silently replaced the earlier)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            line = self.peek_event().start_mark.line + 1
+            raise _Refused(f"line {line}: aliases (*name) are not accepted in params files: write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _Refused(
+                    f"line {line}: key {_quote(key)} again (first on line {seen[key]}): the later value would "
+                    f"silently replace the first; give each key once"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: where and what (PyYAML's own message spans lines and quotes the text)."""
+    if isinstance(exc, _Refused):
+        return str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + clip(str(getattr(exc, "problem", None) or str(exc).splitlines()[0]))
+
+
+def _parse_yaml(text: str) -> Any:
+    """``text`` as YAML read by :class:`_ParamsLoader`; ValueError saying where and what is wrong."""
+    try:
+        return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader, stricter
+    except yaml.YAMLError as exc:
+        raise ValueError(_yaml_problem(exc)) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_params_file(path: str | Path, what: str = "params file") -> dict:
+    """The mapping of settings in a params (or suite) file, read strictly: at most ``MAX_PARAMS_BYTES``, UTF-8,
+    YAML without aliases or repeated keys, a non-empty mapping at the top. Raises :class:`ConfigError` naming the file
+    and, where it can, the line."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_PARAMS_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: expected a {what} of at most {MAX_PARAMS_BYTES:,} bytes, got a larger file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8"
+        ) from None
+    try:
+        loaded = _parse_yaml(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        raise ConfigError(
+            f"{path}: the {what} is empty: expected a mapping of settings (at least `name: <experiment>`)"
+        )
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
 def apply_override(tree: dict, assignment: str) -> dict:
     """Return a copy of ``tree`` with ``a.b.0.c=value`` applied; the value is parsed as a YAML scalar or list."""
     key, sep, raw = assignment.partition("=")
+    shown = clip(assignment)
     if not sep or not key.strip():
-        raise ConfigError(f"-p {assignment}: expected key=value, e.g. -p load.step_duration_s=5")
+        raise ConfigError(f"-p {shown}: expected key=value, e.g. -p load.step_duration_s=5")
+    try:
+        value = _parse_yaml(raw) if raw.strip() else ""
+    except ValueError as exc:
+        raise ConfigError(f"-p {shown}: {clip(key.strip())}: not a valid YAML value: {exc}") from None
     tree = copy.deepcopy(tree)
-    value = yaml.safe_load(raw) if raw.strip() else ""
     parts = key.strip().split(".")
     node: Any = tree
     for depth, part in enumerate(parts):
@@ -562,13 +853,13 @@ def apply_override(tree: dict, assignment: str) -> dict:
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(
-                    f"-p {assignment}: {'.'.join(parts[: depth + 1])}: expected an index below {len(node)}"
+                    f"-p {shown}: {clip('.'.join(parts[: depth + 1]))}: expected an index below {len(node)}"
                 )
             index: Any = int(part)
         elif isinstance(node, dict):
             index = part
         else:
-            raise ConfigError(f"-p {assignment}: {'.'.join(parts[:depth])} is a value, not a section")
+            raise ConfigError(f"-p {shown}: {clip('.'.join(parts[:depth]))} is a value, not a section")
         if last:
             node[index] = value
         else:
@@ -591,31 +882,31 @@ def load_params(
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the params file ({exc.strerror})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(loaded).__name__}")
-        requested.update(loaded)
+        requested.update(read_params_file(path))
+    given = requested
     for assignment in overrides:
         requested = apply_override(requested, assignment)
-    return validate_params(requested, source=source, overrides=overrides), requested
+    return validate_params(requested, source=source, overrides=overrides, given=given), requested
 
 
 def validate_params(
-    tree: dict, source: str = "<params>", overrides: list[str] | tuple[str, ...] = ()
+    tree: dict, source: str = "<params>", overrides: list[str] | tuple[str, ...] = (), given: dict | None = None
 ) -> ExperimentConfig:
+    """``tree`` as settings; ConfigError naming for each problem the file or override that set the key.
+
+    ``given``: what ``source`` held before ``overrides`` were applied, so that a problem that only the overrides bring
+    (a check of several keys: ``-p load.scenario=trace`` needs ``trace_path``) is not blamed on the file alone."""
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, overrides)) from None
+        alone = None
+        if overrides and given is not None:
+            try:
+                ExperimentConfig.model_validate(given)
+                alone = set()
+            except ValidationError as without:
+                alone = {(err["loc"], err["msg"]) for err in without.errors()}
+        raise ConfigError(_describe(exc, source, overrides, alone=alone, given=given)) from None
 
 
 def validate_load(tree: dict, source: str = "<load>") -> LoadConfig:
@@ -654,9 +945,14 @@ def machine_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     backend = cfg.backend
     if backend.kind == "kubernetes":
         problems += _kubeconfig_problems(backend)
+    elif (
+        backend.kind == "external"
+    ):  # only the environment variables its headers name: the servers are checked at start
+        problems += _external_problems(backend)
     else:
         problems += _local_problems(cfg)
     problems += _load_problems(cfg.load)
+    problems += _notebook_problems(cfg)
     if cfg.prometheus.enabled:
         from gawm_lib.prom.local import PrometheusNotInstalled, find_binary
 
@@ -667,7 +963,7 @@ def machine_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                 (
                     "prometheus.binary",
                     f"expected the Prometheus binary on this machine, got "
-                    f"{cfg.prometheus.binary!r}: not found or not executable (install it "
+                    f"{_quote(cfg.prometheus.binary)}: not found or not executable (install it "
                     f"with `apt-get install prometheus`, point prometheus.binary at one, "
                     f"or set prometheus.enabled: false)",
                 )
@@ -683,7 +979,8 @@ def _kubeconfig_problems(backend: BackendConfig) -> list[tuple[str, str]]:
             return [
                 (
                     "backend.kubeconfig",
-                    f"expected an existing kubeconfig file on this machine, got {backend.kubeconfig!r}: no such file",
+                    f"expected an existing kubeconfig file on this machine, got {_quote(backend.kubeconfig)}: "
+                    "no such file",
                 )
             ]
         return []
@@ -702,6 +999,23 @@ def _kubeconfig_problems(backend: BackendConfig) -> list[tuple[str, str]]:
     ]
 
 
+def _external_problems(backend: BackendConfig) -> list[tuple[str, str]]:
+    import os
+
+    problems = []
+    for index, endpoint in enumerate(backend.endpoints):
+        for name, text in endpoint.headers.items():
+            for variable in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text):
+                if variable not in os.environ:
+                    problems.append(
+                        (
+                            f"backend.endpoints.{index}.headers.{name}",
+                            f"expected environment variable {variable}: not set",
+                        )
+                    )
+    return problems
+
+
 def _local_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     from gawm_lib.backends.placement import PlacementError, available_cpus, plan_for, visible_gpus
 
@@ -713,7 +1027,7 @@ def _local_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                 (
                     f"workloads.{index}.weights",
                     f"expected 'random', 'pretrained' or an existing path on "
-                    f"this machine, got {workload.weights!r}: no such file or "
+                    f"this machine, got {_quote(workload.weights)}: no such file or "
                     f"directory",
                 )
             )
@@ -748,9 +1062,23 @@ def _load_problems(load: LoadConfig) -> list[tuple[str, str]]:
         from gawm_lib.loadgen.schedule import read_trace  # the one reader, also used by the load process
 
         try:
-            read_trace(load.trace_path, load.payload_count)
+            arrivals, _ = read_trace(load.trace_path, load.payload_count)
         except ValueError as exc:
             problems.append(("load.trace_path", str(exc)))
+        else:
+            span_s = float(arrivals[-1]) * load.trace_time_scale
+            rate = (len(arrivals) - 1) / span_s if span_s > 0 else math.inf if len(arrivals) > 1 else 0.0
+            if span_s > MAX_STEP_S:
+                problems.append(
+                    ("load.trace_time_scale", f"the trace replays over {span_s:,.0f} s: expected <= {MAX_STEP_S:,} s")
+                )
+            if rate > MAX_RATE_RPS:
+                problems.append(
+                    (
+                        "load.trace_time_scale",
+                        f"the trace replays at {rate:,.0f} req/s on average: expected <= {MAX_RATE_RPS:,} req/s",
+                    )
+                )
     if load.process_cpus:
         from gawm_lib.backends.placement import available_cpus
 
@@ -763,6 +1091,17 @@ def _load_problems(load: LoadConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def _notebook_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    from gawm_lib import paths
+
+    root = paths.project_root()
+    return [
+        (key, f"expected a notebook of this project, got {_quote(value)}: no such file in {root}")
+        for key, value in (("notebook", cfg.notebook), ("figures_notebook", cfg.figures_notebook))
+        if value is not None and not (root / value).is_file()
+    ]
+
+
 def _describe_problems(problems: list[tuple[str, str]], source: str, overrides: list[str] | tuple[str, ...]) -> str:
     override_keys = {o.partition("=")[0].strip(): o for o in overrides}
     count = len(problems)
@@ -772,29 +1111,81 @@ def _describe_problems(problems: list[tuple[str, str]], source: str, overrides: 
     ]
     for key, what in problems:
         path = key.split(" ")[0]  # "backend.placement exclusive": the key and its value
-        origin = next((f"-p {o}" for k, o in override_keys.items() if path == k or path.startswith(k + ".")), source)
-        lines.append(f"  {origin}: {key}: {what}")
+        origin = next(
+            (f"-p {clip(o)}" for k, o in override_keys.items() if path == k or path.startswith(k + ".")), source
+        )
+        lines.append(f"  {origin}: {key}: {clip(what, 4 * MAX_QUOTE_CHARS)}")
     return "\n".join(lines)
 
 
-def _describe(
-    exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...], prefix: tuple[str, ...] = ()
+def _origin(
+    key: str,
+    loc: tuple,
+    msg: str,
+    source: str,
+    overrides: list[str] | tuple[str, ...],
+    alone: set | None,
+    given: dict | None,
 ) -> str:
-    override_keys = {o.partition("=")[0].strip(): o for o in overrides}
-    lines = [f"invalid settings ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
-    for err in exc.errors():
+    """Who is to blame for a problem at ``key``: the last override that set it or a section above it; an override
+    that made the key (``-p lod.levels=[1]``); the file, where it has the problem on its own; else the overrides of
+    the key's section (``-p load.scenario=trace`` for ``load.trace_path``), with the file where it sets the key."""
+    keys = [(o.partition("=")[0].strip(), o) for o in overrides]
+    covering = [o for k, o in keys if key == k or key.startswith(k + ".")]
+    if covering:
+        return f"-p {clip(covering[-1])}"
+    below = [o for k, o in keys if k.startswith(key + ".")]
+    if below and given is not None and not _has(given, loc):
+        return ", ".join(f"-p {clip(o)}" for o in below)
+    if alone is None or (loc, msg) in alone:
+        return source
+    section = key.split(".")[0] + "."
+    related = [o for k, o in keys if k.startswith(section) or not loc] or [o for _, o in keys]
+    blamed = ", ".join(f"-p {clip(o)}" for o in related)
+    return blamed if loc and given is not None and not _has(given, loc) else f"{source} with {blamed}"
+
+
+def _has(tree: Any, loc: tuple) -> bool:
+    """Whether ``tree`` sets the key path ``loc``."""
+    for part in loc:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and isinstance(part, int) and part < len(tree):
+            tree = tree[part]
+        else:
+            return False
+    return True
+
+
+def _describe(
+    exc: ValidationError,
+    source: str,
+    overrides: list[str] | tuple[str, ...],
+    prefix: tuple[str, ...] = (),
+    alone: set | None = None,
+    given: dict | None = None,
+) -> str:
+    count = exc.error_count()
+    lines = [f"invalid settings ({count} problem{'s' if count > 1 else ''}):"]
+    for err in exc.errors()[:MAX_PROBLEMS]:
         loc = [*prefix, *(str(p) for p in err["loc"] if not str(p).startswith("function-"))]
-        key = ".".join(loc) or "<top level>"
-        origin = next((f"-p {o}" for k, o in override_keys.items() if key == k or key.startswith(k + ".")), source)
+        key = clip(".".join(loc) or "<top level>")
+        origin = _origin(key, err["loc"], err["msg"], source, overrides, alone, given)
         if err["type"] == "extra_forbidden":
             model = _model_at(loc[:-1])
             allowed = sorted(model.model_fields) if model else []
             hint = difflib.get_close_matches(loc[-1], allowed, n=1)
-            what = f"unknown key {loc[-1]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            what = f"unknown key {_quote(loc[-1])}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
             what += f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        elif "headers" in loc:  # header values may hold secrets: never echo them
+            what = clip(err["msg"], 4 * MAX_QUOTE_CHARS)
+        elif "input" in err and err["type"] != "missing":
+            what = f"{clip(err['msg'], 4 * MAX_QUOTE_CHARS)} (got {_quote(err['input'])})"
         else:
-            what = f"{err['msg']} (got {err['input']!r})" if "input" in err and err["type"] != "missing" else err["msg"]
+            what = clip(err["msg"], 4 * MAX_QUOTE_CHARS)
         lines.append(f"  {origin}: {key}: {what}")
+    if count > MAX_PROBLEMS:
+        lines.append(f"  ... and {count - MAX_PROBLEMS} more")
     return "\n".join(lines)
 
 

@@ -46,11 +46,19 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gawm_lib import paths, runs
-from gawm_lib.config import ConfigError, ExperimentConfig, load_params, preflight
+from gawm_lib.config import (
+    MAX_PROBLEMS,
+    MAX_QUOTE_CHARS,
+    ConfigError,
+    ExperimentConfig,
+    clip,
+    load_params,
+    preflight,
+    read_params_file,
+)
 
 
 def _sets_levels(overrides: list[str]) -> bool:
@@ -104,31 +112,41 @@ class SuiteConfig(BaseModel):
 
 
 def is_suite_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a suite; False also for a file that cannot be read, whose reading as a params file then
+    says what is wrong with it."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        return "suite" in read_params_file(path)
+    except ConfigError:
         return False
-    return isinstance(loaded, dict) and "suite" in loaded
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the suite file: {exc}") from None
+    """The suite in ``path``, read as strictly as a params file (:func:`gawm_lib.config.read_params_file`)."""
+    loaded = read_params_file(path, "suite file")
     try:
         return SuiteConfig.model_validate(loaded)
     except ValidationError as exc:
-        problems = [f"  {path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid suite:\n" + "\n".join(problems)) from None
+        problems = [
+            f"  {path}: {clip('.'.join(str(p) for p in e['loc']))}: {clip(e['msg'], 4 * MAX_QUOTE_CHARS)}"
+            for e in exc.errors()[:MAX_PROBLEMS]
+        ]
+        more = [f"  ... and {exc.error_count() - MAX_PROBLEMS} more"] if exc.error_count() > MAX_PROBLEMS else []
+        raise ConfigError("invalid suite:\n" + "\n".join(problems + more)) from None
 
 
 def _literal(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
+MAX_POINTS = 10_000  # runs of one suite (a grid's product is counted before it is expanded)
+
+
 def expand(suite: SuiteConfig, extra: list[str] = ()) -> list[Point]:
-    """Every point, in order; the key identifies the point across resumes."""
+    """Every point, in order; the key identifies the point across resumes. ConfigError if the suite has more than
+    ``MAX_POINTS``."""
+    total = sum(math.prod(len(values) for values in entry.grid.values()) for entry in suite.runs)
+    if total > MAX_POINTS:
+        raise ConfigError(f"suite {suite.suite}: {total:,} runs: expected at most {MAX_POINTS:,} (runs x grid values)")
     points = []
     for entry in suite.runs:
         keys = list(entry.grid)

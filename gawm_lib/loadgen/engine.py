@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from gawm_lib.loadgen import client, http1, records, schedule
-from gawm_lib.loadgen.spec import LoadSpec
+from gawm_lib.loadgen.spec import LoadSpec, expand_headers
 
 TICK_S = 0.05  # closed-loop ramps: how often the number of users is adjusted
 PROGRESS_S = 0.25
 PRECONNECT = 32  # connections opened to each target before the load starts (http1)
+START_BATCH = 256  # closed loop: users started before the loop runs again (the first ones send while more are made)
 
 monotonic_ns = time.monotonic_ns
 
@@ -69,10 +70,16 @@ class Load:
             self.trace = (arrivals * self.load.trace_time_scale, ids)
         self.urls = [t.rstrip("/") for t in spec.targets]
         self.path = f"/v2/models/{spec.model}/infer"
+        self.paths = spec.paths or [self.path] * len(self.urls)
+        self.headers = [expand_headers(h) for h in spec.headers] or [{} for _ in self.urls]
         self.targets = itertools.cycle(range(len(self.urls)))
         prefix = f"{spec.workload}-part-" if self.processes == 1 else f"{spec.workload}-p{self.process}-part-"
         self.recorder = records.Recorder(
-            Path(spec.out_dir), prefix, spec.workload, [url.split("//")[-1] for url in self.urls], self.process
+            Path(spec.out_dir),
+            prefix,
+            spec.workload,
+            spec.labels or [url.split("//")[-1] for url in self.urls],
+            self.process,
         )
         self.rows = self.recorder.buffer
         self.pack = records.ROW.pack
@@ -124,7 +131,9 @@ class Load:
 
     async def _exchange_aiohttp(self, target: int, payload: int) -> tuple[int, bytes, int]:
         async with self.session.post(
-            self.urls[target] + self.path, data=self.bodies[payload], headers=client.HEADERS
+            self.urls[target] + self.paths[target],
+            data=self.bodies[payload],
+            headers={**client.HEADERS, **self.headers[target]},
         ) as answer:
             first = monotonic_ns()
             return answer.status, await answer.read(), first
@@ -138,7 +147,10 @@ class Load:
                 yield
             return
         self.pools = [http1.Pool(url, self.load.request_timeout_s) for url in self.urls]
-        self.requests = [[http1.build_request(url, self.path, body) for body in self.bodies] for url in self.urls]
+        self.requests = [
+            [http1.build_request(url, path, body, headers=headers) for body in self.bodies]
+            for url, path, headers in zip(self.urls, self.paths, self.headers)
+        ]
         self.exchange = self._exchange_http1
         each = max(1, min(PRECONNECT, self.load.max_connections // len(self.pools)))
         await asyncio.gather(*[pool.preconnect(each) for pool in self.pools])
@@ -218,9 +230,18 @@ class Load:
             now = monotonic_ns()
             if now >= max_end or (now >= min_end and self.issued >= min_requests):
                 break
+            # Users are made a batch at a time, so that memory holds the users started, never the number asked for
+            # (`levels: [1000000000]` once grew the process by 80 MB/s making users, with nothing sent).
+            started = 0
             for index in range(users_at(now)[0]):
                 if index not in users or users[index].done():
                     users[index] = asyncio.create_task(user(index))
+                    started += 1
+                    if started == START_BATCH:
+                        break
+            if started == START_BATCH:
+                await asyncio.sleep(0)
+                continue
             if step.end_level == step.level and users and all(not t.done() for t in users.values()):
                 await asyncio.wait(list(users.values()), return_when=asyncio.FIRST_COMPLETED)
             else:
@@ -237,7 +258,42 @@ class Load:
             if now >= max_end or (now >= min_end and self.issued >= min_requests):
                 break
             self.issued += burst
-            await asyncio.gather(*[self.request(now, phase, step.index, step.level) for _ in range(burst)])
+            await self._burst(burst, now, phase, step)
+
+    async def _burst(self, count: int, queued_ns: int, phase: int, step: schedule.Step) -> None:
+        """``count`` requests queued at ``queued_ns``, sent as connections free up by as many workers as there are
+        connections: memory holds the requests in flight, not the queue. Those still queued at a stop are recorded
+        as cancelled, as requests waiting for a connection are."""
+        queued = count
+
+        async def worker() -> None:
+            nonlocal queued
+            while queued and not self.stopping:
+                queued -= 1
+                await self.request(queued_ns, phase, step.index, step.level)
+
+        try:
+            await asyncio.gather(*[worker() for _ in range(min(count, self.load.max_connections))])
+        finally:  # a stop cancels this and the workers: the requests they had not taken were never sent
+            done, unsent, queued = monotonic_ns(), queued, 0
+            for _ in range(unsent):
+                payload = next(self.payload_ids)
+                self.rows += self.pack(
+                    phase,
+                    step.index,
+                    step.level,
+                    queued_ns,
+                    0,
+                    0,
+                    done,
+                    0,
+                    records.ERROR_CODE["cancelled"],
+                    len(self.bodies[payload]),
+                    0,
+                    self.items[payload],
+                    *client.UNKNOWN,
+                    next(self.targets),
+                )
 
     async def _trace(self, step: schedule.Step, start_ns: int) -> None:
         assert self.trace is not None
@@ -246,16 +302,20 @@ class Load:
         max_end = start_ns + int(step.max_duration_s * 1e9)
         launch = asyncio.get_running_loop().create_task
         level = schedule.trace_mean_rate(arrivals_s)
-        offsets = (arrivals_s * 1e9).astype("int64").tolist()
-        for row in range(self.process, len(offsets), self.processes):
-            due = start_ns + offsets[row]
-            if due >= max_end:
-                break
-            if due > monotonic_ns():
-                await self._until(due)
-            warm = offsets[row] < warmup_ns
-            self.issued += 1
-            launch(self.request(due, 0 if warm else 1, -1 if warm else 0, level, -1 if ids is None else int(ids[row])))
+        mine = arrivals_s[self.process :: self.processes]  # views: a chunk at a time becomes Python ints
+        my_ids = None if ids is None else ids[self.process :: self.processes]
+        for begin in range(0, len(mine), schedule.CHUNK):
+            offsets = (mine[begin : begin + schedule.CHUNK] * 1e9).astype("int64").tolist()
+            payloads = [-1] * len(offsets) if my_ids is None else my_ids[begin : begin + schedule.CHUNK].tolist()
+            for offset, payload in zip(offsets, payloads):
+                due = start_ns + offset
+                if due >= max_end:
+                    return
+                if due > monotonic_ns():
+                    await self._until(due)
+                warm = offset < warmup_ns
+                self.issued += 1
+                launch(self.request(due, 0 if warm else 1, -1 if warm else 0, level, payload))
 
     async def _drain(self) -> None:
         while self.in_flight and not self.stopping:  # bounded: every request times out

@@ -26,11 +26,17 @@ class ProtocolError(Exception):
     """The server's answer is not valid HTTP/1.x."""
 
 
-def build_request(url: str, path: str, body: bytes, content_type: str = "application/json") -> bytes:
-    """The bytes of ``POST path`` with ``body`` to the server at ``url``."""
-    netloc = urlsplit(url).netloc
+def build_request(
+    url: str, path: str, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
+) -> bytes:
+    """The bytes of ``POST path`` with ``body`` to the server at ``url``; ``headers`` are added (a ``Host`` among them
+    replaces the URL's, as for a Kubernetes ingress that routes by host name)."""
+    extra = dict(headers or {})
+    netloc = next((extra.pop(k) for k in list(extra) if k.lower() == "host"), urlsplit(url).netloc)
+    lines = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
     return (
-        f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        f"{lines}\r\n"
     ).encode("latin-1") + body
 
 

@@ -173,17 +173,24 @@ def read_trace(path: str | Path, payload_count: int) -> tuple[np.ndarray, np.nda
     """A trace's arrival times [s from its start], sorted, and payload ids (``None`` when it has none).
 
     The file is CSV or parquet with a column ``arrival_s`` (seconds, >= 0, in any order) and optionally ``payload_id``
-    (whole numbers below ``payload_count``). Raises ValueError saying what is wrong.
+    (whole numbers below ``payload_count``), at most ``MAX_TRACE_ROWS`` rows. Raises ValueError saying what is wrong.
     """
+    from gawm_lib.config import MAX_TRACE_ROWS
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"no trace file at {str(path)!r}")
     import pandas as pd
 
+    too_long = f"{path.name}: expected a trace of at most {MAX_TRACE_ROWS:,} arrivals, got more"
     try:
         if path.suffix.lower() == ".csv":
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(path, nrows=MAX_TRACE_ROWS + 1)  # no more is read than can be refused
         elif path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            if pq.ParquetFile(path).metadata.num_rows > MAX_TRACE_ROWS:
+                raise ValueError(too_long)
             frame = pd.read_parquet(path)
         else:
             raise ValueError(f"{path.name}: expected a .csv or .parquet trace")
@@ -193,6 +200,8 @@ def read_trace(path: str | Path, payload_count: int) -> tuple[np.ndarray, np.nda
         if isinstance(exc, ValueError):
             raise
         raise ValueError(f"{path.name}: cannot read the trace ({type(exc).__name__}: {exc})") from None
+    if len(frame) > MAX_TRACE_ROWS:
+        raise ValueError(too_long)
     if "arrival_s" not in frame.columns:
         raise ValueError(f"{path.name}: no column arrival_s (columns: {', '.join(map(str, frame.columns))})")
     if frame.empty:
