@@ -6,9 +6,11 @@ requests are JSON tensors or use the binary tensor data extension (see :mod:`gaw
 client (``tritonclient.http``) can call it. With ``allow_client_shm``, local clients may send input tensors through
 system shared memory instead (``/v2/systemsharedmemory/...``, see :mod:`gawm_lib.workloads.shm`).
 
-A request is admitted only while fewer than ``max_queue_size`` requests wait (else 503 with ``Retry-After``: the queue
-never grows without bound), its body is read up to ``max_body_bytes`` (else 413), then parsed and decoded on a pool of
-``decode_workers`` threads (0: on the event loop). Items are gathered into batches of at most ``max_batch_size``,
+A request's body is read up to ``max_body_bytes`` (else 413); once it is complete the request is admitted only while
+fewer than ``max_queue_size`` requests wait (else 503 with ``Retry-After``: the queue never grows without bound, and a
+client that sends its body slowly holds no slot), then its declared tensors are checked against the limits (names,
+shapes, ``max_batch_size``) before any data is decoded, and it is decoded on a pool of ``decode_workers`` threads (0: on
+the event loop). Items are gathered into batches of at most ``max_batch_size``,
 waiting at most ``max_queue_delay_ms`` after the first; one thread collates (and copies to the GPU) the next batch while
 another runs the current one, both off the event loop, which only reads, admits and answers requests. Every answer
 carries ``parameters``: ``queue_ns`` (enqueued to its batch's forward pass), ``compute_ns`` (the forward pass),
@@ -16,6 +18,26 @@ carries ``parameters``: ``queue_ns`` (enqueued to its batch's forward pass), ``c
 workload totals (``tokens``; ``audio_s``, ``rtf`` = compute time / audio time and ``truncated`` = clips cut at
 ``decode_tokens`` for Whisper). Bad input gets a 4xx with
 ``{"error", "field", "expected"}``; the server stays ready.
+
+Limits and timeouts (``WorkloadConfig``): the request line and headers at most ``max_header_bytes`` (64 KiB; else 431
+and the connection is closed); a request's headers within ``body_timeout_s`` (30 s) of its first byte, and its body
+within ``body_timeout_s`` of its headers (else 408 and the connection is closed); a connection idle for
+``keepalive_timeout_s`` (5 s) before its first request or between two is closed. Error messages echo at most what the
+request's JSON declared, never data (see :mod:`gawm_lib.workloads.oip`). ``/docs``, ``/redoc`` and ``/openapi.json``
+are off unless ``api_docs``.
+
+``/v2/health/ready`` is 200 only while the server would take one more request: 503 with ``reason`` while the model
+loads, while the queue is full (``max_queue_size`` admitted requests wait: one more would get 503 anyway) and once it
+drains. That is what a Kubernetes readiness probe wants: a saturated replica gets no new traffic until it catches up.
+It flips at the moment the queue is full, so a probe should not act on one answer: the kubelet's ``failureThreshold``
+(consecutive failures before the pod leaves the Service) is what keeps a replica that is full for an instant from
+flapping in and out; ``/v2/health/live`` stays 200 throughout.
+
+On SIGTERM (how Kubernetes stops a pod) the server stops accepting connections, answers ``/v2/health/ready`` with 503 on
+connections still open, answers every request already received (their batches run as usual), closes idle connections,
+and exits 0 once they are answered, or after ``shutdown_grace_s`` (20 s; keep it below the pod's
+``terminationGracePeriodSeconds``) with whatever is left unanswered cancelled.
+
 Once the model is loaded it is frozen out of Python's garbage collector (``gc_freeze``) and the collector's thresholds
 are raised (``gc_thresholds``), so that a backlog's objects are not scanned again and again; every collection is timed
 into ``gawm_gc_pause_seconds``.
@@ -37,6 +59,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import socket
 import sys
 import threading
@@ -55,7 +78,7 @@ from gawm_lib.config import WorkloadConfig
 from gawm_lib.prom.catalogue import GAWM_BUCKETS_S
 from gawm_lib.workloads import InferenceError, Workload, build_workload
 from gawm_lib.workloads.device import GpuCollector
-from gawm_lib.workloads.oip import HEADER_LENGTH, encode_response, parse_request
+from gawm_lib.workloads.oip import HEADER_LENGTH, InferRequest, Tensor, encode_response, parse_request
 from gawm_lib.workloads.shm import SharedMemoryRegistry
 
 log = logging.getLogger("gawm.server")
@@ -188,6 +211,11 @@ class Batcher:
             depth = self.depth
         self.metrics.queue_depth.labels(*self.metrics.labels).set(depth)
         return True
+
+    @property
+    def full(self) -> bool:
+        """Whether one more request would be refused now."""
+        return self.depth >= self.max_queue
 
     def release(self, count: int = 1) -> None:
         with self._depth_lock:
@@ -322,17 +350,43 @@ def _error(status: int, message: str, field_name: str = "", expected: str = "", 
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes (else 413), within ``timeout_s`` (else 408)."""
     declared = request.headers.get("content-length")
     if declared is not None and (not re.fullmatch(r"[0-9]{1,18}", declared) or int(declared) > limit):
         raise InferenceError("Content-Length", f"a body of at most {limit} bytes (max_body_bytes)", declared, 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InferenceError("body", f"at most {limit} bytes (max_body_bytes)", f"more than {limit}", 413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise InferenceError("body", f"at most {limit} bytes (max_body_bytes)", f"more than {limit}", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise InferenceError("body", f"the whole body within {timeout_s:g} s (body_timeout_s)", None, 408) from None
     return b"".join(chunks)
+
+
+def _answer(exc: InferenceError) -> JSONResponse:
+    # A request whose body did not come in time leaves unread bytes behind: the connection cannot carry another.
+    headers = {"connection": "close"} if exc.status == 408 else None
+    return JSONResponse(exc.as_json(), status_code=exc.status, headers=headers)
+
+
+class _Declared:
+    """What :meth:`Workload.decode_request` checks before it decodes (one input, its name, datatype, shape and
+    ``max_batch_size``), run on a request's declared tensors before any of their data is read."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.inputs, self.cfg = workload.inputs, workload.cfg
+
+    @staticmethod
+    def decode_tensor(tensor: Tensor) -> list[Any]:
+        return []
+
+    def __call__(self, tensors: list[Tensor]) -> None:
+        Workload.decode_request(self, InferRequest(tensors))  # type: ignore[arg-type]
 
 
 def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
@@ -389,12 +443,19 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
         if decode_pool is not None:
             decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="gawm model server", lifespan=lifespan)
+    docs = {} if cfg.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="gawm model server", lifespan=lifespan, **docs)
+    app.state.draining = False  # set on SIGTERM (see serve)
 
     @app.exception_handler(InferenceError)
     async def bad_request(request: Request, exc: InferenceError):
         # Routes without their own accounting (the shared-memory ones) let their 4xx answers rise to here.
-        return JSONResponse(exc.as_json(), status_code=exc.status)
+        return _answer(exc)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        # A bug still answers in the same JSON shape (starlette would answer plain text); it is logged by starlette.
+        return _error(500, f"{request.method} {request.url.path}: {type(exc).__name__}", "server", "no server error")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -421,9 +482,17 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready():
-        if state["ready"]:
+        # See the module's docstring for why a full queue is "not ready".
+        batcher: Batcher | None = state.get("batcher")
+        if app.state.draining:
+            reason = "shutting down: answering the requests in flight"
+        elif not state["ready"] or batcher is None:
+            reason = f"model failed to load: {state['error']}" if state["error"] else "model loading"
+        elif batcher.full:
+            reason = f"queue full: {cfg.max_queue_size} requests waiting (max_queue_size)"
+        else:
             return {"ready": True}
-        return JSONResponse({"ready": False, "error": state["error"]}, status_code=503)
+        return JSONResponse({"ready": False, "reason": reason, "error": state["error"]}, status_code=503)
 
     @app.get("/v2")
     async def server_metadata():
@@ -465,7 +534,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
     @app.post("/v2/systemsharedmemory/region/{region}/register")
     async def shm_register(region: str, request: Request):
         registry = shm_registry()
-        body = await _read_body(request, 64 * 1024)
+        body = await _read_body(request, 64 * 1024, cfg.body_timeout_s)
         try:
             doc = json.loads(body)
         except ValueError as exc:
@@ -479,14 +548,17 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
         shm_registry().unregister(region)
         return Response()
 
+    declared = _Declared(workload)
+
     def decode(body: bytes, header: str | None) -> tuple[Any, list[Any]]:
-        parsed = parse_request(body, header, workload.output_names, shared_memory)
+        parsed = parse_request(body, header, workload.output_names, shared_memory, declared)
         return parsed, workload.decode_request(parsed)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
         arrival = time.monotonic_ns()
+        deadline = time.monotonic() + cfg.body_timeout_s
         if (missing := unknown(name, version)) is not None:
             metrics.responses.labels(*labels, "404").inc()
             return missing
@@ -497,7 +569,13 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
             if not state["ready"] or batcher is None:
                 code = 503
                 return _error(503, "model is not ready", "model", "a ready model (poll /v2/health/ready)")
-            if not batcher.admit():
+            # The body first: a client that sends it slowly (or never) must not hold a place in the queue. A queue
+            # that is full already refuses at once, without reading the body.
+            full = batcher.full
+            if not full:
+                body = await _read_body(request, cfg.max_body_bytes, max(0.0, deadline - time.monotonic()))
+                full = not batcher.admit()
+            if full:
                 code = 503
                 return _error(
                     503,
@@ -507,7 +585,6 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
                     **{"retry-after": "1"},
                 )
             admitted = True
-            body = await _read_body(request, cfg.max_body_bytes)
             header = request.headers.get(HEADER_LENGTH)
             if decode_pool is None:
                 parsed, items = decode(body, header)
@@ -529,7 +606,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
             return Response(content, headers=headers)
         except InferenceError as exc:
             code = exc.status
-            return JSONResponse(exc.as_json(), status_code=exc.status)
+            return _answer(exc)
         except ClientDisconnect:
             code = 499  # the client went away while sending; nobody reads an answer
             return Response(status_code=499)
@@ -574,13 +651,130 @@ def switch_interval_ms(cfg: WorkloadConfig) -> float:
     return 0.5 if cfg.device == "cuda" else sys.getswitchinterval() * 1000
 
 
-def uvicorn_config(app):
-    """How uvicorn serves ``app``: HTTP parser and event loop left to uvicorn's choice (httptools and uvloop, which
-    gawm depends on; it falls back to h11 and asyncio without a word where they are missing), a deep accept backlog (a
-    burst of clients is queued by the kernel, then answered: 503 when over the queue)."""
+def _json_answer(status: int, message: str, field_name: str, expected: str) -> bytes:
+    """A whole HTTP response that closes the connection, for answers given below the ASGI app."""
+    from http import HTTPStatus
+
+    body = json.dumps({"error": message, "field": field_name, "expected": expected}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+def http_protocol(max_header_bytes: int, request_timeout_s: float) -> type:
+    """uvicorn's httptools protocol with the bounds it lacks (uvicorn 0.55: ``h11_max_incomplete_event_size`` bounds
+    h11 only; httptools' llhttp has no header limit, and uvicorn gathers the URL and each header with ``+=``, so one
+    50 MB header stalled the event loop for 8 s; an idle connection is timed out only after a response; a request
+    sent a byte at a time is never timed out):
+
+    - the request line and headers at most ``max_header_bytes`` (counted as they arrive: 431 and close);
+    - a request's headers within ``request_timeout_s`` of its first byte (408 and close); its body is the app's to time
+      (it answers 408 itself), and a body still arriving after the app answered is cut off at the same deadline;
+    - ``timeout_keep_alive`` from the connection's start too, not only between requests."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._header_bytes: int | None = 0  # received since the last request ended, while headers are incomplete
+            self._too_large = False
+            self._deadline: asyncio.TimerHandle | None = None
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_bytes is not None:
+                self._header_bytes += len(data)
+            super().data_received(data)
+            if self._header_bytes is not None and self._header_bytes > max_header_bytes and not self._too_large:
+                self._reject_too_large()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._disarm()
+            self._deadline = self.loop.call_later(request_timeout_s, self._timed_out)
+
+        def on_headers_complete(self) -> None:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            self._header_bytes = None
+            if size > max_header_bytes:
+                self._too_large = True
+                raise _HeadersTooLarge  # httptools stops parsing; uvicorn calls send_400_response
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._disarm()
+            self._header_bytes = 0
+
+        def send_400_response(self, msg: str) -> None:
+            if self._too_large:
+                self._reject_too_large()
+            else:
+                super().send_400_response(msg)
+
+        def _reject_too_large(self) -> None:
+            self._too_large = True
+            self._close_with(
+                431, f"request line and headers over {max_header_bytes} bytes", "max_header_bytes", "smaller headers"
+            )
+
+        def _close_with(self, status: int, message: str, field_name: str, expected: str) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(_json_answer(status, message, field_name, expected))
+                self.transport.close()
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _timed_out(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if self._header_bytes is not None and not answering:  # no app has this request: answer it here
+                self._close_with(
+                    408,
+                    f"request headers not complete within {request_timeout_s:g} s",
+                    "headers",
+                    "the whole request within body_timeout_s",
+                )
+            elif not answering:  # answered, and the rest of the body is still coming
+                self.transport.close()
+            else:  # the app reads the body under its own deadline and answers 408 itself: look again shortly
+                self._deadline = self.loop.call_later(1.0, self._timed_out)
+
+    return BoundedHttpToolsProtocol
+
+
+def uvicorn_config(app, cfg: WorkloadConfig):
+    """How uvicorn serves ``app``: httptools (bounded, see :func:`http_protocol`) and the event loop left to uvicorn's
+    choice (uvloop, which gawm depends on), a deep accept backlog (a burst of clients is queued by the kernel, then
+    answered: 503 when over the queue), the limits and timeouts of ``cfg``."""
     import uvicorn
 
-    return uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, backlog=2048)
+    return uvicorn.Config(
+        app,
+        http=http_protocol(cfg.max_header_bytes, cfg.body_timeout_s),
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=cfg.keepalive_timeout_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=cfg.shutdown_grace_s,  # type: ignore[arg-type]
+        backlog=2048,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -637,6 +831,9 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = workload_settings(args.workload, args.settings)
+    # uvicorn handles SIGTERM while it serves, then raises it again with the handler it found: this one, so that a
+    # drained server exits 0 (the default handler would kill it with the signal: Kubernetes reports exit code 143).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     sys.setswitchinterval(switch_interval_ms(cfg) / 1000)
     if args.exit_with_parent:
         _exit_with_parent()
@@ -651,7 +848,13 @@ def serve(args: argparse.Namespace) -> None:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(str(sock.getsockname()[1]))
         tmp.replace(args.port_file)
-    uvicorn.Server(uvicorn_config(create_app(cfg, args.replica))).run(sockets=[sock])
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.config.app.state.draining = True  # /v2/health/ready answers 503 from now on
+            super().handle_exit(sig, frame)
+
+    DrainingServer(uvicorn_config(create_app(cfg, args.replica), cfg)).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -462,9 +462,11 @@ def test_the_server_is_served_on_httptools_and_uvloop_not_the_pure_python_fallba
     cost DistilBERT x4 11-17 % of its capacity (studies/h200/results/tail_goal_x4_httptools)."""
     import importlib.util
 
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
     from gawm_lib.server import uvicorn_config
 
-    config = uvicorn_config(lambda scope, receive, send: None)  # the settings the server runs with
+    config = uvicorn_config(lambda scope, receive, send: None, WorkloadConfig(name="resnet50"))  # as served
     config.load()
-    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    assert issubclass(config.http_protocol_class, HttpToolsProtocol)  # with bounds of gawm's (http_protocol)
     assert config.loop == "auto" and importlib.util.find_spec("uvloop") is not None  # auto takes uvloop if importable

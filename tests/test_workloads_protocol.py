@@ -156,9 +156,9 @@ def test_bad_requests_name_the_field_and_the_expectation(body, headers, field, e
 @pytest.mark.parametrize(
     "blob, field, expected",
     [
-        (b"\x05\x00\x00\x00ab", "inputs[0].data", "an element of 5 bytes"),
+        (b"\x05\x00\x00\x00ab", "inputs[0].data", "1 length-prefixed BYTES elements"),  # no length echoed
         (b"\x01\x00", "inputs[0].data", "1 length-prefixed BYTES elements"),
-        (b"\x01\x00\x00\x00a\x01\x00\x00\x00b", "inputs[0].data", "1 BYTES elements"),
+        (b"\x01\x00\x00\x00a\x01\x00\x00\x00b", "inputs[0].data", "filling the 10 bytes exactly"),
     ],
 )
 def test_binary_bytes_that_do_not_add_up(blob, field, expected):

@@ -10,13 +10,18 @@ Inputs may also come from shared memory registered with the server (Triton's sys
 :mod:`gawm_lib.workloads.shm`): ``parameters.shared_memory_region`` and ``shared_memory_byte_size`` instead of data.
 
 Every problem raises :class:`InferenceError` naming the field (``inputs[0].shape``) and what was expected, so that the
-server can answer a 4xx with that JSON and never a 500.
+server can answer a 4xx with that JSON and never a 500. An error echoes at most what the JSON header declared (names,
+shapes, sizes), never a value read from tensor data: that data may come from a shared-memory object, and a length
+prefix echoed back would read it out a few bytes at a time. The declared tensors are checked first (``check``: the
+server's limits, such as ``max_batch_size``), so that no data is decoded for a request that would be refused anyway.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +71,7 @@ class InferenceError(ValueError):
 @dataclass
 class Tensor:
     """One input tensor. ``data`` is a numpy array of ``shape`` for numeric types (BF16 widened to float32) or a
-    flat list of ``bytes`` (binary extension) / ``str`` (JSON) elements for BYTES."""
+    flat list of ``bytes`` (binary extension) / ``str`` (JSON) elements for BYTES; ``None`` while only declared."""
 
     name: str
     datatype: str
@@ -98,21 +103,39 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _flatten_strings(data: Any, where: str) -> list[str]:
+def _nodes(shape: tuple[int, ...]) -> int:
+    """The most lists and elements a (flat or regularly nested) tensor of ``shape`` has in JSON."""
+    nested = 1 + sum(math.prod(shape[: k + 1]) for k in range(len(shape)))
+    return max(nested, 1 + math.prod(shape))
+
+
+def _flatten_strings(data: Any, shape: tuple[int, ...], where: str) -> list[str]:
+    count, budget = math.prod(shape), _nodes(shape)  # work bounded by the declared shape, not by the body
+    wrong_count = InferenceError(where, f"{count} elements (the product of the shape)")
     out: list[str] = []
     stack = [(data, 0)]
     while stack:
         node, depth = stack.pop()
+        budget -= 1
         if isinstance(node, str):
             out.append(node)
+            if len(out) > count:
+                raise wrong_count
         elif isinstance(node, list) and depth < MAX_NESTING:
+            if len(node) > budget:
+                raise wrong_count
             stack.extend((child, depth + 1) for child in reversed(node))
         else:
-            raise InferenceError(where, "a (nested) list of strings for datatype BYTES", node)
+            raise InferenceError(where, "a (nested) list of strings for datatype BYTES", type(node).__name__)
+    if len(out) != count:
+        raise wrong_count
     return out
 
 
-def _json_numbers(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
+def _json_numbers(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    count = math.prod(shape)
+    if shape and isinstance(data, list) and len(data) not in (count, shape[0]):  # flat, or nested along the shape
+        raise InferenceError(where, f"{count} elements (the product of the shape), flat or nested along the shape")
     try:
         array = np.array(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -123,7 +146,7 @@ def _json_numbers(data: Any, datatype: str, count: int, where: str) -> np.ndarra
         what = {"b": "true/false", "iu": "integers"}.get(allowed, "numbers")
         raise InferenceError(where, f"{what} for datatype {datatype}", f"values of numpy kind {kind!r}")
     if array.size != count:
-        raise InferenceError(where, f"{count} elements (the product of the shape)", f"{array.size}")
+        raise InferenceError(where, f"{count} elements (the product of the shape)")
     if datatype[0] in "IU" and array.size:
         info = np.iinfo(NUMPY_TYPES[datatype])
         if array.min() < info.min or array.max() > info.max:
@@ -133,20 +156,26 @@ def _json_numbers(data: Any, datatype: str, count: int, where: str) -> np.ndarra
 
 
 def _binary_bytes(raw: memoryview, count: int, where: str) -> list[bytes]:
+    # One answer for every way the elements fail to add up, naming no length read from the data (see the module's
+    # docstring); at most ``count`` elements are read, however many the data holds.
+    expected = (
+        f"{count} length-prefixed BYTES elements (the product of the shape; each a 4-byte little-endian length and "
+        f"that many bytes) filling the {len(raw)} bytes exactly"
+    )
     if count > len(raw) // 4:
-        raise InferenceError(where, f"{count} length-prefixed BYTES elements", f"{len(raw)} bytes of data")
+        raise InferenceError(where, expected)
     out, offset = [], 0
-    while offset < len(raw):
+    for _ in range(count):
         if offset + 4 > len(raw):
-            raise InferenceError(where, "a 4-byte little-endian length before each BYTES element", "a truncated length")
+            raise InferenceError(where, expected)
         size = int.from_bytes(raw[offset : offset + 4], "little")
         offset += 4
-        if offset + size > len(raw):
-            raise InferenceError(where, f"an element of {size} bytes", f"{len(raw) - offset} bytes left")
+        if size > len(raw) - offset:
+            raise InferenceError(where, expected)
         out.append(bytes(raw[offset : offset + size]))
         offset += size
-    if len(out) != count:
-        raise InferenceError(where, f"{count} BYTES elements (the product of the shape)", len(out))
+    if offset != len(raw):
+        raise InferenceError(where, expected)
     return out
 
 
@@ -171,9 +200,12 @@ def parse_request(
     header_length: str | None,
     output_names: tuple[str, ...],
     shared_memory: SharedMemoryRegistry | None = None,
+    check: Callable[[list[Tensor]], None] | None = None,
 ) -> InferRequest:
     """An :class:`InferRequest` from an HTTP body (and its ``Inference-Header-Content-Length`` header, if any);
-    ``shared_memory``: the server's registered regions, ``None`` where clients may not use shared memory."""
+    ``shared_memory``: the server's registered regions, ``None`` where clients may not use shared memory; ``check``:
+    called with the declared tensors (``data`` None) before any data is read, raising :class:`InferenceError` for a
+    request the caller would refuse (names, datatypes, shapes over its limits)."""
     json_end = len(body)
     if header_length is not None:
         text = header_length.strip(" \t")
@@ -200,8 +232,7 @@ def parse_request(
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InferenceError("inputs", "a non-empty list of input tensors", inputs)
-    binary = memoryview(body)[json_end:]
-    offset, tensors, seen = 0, [], set()
+    declared, seen = [], set()
     for index, spec in enumerate(inputs):
         where = f"inputs[{index}]"
         if not isinstance(spec, dict):
@@ -215,10 +246,17 @@ def parse_request(
         if datatype not in DATATYPES:
             raise InferenceError(f"{where}.datatype", f"one of {', '.join(DATATYPES)}", datatype)
         shape = _shape(spec.get("shape"), f"{where}.shape")
-        count = int(np.prod(shape, dtype=object)) if shape else 1
         tparams = spec.get("parameters", {})
         if not isinstance(tparams, dict):
             raise InferenceError(f"{where}.parameters", "an object", tparams)
+        declared.append(Tensor(name, datatype, shape, None, where))
+    if check is not None:
+        check(declared)
+    binary = memoryview(body)[json_end:]
+    offset, tensors = 0, []
+    for spec, tensor in zip(inputs, declared):
+        where, datatype, shape, tparams = tensor.field, tensor.datatype, tensor.shape, spec.get("parameters", {})
+        count = math.prod(shape)
         size = tparams.get("binary_data_size")
         if any(key in tparams for key in SHM_PARAMETERS):
             if shared_memory is None:
@@ -259,14 +297,12 @@ def parse_request(
             if "data" not in spec:
                 raise InferenceError(f"{where}.data", "the tensor's elements (or parameters.binary_data_size)")
             if datatype == "BYTES":
-                data = _flatten_strings(spec["data"], f"{where}.data")
-                if len(data) != count:
-                    raise InferenceError(f"{where}.data", f"{count} elements (the product of the shape)", len(data))
+                data = _flatten_strings(spec["data"], shape, f"{where}.data")
             else:
-                data = _json_numbers(spec["data"], datatype, count, f"{where}.data")
+                data = _json_numbers(spec["data"], datatype, shape, f"{where}.data")
         if not isinstance(data, list):
             data = data.reshape(shape)
-        tensors.append(Tensor(name, datatype, shape, data, where))
+        tensors.append(Tensor(tensor.name, datatype, shape, data, where))
     if offset != len(binary):
         raise InferenceError(
             "body", f"{offset} bytes of binary tensor data after the JSON header", f"{len(binary)} bytes"

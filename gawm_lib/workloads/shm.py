@@ -9,10 +9,15 @@ Routes (``gawm_lib.server``, only with ``WorkloadConfig.allow_client_shm``, as T
 ``GET /v2/systemsharedmemory[/region/{name}]/status``, ``POST /v2/systemsharedmemory[/region/{name}]/unregister``;
 ``tritonclient.http`` and ``tritonclient.utils.shared_memory`` work with them unchanged.
 
-The server maps each object read-only. Keys are names in ``/dev/shm`` (``/name`` or ``name``, no other ``/``), so a
-client cannot point the server at other files. Clients are trusted not to shrink an object while it is in use: each
-request checks the object's size first, but one truncated between that check and the batch's copy would fault the
-server (as it would Triton). Outputs always come back in the response body.
+The server maps each object read-only. Keys are names in ``/dev/shm`` (``/name`` or ``name``, no other ``/``), and the
+name must be a regular file on that file system itself: it is opened without following a symbolic link
+(``O_NOFOLLOW``) and without waiting (``O_NONBLOCK``: a FIFO would otherwise block the event loop until a writer came),
+then checked with ``fstat`` before anything is read or mapped, so a client cannot point the server at other files,
+FIFOs, devices or directories. Error messages never carry bytes or lengths read from an object (see
+:mod:`gawm_lib.workloads.oip`), nor its size. Still, any object in ``/dev/shm`` that the server's user can read may be
+registered, so only trusted clients should get ``allow_client_shm`` (as in Triton). Clients are trusted not to shrink
+an object while it is in use: each request checks the object's size first, but one truncated between that check and
+the batch's copy would fault the server (as it would Triton). Outputs always come back in the response body.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,22 +76,28 @@ class SharedMemoryRegistry:
             raise InferenceError("key", "the name of a POSIX shared-memory object: '/name' or 'name', without '/'", key)
         offset, byte_size = _int(doc, "offset", "", 0), _int(doc, "byte_size", "")
         path = self.root / match.group(1)
+        not_an_object = InferenceError(
+            "key", f"an existing shared-memory object in {self.root} the server can read (a regular file, no link)", key
+        )
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise InferenceError(
-                "key", f"an existing shared-memory object in {self.root} the server can read", key
-            ) from exc
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            raise not_an_object from None
         try:
-            size = os.fstat(fd).st_size
-            if offset + byte_size > size or byte_size == 0:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_dev != os.stat(self.root).st_dev:
+                raise not_an_object
+            if byte_size == 0 or offset + byte_size > info.st_size:
                 raise InferenceError(
-                    "byte_size", f"1 to {size - offset} bytes (the object {key!r} has {size})", byte_size
+                    "byte_size", "at least 1, with offset + byte_size within the shared-memory object", byte_size
                 )
             with self._lock:
                 if name in self._regions:
                     raise InferenceError("region name", "a name not registered yet (unregister it first)", name)
-                mapped = mmap.mmap(fd, offset + byte_size, access=mmap.ACCESS_READ)
+                try:
+                    mapped = mmap.mmap(fd, offset + byte_size, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):
+                    raise not_an_object from None
                 self._regions[name] = Region(
                     name, key, offset, byte_size, fd, memoryview(mapped)[offset : offset + byte_size]
                 )
