@@ -14,6 +14,10 @@ placement and replica count with Mean Value Analysis predictions (and USL fits),
 latency and real-time factor per clip length.
 
 Times are seconds in the models and milliseconds in the tables (``_ms`` columns).
+
+Verdicts (:mod:`gawm_lib.verdicts`): every request row and step row carries its step's ``verdict`` (UNKNOWN for runs
+recorded before verdicts). The fits and predictions here leave out the steps that are INVALID and say so
+(:class:`InvalidStepsWarning`, naming them); tables and figures of steps keep every step, with its verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import OptimizeWarning
 
-from gawm_lib import paths, runs, summary
+from gawm_lib import paths, runs, summary, verdicts
 from gawm_lib.models import (
     BatchLatencyModel,
     BatchLatencyTable,
@@ -151,9 +155,40 @@ def run_labels(loaded: list[runs.Run]) -> dict[str, str]:
     }
 
 
+class InvalidStepsWarning(UserWarning):
+    """Steps left out of a fit or prediction because their verdict is INVALID."""
+
+
+def without_invalid(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``frame`` (request rows or step rows) less the rows of INVALID steps, with an :class:`InvalidStepsWarning`
+    naming them and why, for ``what`` (the fit they are left out of)."""
+    if "verdict" not in frame:
+        return frame
+    bad = frame["verdict"].astype(str) == verdicts.INVALID
+    if not bad.any():
+        return frame
+    keys = [c for c in ("run_id", "workload", "step") if c in frame]
+    left_out = frame[bad].drop_duplicates(keys)
+    reasons = left_out["verdict_reasons"].astype(str) if "verdict_reasons" in left_out else [""] * len(left_out)
+    named = "; ".join(
+        f"{' '.join(str(v) for v in key)}" + (f" ({why})" if why else "")
+        for key, why in zip(left_out[keys].itertuples(index=False), reasons)
+    )
+    warnings.warn(f"{what}: {len(left_out)} INVALID step(s) left out: {named}", InvalidStepsWarning, stacklevel=3)
+    kept = frame[~bad]
+    kept.attrs["invalid_left_out"] = len(left_out)  # for a figure's note
+    return kept
+
+
+def _step_verdicts(run: runs.Run) -> pd.DataFrame:
+    return verdicts.step_verdicts(run.path / "summary.csv")
+
+
 def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Run]]:
     """All request rows of the runs, with ``run_id``, the run's configuration label per workload (``config``, see
-    :func:`config_labels`) and the run's batching settings per workload added."""
+    :func:`config_labels`), the run's batching settings per workload, and each row's step ``verdict`` and
+    ``verdict_reasons`` (from the run's ``summary.csv``; UNKNOWN for the warm-up and for runs recorded before verdicts)
+    added."""
     loaded = [runs.load_run(r) for r in run_ids]
     if len({run.id for run in loaded}) < len(loaded):
         raise ValueError(f"a run is named twice in {[run.id for run in loaded]}")
@@ -180,13 +215,22 @@ def load_requests(run_ids: list[str | Path]) -> tuple[pd.DataFrame, list[runs.Ru
         rows["scenario"] = effective["load"]["scenario"]
         rows["payloads_per_request"] = effective["load"].get("payloads_per_request", 1)  # items (texts, images)
         rows["payload_audio_s"] = effective["load"].get("payload_audio_s") or np.nan
+        judged = _step_verdicts(run)
+        rows = rows.merge(judged, on=["workload", "step"], how="left") if len(judged) else rows
+        rows["verdict"] = rows.get("verdict", pd.Series(index=rows.index, dtype=object)).fillna(verdicts.UNKNOWN)
+        rows["verdict_reasons"] = rows.get("verdict_reasons", pd.Series(index=rows.index, dtype=object)).fillna("")
         frames.append(rows)
-    return pd.concat(frames, ignore_index=True), loaded
+    requests = pd.concat(frames, ignore_index=True)
+    for column in ("verdict", "verdict_reasons"):  # a few distinct strings over many rows
+        requests[column] = requests[column].astype("category")
+    return requests, loaded
 
 
 def fit_service(requests: pd.DataFrame) -> tuple[BatchLatencyModel, float]:
     """Batch service-time model from the server's per-batch reports, and the client overhead [s] (median over the
-    lowest-load step of latency minus server queue and compute)."""
+    lowest-load step of latency minus server queue and compute). INVALID steps are left out
+    (:func:`without_invalid`)."""
+    requests = without_invalid(requests, "fit_service")
     ok = requests[(requests["error"] == "") & (requests["server_compute_ns"] > 0)]
     if ok.empty:
         raise ValueError("no successful requests with server-reported compute times: cannot fit a service model")
@@ -254,6 +298,7 @@ def fit_tandem(requests: pd.DataFrame) -> TandemServer:
     and ValueError if that leaves no 1-replica run. Needs records with ``server_decode_ns`` (gawm since 0547120)."""
     if requests["workload"].nunique() > 1:
         raise ValueError(f"fit_tandem: one workload at a time, got {sorted(requests['workload'].unique())}")
+    requests = without_invalid(requests, "fit_tandem")
     closed = requests[
         requests["scenario"].isin(["closed_loop", "single_stream"])
         & (requests["error"] == "")
@@ -352,7 +397,8 @@ KEPT_UP = 0.9  # an open-loop step whose throughput fell below this share of its
 def fit_tail_curves(requests: pd.DataFrame) -> tuple[dict[tuple[str, int], TailCurve], dict[tuple[str, int], str]]:
     """A :class:`gawm_lib.models.TailCurve` per (workload, replicas) that has both a closed-loop run and a Poisson
     sweep (the steps it kept up with, below the :func:`measured_capacity`, are fitted); and for those whose sweep
-    could not be fitted, why."""
+    could not be fitted, why. INVALID steps are left out (:func:`without_invalid`)."""
+    requests = without_invalid(requests, "fit_tail_curves")
     capacity = measured_capacity(requests)
     curves, not_fitted = {}, {}
     for (workload, replicas), sweep in _poisson_steps(requests).groupby(["workload", "replicas"]):
@@ -706,6 +752,7 @@ def predict_runs(requests: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[
     """:func:`fit_service` and :func:`predict_steps` per workload; returns the predictions and each workload's
     (service model, overhead [s])."""
     frames, dropped, services = [], [], {}
+    requests = without_invalid(requests, "predict_runs")
     for workload, rows in requests.groupby("workload", sort=True):
         services[workload] = fit_service(rows)
         predicted, left_out = predict_steps(rows, *services[workload], return_dropped=True)
@@ -719,7 +766,8 @@ def predict_runs(requests: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[
 def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFrame:
     """:func:`gawm_lib.summary.summarise` per run: one row per (run, workload, step) with the run's ``replicas``,
     ``placement``, ``scenario``, ``payload_audio_s`` and ``max_batch_size``, and the server's own median ``compute_ms``
-    per batch and per item (``compute_item_ms``) and mean ``batch_size_mean`` over the step's ok requests."""
+    per batch and per item (``compute_item_ms``) and mean ``batch_size_mean`` over the step's ok requests; and each
+    step's ``verdict`` and ``verdict_reasons`` where the rows carry them (:func:`load_requests`)."""
     table = summary.summarise(requests, slo_ms=slo_ms)
     settings = [
         c for c in ("config", "replicas", "placement", "scenario", "payload_audio_s", "max_batch_size") if c in requests
@@ -736,6 +784,12 @@ def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.Da
         batch_size_mean=("batch_size", "mean"),
     )
     table = table.merge(first, on=["run_id", "workload"]).merge(server, on=["run_id", "workload", "step"], how="left")
+    if "verdict" in requests and len(table):  # each step's verdict, as its run recorded it
+        judged = requests[requests["phase"] == "step"].drop_duplicates(["run_id", "workload", "step"])
+        judged = judged[["run_id", "workload", "step", "verdict", "verdict_reasons"]].astype(
+            {"verdict": str, "verdict_reasons": str}
+        )
+        table = table.merge(judged, on=["run_id", "workload", "step"], how="left")
     return table.sort_values(["workload", "run_id", "step"], ignore_index=True)
 
 
@@ -762,7 +816,7 @@ def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     Returns (measured, predicted), both with ``workload``, ``placement``, ``series``, ``replicas``, ``level``,
     ``throughput_rps``, ``mean_ms``; ``predicted`` has one row per model and replica count measured.
     """
-    closed = table[table["scenario"].isin(["closed_loop", "single_stream"])]
+    closed = without_invalid(table[table["scenario"].isin(["closed_loop", "single_stream"])], "replica_scaling")
     if closed.empty:
         raise ValueError(
             "replica scaling needs closed-loop runs (load.scenario closed_loop or single_stream): the "
@@ -822,6 +876,7 @@ def replica_scaling(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                         "kappa": usl.kappa,
                     }
                 )
+    measured_frame.attrs["invalid_left_out"] = closed.attrs.get("invalid_left_out", 0)  # the figure says so
     return measured_frame, pd.DataFrame(predicted)
 
 
@@ -847,6 +902,7 @@ def audio_duration(table: pd.DataFrame) -> pd.DataFrame:
             "compute_ms",
             "compute_item_ms",
             "batch_size_mean",
+            *(["step", "verdict"] if "verdict" in rows else []),
         ]
     ].copy()
     out["rtf_p50"] = out["p50_ms"] / 1e3 / out["audio_s"]
@@ -902,7 +958,8 @@ def select_runs(run_ids=(), suite_name: str = "", workload: str | None = None) -
 
 
 def runs_table(loaded: list[runs.Run]) -> pd.DataFrame:
-    """One row per (run, workload): status, experiment, configuration label, replicas, scenario, weights, requests."""
+    """One row per (run, workload): status, verdict, experiment, configuration label, replicas, scenario, weights,
+    requests."""
     labels = config_labels(loaded).set_index(["run_id", "workload"])["config"]
     rows = []
     for run in loaded:
@@ -911,6 +968,7 @@ def runs_table(loaded: list[runs.Run]) -> pd.DataFrame:
                 {
                     "run_id": run.id,
                     "status": run.status,
+                    "verdict": run.verdict,
                     "experiment": run.manifest.get("experiment", ""),
                     "workload": workload,
                     "config": labels.get((run.id, workload), ""),
@@ -1001,10 +1059,12 @@ RESULT_COLUMNS = {
 
 
 def result_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The compact per-step table a notebook shows (nine columns: workload, configuration, level, requests, errors,
-    throughput, p50, p95, p99), rounded for reading; the full table stays in each run's ``summary.csv``."""
+    """The compact per-step table a notebook shows (workload, configuration, level, requests, errors, throughput, p50,
+    p95, p99, and the step's verdict where known), rounded for reading; the full table stays in each run's
+    ``summary.csv``."""
     shown = table.assign(config=table["config"] if "config" in table else "")
-    out = shown[list(RESULT_COLUMNS)].rename(columns=RESULT_COLUMNS)
+    columns = {**RESULT_COLUMNS, **({"verdict": "verdict"} if "verdict" in table else {})}
+    out = shown[list(columns)].rename(columns=columns)
     return out.round({"throughput [req/s]": 2, "p50 [ms]": 1, "p95 [ms]": 1, "p99 [ms]": 1})
 
 
@@ -1034,6 +1094,10 @@ def describe_steps(table: pd.DataFrame, min_requests: int = 20) -> list[str]:
         failed = int(steps["errors"].sum())
         if failed:
             text += f" {failed} request(s) failed."
+        if "verdict" in steps:
+            bad = steps[steps["verdict"].isin([verdicts.INVALID, verdicts.DEGRADED])]
+            for row in bad.itertuples():
+                text += f" Level {row.level:g} is {row.verdict}: {row.verdict_reasons}."
         few = steps[steps["ok"] < min_requests]
         if len(few):
             text += (

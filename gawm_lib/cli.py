@@ -44,7 +44,7 @@ def run_params(params_file: str | Path, overrides: list[str]) -> int:
 
 def run_experiment(params_file: str | Path, overrides: list[str]):
     """Validate, create the run, execute the notebooks; returns (exit code, run or None)."""
-    from gawm_lib import config, plots, runs
+    from gawm_lib import config, plots, processes, runs
 
     try:
         cfg, requested = config.load_params(params_file, overrides)
@@ -61,32 +61,82 @@ def run_experiment(params_file: str | Path, overrides: list[str]):
             print(f"gawm: {params_file}: notebook {path} does not exist", file=sys.stderr)
             return EXIT_CONFIG, None
     effective = cfg.model_dump(mode="json")
-    run = runs.create_run(cfg.name, requested, effective)
-    print(f"run {run.id}\n  directory: {run.path}", flush=True)
     try:
-        for output, notebook, kind in notebooks:
-            print(f"  executing {notebook.relative_to(root)} -> {output}", flush=True)
-            if kind == "figures":  # figure ids start with the run id: a second run never replaces them
-                parameters = {"run_ids": [run.id], "fig_prefix": run.id}
-            else:
-                parameters = {"run_dir": str(run.path), "params": requested}  # the file + overrides, short
-            _execute(notebook, run.path / output, parameters)
-    except KeyboardInterrupt:
-        run.finish("INTERRUPTED")
-        print(f"gawm: interrupted; what was recorded is kept in {run.path}", file=sys.stderr)
-        return EXIT_INTERRUPTED, run
-    except Exception as exc:
-        run.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
-        print(f"gawm: run failed ({type(exc).__name__}); see {run.path}\n{exc}", file=sys.stderr)
-        return 1, run
-    run.finish("COMPLETED")
-    print(f"run {run.id} COMPLETED\n  directory: {run.path}")
+        run = runs.create_run(cfg.name, requested, effective)
+    except runs.RunError as exc:  # a read-only or full disk: say where, start nothing
+        print(f"gawm: {exc}", file=sys.stderr)
+        return 1, None
+    print(f"run {run.id}\n  directory: {run.path}", flush=True)
+    # SIGTERM and SIGHUP (batch schedulers, timeout, a closed terminal) stop the run as Ctrl-C does: the kernel is
+    # interrupted (it stops the load, keeps the records, stops the replicas) and the run is marked INTERRUPTED
+    with processes.interruptible(_interrupt_children) as received:
+        try:
+            for output, notebook, kind in notebooks:
+                print(f"  executing {notebook.relative_to(root)} -> {output}", flush=True)
+                if kind == "figures":  # figure ids start with the run id: a second run never replaces them
+                    parameters = {"run_ids": [run.id], "fig_prefix": run.id}
+                else:
+                    parameters = {"run_dir": str(run.path), "params": requested}  # the file + overrides, short
+                _execute(notebook, run.path / output, parameters)
+        except KeyboardInterrupt:
+            received.settle()
+            by = f" by {received[0]}" if received else ""
+            print(f"gawm: interrupted{by}; what was recorded is kept in {run.path}", file=sys.stderr)
+            _finish(run, "INTERRUPTED")
+            return EXIT_INTERRUPTED, run
+        except Exception as exc:
+            received.settle()
+            if received:  # the kernel, interrupted on our behalf, stopped the notebook: an interruption
+                print(f"gawm: interrupted by {received[0]}; what was recorded is kept in {run.path}", file=sys.stderr)
+                _finish(run, "INTERRUPTED")
+                return EXIT_INTERRUPTED, run
+            reason = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else f"{type(exc).__name__}: {exc}"
+            print(f"gawm: run failed: {reason.splitlines()[0] if reason else ''}\n  see {run.path}", file=sys.stderr)
+            _finish(run, "FAILED", error=f"{type(exc).__name__}: {exc}")
+            return 1, run
+        if not _finish(run, "COMPLETED"):
+            return 1, run
+    print(f"  directory: {run.path}")
     figures = plots.figures_for_run(run.id)
     if figures:
         print("  figures:")
         for figure in figures:
             print(f"    {figure}")
     return 0, run
+
+
+def _interrupt_children(signum: int) -> bool:
+    """Pass an interruption on to the notebook's kernel (our child, in its own session) as SIGINT, so that the
+    notebook stops as for Ctrl-C in Jupyter: the load stops, its records are kept, the replicas are stopped. False
+    when there is no child to tell (then gawm stops at once)."""
+    import contextlib
+    import signal
+
+    import psutil
+
+    told = False
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signal.SIGINT)
+            told = True
+    return told
+
+
+def _finish(run, status: str, error: str | None = None) -> bool:
+    """Give ``run`` its final status and print it with its verdict and why; False (said on stderr) when the
+    manifest cannot be written (a full or read-only disk)."""
+    from gawm_lib import runs
+
+    try:
+        run.finish(status, error=error)
+    except runs.RunError as exc:
+        print(f"gawm: run {run.id} could not be marked {status}: {exc}", file=sys.stderr)
+        return False
+    out = sys.stdout if status == "COMPLETED" else sys.stderr
+    print(f"run {run.id} {status}, verdict {run.verdict}", file=out)
+    for reason in run.manifest.get("verdict_reasons") or []:
+        print(f"  - {reason}", file=out)
+    return True
 
 
 def run_suite(suite_file: str | Path, overrides: list[str]) -> int:
@@ -139,10 +189,18 @@ def report(run_ids: list[str], notebook: str, name: str = "", overwrite: bool = 
     """Rebuild figures from run ids (no cluster touched); the executed notebook is saved beside the figures, and the
     figures it wrote are listed. Figure ids start with ``name`` (a suite's or a report's), or the run id for one
     run, or ``report-<UTC time>``; an existing figure is replaced only with ``overwrite``."""
+    import re
     import time
 
     from gawm_lib import plots, runs
 
+    # A name, not a path: `--name ../../x` wrote the executed notebook and the figures outside data/figures.
+    if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        shown = name if len(name) <= 100 else f"{name[:99]}…"
+        raise runs.RunError(
+            f"--name {shown!r}: expected a name for the figure ids (letters, digits, '.', '_', '-', at most 100, "
+            f"starting with a letter or digit), not a path: no '/', '\\' or '..'"
+        )
     ids = [runs.load_run(run_id).id for run_id in run_ids]  # a clear error for an unknown id before any kernel starts
     prefix = plots.figure_prefix(ids, name)
     path = paths.project_root() / notebook
@@ -169,8 +227,8 @@ def list_runs_command() -> int:
     settings that differ between them, e.g. a suite's grid point)."""
     from gawm_lib import analysis, runs
 
-    found = runs.list_runs()
-    if not found:
+    found, unreadable = runs.scan_runs()
+    if not found and not unreadable:
         print(f"no runs in {paths.raw_dir()}")
         return 0
     apart: dict[str, str] = {}
@@ -180,13 +238,15 @@ def list_runs_command() -> int:
     for group in by_experiment.values():
         if len(group) > 1:
             apart.update(analysis.run_labels(group))
-    width = max(len(run.id) for run in found)
-    print(f"{'run id':<{width}}  {'status':<10} {'requests':>8}  settings that set it apart")
+    width = max([len(run.id) for run in found] + [len(folder.name) for folder, _ in unreadable])
+    print(f"{'run id':<{width}}  {'status':<11} {'verdict':<8} {'requests':>8}  settings that set it apart")
     for run in found:
         print(
-            f"{run.id:<{width}}  {runs.display_status(run):<10} {run.results().get('requests', ''):>8}  "
-            f"{apart.get(run.id, '')}"
+            f"{run.id:<{width}}  {runs.display_status(run):<11} {run.verdict:<8} "
+            f"{run.results().get('requests', ''):>8}  {apart.get(run.id, '')}"
         )
+    for folder, reason in unreadable:  # listed, never silently left out
+        print(f"{folder.name:<{width}}  {'UNREADABLE':<11} {'':<8} {'':>8}  {reason}")
     return 0
 
 
@@ -236,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             "with dynamic batching and Prometheus /metrics.",
         )
     )
+    from gawm_lib.synth import cli as synth_cli
+
+    synth_cli.add_arguments(sub.add_parser("synth", help="generative workload models: fit on runs, sample traces"))
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -254,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CONFIG
     if args.command == "weights":
         return weights.main(args)
+    if args.command == "synth":
+        return synth_cli.main(args)
     if args.command == "serve":
         try:
             server.serve(args)

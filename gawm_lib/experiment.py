@@ -1,7 +1,10 @@
 """One experiment: for each workload, start its replicas, drive the load sweep, record everything in the run directory.
 
 Prometheus (when enabled) is started once for the experiment, scrapes every replica while it lives, and is queried for
-each load phase at the end; if that fails the load records are kept and the error is written to the manifest.
+each load phase at the end; if that fails the load records are kept and the error is written to the manifest. A
+replica or Prometheus that exits before it is stopped is recorded in the manifest (``workloads.<name>.exits``,
+``prometheus.exits``: time, exit code or signal), and the steps it touched get a verdict other than VALID
+(:mod:`gawm_lib.verdicts`). SIGTERM and SIGHUP interrupt a run as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from gawm_lib import runs, summary
+from gawm_lib import processes, runs, verdicts
 from gawm_lib.backends import open_backend
 from gawm_lib.config import ConfigError, ExperimentConfig, apply_override, preflight, validate_params
 from gawm_lib.loadgen import LoadSpec, run_load, write_bodies
@@ -30,11 +33,13 @@ def _prometheus(cfg: ExperimentConfig, run: runs.Run):
     if not cfg.prometheus.enabled:
         return contextlib.nullcontext(None)
     from gawm_lib import prom
+    from gawm_lib.cluster.monitoring import run_scrape_configs  # kubernetes: the kubelets' cAdvisor
 
     return prom.LocalPrometheus(
         workdir=run.path / "prometheus",
         scrape_interval_s=cfg.prometheus.scrape_interval_s,
         binary=cfg.prometheus.binary,
+        scrape_configs=run_scrape_configs(cfg.backend, cfg.prometheus.binary),
     )
 
 
@@ -47,22 +52,43 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
             run.update(
                 prometheus={"url": prometheus.url, "version": prometheus.version, "config": prometheus.config_text}
             )
-        for workload_cfg in cfg.workloads:
-            workload = build_workload(workload_cfg)
-            items = sample_payloads(workload, cfg.load)
-            bodies = write_bodies(
-                load_dir / f"{workload.name}-bodies.jsonl", [workload.request_body([i]) for i in items]
-            )
-            with open_backend(workload_cfg, cfg.backend, run.logs_dir) as backend:
-                replicas = backend.replicas
+        try:
+            _measure_workloads(cfg, run, prometheus, results, load_dir, progress)
+        finally:
+            if prometheus is not None and prometheus.exits():
+                log.error("Prometheus exited during the run: %s", prometheus.exits())
+                run.update(prometheus={"exits": prometheus.exits()})
+        run.update(phases={r["workload"]: r["phases"] for r in results})
+        if prometheus is not None:
+            _save_metrics(prometheus, run, results, cfg)
+    return summarise_run(run, slo_ms=cfg.load.slo_ms)
+
+
+def _measure_workloads(cfg: ExperimentConfig, run: runs.Run, prometheus, results: list, load_dir: Path, progress):
+    """Each workload in turn: its replicas, its load; replicas that exited before their stop are recorded."""
+    for workload_cfg in cfg.workloads:
+        workload = build_workload(workload_cfg)
+        items = sample_payloads(workload, cfg.load)
+        bodies = write_bodies(load_dir / f"{workload.name}-bodies.jsonl", [workload.request_body([i]) for i in items])
+        with open_backend(workload_cfg, cfg.backend, run.logs_dir) as backend:
+            replicas = backend.replicas
+            external: dict[str, Any] = {}  # backend.kind external: servers gawm did not start
+            if cfg.backend.kind == "external":
+                from gawm_lib.backends.external import prepare
+
+                bodies, external, record = prepare(backend, workload, items, load_dir)
+            else:
                 meta = httpx.get(f"{replicas[0].url}/v2/models/{workload.name}", timeout=10).json()
                 record = {"replicas": [r.address for r in replicas], "weights": meta["parameters"]["weights"]}
-                if getattr(backend, "placement", None):  # cores / GPU per local replica; pod, node, GPU on kubernetes
-                    record["placement"] = [p.to_dict() for p in backend.placement]
-                if getattr(backend, "facts", None):
-                    record["cluster"] = backend.facts
-                run.update(workloads={workload.name: record})
-                if prometheus is not None:
+            if getattr(backend, "placement", None):  # cores / GPU per local replica; pod, node, GPU on kubernetes
+                record["placement"] = [p.to_dict() for p in backend.placement]
+            if getattr(backend, "facts", None):
+                record["cluster"] = backend.facts
+            run.update(workloads={workload.name: record})
+            try:
+                if prometheus is not None and cfg.backend.kind == "external":  # what it can scrape; never fails the run
+                    run.update(workloads={workload.name: {**record, "scrape": backend.watch(prometheus)}})
+                elif prometheus is not None:
                     prometheus.set_targets(
                         [(r.address, {"workload": r.workload, "replica": str(r.index)}) for r in replicas]
                     )
@@ -74,17 +100,20 @@ def measure(cfg: ExperimentConfig, run: runs.Run, progress: bool = True) -> pd.D
                     bodies_path=str(bodies),
                     out_dir=str(run.requests_path),
                     load=cfg.load.model_dump(),
+                    **external,
                 )
                 result = run_load(spec, load_dir, progress=progress)
                 results.append(result)
+                run.update(phases={workload.name: result["phases"]})  # kept should a later workload fail
                 if prometheus is not None:  # let the last step be scraped before the replicas go
                     time.sleep(2 * cfg.prometheus.scrape_interval_s)
-            if result["interrupted"]:
-                raise KeyboardInterrupt(f"load of {workload.name} was interrupted")
-        run.update(phases={r["workload"]: r["phases"] for r in results})
-        if prometheus is not None:
-            _save_metrics(prometheus, run, results, cfg)
-    return summarise_run(run, slo_ms=cfg.load.slo_ms)
+            finally:
+                exits = backend.exits() if hasattr(backend, "exits") else []
+                if exits:
+                    log.error("%s: replica(s) exited during the run: %s", workload.name, exits)
+                    run.update(workloads={workload.name: {**record, "exits": exits}})
+        if result["interrupted"]:
+            raise KeyboardInterrupt(f"load of {workload.name} was interrupted")
 
 
 def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg: ExperimentConfig) -> None:
@@ -92,12 +121,25 @@ def _save_metrics(prometheus, run: runs.Run, results: list[dict[str, Any]], cfg:
 
     on_gpu = any(w.device == "cuda" for w in cfg.workloads)
     names = [n for n in prom.RUN_QUERIES if on_gpu or prom.CATALOGUE[n].source != "nvml"]  # no GPU, no NVML series
+    on_kubernetes = cfg.backend.kind == "kubernetes"
+    if on_kubernetes:
+        from gawm_lib.cluster import monitoring
+
+        names += monitoring.CONTAINER_QUERIES
     try:
         with warnings.catch_warnings(record=True) as caught:  # counted in the manifest, not one warning per query
             warnings.simplefilter("always", prom.EmptyQueryWarning)
             frame = prom.query_run_phases(
-                prometheus.url, results, step_s=cfg.prometheus.scrape_interval_s, query_names=names
+                prometheus.url,
+                results,
+                step_s=cfg.prometheus.scrape_interval_s,
+                query_names=[n for n in names if prom.CATALOGUE[n].source != "cadvisor"],
             )
+            if on_kubernetes:  # per pod and container, from the kubelets' cAdvisor
+                containers = monitoring.query_container_phases(
+                    prometheus.url, results, cfg.backend.namespace, step_s=cfg.prometheus.scrape_interval_s
+                )
+                frame = pd.concat([frame, containers], ignore_index=True) if len(containers) else frame
         empty: dict[str, list[str]] = {}
         for item in caught:
             if isinstance(item.message, prom.EmptyQueryWarning):
@@ -134,6 +176,10 @@ def settings_line(cfg: ExperimentConfig) -> str:
     )
     backend = cfg.backend
     where = f"{backend.kind}" + (f", {backend.placement}" if backend.placement != "none" else "")
+    if backend.kind == "external":  # servers gawm did not start: their settings are theirs, one replica per endpoint
+        workloads = "; ".join(f"{w.name} payloads" for w in cfg.workloads)
+        where = f"external: {', '.join(e.url for e in backend.endpoints)}"
+        backend = backend.model_copy(update={"replicas": len(backend.endpoints)})
     load = cfg.load
     if load.scenario in ("stages", "trace"):
         levels = f"{len(load.stages)} stages" if load.scenario == "stages" else f"trace {load.trace_path}"
@@ -175,12 +221,9 @@ def metrics_note(run: runs.Run) -> str:
 
 
 def summarise_run(run: runs.Run, slo_ms: float | None = None) -> pd.DataFrame:
-    """Per-step summary of a run's request records; writes ``summary.csv`` and records totals in ``results.json``."""
-    requests = summary.read_requests(run.requests_path)
-    table = summary.summarise(requests, slo_ms=slo_ms)
-    table.to_csv(run.path / "summary.csv", index=False)
-    run.record(requests=len(requests), errors=summary.errors_by_kind(requests), steps=table.to_dict(orient="records"))
-    return table
+    """Per-step summary of a run's request records with each step's verdict (``verdict``, ``verdict_reasons``:
+    :func:`gawm_lib.verdicts.judge_steps`); writes ``summary.csv`` and records totals in ``results.json``."""
+    return verdicts.write_step_table(run, slo_ms)
 
 
 def run_experiment(
@@ -191,11 +234,12 @@ def run_experiment(
     First the preflight (:func:`gawm_lib.config.preflight`): what the settings need of this machine, before anything
     starts; a :class:`gawm_lib.config.ConfigError` lists what is missing."""
     preflight(cfg, source="settings")
-    if run_dir:
-        run = runs.load_run(run_dir)
-        return run, measure(cfg, run, progress)
-    with runs.started_run(cfg.name, requested or cfg.model_dump(mode="json"), cfg.model_dump(mode="json")) as run:
-        return run, measure(cfg, run, progress)
+    with processes.interruptible():  # SIGTERM, SIGHUP: stop as for Ctrl-C (records kept, replicas stopped)
+        if run_dir:
+            run = runs.load_run(run_dir)
+            return run, measure(cfg, run, progress)
+        with runs.started_run(cfg.name, requested or cfg.model_dump(mode="json"), cfg.model_dump(mode="json")) as run:
+            return run, measure(cfg, run, progress)
 
 
 def point_settings(

@@ -47,7 +47,11 @@ DATA_COLUMNS = [
     "few_requests",
     "kind",
     "label",
+    "verdict",
 ]
+#: Steps that are not VALID (:mod:`gawm_lib.verdicts`) are drawn, marked with a black cross over their point, and named
+#: in a note above the figure; the CSV's ``verdict`` column says which (empty for what is not a measured step).
+NOT_VALID = ("INVALID", "DEGRADED")
 #: Level axis words per load scenario: what the numbers at the points of a latency-throughput curve are.
 LEVEL_WORDS = {
     "closed_loop": "concurrent users",
@@ -121,7 +125,9 @@ def attach_data(fig, rows: list[dict] | pd.DataFrame):
     frame = pd.DataFrame(rows)
     for column in DATA_COLUMNS:
         if column not in frame:
-            frame[column] = "" if column in ("panel", "series", "run_id", "config", "kind", "label") else np.nan
+            frame[column] = (
+                "" if column in ("panel", "series", "run_id", "config", "kind", "label", "verdict") else np.nan
+            )
     frame["few_requests"] = frame["few_requests"].eq(True)  # unknown (NaN) is not flagged
     extra = [c for c in frame.columns if c not in DATA_COLUMNS]
     fig.gawm_data = frame[DATA_COLUMNS + extra].reset_index(drop=True)
@@ -194,9 +200,39 @@ def _step_points(steps: pd.DataFrame, panel: str, series: str, config: str, x: s
             "kind": "measured",
             "label": f"{lv:g}",
             "step": st,
+            "verdict": v,
         }
-        for r, xv, yv, k, lv, st in zip(_run_of(steps), steps[x], steps[y], n, steps["level"], steps["step"])
+        for r, xv, yv, k, lv, st, v in zip(
+            _run_of(steps), steps[x], steps[y], n, steps["level"], steps["step"], _verdict_of(steps)
+        )
     ]
+
+
+def _verdict_of(frame: pd.DataFrame) -> pd.Series:
+    """Each step's verdict (UNKNOWN for steps of runs recorded before verdicts)."""
+    if "verdict" in frame:
+        return frame["verdict"].fillna("UNKNOWN").replace("", "UNKNOWN").astype(str)
+    return pd.Series("UNKNOWN", index=frame.index)
+
+
+def _left_out_note(fig, count: int) -> None:
+    """The note above a figure drawn from fits that left INVALID steps out."""
+    if count:
+        fig.text(0.0, 1.0, f"{count} INVALID step(s) left out", fontsize=7, color="0.35", ha="left", va="bottom")
+
+
+def _curve_verdict(rows: pd.DataFrame) -> str:
+    """The worst verdict of the steps behind a curve of request rows (UNKNOWN without a ``verdict`` column)."""
+    from gawm_lib.verdicts import worst
+
+    return worst(rows["verdict"].astype(str).unique()) if "verdict" in rows else "UNKNOWN"
+
+
+def _mark_not_valid(ax, x, y, verdicts) -> None:
+    """A black cross over the points of steps that are not VALID."""
+    bad = np.isin(np.asarray(verdicts, dtype=object), NOT_VALID)
+    if bad.any():
+        ax.plot(np.asarray(x)[bad], np.asarray(y)[bad], linestyle="none", marker="x", markersize=7, color="k", zorder=6)
 
 
 def _plain_log(ax, axis: str = "x") -> None:
@@ -243,12 +279,24 @@ def _legend_below(fig, axes, title: str | None = None, ncols: int = 3) -> None:
         )
 
 
-def _few_note(fig, data: pd.DataFrame) -> None:
-    if len(data) and data["few_requests"].any():
+def _few_note(fig, data: pd.DataFrame, hollow: bool = True) -> None:
+    """The note above a figure of steps: hollow points (few requests) and crossed ones (steps not VALID)."""
+    notes = []
+    if hollow and len(data) and data["few_requests"].any():
+        notes.append(f"hollow: a percentile of fewer than {MIN_REQUESTS} requests")
+    if len(data) and "verdict" in data and data["verdict"].isin(NOT_VALID).any():
+        bad = data[data["verdict"].isin(NOT_VALID)]
+        if "step" in bad:  # points of steps, crossed
+            bad, marked, things = bad.drop_duplicates(["run_id", "panel", "step"]), "x", "step(s)"
+        else:  # curves of requests, named in the legend
+            bad, marked, things = bad.drop_duplicates(["panel", "series"]), "[verdict] in the legend", "curve(s)"
+        what = ", ".join(sorted(set(bad["verdict"])))
+        notes.append(f"{marked}: {len(bad)} {things} not VALID ({what}; see the data's verdict column)")
+    if notes:
         fig.text(
             0.0,
             1.0,
-            f"hollow: a percentile of fewer than {MIN_REQUESTS} requests",
+            "; ".join(notes),
             fontsize=7,
             color="0.35",
             ha="left",
@@ -293,6 +341,9 @@ def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: 
                 )
             title = f"{workload_name(workload)}, " + ("highest level of each" if level is None else f"level {level:g}")
         for group, label, line_colour, style, lv in curves:
+            verdict = _curve_verdict(group)
+            if verdict in NOT_VALID:
+                label = f"{label} [{verdict}]"
             values = np.sort(group["latency_ms"].to_numpy())
             fraction = np.arange(1, len(values) + 1) / len(values)
             if len(values) > max_points:
@@ -317,6 +368,7 @@ def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: 
                     "few_requests": len(group) < MIN_REQUESTS,
                     "kind": "measured",
                     "label": f"level={lv:g}",
+                    "verdict": verdict,
                 }
                 for x, y in zip(values, fraction)
             ]
@@ -342,7 +394,8 @@ def latency_cdf(requests: pd.DataFrame, level: float | None = None, max_points: 
                 frameon=False,
             )
     axes[0, 0].set_ylabel("fraction of requests [-]")
-    return attach_data(fig, rows)
+    _few_note(fig, attach_data(fig, rows).gawm_data, hollow=False)
+    return fig
 
 
 def latency_vs_throughput(table: pd.DataFrame, slo_ms: dict[str, float] | None = None):
@@ -376,6 +429,7 @@ def latency_vs_throughput(table: pd.DataFrame, slo_ms: dict[str, float] | None =
                     label=f"{tag}{name}",
                 )
                 _mark_few(ax, steps["throughput_rps"], steps[f"{name}_ms"], n, line_colour, marker)
+                _mark_not_valid(ax, steps["throughput_rps"], steps[f"{name}_ms"], _verdict_of(steps))
                 rows += _step_points(steps, workload, f"{tag}{name}", config, "throughput_rps", f"{name}_ms")
             for _, step in steps.iterrows():
                 ax.annotate(
@@ -426,6 +480,7 @@ def tail_vs_throughput_by_replicas(table: pd.DataFrame, slo_ms: dict[str, float]
                 color=line_colour,
                 label=label,
             )
+            _mark_not_valid(ax, steps["throughput_rps"], steps["p95_ms"], _verdict_of(steps))
             rows += _step_points(steps, workload, label, label, "throughput_rps", "p95_ms")
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8)
@@ -444,7 +499,8 @@ def tail_vs_throughput_by_replicas(table: pd.DataFrame, slo_ms: dict[str, float]
         ax.set_xlabel("throughput [req/s]")
     axes[0, 0].set_ylabel("p95 latency [ms]")
     _legend_below(fig, axes, ncols=4)
-    return attach_data(fig, rows)
+    _few_note(fig, attach_data(fig, rows).gawm_data, hollow=False)
+    return fig
 
 
 def percentiles_vs_load(table: pd.DataFrame, percentiles=("p50", "p95", "p99"), slo_ms: dict | None = None):
@@ -474,6 +530,7 @@ def percentiles_vs_load(table: pd.DataFrame, percentiles=("p50", "p95", "p99"), 
                     label=f"{tag}{name}",
                 )
                 _mark_few(ax, steps["offered_rps"], steps[f"{name}_ms"], _n(steps), line_colour, marker)
+                _mark_not_valid(ax, steps["offered_rps"], steps[f"{name}_ms"], _verdict_of(steps))
                 rows += _step_points(steps, workload, f"{tag}{name}", config, "offered_rps", f"{name}_ms")
         if slo_ms and workload in slo_ms:
             ax.axhline(slo_ms[workload], color="k", linestyle=":", linewidth=0.8, label="SLO")
@@ -544,7 +601,9 @@ def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = No
     that workloads of different scales keep readable axes): one measured line per placement and series (columns
     ``workload``, ``placement``, ``series`` (optional), ``replicas``, ``throughput_rps``, ``mean_ms``), and a model's
     ``predicted`` frame (same columns; a ``model`` column names several) as thin lines without markers, drawn only
-    over the replica counts measured. ValueError for data with a single replica count: there is no scaling to draw."""
+    over the replica counts measured. ValueError for data with a single replica count: there is no scaling to draw.
+    A note above says how many INVALID steps :func:`gawm_lib.analysis.replica_scaling` left out."""
+    left_out = table.attrs.get("invalid_left_out", 0)
     table = table.assign(
         workload=table["workload"] if "workload" in table else "",
         placement=table["placement"] if "placement" in table else "none",
@@ -658,6 +717,7 @@ def scaling_vs_replicas(table: pd.DataFrame, predicted: pd.DataFrame | None = No
         ax.set_ylim(bottom=0)
         ax.set_xticks(counts)
     _legend_below(fig, axes, title="measured: markers; predictions: thin lines, measured range only", ncols=2)
+    _left_out_note(fig, left_out)
     return attach_data(fig, rows)
 
 
@@ -681,6 +741,7 @@ def rtf_vs_audio_duration(table: pd.DataFrame):
             ax.plot(rows_in["audio_s"], rows_in[column], marker=marker, color=line_colour, label=label)
             if label != "server compute":
                 _mark_few(ax, rows_in["audio_s"], rows_in[column], n, line_colour, marker)
+            _mark_not_valid(ax, rows_in["audio_s"], rows_in[column], _verdict_of(rows_in))
             rows += [
                 {
                     "panel": panel,
@@ -693,8 +754,17 @@ def rtf_vs_audio_duration(table: pd.DataFrame):
                     "n": k,
                     "few_requests": label != "server compute" and k < MIN_REQUESTS,
                     "kind": "measured",
+                    "step": i_step,
+                    "verdict": v,
                 }
-                for r, x, y, k in zip(_run_of(rows_in), rows_in["audio_s"], rows_in[column], n)
+                for r, x, y, k, i_step, v in zip(
+                    _run_of(rows_in),
+                    rows_in["audio_s"],
+                    rows_in[column],
+                    n,
+                    rows_in["step"] if "step" in rows_in else range(len(rows_in)),
+                    _verdict_of(rows_in),
+                )
             ]
     right.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="real time")
     left.set_ylabel("latency [ms]")

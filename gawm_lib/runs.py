@@ -3,7 +3,8 @@
 ``data/raw/<UTC time>-<experiment>-<git short sha>[-dirty]/`` holds ``manifest.json`` (schema version, git, package
 versions, host, GPU, settings requested and effective, start/end, status), ``params.yaml``, the raw per-request records,
 metrics, server logs and the executed notebooks. The manifest is replaced atomically, so a reader never sees half of
-one.
+one; a write that fails (a full or read-only disk) leaves no temporary file and raises :class:`RunError` naming the
+path. A finished run carries a verdict (``verdict``, ``verdict_reasons``: :mod:`gawm_lib.verdicts`).
 """
 
 from __future__ import annotations
@@ -170,10 +171,21 @@ def make_run_id(experiment: str, when: dt.datetime, git: dict[str, Any]) -> str:
     return f"{when:%Y%m%dT%H%M%SZ}-{experiment}-{sha}{'-dirty' if git.get('dirty') else ''}"
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` through a hidden temporary file; on failure (a full or read-only disk) the
+    temporary file is removed and :class:`RunError` names the path."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RunError(f"{path}: cannot write it: {exc.strerror or exc}") from exc
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 @dataclass
@@ -202,14 +214,19 @@ class Run:
         folder.mkdir(exist_ok=True)
         return folder
 
+    def refresh(self) -> dict[str, Any]:
+        """Re-read the manifest (another process may have written it) and return it."""
+        manifest_path = self.path / MANIFEST
+        if manifest_path.exists():
+            self.manifest = json.loads(manifest_path.read_text())
+        return self.manifest
+
     def update(self, **fields: Any) -> None:
         """Merge top-level manifest fields (dicts are merged one level deep) and write the manifest atomically.
 
         The manifest is re-read first: the notebook kernel and the ``gawm`` command both write to it.
         """
-        manifest_path = self.path / MANIFEST
-        if manifest_path.exists():
-            self.manifest = json.loads(manifest_path.read_text())
+        self.refresh()
         for key, value in fields.items():
             if isinstance(value, dict) and isinstance(self.manifest.get(key), dict):
                 self.manifest[key] = {**self.manifest[key], **value}
@@ -218,12 +235,26 @@ class Run:
         _write_json_atomic(self.path / MANIFEST, self.manifest)
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """Give the run its final status, then its verdict (:func:`gawm_lib.verdicts.finalise`: the step table with a
+        verdict per step, and the run's); a verdict that cannot be computed is UNKNOWN, with the reason."""
         if status not in STATUSES[1:]:
             raise ValueError(f"final status must be one of {STATUSES[1:]}, got {status!r}")
         fields: dict[str, Any] = {"status": status, "end_utc": utc_now().isoformat()}
         if error:
             fields["error"] = error
         self.update(**fields)
+        from gawm_lib import verdicts
+
+        try:
+            verdict, reasons = verdicts.finalise(self)
+        except Exception as exc:  # noqa: BLE001 - the status is written; the verdict says why it is unknown
+            verdict, reasons = verdicts.UNKNOWN, [f"verdict not computed: {type(exc).__name__}: {exc}"]
+        self.update(verdict=verdict, verdict_reasons=reasons)
+
+    @property
+    def verdict(self) -> str:
+        """VALID, DEGRADED, INVALID, or UNKNOWN (running, or recorded before verdicts)."""
+        return self.manifest.get("verdict") or "UNKNOWN"
 
     def record(self, **values: Any) -> dict[str, Any]:
         """Add values to ``results.json`` (the numbers a notebook reports) and return all of them."""
@@ -254,7 +285,10 @@ class Run:
 def create_run(experiment: str, requested: dict, effective: dict, raw_dir: Path | None = None) -> Run:
     """Create a new run directory (never an existing one) with its manifest in status RUNNING."""
     raw_dir = Path(raw_dir or paths.raw_dir())
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{raw_dir}: cannot create the runs folder: {exc.strerror or exc}") from None
     started = utc_now()
     git = git_info()
     base = make_run_id(experiment, started, git)
@@ -265,6 +299,8 @@ def create_run(experiment: str, requested: dict, effective: dict, raw_dir: Path 
             break
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise RunError(f"{raw_dir}: cannot create a run directory there: {exc.strerror or exc}") from None
     else:
         raise RunError(f"{raw_dir}: could not find a free run directory name for {base}")
     path = raw_dir / run_id
@@ -284,9 +320,15 @@ def create_run(experiment: str, requested: dict, effective: dict, raw_dir: Path 
         "gpu": gpu_info(),
         "params": {"requested": requested, "effective": effective},
     }
-    (path / "params.yaml").write_text(yaml.safe_dump(requested, sort_keys=False))
     run = Run(path=path, manifest=manifest)
-    run.update()
+    try:
+        write_atomic(path / "params.yaml", yaml.safe_dump(requested, sort_keys=False))
+        run.update()
+    except RunError:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)  # nothing was measured: leave no half-made run behind
+        raise
     return run
 
 
@@ -316,27 +358,42 @@ def load_run(ref: str | Path, raw_dir: Path | None = None) -> Run:
         raise RunError(f"{path}: no {MANIFEST}: not a gawm run directory (runs live in {raw_dir or paths.raw_dir()})")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise RunError(f"{manifest_path}: not a manifest (a JSON {type(manifest).__name__}, not an object)")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise RunError(
             f"{manifest_path}: schema_version {version!r} is not one this gawm reads (it reads {SCHEMA_VERSION}); "
             "use the gawm version that wrote it"
         )
+    missing = [key for key in ("run_id", "status") if not isinstance(manifest.get(key), str)]
+    if missing:
+        raise RunError(f"{manifest_path}: no {' or '.join(missing)} in the manifest")
     return Run(path=path, manifest=manifest)
 
 
-def list_runs(raw_dir: Path | None = None) -> list[Run]:
-    """All readable runs, oldest first. Unreadable folders are skipped (``gawm runs`` reports them)."""
+def scan_runs(raw_dir: Path | None = None) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The readable runs, oldest first, and the unreadable folders with the reason (a corrupt manifest, an unknown
+    schema version, none at all), as ``gawm runs`` lists them."""
     raw_dir = Path(raw_dir or paths.raw_dir())
     if not raw_dir.is_dir():
-        return []
-    runs = []
-    for folder in sorted(p for p in raw_dir.iterdir() if p.is_dir()):
-        with contextlib.suppress(RunError):
-            runs.append(load_run(folder))
-    return runs
+        return [], []
+    found, unreadable = [], []
+    for folder in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            found.append(load_run(folder))
+        except RunError as exc:
+            unreadable.append((folder, str(exc).removeprefix(f"{folder / MANIFEST}: ").removeprefix(f"{folder}: ")))
+        except OSError as exc:
+            unreadable.append((folder, f"cannot read: {exc.strerror or exc}"))
+    return found, unreadable
+
+
+def list_runs(raw_dir: Path | None = None) -> list[Run]:
+    """All readable runs, oldest first. Unreadable folders are left out here (:func:`scan_runs` names them)."""
+    return scan_runs(raw_dir)[0]
 
 
 def display_status(run: Run) -> str:

@@ -22,7 +22,8 @@ from gawm_lib.config import BackendConfig, WorkloadConfig
 class LocalBackend(Backend):
     """Start ``backend.replicas`` servers for one workload, each placed as ``backend.placement`` says; wait until each
     is ready; stop them all on exit. ``.placement`` holds, per replica, the cores or GPU it was given and the cores the
-    kernel reports for its process once it runs."""
+    kernel reports for its process once it runs. :meth:`exits` lists the replicas that exited before the stop (a
+    crash, a ``kill -9``), each with its time and exit code or signal."""
 
     def __init__(self, workload: WorkloadConfig, backend: BackendConfig, logs_dir: Path):
         self.workload = workload
@@ -31,6 +32,7 @@ class LocalBackend(Backend):
         self.replicas: list[Replica] = []
         self.placement: list[LocalPlacement] = []
         self._procs: list[subprocess.Popen] = []
+        self._watch = processes.ExitWatch()
 
     def start(self) -> list[Replica]:
         try:
@@ -84,7 +86,14 @@ class LocalBackend(Backend):
                 )
             )
             self.placement.append(LocalPlacement(**where.to_dict(), pid=proc.pid, cpus_actual=affinity(proc.pid)))
+        for index, proc in enumerate(self._procs):
+            self._watch.add(f"{self.workload.name}-{index}", proc)
         return self.replicas
+
+    def exits(self) -> list[dict[str, Any]]:
+        """Replicas that exited on their own since they were ready (:func:`gawm_lib.processes.exit_record`, with
+        ``replica``: the index), oldest first."""
+        return [{**record, "replica": int(record["name"].rsplit("-", 1)[1])} for record in self._watch.check()]
 
     def _wait_ready(self, index: int, proc: subprocess.Popen, port_file: Path, deadline: float) -> int:
         log_path = self.logs_dir / f"{self.workload.name}-{index}.log"
@@ -114,6 +123,7 @@ class LocalBackend(Backend):
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        self._watch.expect()
         for proc in self._procs:
             processes.stop(proc)
         self._procs.clear()

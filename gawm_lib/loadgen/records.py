@@ -2,6 +2,8 @@
 
 A part is written to a hidden temporary name and renamed when complete, so the folder is readable at any moment (readers
 skip names starting with ``.``) and a killed load process loses at most the rows since its last flush (``FLUSH_S``).
+A part that cannot be written (a full or read-only disk) leaves no temporary file behind; the parts written before it
+stay, and the load process is stopped (as by SIGTERM) with :class:`RecordsWriteError` naming the folder.
 
 In the hot path a row is packed into a bytearray (``ROW``: numbers, and codes for the strings), which costs no Python
 object per request (nothing for the garbage collector to walk) and turns into columns at a flush without a loop over
@@ -13,10 +15,13 @@ tuples in slices of 1,000 with parquet's default settings held the loop ~3 ms at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import os
+import signal
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +85,10 @@ ROW = struct.Struct("<" + "".join(code for _, code in _PACKED))
 _DTYPE = np.dtype([(name, "<" + code) for name, code in _PACKED])
 
 
+class RecordsWriteError(OSError):
+    """A part file that could not be written; the message names it, the reason and how many rows were lost."""
+
+
 def schema():
     import pyarrow as pa
 
@@ -106,6 +115,8 @@ class Recorder:
         self.buffer = bytearray()
         self.parts = itertools.count(len(list(self.out_dir.glob(f"{prefix}*.parquet"))))
         self.written = 0
+        self.lost = 0  # rows that could not be written
+        self.error: RecordsWriteError | None = None  # the first part that could not be written
         self.process = process
         self._schema = schema()
         self._dictionaries = {
@@ -148,12 +159,14 @@ class Recorder:
         del self.buffer[: len(data)]
         return data
 
-    def _open(self):
+    def _names(self) -> tuple[Path, Path]:
+        final = self.out_dir / f"{self.prefix}{next(self.parts):05d}.parquet"
+        return final, final.with_name(f".{final.name}.tmp")  # hidden: dataset readers skip it
+
+    def _open(self, tmp: Path):
         import pyarrow.parquet as pq
 
-        final = self.out_dir / f"{self.prefix}{next(self.parts):05d}.parquet"
-        tmp = final.with_name(f".{final.name}.tmp")  # hidden: dataset readers skip it
-        return final, tmp, pq.ParquetWriter(tmp, self._schema, **WRITE_OPTIONS)
+        return pq.ParquetWriter(tmp, self._schema, **WRITE_OPTIONS)
 
     def _warm_up(self) -> None:
         """Write one row to memory: the writer's first use loads libraries and codecs (tens of ms), which would
@@ -164,18 +177,38 @@ class Recorder:
         with pq.ParquetWriter(io.BytesIO(), self._schema, **WRITE_OPTIONS) as writer:
             writer.write_table(self._table(data, 0, 1))
 
+    def _failed(self, tmp: Path, final: Path, count: int, exc: OSError) -> RecordsWriteError:
+        """Remove the half-written part; the error to raise, naming the part and the rows lost."""
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        self.lost += count
+        return RecordsWriteError(
+            exc.errno,
+            f"cannot write request records to {final}: {exc.strerror or exc} ({count} rows lost; "
+            f"{self.written} rows in earlier parts are kept)",
+        )
+
     def flush(self) -> None:
-        """Write what was collected as one part (blocking)."""
+        """Write what was collected as one part (blocking); :class:`RecordsWriteError` if it cannot be written, or if
+        an earlier part could not be (the load's last flush: the process then ends with that error)."""
         data = self._take()
         count = len(data) // ROW.size
         if not count:
+            if self.error is not None:
+                raise self.error
             return
-        final, tmp, writer = self._open()
-        with writer:
-            for start in range(0, count, ROW_GROUP_ROWS):
-                writer.write_table(self._table(data, start, min(start + ROW_GROUP_ROWS, count)))
-        os.replace(tmp, final)  # a part is either complete or absent
+        final, tmp = self._names()
+        try:
+            writer = self._open(tmp)
+            with writer:
+                for start in range(0, count, ROW_GROUP_ROWS):
+                    writer.write_table(self._table(data, start, min(start + ROW_GROUP_ROWS, count)))
+            os.replace(tmp, final)  # a part is either complete or absent
+        except OSError as exc:
+            raise self._failed(tmp, final, count, exc) from exc
         self.written += count
+        if self.error is not None:
+            raise self.error
 
     async def flush_async(self) -> None:
         """:meth:`flush`, one row group at a time, letting the event loop run between them."""
@@ -183,25 +216,37 @@ class Recorder:
         count = len(data) // ROW.size
         if not count:
             return
-        final, tmp, writer = self._open()
+        final, tmp = self._names()
         cancelled = False
-        with writer:
-            for start in range(0, count, ROW_GROUP_ROWS):
-                writer.write_table(self._table(data, start, min(start + ROW_GROUP_ROWS, count)))
-                if not cancelled:
-                    try:
-                        await asyncio.sleep(0)
-                    except asyncio.CancelledError:  # finish this part first: its rows exist nowhere else
-                        cancelled = True
-        os.replace(tmp, final)
+        try:
+            writer = self._open(tmp)
+            with writer:
+                for start in range(0, count, ROW_GROUP_ROWS):
+                    writer.write_table(self._table(data, start, min(start + ROW_GROUP_ROWS, count)))
+                    if not cancelled:
+                        try:
+                            await asyncio.sleep(0)
+                        except asyncio.CancelledError:  # finish this part first: its rows exist nowhere else
+                            cancelled = True
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise self._failed(tmp, final, count, exc) from exc
         self.written += count
         if cancelled:
             raise asyncio.CancelledError
 
     async def flush_every(self, seconds: float = FLUSH_S) -> None:
-        """Flush every ``seconds`` until cancelled."""
+        """Flush every ``seconds`` until cancelled. A part that cannot be written stops the load process (SIGTERM to
+        itself: the load stops as at a stop signal, and its last flush raises the error again if the disk is still
+        full): measuring on without keeping the rows would be pointless."""
         next_at = time.monotonic() + seconds
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += seconds
-            await self.flush_async()
+            try:
+                await self.flush_async()
+            except RecordsWriteError as exc:
+                self.error = exc
+                print(f"gawm load: {exc}; stopping the load", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return

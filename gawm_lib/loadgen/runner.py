@@ -144,7 +144,9 @@ def run_load(spec: LoadSpec, work_dir: Path, progress: bool = True) -> dict[str,
     failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0 or not results[i].is_file()]
     if failed:
         i, code = failed[0]
-        raise LoadError(f"load process {i} failed (exit {code}):\n{processes.log_tail(logs[i])}")
+        tail = processes.log_tail(logs[i])
+        last = tail.strip().splitlines()[-1] if tail.strip() else "(no log)"  # a traceback ends with its error
+        raise LoadError(f"load process {i} failed (exit {code}): {last}\n--- {logs[i]} (last lines) ---\n{tail}")
     parts = [json.loads(path.read_text()) for path in results]
     return parts[0] if count == 1 else merge_results(parts)
 

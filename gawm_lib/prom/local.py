@@ -67,6 +67,7 @@ def _as_target(t: Any) -> Target:
 
 def find_binary(binary: str = "prometheus") -> str:
     """Absolute path of the Prometheus binary, or raise :class:`PrometheusNotInstalled`."""
+    binary = os.path.expanduser(binary)  # "~/.cache/gawm/prometheus-3/usr/bin/prometheus" in a params file
     path = binary if os.sep in binary else shutil.which(binary)
     if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
         raise PrometheusNotInstalled(
@@ -105,7 +106,7 @@ class LocalPrometheus:
     The process is stopped in ``__exit__`` on every path (SIGTERM, then SIGKILL after
     ``stop_timeout_s``), and gets SIGTERM from the kernel if our process dies first
     (PR_SET_PDEATHSIG: tied to the *thread* that entered the block; enter it from the main
-    thread or a thread that outlives the run).
+    thread or a thread that outlives the run). :meth:`exits` says whether it exited before the stop (killed, crashed).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class LocalPrometheus:
         self.url: str | None = None
         self.version: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._watch: processes.ExitWatch | None = None
 
     @property
     def pid(self) -> int | None:
@@ -185,6 +187,8 @@ class LocalPrometheus:
             for _attempt in range(3):
                 port = _free_port()
                 if self._launch(path, port):
+                    self._watch = processes.ExitWatch()
+                    self._watch.add("prometheus", self._proc)
                     return self
             raise PrometheusStartError(f"Prometheus could not bind a free port; log tail:\n{self.log_tail()}")
         except BaseException:
@@ -237,8 +241,14 @@ class LocalPrometheus:
     def stop(self) -> None:
         """SIGTERM, wait ``stop_timeout_s``, then SIGKILL (also on Ctrl-C while waiting). Idempotent."""
         proc, self._proc = self._proc, None
+        if self._watch is not None:
+            self._watch.expect()
         if proc is not None:
             processes.stop(proc, timeout_s=self.stop_timeout_s)
+
+    def exits(self) -> list[dict]:
+        """The server's exit if it came before :meth:`stop` (:func:`gawm_lib.processes.exit_record`), else []."""
+        return self._watch.check() if self._watch is not None else []
 
     def wait_for_targets(self, n: int | None = None, timeout_s: float = 30.0) -> list[dict]:
         """Wait until at least ``n`` (default: all) of the targets last given to :meth:`set_targets`
