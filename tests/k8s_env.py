@@ -1,9 +1,14 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager and kube-scheduler
-(Kubernetes 1.20.2, built once from Debian's source package by ``k8s/testenv/build-control-plane.sh``, which
+(Kubernetes 1.20.2, built once from Debian's source package by ``k8s/testenv/build-kubernetes.sh``, which
 ``make test-prereqs`` runs before pytest, and cached in ``~/.cache/gawm/kubernetes-1.20.2/bin``), all on loopback with
-free ports, plus the node simulator of ``tests/node_simulator.py`` (there is no kubelet). tests/conftest.py imports
-the fixtures, so that every test module shares one plane; test modules import only the plain names they need
+free ports, plus the node simulator of ``tests/node_simulator.py`` (no kubelet). tests/conftest.py imports the
+fixtures, so that every test module shares one plane; test modules import only the plain names they need
 (``Cluster``, ``GPU_NODE``, ...).
+
+This stand-in stays for what no node on this machine can be: GPU nodes (``nvidia.com/gpu`` capacity, taints,
+RuntimeClass ``nvidia``), several nodes, and pod failures made on purpose (image pull back-off, crash loop, OOM kill)
+for the backend's diagnoses. What a real node does (containers, probes, Services, logs, exec, cAdvisor, rolling
+updates, teardown) is tested on one: ``tests/k8s_node.py`` (fixture ``real_node``) and ``tests/test_real_node.py``.
 
 ``cluster`` (session): the running plane with two simulated nodes, ``sim-gpu-0`` (4 x nvidia.com/gpu, tainted
 ``nvidia.com/gpu:NoSchedule`` as GPU nodes usually are) and ``sim-cpu-0``, and the RuntimeClass ``nvidia``.
@@ -37,7 +42,7 @@ from gawm_lib.cluster import apply_objects, render_access
 from node_simulator import NodeSimulator, SimNode
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_SCRIPT = ROOT / "k8s" / "testenv" / "build-control-plane.sh"
+BUILD_SCRIPT = ROOT / "k8s" / "testenv" / "build-kubernetes.sh"
 FETCH_SCRIPT = ROOT / "k8s" / "testenv" / "fetch-prometheus3.sh"
 VERSION = "1.20.2"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
