@@ -1,10 +1,13 @@
 """The manifests in k8s/: every kustomization renders (kubectl kustomize, kustomize v5), every object validates against
-the Kubernetes 1.30 and 1.34 schemas, every gawm workload container has the restricted security settings, the base is in
-step with the renderer the backend uses, and the overlays deploy what the backend deploys for the same settings."""
+the Kubernetes 1.30 and 1.34 schemas (the seed study's cluster runs 1.34) and the 1.20 one (the test node's), and uses
+no API removed since 1.20; every gawm workload container has the restricted security settings, the base is in step
+with the renderer the backend uses, and the overlays deploy what the backend deploys for the same settings. The
+objects the backend renders itself (CPU, GPU, ``image_mode: host-python``) validate at the same versions."""
 
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import re
 import shutil
@@ -12,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -23,6 +27,34 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "overlays/gpu-time-slicing", "monitoring", "jobs/loadgen"]
 SCHEMA_VERSIONS = ["1.30.0", "1.34.0"]
+# kubernetes-validate (1.37) ships the schemas of Kubernetes 1.25 and later; its release 1.24.1 still shipped 1.20's.
+# The fixture is that release's v1.20.0-local-strict schema, pruned to the kinds gawm uses and what they refer to.
+SCHEMA_1_20 = ROOT / "tests" / "fixtures" / "kubernetes-1.20-strict-schema.json.gz"
+# API versions served by 1.20 and removed since (https://kubernetes.io/docs/reference/using-api/deprecation-guide/)
+REMOVED_SINCE_1_20 = {
+    "extensions/v1beta1",
+    "apps/v1beta1",
+    "apps/v1beta2",
+    "batch/v1beta1",
+    "policy/v1beta1",
+    "autoscaling/v2beta1",
+    "autoscaling/v2beta2",
+    "discovery.k8s.io/v1beta1",
+    "networking.k8s.io/v1beta1",
+    "rbac.authorization.k8s.io/v1beta1",
+    "node.k8s.io/v1beta1",
+    "storage.k8s.io/v1beta1",
+    "scheduling.k8s.io/v1beta1",
+    "coordination.k8s.io/v1beta1",
+    "admissionregistration.k8s.io/v1beta1",
+    "apiextensions.k8s.io/v1beta1",
+    "apiregistration.k8s.io/v1beta1",
+    "certificates.k8s.io/v1beta1",
+    "events.k8s.io/v1beta1",
+    "flowcontrol.apiserver.k8s.io/v1beta1",
+    "authentication.k8s.io/v1beta1",
+    "authorization.k8s.io/v1beta1",
+}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}
 # Monitoring containers that cannot run under "restricted", and the one thing each needs (see their manifests).
 EXCEPTIONS = {
@@ -66,6 +98,109 @@ def test_every_object_validates_against_current_schemas(kustomization: str) -> N
                     f"k8s/{kustomization}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): "
                     f"{exc.message} at {'.'.join(map(str, exc.path))}"
                 )
+
+
+@functools.cache
+def _schema_1_20() -> dict:
+    return json.loads(gzip.decompress(SCHEMA_1_20.read_bytes()))
+
+
+def errors_at_1_20(obj: dict) -> list[str]:
+    """What the Kubernetes 1.20 strict schema finds wrong with ``obj`` (a kind it lacks is one error)."""
+    schema = _schema_1_20()
+    name = schema["kinds"].get(f"{obj['apiVersion']}/{obj['kind']}")
+    if name is None:
+        return [f"{obj['apiVersion']} {obj['kind']}: not a kind of the 1.20 fixture ({sorted(schema['kinds'])})"]
+    root = {"definitions": schema["definitions"], "$ref": f"#/definitions/{name}"}
+    return [
+        f"{e.message} at {'.'.join(map(str, e.absolute_path))}"
+        for e in jsonschema.Draft7Validator(root).iter_errors(obj)
+    ]
+
+
+def rendered_objects() -> list[dict]:
+    """What the backend renders for CPU, GPU and host-python pods, and the namespace and access objects."""
+    objects = [manifests.render_namespace("gawm"), *manifests.render_access("gawm")]
+    backends = [
+        BackendConfig(kind="kubernetes"),
+        BackendConfig(kind="kubernetes", gpu=1, node_selector={"nvidia.com/gpu.present": "true"}),
+        BackendConfig(kind="kubernetes", image_mode="host-python", image="gawm.local/host-python:1"),
+    ]
+    for backend in backends:
+        for name in ("resnet50", "distilbert", "whisper"):
+            objects += manifests.render_server(WorkloadConfig(name=name), backend)
+    return objects
+
+
+@pytest.mark.parametrize("kustomization", [*KUSTOMIZATIONS, "rendered by the backend"])
+def test_every_object_validates_at_kubernetes_1_20_and_uses_no_removed_api(kustomization: str) -> None:
+    objects = rendered_objects() if kustomization.startswith("rendered") else render(kustomization)
+    for obj in objects:
+        where = f"{kustomization}: {obj['kind']}/{obj['metadata']['name']}"
+        assert obj["apiVersion"] not in REMOVED_SINCE_1_20, f"{where}: {obj['apiVersion']} is removed"
+        problems = errors_at_1_20(obj)
+        assert not problems, f"{where} (Kubernetes 1.20): {problems}"
+
+
+def test_the_1_20_schema_catches_what_1_20_lacks() -> None:
+    (deployment, _) = manifests.render_server(WorkloadConfig(name="resnet50"), BackendConfig(kind="kubernetes"))
+    assert errors_at_1_20(deployment) == []
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["resizePolicy"] = [{"resourceName": "cpu", "restartPolicy": "NotRequired"}]  # 1.27 and later
+    assert any("resizePolicy" in p for p in errors_at_1_20(deployment))
+    kubernetes_validate.validate(deployment, "1.34.0", strict=True)  # and 1.34 knows it
+    budget = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "x"}, "spec": {}}
+    assert errors_at_1_20(budget)  # policy/v1 came in 1.21
+
+
+def test_rendered_objects_validate_at_current_versions() -> None:
+    for obj in rendered_objects():
+        for version in SCHEMA_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): {exc.message}")
+
+
+def test_every_yaml_file_in_k8s_avoids_removed_apis() -> None:
+    """Also the files no kustomization lists (examples, scripts' manifests)."""
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
+                assert doc["apiVersion"] not in REMOVED_SINCE_1_20, f"{path.relative_to(ROOT)}: {doc['apiVersion']}"
+
+
+def test_host_python_pods_run_this_machines_python_read_only() -> None:
+    backend = BackendConfig(kind="kubernetes", image_mode="host-python", image="gawm.local/host-python:1")
+    (deployment, _) = manifests.render_server(WorkloadConfig(name="whisper", threads=2), backend)
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    paths = manifests.host_python_paths()
+    assert paths["usr"] == "/usr" and str(ROOT) in paths.values()
+    assert any(Path(sys.executable).resolve().is_relative_to(p) for p in paths.values())
+    assert container["command"] == [str(Path(sys.prefix) / "bin" / "python"), "-m", "gawm_lib.server"]
+    assert Path(container["command"][0]).exists() and container["workingDir"] == str(ROOT)
+    host = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    assert {h["path"] for h in host.values()} == set(paths.values())
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert all(mounts[name]["readOnly"] is True and mounts[name]["mountPath"] == host[name]["path"] for name in host)
+    assert not any(p != q and p.startswith(q + "/") for p in paths.values() for q in paths.values())  # none hidden
+    assert spec["dnsPolicy"] == "Default" and spec["terminationGracePeriodSeconds"] == 30
+    env = {v["name"]: v["value"] for v in container["env"]}
+    assert env["OMP_NUM_THREADS"] == "$(GAWM_THREADS)" and env["GAWM_THREADS"] == "2"
+    assert container["resources"]["limits"]["cpu"] == "2"  # one core per torch thread
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # the default stays the image of k8s/Dockerfile, with nothing from the host
+    (plain, _) = manifests.render_server(WorkloadConfig(name="whisper"), BackendConfig(kind="kubernetes"))
+    plain_spec = plain["spec"]["template"]["spec"]
+    assert all("hostPath" not in v for v in plain_spec["volumes"]) and "dnsPolicy" not in plain_spec
+    assert plain_spec["containers"][0]["command"] == ["python", "-m", "gawm_lib.server"]
+    assert plain_spec["terminationGracePeriodSeconds"] == 30  # the server's 20 s SIGTERM drain fits
+    (slow, _) = manifests.render_server(
+        WorkloadConfig(name="whisper", shutdown_grace_s=45), BackendConfig(kind="kubernetes")
+    )
+    assert slow["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 55
 
 
 @pytest.mark.parametrize(

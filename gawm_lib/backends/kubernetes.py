@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class KubernetesBackend(Backend):
         self._progress = progress or self._log_progress
         self._applied: list[cluster.ObjectRef] = []
         self.wanted = backend.replicas  # replicas asked for, after any scale()
+        self.rollout_s: float | None = None  # from the first apply until every replica was ready
 
     # -- life ----------------------------------------------------------------------------------------------------------
     @property
@@ -69,12 +71,14 @@ class KubernetesBackend(Backend):
     def start(self) -> list[Replica]:
         objects = cluster.render_server(self.workload, self.backend)
         self._check_namespace()
+        start = time.monotonic()
         for obj in objects:  # one at a time, so that exit deletes exactly what landed
             try:
                 self._applied += cluster.apply_objects(self.api, [obj], owned_by=OWNER)
             except cluster.ClusterError as exc:
                 raise BackendError(f"{self.workload.name}: {exc}") from None
         self._wait()
+        self.rollout_s = round(time.monotonic() - start, 2)
         self.facts = cluster.cluster_facts(self.api)
         self._record(objects)
         return self.replicas
@@ -139,6 +143,7 @@ class KubernetesBackend(Backend):
         record = {
             "namespace": self.namespace,
             "deployment": self.name,
+            "rollout_s": self.rollout_s,
             "cluster": self.facts,
             "placement": [p.to_dict() for p in self.placement],
             "objects": objects,
@@ -160,6 +165,30 @@ class KubernetesBackend(Backend):
                 continue
             (self.logs_dir / f"{placement.pod}.log").write_text(text)
 
+    def _remove_pods_that_never_ran(self) -> None:
+        """Delete at once (no grace period) the pods whose containers never started (an image that could not be
+        pulled, a pod never scheduled): there is nothing to stop in them, yet a kubelet that is backing off the pull
+        (1.20's did) takes up to a minute to notice their deletion. Where not allowed, they go the slow way."""
+        core = client.CoreV1Api(self.api)
+        selector = ",".join(f"{k}={v}" for k, v in cluster.selector_of(self.workload.name).items())
+        try:
+            pods = core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        except Exception:
+            return
+        for pod in pods:
+            statuses = pod.status.container_statuses or []
+            never_ran = all(
+                not (s.state and (s.state.running or s.state.terminated))
+                and not (s.last_state and (s.last_state.running or s.last_state.terminated))
+                and not s.restart_count
+                for s in statuses
+            )
+            if never_ran:
+                try:
+                    core.delete_namespaced_pod(pod.metadata.name, self.namespace, grace_period_seconds=0)
+                except Exception:  # gone already, or not allowed
+                    continue
+
     def stop(self) -> list[str]:
         """Delete what was applied and wait until its pods are gone; returns what could not be removed (logged)."""
         if not self._applied:
@@ -167,6 +196,7 @@ class KubernetesBackend(Backend):
         refs, self._applied = self._applied, []
         self._save_logs()
         errors = cluster.delete_objects(self.api, refs)
+        self._remove_pods_that_never_ran()
         left = cluster.wait_gone(
             self.api,
             refs,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,17 @@ IMAGE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 WRITABLE = {"tmp": ("/tmp", "1Gi"), "cache": ("/var/cache/gawm", "2Gi")}
+# The server drains on SIGTERM (answers what it admitted, refuses new work) within its shutdown_grace_s (20 s by
+# default); the kubelet's grace period leaves it that and a margin before SIGKILL.
+GRACE_MARGIN_S = 10
+
+
+def termination_grace_s(workload: WorkloadConfig) -> int:
+    """The pod's ``terminationGracePeriodSeconds``: the server's drain time and a margin (30 s by default)."""
+    return math.ceil(getattr(workload, "shutdown_grace_s", 20.0)) + GRACE_MARGIN_S
+
+
+HOST_PYTHON = "host-python"  # backend.image_mode for a local or CI node that shares this machine's files
 
 
 def deployment_name(workload: str) -> str:
@@ -109,8 +121,63 @@ def _probe(path: str, period_s: int, failures: int, timeout_s: int) -> dict[str,
     }
 
 
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # the project (or installed package's parent) gawm runs from
+
+
+def host_python_paths() -> dict[str, str]:
+    """What a ``host-python`` pod mounts read-only from the node (this machine), name -> path, and the interpreter:
+    ``/usr`` (the C library and the tools Python links against), the Python installation (``sys.base_prefix``) where
+    it is not under ``/usr``, the virtual environment (``sys.prefix``) and the project directory, each once (a path
+    inside another is not mounted again). ``python`` is the interpreter path the container runs."""
+    candidates = {"usr": "/usr", "python": sys.base_prefix, "venv": sys.prefix, "project": str(PROJECT_DIR)}
+    resolved = {name: raw if name == "usr" else str(Path(raw).resolve()) for name, raw in candidates.items()}
+
+    def inside(path: str, other: str) -> bool:
+        return path != other and path.startswith(other.rstrip("/") + "/")
+
+    mounts: dict[str, str] = {}
+    for name, path in resolved.items():
+        if path not in mounts.values() and not any(inside(path, other) for other in resolved.values()):
+            mounts[name] = path
+    return mounts
+
+
+def host_python_interpreter() -> str:
+    """The interpreter a ``host-python`` pod runs: this virtual environment's ``bin/python`` (its symlink resolves
+    into the mounted Python installation, and its ``site-packages`` holds gawm, installed editable or not)."""
+    return str(Path(sys.prefix) / "bin" / "python")
+
+
+def _host_python(container: dict[str, Any], pod_spec: dict[str, Any]) -> None:
+    """Turn the pod into one that runs this machine's Python from read-only hostPath mounts (``image_mode:
+    host-python``): the image only has to hold the mount points' parents (a tiny image with the merged-/usr links),
+    the working directory is the project, and the pod resolves names through the node (``dnsPolicy: Default``: a
+    test node has no cluster DNS)."""
+    mounts = host_python_paths()
+    container["command"] = [host_python_interpreter(), "-m", "gawm_lib.server"]
+    container["workingDir"] = mounts.get("project", str(PROJECT_DIR))
+    container["env"] = [e for e in container["env"] if e["name"] not in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME")]
+    container["env"] += [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "USER", "value": "gawm"},  # the tiny image's /etc/passwd lacks the pod's user (getpass)
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},  # the mounts are read-only
+        {"name": "XDG_CACHE_HOME", "value": "/var/cache/gawm"},
+    ]
+    container["volumeMounts"] += [
+        {"name": f"host-{name}", "mountPath": path, "readOnly": True} for name, path in mounts.items()
+    ]
+    pod_spec["volumes"] += [
+        {"name": f"host-{name}", "hostPath": {"path": path, "type": "Directory"}} for name, path in mounts.items()
+    ]
+    pod_spec["dnsPolicy"] = "Default"
+
+
 def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: str | None = "gawm") -> list[dict]:
-    """A Deployment and a ClusterIP Service for ``workload`` in ``backend.namespace``."""
+    """A Deployment and a ClusterIP Service for ``workload`` in ``backend.namespace``.
+
+    ``backend.image_mode: host-python`` (a local or CI node sharing this machine's files) runs the server from this
+    machine's Python through read-only hostPath mounts (:func:`host_python_paths`) instead of the model-server image
+    (k8s/Dockerfile), which stays the way for real clusters."""
     name, port = deployment_name(workload.name), backend.port
     labels = _labels(workload.name, managed_by)
     env, settings = settings_env(workload)
@@ -150,7 +217,7 @@ def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: 
         "serviceAccountName": backend.service_account,
         "automountServiceAccountToken": False,  # the server never talks to the API
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 15,
+        "terminationGracePeriodSeconds": termination_grace_s(workload),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -161,6 +228,8 @@ def render_server(workload: WorkloadConfig, backend: BackendConfig, managed_by: 
         "containers": [container],
         "volumes": [{"name": vol, "emptyDir": {"sizeLimit": size}} for vol, (_, size) in WRITABLE.items()],
     }
+    if backend.image_mode == HOST_PYTHON:
+        _host_python(container, pod_spec)
     tolerations = [dict(t) for t in backend.tolerations]
     if backend.gpu:
         if backend.runtime_class:
@@ -227,7 +296,9 @@ ROLE_RULES = [
         "resources": ["services"],
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
     },
-    {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+    # delete: pods that never started (an image that cannot be pulled) are removed at once on teardown
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
 ]
 

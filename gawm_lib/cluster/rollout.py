@@ -37,6 +37,8 @@ HINTS = {
     "node(s) didn't match": "no node has the labels in backend.node_selector",
     "ImagePull": "check backend.image and that the nodes can pull it (k8s/README.md: build and push the image)",
     "ErrImagePull": "check backend.image and that the nodes can pull it (k8s/README.md: build and push the image)",
+    "ErrImageNeverPull": "the image is not on the node and backend.image_pull_policy is Never: load it onto the node "
+    "(ctr -n k8s.io images import, kind load, minikube image load) or let the node pull it",
     "InvalidImageName": "backend.image is not a valid image reference",
     "OOMKilled": "the server ran out of memory: raise backend.memory",
     "CrashLoopBackOff": "the server exits: read its log (kubectl logs -n NAMESPACE POD --previous)",
@@ -84,7 +86,8 @@ def _fatal(pods: list[Any], deployment: Any) -> str | None:
             continue
         for status in pod.status.container_statuses or []:
             last = status.last_state.terminated if status.last_state else None
-            if last and last.reason == "OOMKilled":  # before CrashLoopBackOff, which it causes
+            now = status.state.terminated if status.state else None
+            if any(t and t.reason == "OOMKilled" for t in (last, now)):  # before CrashLoopBackOff, which it causes
                 return "OOMKilled"
             waiting = status.state.waiting if status.state else None
             if waiting and waiting.reason in FATAL_WAITING:
@@ -163,6 +166,42 @@ def _container_lines(pod: Any) -> list[str]:
     return lines
 
 
+LOG_LINES = 12  # last lines of a crashed container's log in a diagnosis
+
+
+def _log_tail(core: client.CoreV1Api, namespace: str, pod: Any) -> list[str]:
+    """The last lines of the log of each container of ``pod`` that exited (the previous instance's, where it was
+    restarted) or that runs without being ready: what the server said before it died, or why it is not ready (a model
+    that failed to load). Empty where the log cannot be read (no permission, no kubelet)."""
+    lines = []
+    for status in pod.status.container_statuses or []:
+        last = status.last_state.terminated if status.last_state else None
+        now = status.state.terminated if status.state else None
+        running_unready = bool(status.state and status.state.running and not status.ready)
+        if not (last or now or running_unready):
+            continue
+        try:
+            text = core.read_namespaced_pod_log(
+                pod.metadata.name,
+                namespace,
+                container=status.name,
+                previous=bool(last) and not now and not running_unready,
+                tail_lines=LOG_LINES,
+                _request_timeout=10,
+            )
+        except Exception:  # a diagnosis without the log is still a diagnosis
+            continue
+        tail = [line[:240] for line in (text or "").splitlines() if line.strip()][-LOG_LINES:]
+        if tail:
+            if running_unready:
+                which = "running, not ready"
+            else:
+                which = f"{'previous ' if last and not now else ''}container, exit {(now or last).exit_code}"
+            lines.append(f"last log lines of {pod.metadata.name}/{status.name} ({which}):")
+            lines += [f"  | {line}" for line in tail]
+    return lines
+
+
 def _when(event: Any) -> Any:
     return event.last_timestamp or event.event_time or event.metadata.creation_timestamp
 
@@ -231,6 +270,7 @@ def diagnose(api_client: client.ApiClient, namespace: str, name: str, headline: 
     if events:
         lines.append("warning events:")
         lines += [f"  {line}" for line in events]
+    logs = [line for pod in sorted(pods, key=lambda p: p.metadata.name) for line in _log_tail(core, namespace, pod)]
     evidence = "\n".join(lines)
     hints = [
         hint
@@ -239,9 +279,12 @@ def diagnose(api_client: client.ApiClient, namespace: str, name: str, headline: 
     ]  # the OOM kills are the crashes
     why = _why(evidence)
     first = "; ".join(filter(None, [headline, why]))
+    said = [line.removeprefix("  | ") for line in logs if line.startswith("  | ")]
+    if said:  # what the server said last, usually why it exited
+        first += f"; its log ends: {said[-1].strip()}"
     if hints:
         first += " -> " + "; ".join(dict.fromkeys(hints))
-    return f"{first}\n{evidence}"
+    return "\n".join([first, evidence, *logs])
 
 
 def _why(evidence: str) -> str:
@@ -251,6 +294,7 @@ def _why(evidence: str) -> str:
         "CrashLoopBackOff",
         "ImagePullBackOff",
         "ErrImagePull",
+        "ErrImageNeverPull",
         "InvalidImageName",
         "FailedCreate",
         "Unschedulable",

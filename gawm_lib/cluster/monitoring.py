@@ -1,0 +1,293 @@
+"""Container metrics of a Kubernetes run: the run's own Prometheus (``gawm_lib.prom.local``) discovers the cluster's
+nodes with ``kubernetes_sd_configs`` and scrapes each kubelet's cAdvisor (``/metrics/cadvisor``: container CPU,
+memory, CPU throttling, pressure) through the API server's node proxy, with the credentials of the run's kubeconfig;
+after the load, :func:`query_container_phases` asks it for the catalogue's cAdvisor queries per model-server pod.
+
+Going through the API server needs no route to the kubelets' port 10250 and no kubelet credentials, only the
+``nodes/proxy`` permission (a cluster admin's kubeconfig has it; the workbench's namespaced Role does not, and then
+the container queries come back empty and the manifest says so). Kubernetes service discovery needs Prometheus built
+with it: Prometheus 3 (``k8s/testenv/fetch-prometheus3.sh``), not Debian 12's 2.42.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pandas as pd
+
+from gawm_lib.cluster.connect import ClusterError, connect
+from gawm_lib.cluster.manifests import deployment_name
+from gawm_lib.config import BackendConfig
+
+log = logging.getLogger("gawm.cluster.monitoring")
+JOB = "cadvisor"
+#: cAdvisor queries of the catalogue saved for a Kubernetes run, per pod and container.
+CONTAINER_QUERIES = (
+    "container_cpu",
+    "container_memory_working_set",
+    "container_cpu_throttled_ratio",
+    "container_cpu_pressure",
+    "container_memory_pressure",
+)
+#: Rate window of the container queries [s]: the kubelet's cAdvisor refreshes container statistics every 10-15 s
+#: (its housekeeping interval) and stamps them, so a rate needs a window of a few of those, whatever the scrape
+#: interval.
+WINDOW_S = 30.0
+SCRAPE_INTERVAL_S = 5.0
+_SECRETS: list[str] = []
+
+
+def _private_file(text: str) -> str:
+    """``text`` in a file only this user can read, removed when this process exits (a token must not land in the run
+    directory, which people share)."""
+    folder = tempfile.mkdtemp(prefix="gawm-prometheus-credentials-")
+    if not _SECRETS:
+        atexit.register(lambda: [shutil.rmtree(f, ignore_errors=True) for f in _SECRETS])
+    _SECRETS.append(folder)
+    path = os.path.join(folder, "token")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(text)
+    return path
+
+
+def _access(configuration: Any) -> dict[str, Any]:
+    """The API server's address and the Prometheus ``tls_config`` / ``authorization`` of a kubeconfig."""
+    tls: dict[str, Any] = {}
+    if configuration.ssl_ca_cert:
+        tls["ca_file"] = configuration.ssl_ca_cert
+    if not configuration.verify_ssl:
+        tls["insecure_skip_verify"] = True
+    if configuration.cert_file and configuration.key_file:
+        tls["cert_file"], tls["key_file"] = configuration.cert_file, configuration.key_file
+    access: dict[str, Any] = {"api_server": configuration.host.rstrip("/"), "tls_config": tls}
+    bearer = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get("BearerToken")
+    if bearer:
+        token = bearer.split(" ", 1)[1] if bearer.lower().startswith("bearer ") else bearer
+        access["authorization"] = {"credentials_file": _private_file(token)}
+    return access
+
+
+def cadvisor_scrape_config(backend: BackendConfig, api_client: Any = None) -> dict[str, Any]:
+    """The scrape config of job ``cadvisor``: every node found by ``kubernetes_sd_configs`` (role node), scraped at
+    ``/api/v1/nodes/NODE/proxy/metrics/cadvisor`` on the API server, keeping the series of ``backend.namespace`` only.
+    Series keep cAdvisor's ``namespace``, ``pod``, ``container`` and ``image`` labels and get ``node``."""
+    api = api_client or connect(backend.kubeconfig, backend.context)
+    access = _access(api.configuration)
+    server = urlsplit(access["api_server"])
+    sd = {"role": "node", **{k: v for k, v in access.items() if k != "api_server"}, "api_server": access["api_server"]}
+    scrape: dict[str, Any] = {
+        "job_name": JOB,
+        # cAdvisor refreshes every 10-15 s, so more frequent scrapes (through the API server, on the measured
+        # machine's cores) would only add load
+        "scrape_interval": f"{SCRAPE_INTERVAL_S:g}s",
+        "scrape_timeout": f"{SCRAPE_INTERVAL_S:g}s",
+        "scheme": server.scheme or "https",
+        "tls_config": dict(access["tls_config"]),
+        "kubernetes_sd_configs": [sd],
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_node_name"], "target_label": "node"},
+            {"target_label": "__address__", "replacement": server.netloc},
+            {
+                "source_labels": ["__meta_kubernetes_node_name"],
+                "regex": "(.+)",
+                "target_label": "__metrics_path__",
+                "replacement": "/api/v1/nodes/$1/proxy/metrics/cadvisor",
+            },
+        ],
+        "metric_relabel_configs": [
+            {"source_labels": ["namespace"], "regex": backend.namespace, "action": "keep"},
+        ],
+    }
+    if "authorization" in access:
+        scrape["authorization"] = dict(access["authorization"])
+    return scrape
+
+
+@functools.cache
+def supports_kubernetes_sd(binary: str = "prometheus", timeout_s: float = 10.0) -> bool:
+    """Whether this Prometheus binary has Kubernetes service discovery (Debian 12's 2.42 is built without it; its
+    version string cannot tell): it is started on a config with one such job and a free port, and stopped as soon as
+    it has loaded the config or refused it."""
+    from gawm_lib.prom.local import find_binary
+
+    path = find_binary(binary)
+    with tempfile.TemporaryDirectory(prefix="gawm-prometheus-probe-") as folder:
+        config = Path(folder) / "prometheus.yml"
+        job = {"job_name": "probe", "kubernetes_sd_configs": [{"role": "node", "api_server": "https://127.0.0.1:1"}]}
+        config.write_text(json.dumps({"scrape_configs": [job]}))  # JSON is YAML
+        args = [
+            path,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder}/data",
+            "--web.listen-address=127.0.0.1:0",
+        ]
+        with subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+            deadline = time.monotonic() + timeout_s
+            try:
+                for line in proc.stderr:
+                    if "Completed loading of configuration file" in line:
+                        return True
+                    if "Error loading config" in line or "field kubernetes_sd_configs not found" in line:
+                        return False
+                    if time.monotonic() > deadline:
+                        break
+                return False
+            finally:
+                proc.kill()
+
+
+def run_scrape_configs(backend: BackendConfig, binary: str = "prometheus") -> list[dict[str, Any]]:
+    """Extra scrape configs of the run's Prometheus for ``backend``: the cAdvisor job on ``kubernetes``, nothing on
+    ``local``. None (logged) where the kubeconfig cannot be read (the backend will say what is wrong) or where the
+    Prometheus ``binary`` lacks Kubernetes service discovery (the container queries then come back empty)."""
+    if backend.kind != "kubernetes":
+        return []
+    try:
+        if not supports_kubernetes_sd(binary):
+            log.warning(
+                "no container metrics: Prometheus %r lacks Kubernetes service discovery (Debian 12's 2.42 does); "
+                "set prometheus.binary to a Prometheus 3 (k8s/testenv/fetch-prometheus3.sh)",
+                binary,
+            )
+            return []
+        return [cadvisor_scrape_config(backend)]
+    except (ClusterError, OSError) as exc:
+        log.warning("no container metrics: %s", exc)
+        return []
+
+
+def query_container_phases(
+    url: str,
+    results: Iterable[Mapping[str, Any]],
+    namespace: str,
+    step_s: float | None = None,
+    query_names: Iterable[str] = CONTAINER_QUERIES,
+    window: str | float = WINDOW_S,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """:func:`gawm_lib.prom.query_run_phases` for the cAdvisor queries: each load result's phases, filtered to the
+    pods of that workload's Deployment (``namespace``, pod names ``gawm-WORKLOAD-*``), one series per pod and
+    container. Same columns (``workload``, ``step``, ``level`` added)."""
+    from gawm_lib.prom.promql import Prefix
+    from gawm_lib.prom.query import Phase, empty_frame, query_phases
+
+    extra = {"workload": "str", "step": "int64", "level": "float64"}
+    names = list(query_names)
+    frames = []
+    for result in results:
+        workload, raw = str(result["workload"]), list(result.get("phases") or [])
+        if not raw:
+            continue
+        params = {"namespace": namespace, "pod": Prefix(deployment_name(workload) + "-")}
+        for p in raw:  # one phase at a time: phase names repeat ("step"), the row's phase is this one
+            phase = Phase(
+                str(p["phase"]),
+                datetime.fromtimestamp(p["start_unix_ns"] / 1e9, UTC),
+                datetime.fromtimestamp(p["end_unix_ns"] / 1e9, UTC),
+            )
+            frame = query_phases(url, names, [phase], step_s=step_s, params=params, window=window, **kwargs)
+            frame["workload"] = workload
+            frame["step"] = int(p.get("step", -1))
+            frame["level"] = float(p.get("level", float("nan")))
+            frames.append(frame.astype(extra))
+    if not frames:
+        return empty_frame(extra)
+    return pd.concat(frames, ignore_index=True)
+
+
+USAGE = {  # container query -> (column of the usage table, how a step's points are reduced)
+    "container_cpu": ("cpu_cores", "mean"),
+    "container_memory_working_set": ("memory_bytes", "max"),
+    "container_cpu_throttled_ratio": ("throttled_ratio", "mean"),
+}
+
+
+def container_usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (run, workload, step, pod) of the runs whose metrics hold container series (Kubernetes runs):
+    mean CPU use [cores], largest memory working set [bytes] and mean share of throttled CFS periods over the step,
+    with the step's level, and its throughput and p50/p95 latency from ``table`` (``analysis.summarise_runs``) when
+    given. Empty (with these columns) when no run has container metrics, such as local runs."""
+    columns = ["run_id", "workload", "step", "level", "pod", *(c for c, _ in USAGE.values())]
+    keys = ["run_id", "workload", "step", "level", "pod"]
+    parts: dict[str, list[pd.DataFrame]] = {column: [] for column, _ in USAGE.values()}
+    for run in loaded_runs:
+        path = run.path / "metrics" / "metrics.parquet"
+        if not path.exists():
+            continue
+        metrics = pd.read_parquet(path)
+        metrics = metrics[metrics["query"].isin(list(USAGE)) & (metrics["phase"] == "step")]
+        if metrics.empty or "step" not in metrics:
+            continue
+        metrics = metrics.assign(run_id=run.id, pod=[json.loads(labels).get("pod", "") for labels in metrics["labels"]])
+        for query, (column, how) in USAGE.items():
+            part = metrics[metrics["query"] == query]
+            if len(part):
+                parts[column].append(
+                    part.groupby(keys, as_index=False)["value"].agg(how).rename(columns={"value": column})
+                )
+    frames = [pd.concat(found, ignore_index=True) for found in parts.values() if found]  # one per query, all runs
+    if not frames:
+        return pd.DataFrame(
+            {c: pd.Series(dtype="float64" if c not in ("run_id", "workload", "pod") else "str") for c in columns}
+        )
+    usage = frames[0]
+    for frame in frames[1:]:
+        usage = usage.merge(frame, on=keys, how="outer")
+    for column in columns:
+        if column not in usage:
+            usage[column] = float("nan")
+    usage = usage[columns]
+    if table is not None and len(table):
+        latency = table[["run_id", "workload", "step", "throughput_rps", "p50_ms", "p95_ms"]]
+        usage = usage.merge(latency, on=["run_id", "workload", "step"], how="left")
+    return usage.sort_values(["workload", "run_id", "pod", "step"], ignore_index=True)
+
+
+def plot_container_usage(usage: pd.DataFrame):
+    """Container CPU [cores] and memory [MiB] of each replica (pod) against the step's throughput, next to the
+    step's p50 and p95 latency, one row of panels per workload; a dotted line marks full use of one core per thread
+    where the usage table says nothing about limits. Returns the figure (the usage table is its data)."""
+    import matplotlib.pyplot as plt
+
+    workloads = sorted(usage["workload"].unique())
+    fig, axes = plt.subplots(len(workloads), 3, figsize=(12, 3.2 * len(workloads)), squeeze=False)
+    x = "throughput_rps" if "throughput_rps" in usage and usage["throughput_rps"].notna().any() else "level"
+    for row, workload in zip(axes, workloads):
+        data = usage[usage["workload"] == workload]
+        for (run_id, pod), series in data.groupby(["run_id", "pod"]):
+            series = series.sort_values(x)
+            label = pod if data["run_id"].nunique() == 1 else f"{run_id}: {pod}"
+            row[0].plot(series[x], series["cpu_cores"], marker="o", label=label)
+            row[1].plot(series[x], series["memory_bytes"] / 2**20, marker="o", label=label)
+        if {"p50_ms", "p95_ms"} <= set(data):
+            steps = data.drop_duplicates(["run_id", "step"]).sort_values(x)
+            for run_id, series in steps.groupby("run_id"):
+                row[2].plot(series[x], series["p95_ms"], marker="o", label=f"p95 {run_id}")
+                row[2].plot(series[x], series["p50_ms"], marker="o", linestyle="--", label=f"p50 {run_id}")
+        row[0].set_ylabel(f"{workload}\ncontainer CPU [cores]")
+        row[1].set_ylabel("memory working set [MiB]")
+        row[2].set_ylabel("latency [ms]")
+        for axis in row:
+            axis.set_xlabel("throughput [req/s]" if x == "throughput_rps" else "level")
+            axis.grid(alpha=0.3)
+        row[0].set_ylim(bottom=0)
+        row[1].set_ylim(bottom=0)
+        row[0].legend(fontsize=7)
+        if row[2].lines:
+            row[2].legend(fontsize=7)
+    fig.suptitle("Container CPU and memory per replica (kubelet cAdvisor) next to latency")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,113 @@
+"""The container metrics of a Kubernetes run, without a cluster: the run's Prometheus gets a cAdvisor job that goes
+through the API server's node proxy with the kubeconfig's credentials (the token in a private file, never in the run
+directory), and the figures notebook's usage table reads the container series of a run's metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from gawm_lib.cluster import monitoring
+from gawm_lib.config import BackendConfig
+
+matplotlib.use("Agg")
+
+
+def fake_api(**configuration) -> SimpleNamespace:
+    defaults = {
+        "host": "https://127.0.0.1:6443",
+        "ssl_ca_cert": "/tmp/ca.crt",
+        "verify_ssl": True,
+        "cert_file": None,
+        "key_file": None,
+        "api_key": {},
+    }
+    return SimpleNamespace(configuration=SimpleNamespace(**{**defaults, **configuration}))
+
+
+def test_the_cadvisor_job_scrapes_each_node_through_the_api_server() -> None:
+    backend = BackendConfig(kind="kubernetes", namespace="gawm-runs")
+    scrape = monitoring.cadvisor_scrape_config(backend, fake_api(api_key={"authorization": "Bearer s3cret"}))
+    (sd,) = scrape["kubernetes_sd_configs"]
+    assert sd["role"] == "node" and sd["api_server"] == "https://127.0.0.1:6443"
+    assert scrape["scheme"] == "https" and scrape["tls_config"] == {"ca_file": "/tmp/ca.crt"}
+    relabel = {r["target_label"]: r for r in scrape["relabel_configs"]}
+    assert relabel["__address__"]["replacement"] == "127.0.0.1:6443"
+    assert relabel["__metrics_path__"]["replacement"] == "/api/v1/nodes/$1/proxy/metrics/cadvisor"
+    assert scrape["metric_relabel_configs"] == [
+        {"source_labels": ["namespace"], "regex": "gawm-runs", "action": "keep"}
+    ]
+    token = Path(scrape["authorization"]["credentials_file"])
+    assert token.read_text() == "s3cret" and stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert "s3cret" not in json.dumps(scrape)
+    assert os.access(token.parent, os.R_OK)
+    # client certificates instead of a token
+    scrape = monitoring.cadvisor_scrape_config(backend, fake_api(cert_file="/c.crt", key_file="/c.key"))
+    assert scrape["tls_config"] == {"ca_file": "/tmp/ca.crt", "cert_file": "/c.crt", "key_file": "/c.key"}
+    assert "authorization" not in scrape
+    assert monitoring.run_scrape_configs(BackendConfig()) == []  # local runs: none
+
+
+def test_container_usage_reads_per_pod_series_of_a_run(tmp_path: Path) -> None:
+    rows = []
+    for pod, cpu, memory in (("gawm-resnet50-a-1", 0.5, 300e6), ("gawm-resnet50-a-2", 0.9, 310e6)):
+        labels = json.dumps({"namespace": "gawm", "pod": pod, "container": "server"})
+        for step, level in ((0, 1.0), (1, 2.0)):
+            for t in range(3):
+                time = pd.Timestamp("2026-12-04T12:00:00Z") + pd.Timedelta(seconds=10 * step + t)
+                rows.append(("container_cpu", cpu * level, "cores", labels, "step", step, level, time))
+                rows.append(("container_memory_working_set", memory + t, "bytes", labels, "step", step, level, time))
+    columns = ["query", "value", "unit", "labels", "phase", "step", "level", "time"]
+    metrics = pd.DataFrame(rows, columns=columns).assign(workload="resnet50")
+    (tmp_path / "metrics").mkdir()
+    metrics.to_parquet(tmp_path / "metrics" / "metrics.parquet")
+    run = SimpleNamespace(id="r1", path=tmp_path)
+    table = pd.DataFrame(
+        {
+            "run_id": ["r1", "r1"],
+            "workload": ["resnet50"] * 2,
+            "step": [0, 1],
+            "throughput_rps": [4.0, 7.0],
+            "p50_ms": [200.0, 250.0],
+            "p95_ms": [260.0, 400.0],
+        }
+    )
+    other = tmp_path / "other"
+    (other / "metrics").mkdir(parents=True)
+    metrics.to_parquet(other / "metrics" / "metrics.parquet")
+    both = monitoring.container_usage([run, SimpleNamespace(id="r0", path=other)])  # several runs: one row each
+    assert len(both) == 8 and both["cpu_cores"].notna().all() and both["memory_bytes"].notna().all()
+    usage = monitoring.container_usage([run], table)
+    assert len(usage) == 4 and set(usage["pod"]) == {"gawm-resnet50-a-1", "gawm-resnet50-a-2"}
+    first = usage[(usage["pod"] == "gawm-resnet50-a-2") & (usage["step"] == 1)].iloc[0]
+    assert first["cpu_cores"] == 1.8 and first["memory_bytes"] == 310e6 + 2 and first["p95_ms"] == 400.0
+    assert usage["throttled_ratio"].isna().all()  # not recorded: a column of NaN, not an error
+    fig = monitoring.plot_container_usage(usage)
+    assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 2
+    # a local run (no container series) gives an empty table with the same columns
+    empty = monitoring.container_usage([SimpleNamespace(id="r2", path=tmp_path / "none")], table)
+    assert empty.empty and {"pod", "cpu_cores", "memory_bytes"} <= set(empty.columns)
+
+
+@pytest.mark.integration
+def test_prometheus_without_kubernetes_discovery_is_told_apart() -> None:
+    """Debian 12's Prometheus 2.42 is built without Kubernetes service discovery (its version cannot tell): a
+    Kubernetes run with it gets no cAdvisor job instead of a Prometheus that refuses its config."""
+    from k8s_env import prometheus3_binary
+
+    assert monitoring.supports_kubernetes_sd(str(prometheus3_binary())) is True
+    if shutil.which("prometheus"):
+        version = subprocess.run(["prometheus", "--version"], capture_output=True, text=True).stdout
+        if "+ds" in version and " 2." in version:
+            assert monitoring.supports_kubernetes_sd("prometheus") is False
+            backend = BackendConfig(kind="kubernetes", kubeconfig="/nonexistent")
+            assert monitoring.run_scrape_configs(backend, "prometheus") == []
