@@ -1,7 +1,8 @@
 """Backends start N replicas of a workload and give back their addresses; they always stop what they started.
 
 ``local`` runs replicas as child processes on loopback (the default, no cluster needed); ``kubernetes`` runs them as a
-Deployment + Service. Both are context managers with the same shape::
+Deployment + Service; ``external`` starts nothing and measures servers someone else runs (``backend.endpoints``,
+:mod:`gawm_lib.backends.external`). All are context managers with the same shape::
 
     with open_backend(workload_cfg, backend_cfg, logs_dir) as backend:
         backend.replicas  # [Replica(workload, index, url, ...)]
@@ -70,7 +71,11 @@ def open_backend(workload: WorkloadConfig, backend: BackendConfig, logs_dir: Pat
         from gawm_lib.backends.kubernetes import KubernetesBackend
 
         return KubernetesBackend(workload, backend, logs_dir)
-    raise BackendError(f"backend.kind {backend.kind!r} is not available: use 'local' or 'kubernetes'")
+    if backend.kind == "external":
+        from gawm_lib.backends.external import ExternalBackend
+
+        return ExternalBackend(workload, backend, logs_dir)
+    raise BackendError(f"backend.kind {backend.kind!r} is not available: use 'local', 'kubernetes' or 'external'")
 
 
 __all__ = ["Backend", "BackendError", "Replica", "open_backend"]
