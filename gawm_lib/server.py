@@ -70,7 +70,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -88,10 +96,13 @@ GC_BUCKETS_S = (1e-5, 3e-5, 1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 class Metrics:
-    """The server's Prometheus metrics (names are the contract with ``gawm_lib.prom``), labelled model and replica."""
+    """The server's Prometheus metrics (names are the contract with ``gawm_lib.prom``), labelled model and replica, and
+    the process's own (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, ``process_open_fds``, ...:
+    prometheus_client's process collector, unlabelled, as KServe and MLServer export them)."""
 
     def __init__(self, model: str, replica: str) -> None:
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
         lab = ["model", "replica"]
         self.requests = Counter(
             "gawm_requests", "Inference requests answered, ok or error", [*lab, "status"], registry=r

@@ -243,8 +243,14 @@ def test_gawm_run_against_kserve_with_the_kubernetes_example(tmp_path):
     assert record["input"]["name"] == "image" and record["endpoints"][0]["server"]["name"] == "kserve"
     assert record["endpoints"][0]["header_names"] == ["Authorization", "Host"]
     assert record["scrape"]["targets"] and not record["scrape"]["notes"]
-    # Prometheus scraped KServe's /metrics (target up); gawm's saved queries are of gawm_* series, empty here and named
+    # Prometheus scraped KServe's /metrics (target up): gawm_* queries are empty here and named; the process's CPU and
+    # memory (prometheus_client's process_* series, which KServe exports too) are saved, labelled by the scrape target
     assert "error" not in manifest["metrics"] and "throughput" in manifest["metrics"]["empty_queries"]
+    metrics = pd.read_parquet(run_dir / "metrics" / "metrics.parquet")
+    for name, unit in (("process_cpu", "cores"), ("process_resident_memory", "bytes")):
+        rows = metrics[(metrics["query"] == name) & (metrics["step"] >= 0)].dropna(subset=["value"])
+        assert len(rows) and set(rows["unit"]) == {unit} and rows["value"].max() > 0, name
+        assert {(lab["workload"], lab["replica"]) for lab in map(json.loads, rows["labels"])} == {("resnet50", "0")}
     for path in [*run_dir.rglob("*"), *(tmp_path / "figures").rglob("*")]:
         if path.is_file():
             assert token.encode() not in path.read_bytes(), f"the token was written to {path}"

@@ -14,6 +14,7 @@ import pytest
 from gawm_lib import experiment, prom, runs
 from gawm_lib.config import ExperimentConfig
 from gawm_lib.server import LATENCY_BUCKETS_S
+from gawm_lib.synth.traces import resources_from_frame
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +73,16 @@ def test_prometheus_agrees_with_the_raw_records(raw_dir):
         p95 = metrics[(metrics["query"] == "latency_p95") & (metrics["step"] == row["step"])]["value"].dropna()
         assert len(p95) >= 1
         assert abs(bucket_index(p95.median()) - bucket_index(row["p95_ms"] / 1e3)) <= 1, (p95.median(), row["p95_ms"])
+
+    # the server process's CPU and resident memory (prometheus_client's process collector), per replica, in the
+    # catalogue's units, and in the trace tables as resource series
+    for name, unit, low in (("process_cpu", "cores", 0.0), ("process_resident_memory", "bytes", 50 * 2**20)):
+        rows = metrics[(metrics["query"] == name) & (metrics["step"] >= 0)].dropna(subset=["value"])
+        assert len(rows) >= 2 and set(rows["unit"]) == {unit} == {prom.CATALOGUE[name].unit}, name
+        assert {(lab["workload"], lab["replica"]) for lab in map(json.loads, rows["labels"])} == {("distilbert", "0")}
+        assert rows["value"].max() > low and (rows["value"] >= 0).all(), (name, rows["value"].describe())
+    resources = resources_from_frame(metrics, run.id)
+    assert resources["process_cpu"].max() > 0 and resources["process_resident_memory"].min() > 50 * 2**20
 
 
 def test_prometheus_dying_mid_run_keeps_every_request_record(raw_dir, monkeypatch):

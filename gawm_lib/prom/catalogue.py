@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 from .promql import LabelValue, check_label_name, format_duration, matcher
 
-SOURCES = ("gawm", "dcgm", "nvml", "cadvisor", "kube-state-metrics", "node-exporter")
+SOURCES = ("gawm", "process", "dcgm", "nvml", "cadvisor", "kube-state-metrics", "node-exporter")
 UNITS = (
     "seconds",
     "bytes",
@@ -43,6 +43,9 @@ UNITS = (
 SOURCE_LABELS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "gawm": ("workload", "replica", "model", "instance", "job", "namespace", "pod"),
+        # any server's prometheus_client process collector (gawm's, KServe's, MLServer's): no model label; workload
+        # and replica are the scrape target's labels (gawm_lib.experiment, gawm_lib.backends.external)
+        "process": ("workload", "replica", "instance", "job", "namespace", "pod"),
         "nvml": ("workload", "replica", "gpu", "instance", "job", "namespace", "pod"),
         "dcgm": ("gpu", "UUID", "Hostname", "namespace", "pod", "container", "instance"),
         "cadvisor": ("namespace", "pod", "container", "node"),
@@ -251,6 +254,28 @@ _ENTRIES = [
         "gawm",
         True,
         ("workload",),
+    ),
+    # --- the server process (prometheus_client's process collector: gawm's server, KServe, MLServer with
+    # parallel_workers 0; not MLServer's multiprocess mode). The series have no labels of their own: workload and
+    # replica come from the scrape target, for gawm's replicas and external endpoints alike ---
+    _Q(
+        "process_cpu",
+        "sum by ($by) (rate(process_cpu_seconds_total{$sel}[$window]))",
+        "cores",
+        "CPU used by each replica's server process (rate of process_cpu_seconds_total: user + system), in cores; "
+        "the process that serves /metrics only, not its children.",
+        "process",
+        None,
+        ("workload", "replica"),
+    ),
+    _Q(
+        "process_resident_memory",
+        "sum by ($by) (process_resident_memory_bytes{$sel})",
+        "bytes",
+        "Resident memory (RSS) of each replica's server process (process_resident_memory_bytes).",
+        "process",
+        None,
+        ("workload", "replica"),
     ),
     # --- NVML, exported by our server (each replica's view of the devices it sees; replicas on one host that share a
     # GPU all report it, so the gauges are taken once per gpu index: one host, i.e. local runs; DCGM for clusters) ---

@@ -245,7 +245,8 @@ def query_phases(
     return frame.drop(columns="_phase_index")
 
 
-#: Queries saved for every local run (our server's metrics and NVML; DCGM/cAdvisor need a cluster).
+#: Queries saved for every run: our server's metrics, the server processes' CPU and memory (also of external servers
+#: that export prometheus_client's process_* series: KServe, MLServer) and NVML; DCGM/cAdvisor need a cluster.
 RUN_QUERIES = (
     "throughput",
     "requests_total",
@@ -261,6 +262,8 @@ RUN_QUERIES = (
     "inflight",
     "items_per_second",
     "gc_pause_ratio",
+    "process_cpu",
+    "process_resident_memory",
     "gpu_util_nvml",
     "gpu_memory_used_nvml",
     "gpu_power_nvml",

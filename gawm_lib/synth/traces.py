@@ -12,8 +12,9 @@
   [s]), ``ok``.
 - ``resources``: one row per Prometheus sample of a workload's measured steps (the scrape interval of the run): ``t_s``
   (from the workload's first sample [s]), ``step``, ``level`` and one column per catalogue query present, in its base
-  unit (``latency_p95`` [s], ``throughput`` [req/s], ``gpu_util_nvml`` [ratio], ``container_cpu`` [cores], ...). Series
-  of several replicas or GPUs are summed for rates, bytes, watts and cores, averaged otherwise.
+  unit (``latency_p95`` [s], ``throughput`` [req/s], ``gpu_util_nvml`` [ratio], ``container_cpu`` [cores],
+  ``process_cpu`` [cores] and ``process_resident_memory`` [bytes] of the server processes, also of external servers,
+  ...). Series of several replicas or GPUs are summed for rates, bytes, watts and cores, averaged otherwise.
 - ``conditions``: one row per (run, workload): the configuration a generator is conditioned on (``replicas``,
   ``max_batch_size``, ``max_queue_delay_ms``, ``scenario``, ``levels``, ``payload_count``, ``payload_seed``,
   ``scrape_interval_s``).
