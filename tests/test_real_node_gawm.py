@@ -91,7 +91,7 @@ def failure_of(backend: KubernetesBackend) -> tuple[str, float]:
     return str(caught.value), diagnosed_s
 
 
-def test_the_model_server_runs_as_a_pod_and_leaves_nothing(
+def test_the_model_server_runs_as_a_pod_scales_rolls_out_and_leaves_nothing(
     real_node: RealNode, gawm_namespace: str, tmp_path: Path
 ) -> None:
     from gawm_lib.config import LoadConfig
@@ -119,6 +119,21 @@ def test_the_model_server_runs_as_a_pod_and_leaves_nothing(
             f"http://{service.spec.cluster_ip}:{backend.backend.port}/v2/health/ready", timeout=10
         )
         assert through_service.status_code == 200  # kube-proxy's rules route the host's request to the pod
+
+        # Scale out and back, then roll out new settings: real pods, started and stopped by the kubelet.
+        assert len(backend.scale(2)) == 2 and len({r.host for r in backend.replicas}) == 2
+        assert len(backend.scale(1)) == 1
+        apps = client.AppsV1Api(real_node.api)
+        generation = apps.read_namespaced_deployment(backend.name, gawm_namespace).metadata.generation
+        backend.update(WorkloadConfig(name="resnet50", max_batch_size=2))  # the same settings: nothing to roll
+        assert apps.read_namespaced_deployment(backend.name, gawm_namespace).metadata.generation == generation
+        old_pods = {p.pod for p in backend.placement}
+        backend.update(WorkloadConfig(name="resnet50", max_batch_size=4))
+        assert apps.read_namespaced_deployment(backend.name, gawm_namespace).metadata.generation == generation + 1
+        assert len(backend.replicas) == 1 and not old_pods & {p.pod for p in backend.placement}
+        (new_replica,) = backend.replicas
+        meta = httpx.get(f"{new_replica.url}/v2/models/resnet50", timeout=10).json()
+        assert meta["parameters"]["settings"]["max_batch_size"] == 4  # the new pod serves the new settings
         exit_start = time.monotonic()
     teardown_s = time.monotonic() - exit_start
     record = json.loads((tmp_path / "logs" / "resnet50-kubernetes.json").read_text())
@@ -288,3 +303,88 @@ def test_an_experiment_on_the_node_records_placement_runtime_and_container_metri
     memory = containers[containers["query"] == "container_memory_working_set"]["value"]
     assert 100e6 < memory.max() < 2 * 2**30
     assert leftovers(real_node.api, gawm_namespace) == []
+
+
+def service_account_client(real_node: RealNode, namespace: str, name: str = "gawm") -> client.ApiClient:
+    """An API client with the token the controller-manager minted for ServiceAccount ``namespace/name`` (1.20 still
+    makes token Secrets)."""
+    core = client.CoreV1Api(real_node.api)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for secret in core.list_namespaced_secret(namespace).items:
+            if (secret.metadata.annotations or {}).get("kubernetes.io/service-account.name") == name:
+                configuration = client.Configuration()
+                configuration.host = real_node.api.configuration.host
+                configuration.ssl_ca_cert = real_node.api.configuration.ssl_ca_cert
+                configuration.api_key = {"authorization": f"Bearer {base64.b64decode(secret.data['token']).decode()}"}
+                return client.ApiClient(configuration)
+        time.sleep(0.2)
+    raise AssertionError(f"no token Secret for ServiceAccount {namespace}/{name} after 30 s")
+
+
+def test_the_service_account_can_do_its_job_and_no_more(
+    real_node: RealNode, gawm_namespace: str, tmp_path: Path
+) -> None:
+    """k8s/base's Role, bound to the workbench's ServiceAccount: enough to deploy, watch and tear down a workload on a
+    real node (node facts are denied and said so), and nothing else."""
+    with service_account_client(real_node, gawm_namespace) as as_sa:
+        with backend_for(real_node, gawm_namespace, tmp_path, api=as_sa) as backend:
+            assert len(backend.replicas) == 1 and backend.placement[0].node == real_node.name
+            assert "RBAC denied" in backend.facts.get("nodes_error", ""), backend.facts
+        assert leftovers(real_node.api, gawm_namespace) == []
+        core = client.CoreV1Api(as_sa)
+        for denied in (
+            lambda: core.list_namespaced_secret(gawm_namespace),
+            lambda: core.list_namespaced_config_map(gawm_namespace),
+            lambda: core.list_namespaced_pod("default"),
+            lambda: core.list_node(),
+        ):
+            with pytest.raises(client.exceptions.ApiException) as caught:
+                denied()
+            assert caught.value.status == 403
+
+
+def test_ctrl_c_tears_down_inside_and_during_the_rollout(
+    real_node: RealNode, gawm_namespace: str, tmp_path: Path
+) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        with backend_for(real_node, gawm_namespace, tmp_path):
+            raise KeyboardInterrupt
+    assert leftovers(real_node.api, gawm_namespace) == []
+
+    def interrupt(counts: dict[str, int]) -> None:
+        raise KeyboardInterrupt
+
+    backend = KubernetesBackend(
+        WorkloadConfig(name="resnet50"),
+        settings(real_node, gawm_namespace),
+        tmp_path,
+        api_client=real_node.api,
+        progress=interrupt,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        with backend:
+            pass
+    assert leftovers(real_node.api, gawm_namespace) == []
+
+
+def test_what_someone_else_deployed_is_left_alone(real_node: RealNode, gawm_namespace: str, tmp_path: Path) -> None:
+    apps = client.AppsV1Api(real_node.api)
+    theirs = {
+        "metadata": {"name": "gawm-resnet50"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "theirs"}},
+            "template": {
+                "metadata": {"labels": {"app": "theirs"}},
+                "spec": {"containers": [{"name": "c", "image": "theirs:1"}]},
+            },
+        },
+    }
+    apps.create_namespaced_deployment(gawm_namespace, theirs)
+    with pytest.raises(BackendError, match="was not deployed by gawm"):
+        with backend_for(real_node, gawm_namespace, tmp_path):
+            pass
+    deployment = apps.read_namespaced_deployment("gawm-resnet50", gawm_namespace)
+    assert deployment.spec.template.spec.containers[0].image == "theirs:1"
+    apps.delete_namespaced_deployment("gawm-resnet50", gawm_namespace)
