@@ -134,11 +134,12 @@ def test_the_model_server_runs_as_a_pod_scales_rolls_out_and_leaves_nothing(
         (new_replica,) = backend.replicas
         meta = httpx.get(f"{new_replica.url}/v2/models/resnet50", timeout=10).json()
         assert meta["parameters"]["settings"]["max_batch_size"] == 4  # the new pod serves the new settings
+        (last,) = backend.placement
         exit_start = time.monotonic()
     teardown_s = time.monotonic() - exit_start
     record = json.loads((tmp_path / "logs" / "resnet50-kubernetes.json").read_text())
     assert record["rollout_s"] and record["placement"][0]["node"] == real_node.name
-    assert (tmp_path / "logs" / f"{placement.pod}.log").is_file()  # the pod's log, saved before it went
+    assert (tmp_path / "logs" / f"{last.pod}.log").is_file()  # the pod's log, saved before it went
     assert leftovers(real_node.api, gawm_namespace) == []
     assert teardown_s < 25, f"teardown took {teardown_s:.1f} s: the server should stop on SIGTERM"
     print(f"rollout {rollout_s:.1f} s (backend: {record['rollout_s']} s), teardown {teardown_s:.1f} s")
