@@ -56,6 +56,10 @@ cluster-up:  ## a local single-node Kubernetes cluster (real kubelet, containerd
 	$(PYTHON) -m gawm_lib.sysdeps --install --cluster
 	bash k8s/testenv/build-kubernetes.sh
 	bash k8s/testenv/node.sh up
+	@# The namespace, ServiceAccount and Role that gawm's params (namespace: gawm) expect, as k8s/base makes them.
+	$${GAWM_CACHE_DIR:-$$HOME/.cache/gawm}/kubernetes-1.20.2/bin/kubectl \
+	  --kubeconfig $${GAWM_NODE_DIR:-/var/lib/gawm-node}/kubeconfig apply -f k8s/base/namespace.yaml -f k8s/base/access.yaml
+	@echo "cluster-up: export KUBECONFIG=$${GAWM_NODE_DIR:-/var/lib/gawm-node}/kubeconfig; then .venv/bin/gawm run params/cluster_local.yaml"
 
 cluster-down:  ## stop the local cluster and restore the host (processes, mounts, cni0, iptables, sysctls, cgroups)
 	bash k8s/testenv/node.sh down
