@@ -288,6 +288,9 @@ def plot_container_usage(usage: pd.DataFrame):
         row[0].legend(fontsize=7)
         if row[2].lines:
             row[2].legend(fontsize=7)
-    fig.suptitle("Container CPU and memory per replica (kubelet cAdvisor) next to latency")
+    fig.suptitle(
+        "Container CPU and memory per replica (kubelet cAdvisor) next to latency\n"
+        f"CPU: the mean over each step of a {WINDOW_S:g} s rate, so a step shorter than that after idle time reads low"
+    )
     fig.tight_layout()
     return fig
