@@ -1,4 +1,4 @@
-"""The ``gawm`` command: ``demo``, ``run``, ``runs``, ``report``, ``serve``, ``weights``.
+"""The ``gawm`` command: ``demo``, ``run``, ``runs``, ``report``, ``serve``, ``weights``, ``synth``.
 
 ``gawm run params/X.yaml [-p key=value ...]`` validates the settings (nothing starts if they are wrong), creates the run
 directory, executes the measurement notebook named in the file with papermill (the executed copy is saved in the run
