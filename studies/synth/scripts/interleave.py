@@ -4,7 +4,7 @@ p50_ms, p95_ms`` and each against the source run) and the roles.
 
     GAWM_RAW_DIR=/tmp/synth-runs/raw OMP_NUM_THREADS=1 .venv/bin/python -m studies.synth.scripts.interleave
 
-The real runs are ``params/synth_example.yaml`` cut to DistilBERT with the source run's seeds (arrival 11, payload
+The real runs are ``studies/synth/params/synth_cpu.yaml`` cut to DistilBERT with the source run's seeds (arrival 11, payload
 21); the replays replay ``--trace`` (the study notebook's synthetic trace) as the source run was configured."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=SOURCE, help="the run whose configuration and load profile are replayed")
     parser.add_argument("--trace", default=str(RESULTS / "synth_study_synthetic_trace.csv"))
-    parser.add_argument("--params", default="params/synth_example.yaml")
+    parser.add_argument("--params", default="studies/synth/params/synth_cpu.yaml")
     parser.add_argument("--workload", default="distilbert")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--arrival-seed", type=int, default=11, help="the source run's arrival seed")
