@@ -4,8 +4,8 @@ p50_ms, p95_ms`` and each against the source run) and the roles.
 
     GAWM_RAW_DIR=/tmp/synth-runs/raw OMP_NUM_THREADS=1 .venv/bin/python -m studies.synth.scripts.interleave
 
-The real runs are ``studies/synth/params/synth_cpu.yaml`` cut to DistilBERT with the source run's seeds (arrival 11, payload
-21); the replays replay ``--trace`` (the study notebook's synthetic trace) as the source run was configured."""
+The real runs are ``studies/synth/params/synth_cpu.yaml`` cut to DistilBERT with the source run's seeds (arrival 11,
+payload 21); the replays replay ``--trace`` (the study notebook's synthetic trace) as the source run was configured."""
 
 from __future__ import annotations
 
