@@ -799,6 +799,7 @@ QUERY_WORDS = {
     "gpu_power_dcgm": "GPU power",
     "gpu_temp_dcgm": "GPU temperature",
     "container_cpu": "container CPU",
+    "container_cpu_step": "container CPU (step mean)",
     "container_memory_working_set": "container memory",
     "node_cpu_busy": "node CPU busy",
     "gc_pause_ratio": "GC pause share",

@@ -64,8 +64,12 @@ def test_container_usage_reads_per_pod_series_of_a_run(tmp_path: Path) -> None:
         for step, level in ((0, 1.0), (1, 2.0)):
             for t in range(3):
                 time = pd.Timestamp("2026-12-04T12:00:00Z") + pd.Timedelta(seconds=10 * step + t)
-                rows.append(("container_cpu", cpu * level, "cores", labels, "step", step, level, time))
+                # the 30 s rate: its first point of a step still sees the idle (or lighter) time before
+                windowed = cpu * level * (0.5 if t == 0 else 1.0)
+                rows.append(("container_cpu", windowed, "cores", labels, "step", step, level, time))
                 rows.append(("container_memory_working_set", memory + t, "bytes", labels, "step", step, level, time))
+            end = pd.Timestamp("2026-12-04T12:00:00Z") + pd.Timedelta(seconds=10 * step + 3)
+            rows.append(("container_cpu_step", cpu * level, "cores", labels, "step", step, level, end))  # one per step
     columns = ["query", "value", "unit", "labels", "phase", "step", "level", "time"]
     metrics = pd.DataFrame(rows, columns=columns).assign(workload="resnet50")
     (tmp_path / "metrics").mkdir()
@@ -81,18 +85,25 @@ def test_container_usage_reads_per_pod_series_of_a_run(tmp_path: Path) -> None:
             "p95_ms": [260.0, 400.0],
         }
     )
-    other = tmp_path / "other"
+    other = tmp_path / "other"  # a run recorded before the step-mean query: the windowed rate's mean stands in
     (other / "metrics").mkdir(parents=True)
-    metrics.to_parquet(other / "metrics" / "metrics.parquet")
+    metrics[metrics["query"] != "container_cpu_step"].to_parquet(other / "metrics" / "metrics.parquet")
     both = monitoring.container_usage([run, SimpleNamespace(id="r0", path=other)])  # several runs: one row each
     assert len(both) == 8 and both["cpu_cores"].notna().all() and both["memory_bytes"].notna().all()
+    old = both[both["run_id"] == "r0"]
+    assert (old["cpu_source"] == "container_cpu").all()
+    assert old[(old["pod"] == "gawm-resnet50-a-2") & (old["step"] == 1)]["cpu_cores"].item() == pytest.approx(1.5)
+    assert "before the step-mean query" in monitoring.plot_container_usage(both)._suptitle.get_text()
     usage = monitoring.container_usage([run], table)
     assert len(usage) == 4 and set(usage["pod"]) == {"gawm-resnet50-a-1", "gawm-resnet50-a-2"}
+    assert (usage["cpu_source"] == "container_cpu_step").all()
     first = usage[(usage["pod"] == "gawm-resnet50-a-2") & (usage["step"] == 1)].iloc[0]
     assert first["cpu_cores"] == 1.8 and first["memory_bytes"] == 310e6 + 2 and first["p95_ms"] == 400.0
     assert usage["throttled_ratio"].isna().all()  # not recorded: a column of NaN, not an error
     fig = monitoring.plot_container_usage(usage)
     assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 2
+    assert "each step's mean" in fig._suptitle.get_text()
+    assert [list(line.get_ydata()) for line in fig.axes[0].lines] == [[0.5, 1.0], [0.9, 1.8]]  # the table's numbers
     # a local run (no container series) gives an empty table with the same columns
     empty = monitoring.container_usage([SimpleNamespace(id="r2", path=tmp_path / "none")], table)
     assert empty.empty and {"pod", "cpu_cores", "memory_bytes"} <= set(empty.columns)

@@ -309,6 +309,13 @@ def test_an_experiment_on_the_node_records_placement_runtime_and_container_metri
     assert pods == {record["placement"][0]["pod"]}
     cpu = containers[(containers["query"] == "container_cpu") & (containers["phase"] == "step")]["value"]
     assert 0.2 < cpu.max() <= 1.1, cpu.describe()  # busy, and held to its one-core limit
+    # the step's mean: one value for the step, from the usage counter's increase over it, which the usage table uses
+    step_cpu = containers[(containers["query"] == "container_cpu_step") & (containers["phase"] == "step")]["value"]
+    assert len(step_cpu) == 1 and 0.2 < step_cpu.item() <= 1.1, step_cpu
+    from gawm_lib.cluster.monitoring import container_usage
+
+    (usage,) = container_usage([run]).itertuples()
+    assert usage.cpu_source == "container_cpu_step" and usage.cpu_cores == step_cpu.item()
     memory = containers[containers["query"] == "container_memory_working_set"]["value"]
     assert 100e6 < memory.max() < 2 * 2**30
     assert leftovers(real_node.api, gawm_namespace) == []

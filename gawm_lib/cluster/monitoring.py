@@ -37,6 +37,8 @@ JOB = "cadvisor"
 #: cAdvisor queries of the catalogue saved for a Kubernetes run, per pod and container.
 CONTAINER_QUERIES = (
     "container_cpu",
+    "container_cpu_step",
+    "container_cpu_throttled_ratio_step",
     "container_memory_working_set",
     "container_cpu_throttled_ratio",
     "container_cpu_pressure",
@@ -208,44 +210,65 @@ def query_container_phases(
     return pd.concat(frames, ignore_index=True)
 
 
-USAGE = {  # container query -> (column of the usage table, how a step's points are reduced)
-    "container_cpu": ("cpu_cores", "mean"),
-    "container_memory_working_set": ("memory_bytes", "max"),
-    "container_cpu_throttled_ratio": ("throttled_ratio", "mean"),
+#: Columns of the usage table -> the container queries that give them, in order of preference, and how a step's
+#: points are reduced. A step's CPU is the ``*_step`` query (the counters' increase over the whole step); runs recorded
+#: before it existed fall back to the mean of the 30 s rate, which reads low for a step after idle time.
+USAGE = {
+    "cpu_cores": (("container_cpu_step", "mean"), ("container_cpu", "mean")),
+    "memory_bytes": (("container_memory_working_set", "max"),),
+    "throttled_ratio": (("container_cpu_throttled_ratio_step", "mean"), ("container_cpu_throttled_ratio", "mean")),
 }
+USAGE_KEYS = ["run_id", "workload", "step", "level", "pod"]
+
+
+def _usage_column(metrics: pd.DataFrame, column: str) -> pd.DataFrame | None:
+    """``column`` of the usage table from one run's step metrics: per key, the first of its queries that has
+    points; with ``cpu_source`` (the query used) for the CPU column."""
+    found = None
+    for query, how in USAGE[column]:
+        part = metrics[metrics["query"] == query]
+        if part.empty:
+            continue
+        part = part.groupby(USAGE_KEYS, as_index=False)["value"].agg(how).rename(columns={"value": column})
+        if column == "cpu_cores":
+            part["cpu_source"] = query
+        if found is None:
+            found = part
+        else:  # keys the preferred query lacks
+            have = found.set_index(USAGE_KEYS).index
+            found = pd.concat([found, part[~part.set_index(USAGE_KEYS).index.isin(have)]], ignore_index=True)
+    return found
 
 
 def container_usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (run, workload, step, pod) of the runs whose metrics hold container series (Kubernetes runs):
-    mean CPU use [cores], largest memory working set [bytes] and mean share of throttled CFS periods over the step,
-    with the step's level, and its throughput and p50/p95 latency from ``table`` (``analysis.summarise_runs``) when
-    given. Empty (with these columns) when no run has container metrics, such as local runs."""
-    columns = ["run_id", "workload", "step", "level", "pod", *(c for c, _ in USAGE.values())]
-    keys = ["run_id", "workload", "step", "level", "pod"]
-    parts: dict[str, list[pd.DataFrame]] = {column: [] for column, _ in USAGE.values()}
+    mean CPU use over the step [cores] (``cpu_source`` names the query it came from), largest memory working set
+    [bytes] and share of throttled CFS periods over the step, with the step's level, and its throughput and p50/p95
+    latency from ``table`` (``analysis.summarise_runs``) when given. Empty (with these columns) when no run has
+    container metrics, such as local runs."""
+    columns = [*USAGE_KEYS, "cpu_cores", "cpu_source", "memory_bytes", "throttled_ratio"]
+    queries = {query for choices in USAGE.values() for query, _ in choices}
+    parts: dict[str, list[pd.DataFrame]] = {column: [] for column in USAGE}
     for run in loaded_runs:
         path = run.path / "metrics" / "metrics.parquet"
         if not path.exists():
             continue
         metrics = pd.read_parquet(path)
-        metrics = metrics[metrics["query"].isin(list(USAGE)) & (metrics["phase"] == "step")]
+        metrics = metrics[metrics["query"].isin(queries) & (metrics["phase"] == "step")]
         if metrics.empty or "step" not in metrics:
             continue
         metrics = metrics.assign(run_id=run.id, pod=[json.loads(labels).get("pod", "") for labels in metrics["labels"]])
-        for query, (column, how) in USAGE.items():
-            part = metrics[metrics["query"] == query]
-            if len(part):
-                parts[column].append(
-                    part.groupby(keys, as_index=False)["value"].agg(how).rename(columns={"value": column})
-                )
-    frames = [pd.concat(found, ignore_index=True) for found in parts.values() if found]  # one per query, all runs
+        for column in USAGE:
+            part = _usage_column(metrics, column)
+            if part is not None:
+                parts[column].append(part)
+    frames = [pd.concat(found, ignore_index=True) for found in parts.values() if found]  # one per column, all runs
     if not frames:
-        return pd.DataFrame(
-            {c: pd.Series(dtype="float64" if c not in ("run_id", "workload", "pod") else "str") for c in columns}
-        )
+        text = ("run_id", "workload", "pod", "cpu_source")
+        return pd.DataFrame({c: pd.Series(dtype="str" if c in text else "float64") for c in columns})
     usage = frames[0]
     for frame in frames[1:]:
-        usage = usage.merge(frame, on=keys, how="outer")
+        usage = usage.merge(frame, on=USAGE_KEYS, how="outer")
     for column in columns:
         if column not in usage:
             usage[column] = float("nan")
@@ -288,9 +311,15 @@ def plot_container_usage(usage: pd.DataFrame):
         row[0].legend(fontsize=7)
         if row[2].lines:
             row[2].legend(fontsize=7)
+    windowed = "cpu_source" in usage and (usage["cpu_source"] == "container_cpu").any()
     fig.suptitle(
         "Container CPU and memory per replica (kubelet cAdvisor) next to latency\n"
-        f"CPU: the mean over each step of a {WINDOW_S:g} s rate, so a step shorter than that after idle time reads low"
+        + (
+            f"CPU: the mean over each step of a {WINDOW_S:g} s rate (runs recorded before the step-mean query), "
+            "so a step after idle time reads low"
+            if windowed
+            else "CPU: each step's mean (the usage counter's increase over the step)"
+        )
     )
     fig.tight_layout()
     return fig

@@ -384,6 +384,26 @@ _ENTRIES = [
         ("namespace", "pod", "container"),
     ),
     _Q(
+        "container_cpu_step",
+        f"sum by ($by) (rate(container_cpu_usage_seconds_total{{{_CONTAINER},$sel}}[$range]))",
+        "cores",
+        "Container CPU usage over the whole range (a step): the counter's slope between its first and last samples "
+        "in it, one value per phase, where container_cpu's short rate window would mix in the idle time before.",
+        "cadvisor",
+        None,
+        ("namespace", "pod", "container"),
+    ),
+    _Q(
+        "container_cpu_throttled_ratio_step",
+        f"sum by ($by) (increase(container_cpu_cfs_throttled_periods_total{{{_CONTAINER},$sel}}[$range])) / "
+        f"sum by ($by) (increase(container_cpu_cfs_periods_total{{{_CONTAINER},$sel}}[$range]))",
+        "ratio",
+        "Share of CFS periods in which the container was throttled, over the whole range (a step).",
+        "cadvisor",
+        True,
+        ("namespace", "pod", "container"),
+    ),
+    _Q(
         "container_memory_working_set",
         f"sum by ($by) (container_memory_working_set_bytes{{{_CONTAINER},$sel}})",
         "bytes",
