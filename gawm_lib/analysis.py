@@ -661,6 +661,10 @@ def predict_steps(
     in the result's ``attrs["dropped"]``): a validation says which steps it used and why the others were dropped."""
     rows, dropped = [], []
     table = summary.summarise(requests)
+    judged = {}  # (run, workload, step) -> the step's verdict, as its run recorded it
+    if "verdict" in requests:
+        steps = requests[requests["phase"] == "step"].drop_duplicates(["run_id", "workload", "step"])
+        judged = dict(zip(zip(steps["run_id"], steps["workload"], steps["step"]), steps["verdict"].astype(str)))
     for _, step in table.iterrows():
         run_id, workload = step["run_id"], step["workload"]
         meta = requests[(requests["run_id"] == run_id) & (requests["workload"] == workload)].iloc[0]
@@ -670,6 +674,8 @@ def predict_steps(
             "workload": workload,
             "scenario": meta["scenario"],
             "level": step["level"],
+            "step": step["step"],
+            "verdict": judged.get((run_id, workload, step["step"]), verdicts.UNKNOWN),
             "replicas": replicas,
             "max_batch_size": big,
             "throughput": step["throughput_rps"],
@@ -718,6 +724,8 @@ def predict_steps(
             "workload",
             "scenario",
             "level",
+            "step",
+            "verdict",
             "replicas",
             "max_batch_size",
             "throughput",
@@ -736,10 +744,12 @@ def predict_steps(
 
 
 def validation_table(predicted: pd.DataFrame, metrics=("throughput", "p50", "p95")) -> pd.DataFrame:
-    """Tidy measured/predicted rows per metric with the absolute percentage error (for plots.predicted_vs_measured)."""
+    """Tidy measured/predicted rows per metric with the absolute percentage error (for plots.predicted_vs_measured),
+    with each step's ``step`` and ``verdict`` where the predictions carry them."""
     parts = []
+    keys = [c for c in ("run_id", "workload", "scenario", "level", "step", "verdict") if c in predicted]
     for metric in metrics:
-        part = predicted[["run_id", "workload", "scenario", "level"]].copy()
+        part = predicted[keys].copy()
         part["metric"] = metric
         part["measured"] = predicted[metric]
         part["predicted"] = predicted[f"predicted_{metric}"]

@@ -279,15 +279,16 @@ def _legend_below(fig, axes, title: str | None = None, ncols: int = 3) -> None:
         )
 
 
-def _few_note(fig, data: pd.DataFrame, hollow: bool = True) -> None:
-    """The note above a figure of steps: hollow points (few requests) and crossed ones (steps not VALID)."""
+def _few_note(fig, data: pd.DataFrame, hollow: bool = True, step_keys=("run_id", "panel", "step")) -> None:
+    """The note above a figure of steps: hollow points (few requests) and crossed ones (steps not VALID, counted once
+    per ``step_keys``)."""
     notes = []
     if hollow and len(data) and data["few_requests"].any():
         notes.append(f"hollow: a percentile of fewer than {MIN_REQUESTS} requests")
     if len(data) and "verdict" in data and data["verdict"].isin(NOT_VALID).any():
         bad = data[data["verdict"].isin(NOT_VALID)]
         if "step" in bad:  # points of steps, crossed
-            bad, marked, things = bad.drop_duplicates(["run_id", "panel", "step"]), "x", "step(s)"
+            bad, marked, things = bad.drop_duplicates(list(step_keys)), "x", "step(s)"
         else:  # curves of requests, named in the legend
             bad, marked, things = bad.drop_duplicates(["panel", "series"]), "[verdict] in the legend", "curve(s)"
         what = ", ".join(sorted(set(bad["verdict"])))
@@ -919,7 +920,9 @@ def predicted_vs_measured(
     validation: pd.DataFrame, unit_scale: dict[str, float] | None = None, title: str | None = None
 ):
     """Predicted against measured per metric (a :class:`gawm_lib.models.ValidationReport` table: ``metric``,
-    ``measured``, ``predicted``), with the identity line and the +/-10 % band. Latencies are shown in ms."""
+    ``measured``, ``predicted``), with the identity line and the +/-10 % band. Latencies are shown in ms. Steps that
+    are not VALID (a ``verdict`` column, as :func:`gawm_lib.analysis.validation_table` gives) are crossed and counted
+    in a note above the figure."""
     metrics = list(dict.fromkeys(validation["metric"]))
     fig, axes = figure(aspect=0.36, ncols=len(metrics))
     scale = {"throughput": 1.0, **(unit_scale or {})}
@@ -943,6 +946,8 @@ def predicted_vs_measured(
                 color=colour,
                 label=workload_name(name) if name else None,
             )
+            judged = _verdict_of(group)
+            _mark_not_valid(ax, group["measured"] * k, group["predicted"] * k, judged)
             rows += [
                 {
                     "panel": metric,
@@ -954,12 +959,16 @@ def predicted_vs_measured(
                     "y": y * k,
                     "kind": "validation",
                     "label": f"{lv:g}" if lv == lv else "",
+                    "step": st,
+                    "verdict": v,
                 }
-                for r, x, y, lv in zip(
+                for r, x, y, lv, st, v in zip(
                     _run_of(group),
                     group["measured"],
                     group["predicted"],
                     group["level"] if "level" in group else [np.nan] * len(group),
+                    group["step"] if "step" in group else [np.nan] * len(group),
+                    judged,
                 )
             ]
         if metric != "throughput" and hi / max(lo, 1e-9) > 20:  # latencies spanning decades read better on log axes
@@ -972,6 +981,7 @@ def predicted_vs_measured(
     fig.legend(handles, names, loc="outside lower center", ncol=len(names))
     if title:
         fig.suptitle(title)
+    _few_note(fig, pd.DataFrame(rows), hollow=False, step_keys=("run_id", "series", "step"))
     return attach_data(fig, rows)
 
 

@@ -152,6 +152,50 @@ def test_figures_of_steps_cross_the_steps_that_are_not_valid_and_say_so():
     assert set(old["verdict"]) == {"UNKNOWN"}  # runs before verdicts: drawn plainly, said unknown
 
 
+def test_predicted_vs_measured_crosses_the_steps_that_are_not_valid():
+    """The verdict goes from the request rows through predict_steps and validation_table to the figure: a DEGRADED
+    step (predictions leave only INVALID ones out) is crossed in every metric's panel and counted once."""
+    from gawm_lib.models import BatchLatencyModel
+
+    rows = []
+    for step, verdict in ((0, "VALID"), (1, "DEGRADED")):
+        for i in range(20):
+            rows.append(
+                {
+                    "run_id": "r",
+                    "workload": "resnet50",
+                    "phase": "step",
+                    "step": step,
+                    "level": float(step + 1),
+                    "scenario": "closed_loop",
+                    "replicas": 1,
+                    "max_batch_size": 1,
+                    "max_queue_delay_ms": 0.0,
+                    "error": "",
+                    "batch_size": 1,
+                    "server_compute_ns": 10**7,
+                    "server_queue_ns": 10**5,
+                    "scheduled_ns": int((step * 10 + i * 0.5) * 1e9),
+                    "sent_ns": int((step * 10 + i * 0.5) * 1e9),
+                    "done_ns": int((step * 10 + i * 0.5 + 0.011 + step / 1000) * 1e9),
+                    "verdict": verdict,
+                }
+            )
+    requests = pd.DataFrame(rows)
+    predicted = analysis.predict_steps(requests, BatchLatencyModel(alpha=0.009, beta=0.001), 0.0)
+    assert list(predicted["verdict"]) == ["VALID", "DEGRADED"] and list(predicted["step"]) == [0, 1]
+    validation = analysis.validation_table(predicted)
+    assert set(validation.loc[validation["step"] == 1, "verdict"]) == {"DEGRADED"}
+    fig = plots.predicted_vs_measured(validation)
+    crosses = [line for ax in fig.axes for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 3 and all(len(line.get_xdata()) == 1 for line in crosses)  # one per metric's panel
+    assert "x: 1 step(s) not VALID (DEGRADED" in " ".join(t.get_text() for t in fig.texts)
+    data = plots.figure_data(fig)
+    assert set(data.loc[data["step"] == 1, "verdict"]) == {"DEGRADED"}
+    plain = plots.predicted_vs_measured(validation.drop(columns=["step", "verdict"]))  # tables made before verdicts
+    assert not [line for ax in plain.axes for line in ax.lines if line.get_marker() == "x"] and not plain.texts
+
+
 # -- gawm runs: every folder listed, the unreadable ones with the reason -----------------------------------------------
 def test_gawm_runs_lists_unreadable_run_folders_with_the_reason(raw_dir, monkeypatch, capsys):
     monkeypatch.setenv("GAWM_RAW_DIR", str(raw_dir))
