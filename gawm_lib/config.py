@@ -104,6 +104,13 @@ class WorkloadConfig(_Settings):
         description="backpressure: requests admitted and not yet in a batch; one more is answered 503",
     )
     max_body_bytes: int = Field(64 << 20, ge=1024, le=2 << 30, description="largest request body; larger ones get 413")
+    max_body_buffer_bytes: int = Field(
+        256 << 20,
+        ge=1024,
+        le=64 << 30,
+        description="most bytes of request bodies being read at once, over all connections (a body reserves its "
+        "Content-Length when it starts); one that does not fit gets 503 with Retry-After; at least max_body_bytes",
+    )
     max_header_bytes: int = Field(
         64 << 10,
         ge=1024,
@@ -219,6 +226,11 @@ class WorkloadConfig(_Settings):
         if self.batch_sizes and self.batch_sizes[-1] > self.max_batch_size:
             raise ValueError(
                 f"batch_sizes: expected sizes up to max_batch_size ({self.max_batch_size}), got {self.batch_sizes[-1]}"
+            )
+        if self.max_body_buffer_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_body_buffer_bytes: expected at least max_body_bytes ({self.max_body_bytes}: one body must fit), "
+                f"got {self.max_body_buffer_bytes}"
             )
         if self.cuda_graphs and self.device != "cuda":
             raise ValueError("cuda_graphs: expected device 'cuda' (CUDA graphs need a GPU)")

@@ -6,7 +6,9 @@ requests are JSON tensors or use the binary tensor data extension (see :mod:`gaw
 client (``tritonclient.http``) can call it. With ``allow_client_shm``, local clients may send input tensors through
 system shared memory instead (``/v2/systemsharedmemory/...``, see :mod:`gawm_lib.workloads.shm`).
 
-A request's body is read up to ``max_body_bytes`` (else 413); once it is complete the request is admitted only while
+A request's body is read up to ``max_body_bytes`` (else 413), while the bodies being read at once hold at most
+``max_body_buffer_bytes`` (else 503 with ``Retry-After``: see :class:`BodyBudget`); once it is complete the request is
+admitted only while
 fewer than ``max_queue_size`` requests wait (else 503 with ``Retry-After``: the queue never grows without bound, and a
 client that sends its body slowly holds no slot), then its declared tensors are checked against the limits (names,
 shapes, ``max_batch_size``) before any data is decoded, and it is decoded on a pool of ``decode_workers`` threads (0: on
@@ -361,27 +363,64 @@ def _error(status: int, message: str, field_name: str = "", expected: str = "", 
     )
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, at most ``limit`` bytes (else 413), within ``timeout_s`` (else 408)."""
+class BodyBudget:
+    """Bytes of request bodies being read at once, over all connections (``max_body_buffer_bytes``): without it, many
+    clients each sending a body of up to ``max_body_bytes`` slowly would hold that much memory each before any of them
+    is admitted. A body reserves its declared ``Content-Length`` before its first byte is read (and what it sends
+    beyond that as it comes); what it held is given back once it is read, or refused. The event loop is its only
+    user, so it needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise InferenceError(
+                "body",
+                f"room among the bodies being read at once ({self.used} of {self.limit} bytes, max_body_buffer_bytes); "
+                "retry later",
+                f"{size} more bytes",
+                503,
+            )
+        self.used += size
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float, budget: BodyBudget | None = None) -> bytes:
+    """The whole body, at most ``limit`` bytes (else 413), within ``timeout_s`` (else 408), and while ``budget`` has
+    room for it (else 503)."""
     declared = request.headers.get("content-length")
     if declared is not None and (not re.fullmatch(r"[0-9]{1,18}", declared) or int(declared) > limit):
         raise InferenceError("Content-Length", f"a body of at most {limit} bytes (max_body_bytes)", declared, 413)
-    chunks, size = [], 0
+    chunks, size, held = [], 0, 0
     try:
+        if budget is not None and declared is not None:
+            budget.take(int(declared))
+            held = int(declared)
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise InferenceError("body", f"at most {limit} bytes (max_body_bytes)", f"more than {limit}", 413)
+                if budget is not None and size > held:
+                    budget.take(size - held)
+                    held = size
                 chunks.append(chunk)
     except TimeoutError:
         raise InferenceError("body", f"the whole body within {timeout_s:g} s (body_timeout_s)", None, 408) from None
+    finally:
+        if budget is not None:
+            budget.used -= held
     return b"".join(chunks)
 
 
 def _answer(exc: InferenceError) -> JSONResponse:
-    # A request whose body did not come in time leaves unread bytes behind: the connection cannot carry another.
-    headers = {"connection": "close"} if exc.status == 408 else None
+    # A request whose body did not come in time, or was refused while it came, leaves unread bytes behind: the
+    # connection cannot carry another.
+    headers = None
+    if exc.status == 408:
+        headers = {"connection": "close"}
+    elif exc.status == 503 and exc.field == "body":
+        headers = {"connection": "close", "retry-after": "1"}
     return JSONResponse(exc.as_json(), status_code=exc.status, headers=headers)
 
 
@@ -415,6 +454,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
         str(cfg.max_batch_size),
     ).set(1)
     state: dict[str, Any] = {"ready": False, "error": None}
+    bodies = BodyBudget(cfg.max_body_buffer_bytes)
     decode_pool = (
         concurrent.futures.ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="gawm-decode")
         if cfg.decode_workers
@@ -584,7 +624,7 @@ def create_app(cfg: WorkloadConfig, replica: str = "0") -> FastAPI:
             # that is full already refuses at once, without reading the body.
             full = batcher.full
             if not full:
-                body = await _read_body(request, cfg.max_body_bytes, max(0.0, deadline - time.monotonic()))
+                body = await _read_body(request, cfg.max_body_bytes, max(0.0, deadline - time.monotonic()), bodies)
                 full = not batcher.admit()
             if full:
                 code = 503

@@ -61,6 +61,10 @@ def write(tmp_path: Path, text: str | bytes, name: str = "exp.yaml") -> Path:
         ),
         (["load.arrival_seed=-1"], "load.arrival_seed: Input should be greater than or equal to 0"),
         (["backend.replicas=65"], "backend.replicas: Input should be less than or equal to 64"),
+        (
+            ["workloads=[{name: distilbert, max_body_bytes: 4096, max_body_buffer_bytes: 2048}]"],
+            "max_body_buffer_bytes: expected at least max_body_bytes (4096: one body must fit), got 2048",
+        ),
     ],
 )
 def test_bounds_refuse_what_a_run_cannot_do_and_name_the_bound(tmp_path, overrides, expected):

@@ -38,6 +38,7 @@ SETTINGS = {
     "max_seq_len": 16,
     "decode_workers": 1,
     "max_body_bytes": 16 << 20,
+    "max_body_buffer_bytes": 32 << 20,  # two bodies of max_body_bytes at once
     "body_timeout_s": BODY_TIMEOUT_S,
     "keepalive_timeout_s": KEEPALIVE_S,
     "allow_client_shm": True,
@@ -162,6 +163,41 @@ def test_incomplete_bodies_hold_no_queue_slot_and_are_answered_408(server):
         for sock in stalled:
             sock.close()
     wait_for(lambda: metric(server, inflight) == 0, 10, "the stalled requests to be gone")
+
+
+def test_the_bodies_being_read_at_once_are_bounded_and_given_back(server):
+    """Before: clients that each sent a body of up to max_body_bytes, slowly, held that much memory each, with no bound
+    over all of them."""
+    inflight = f'gawm_inflight_requests{{model="{MODEL}",replica="0"}}'
+    stalled = []
+    try:
+        for _ in range(2):  # two bodies of max_body_bytes declared, a few bytes sent: max_body_buffer_bytes reserved
+            sock = socket.create_connection(("127.0.0.1", server), timeout=10)
+            sock.sendall(
+                f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {SETTINGS['max_body_bytes']}\r\n\r\n".encode()
+                + b'{"inputs": '
+            )
+            stalled.append(sock)
+        wait_for(lambda: metric(server, inflight) >= 2, 10, "the stalled requests to reach the app")
+        conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+        try:
+            conn.request("POST", INFER, body=valid(), headers={"content-type": "application/json"})
+            answer = conn.getresponse()
+            reply = json.loads(answer.read())
+            assert answer.status == 503, reply
+            assert answer.getheader("retry-after") == "1" and answer.getheader("connection") == "close"
+        finally:
+            conn.close()
+        assert reply["field"] == "body" and "max_body_buffer_bytes" in reply["expected"], reply
+        assert get(server, "/v2/health/live")[0] == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+    # the closed connections give their reservations back: a request fits again
+    wait_for(lambda: metric(server, inflight) == 0, 10, "the stalled requests to be gone")
+    status, reply = post(server, INFER, valid())
+    assert status == 200, reply
 
 
 def test_idle_connections_and_headers_sent_a_byte_at_a_time_are_closed(server):
