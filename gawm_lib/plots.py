@@ -838,7 +838,9 @@ def metric_timeline(
 ):
     """Time series of Prometheus queries (tidy frame: ``time``, ``query``, ``value``, ``unit``), one panel per query
     with its name in words and a display unit (ms, GiB, %), with the load phases shaded (``phases``: dicts with
-    ``start_unix_ns``, ``end_unix_ns``, ``level``). Each workload keeps its colour."""
+    ``start_unix_ns``, ``end_unix_ns``, ``level``; :func:`gawm_lib.verdicts.step_phases` gives a run's steps). Steps
+    whose ``verdict`` is not VALID are hatched and counted in a note; each point's ``step`` and ``verdict`` in the
+    figure's data are those of the phase it falls in. Each workload keeps its colour."""
     import matplotlib.pyplot as plt
 
     thesis_style()
@@ -851,6 +853,19 @@ def metric_timeline(
         layout="constrained",
     )
     rows = []
+    spans = [
+        (
+            pd.Timestamp(phase["start_unix_ns"], unit="ns", tz="UTC"),
+            pd.Timestamp(phase["end_unix_ns"], unit="ns", tz="UTC"),
+            phase.get("step", np.nan),
+            str(phase.get("verdict") or "UNKNOWN"),
+        )
+        for phase in phases or []
+    ]
+
+    def step_of(t) -> tuple[float, str]:
+        return next(((step, verdict) for start, end, step, verdict in spans if start <= t <= end), (np.nan, ""))
+
     for ax, name in zip(axes[:, 0], queries):
         series = metrics[metrics["query"] == name].sort_values("time")
         unit = (units or {}).get(name) or (series["unit"].iloc[0] if len(series) else "")
@@ -873,20 +888,25 @@ def metric_timeline(
                     "y_name": label,
                     "y": v * factor,
                     "kind": "measured",
+                    "step": step,
+                    "verdict": verdict,
                 }
-                for t, v in zip(group["time"], group["value"])
+                for t, v, (step, verdict) in zip(group["time"], group["value"], map(step_of, group["time"]))
             ]
         ax.set_ylabel(label.replace(" [", "\n["), fontsize=7)
-        for i, phase in enumerate(phases or []):
-            start = pd.Timestamp(phase["start_unix_ns"], unit="ns", tz="UTC")
-            end = pd.Timestamp(phase["end_unix_ns"], unit="ns", tz="UTC")
+        for i, (start, end, _, verdict) in enumerate(spans):
             ax.axvspan(start, end, color=OKABE_ITO[i % 2 + 5], alpha=0.12, linewidth=0)
+            if verdict in NOT_VALID:
+                ax.axvspan(start, end, facecolor="none", edgecolor="0.3", hatch="x", linewidth=0, alpha=0.4)
     axes[-1, 0].set_xlabel("time [UTC]")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside upper center", ncols=min(4, len(labels)), frameon=False)
-    if phases:
-        fig.text(0.0, 0.0, "shaded: load steps", fontsize=7, color="0.35", ha="left", va="top")
+    if spans:
+        bad = sorted({verdict for *_, verdict in spans if verdict in NOT_VALID})
+        count = sum(verdict in NOT_VALID for *_, verdict in spans)
+        note = "shaded: load steps" + (f"; hatched: {count} step(s) not VALID ({', '.join(bad)})" if bad else "")
+        fig.text(0.0, 0.0, note, fontsize=7, color="0.35", ha="left", va="top")
     return attach_data(fig, rows)
 
 

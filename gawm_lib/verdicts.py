@@ -137,6 +137,20 @@ def step_verdicts(summary_csv) -> pd.DataFrame:
     return table[columns].astype({"step": int})
 
 
+def step_phases(run) -> list[dict[str, Any]]:
+    """The load steps of ``run`` (its manifest's ``phases`` of kind ``step``), each with its ``workload`` and, from
+    ``summary.csv``, its ``verdict`` (UNKNOWN where the table has none): what :func:`gawm_lib.plots.metric_timeline`
+    shades."""
+    judged = step_verdicts(run.path / "summary.csv")
+    verdict = dict(zip(zip(judged["workload"], judged["step"]), judged["verdict"]))
+    return [
+        {**phase, "workload": workload, "verdict": verdict.get((workload, int(phase.get("step", -1))), UNKNOWN)}
+        for workload, phases in (run.manifest.get("phases") or {}).items()
+        for phase in phases
+        if phase.get("phase") == "step"
+    ]
+
+
 def write_step_table(run, slo_ms: float | None = None) -> pd.DataFrame:
     """The per-step summary of ``run``'s request records with each step's verdict: written to ``summary.csv``
     (atomically) and to ``results.json`` (``steps``, with the request count and errors by kind)."""

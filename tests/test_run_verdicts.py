@@ -152,6 +152,39 @@ def test_figures_of_steps_cross_the_steps_that_are_not_valid_and_say_so():
     assert set(old["verdict"]) == {"UNKNOWN"}  # runs before verdicts: drawn plainly, said unknown
 
 
+def test_the_metric_timeline_hatches_the_steps_that_are_not_valid(tmp_path):
+    """A run's steps with their verdicts (verdicts.step_phases: the manifest's phases and summary.csv) go into the
+    timeline: the DEGRADED step is hatched, counted in the note, and each point carries its step's verdict."""
+    run = runs.create_run("timeline", {}, {}, tmp_path)
+    run.update(
+        phases={"w": [phase(0, 0, 10), {"phase": "warmup", "start_unix_ns": 0, "end_unix_ns": 1}, phase(1, 10, 20)]}
+    )
+    pd.DataFrame(
+        {
+            "workload": "w",
+            "step": [0, 1],
+            "verdict": ["VALID", "DEGRADED"],
+            "verdict_reasons": ["", "prometheus exited"],
+        }
+    ).to_csv(run.path / "summary.csv", index=False)
+    steps = verdicts.step_phases(runs.load_run(run.path))
+    assert [(p["workload"], p["step"], p["verdict"]) for p in steps] == [("w", 0, "VALID"), ("w", 1, "DEGRADED")]
+    times = pd.to_datetime([1002, 1012, 1025], unit="s", utc=True)
+    metrics = pd.DataFrame(
+        {"time": times, "query": "throughput", "value": [5.0, 6.0, 0.0], "unit": "req/s", "labels": '{"workload": "w"}'}
+    )
+    fig = plots.metric_timeline(metrics, ["throughput"], steps)
+    hatched = [patch for patch in fig.axes[0].patches if patch.get_hatch()]
+    assert len(hatched) == 1 and len(fig.axes[0].patches) == 3  # two steps shaded, the DEGRADED one also hatched
+    assert "hatched: 1 step(s) not VALID (DEGRADED)" in " ".join(t.get_text() for t in fig.texts)
+    data = plots.figure_data(fig)
+    assert data["verdict"].tolist() == ["VALID", "DEGRADED", ""] and data["step"].tolist()[:2] == [0, 1]
+    old = runs.load_run(run.path)
+    (old.path / "summary.csv").unlink()  # a run recorded before verdicts: steps UNKNOWN, nothing hatched
+    plain = plots.metric_timeline(metrics, ["throughput"], verdicts.step_phases(old))
+    assert not [patch for patch in plain.axes[0].patches if patch.get_hatch()]
+
+
 def test_predicted_vs_measured_crosses_the_steps_that_are_not_valid():
     """The verdict goes from the request rows through predict_steps and validation_table to the figure: a DEGRADED
     step (predictions leave only INVALID ones out) is crossed in every metric's panel and counted once."""
