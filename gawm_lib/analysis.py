@@ -254,7 +254,10 @@ def fit_service(requests: pd.DataFrame) -> tuple[BatchLatencyModel, float]:
 
 
 def server_batches(requests: pd.DataFrame) -> pd.DataFrame:
-    """One row per server batch: the successful requests of a batch share its replica, size and compute time."""
+    """One row per server batch: the successful requests of a batch share its replica, size and compute time. INVALID
+    steps are left out (:func:`without_invalid`), as :func:`fit_service` leaves them out: a figure of these batches
+    shows the points its fit was made from."""
+    requests = without_invalid(requests, "server_batches")
     ok = requests[(requests["error"] == "") & (requests["batch_size"] > 0) & (requests["server_compute_ns"] > 0)]
     return ok.drop_duplicates([c for c in ("run_id", "replica", "batch_size", "server_compute_ns") if c in ok])
 
@@ -262,7 +265,7 @@ def server_batches(requests: pd.DataFrame) -> pd.DataFrame:
 def batch_time_factors(requests: pd.DataFrame, service: BatchLatencyModel | BatchLatencyTable) -> np.ndarray:
     """Each server batch's compute time over the ``service`` model's for its size: the batch-time variability that
     :func:`gawm_lib.models.predict_batching` and :func:`gawm_lib.models.plan_capacity` take as ``service_factors``.
-    One value per batch (its requests share the replica, size and compute time)."""
+    One value per batch (its requests share the replica, size and compute time); INVALID steps left out."""
     batches = server_batches(requests)
     if batches.empty:
         raise ValueError("no successful requests with server-reported batch times: no batch-time variability")
@@ -1044,6 +1047,8 @@ def service_time_caveats(run: runs.Run, workload: str, requests: pd.DataFrame | 
         failed = int((mine["error"] != "").sum())
         if failed:
             notes.append(f"{failed} of {len(mine)} requests failed: the batch times are of the ones that did not")
+        if "verdict" in mine:  # the batches the fit will use (fit_service names the INVALID steps it leaves out)
+            mine = mine[mine["verdict"].astype(str) != verdicts.INVALID]
         batches = server_batches(mine)
         if len(batches) < 20:
             notes.append(f"only {len(batches)} server batches: the service time and its variability rest on few points")

@@ -185,6 +185,32 @@ def test_the_metric_timeline_hatches_the_steps_that_are_not_valid(tmp_path):
     assert not [patch for patch in plain.axes[0].patches if patch.get_hatch()]
 
 
+def test_the_batches_a_figure_shows_are_the_ones_the_fit_used():
+    """server_batches (the points of throughput_vs_batch) and batch_time_factors leave INVALID steps out, as
+    fit_service does, and say so."""
+    from gawm_lib.models import BatchLatencyModel
+
+    rows = pd.DataFrame(
+        {
+            "run_id": "r",
+            "workload": "w",
+            "phase": "step",
+            "step": [0, 0, 1],
+            "error": "",
+            "batch_size": [1, 2, 4],
+            "server_compute_ns": [10**7, 2 * 10**7, 9 * 10**7],
+            "verdict": ["VALID", "VALID", "INVALID"],
+            "verdict_reasons": ["", "", "replica 1 exited (SIGKILL)"],
+        }
+    )
+    with pytest.warns(analysis.InvalidStepsWarning, match=r"server_batches: 1 INVALID step\(s\) left out: r w 1"):
+        batches = analysis.server_batches(rows)
+    assert batches["batch_size"].tolist() == [1, 2]
+    with pytest.warns(analysis.InvalidStepsWarning):
+        factors = analysis.batch_time_factors(rows, BatchLatencyModel(alpha=0.01, beta=0.0))
+    assert factors.tolist() == pytest.approx([1.0, 1.0])  # the INVALID step's slow batch (2.25 x) is not among them
+
+
 def test_predicted_vs_measured_crosses_the_steps_that_are_not_valid():
     """The verdict goes from the request rows through predict_steps and validation_table to the figure: a DEGRADED
     step (predictions leave only INVALID ones out) is crossed in every metric's panel and counted once."""
