@@ -647,6 +647,11 @@ def closed_loop_latency_s(users: int, service: BatchLatencyModel, max_batch: int
     return cycle + overhead_s
 
 
+#: Load scenarios whose steps :func:`predict_steps` predicts; steps of the others (constant_rate, offline, stages,
+#: trace) are dropped with the reason, as a step past saturation is.
+PREDICTED_SCENARIOS = ("closed_loop", "single_stream", "poisson")
+
+
 def predict_steps(
     requests: pd.DataFrame,
     service: BatchLatencyModel,
@@ -658,7 +663,8 @@ def predict_steps(
     by :func:`gawm_lib.models.predict_batching`, with batch times varying by ``service_factors`` where given
     (:func:`batch_time_factors` of the fit runs).
 
-    An open-loop step past the model's saturation (its queue has no steady state) has no prediction and is left out;
+    A step of a scenario without a model here (:data:`PREDICTED_SCENARIOS`), or an open-loop step past the model's
+    saturation (its queue has no steady state), has no prediction and is left out;
     the steps left out, with the reason (``run_id``, ``workload``, ``scenario``, ``level``, ``replicas``,
     ``utilisation``, ``reason``), are returned as a second frame with ``return_dropped=True`` (and kept as records
     in the result's ``attrs["dropped"]``): a validation says which steps it used and why the others were dropped."""
@@ -685,6 +691,16 @@ def predict_steps(
             "p50": step["p50_ms"] / 1e3,
             "p95": step["p95_ms"] / 1e3,
         }
+        if meta["scenario"] not in PREDICTED_SCENARIOS:  # its level is no user count, nor Poisson arrivals
+            dropped.append(
+                {
+                    **{k: row[k] for k in ("run_id", "workload", "scenario", "level", "replicas")},
+                    "utilisation": float("nan"),
+                    "reason": f"no model for {meta['scenario']} steps: predictions cover closed_loop and single_stream "
+                    "(the closed-loop cycle) and poisson (the batching queue)",
+                }
+            )
+            continue
         if meta["scenario"] == "poisson":
             try:
                 pred = predict_batching(

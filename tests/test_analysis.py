@@ -70,6 +70,22 @@ def test_open_loop_steps_are_predicted_with_the_batch_time_variability():
     assert varied["predicted_throughput"].iloc[0] == 20.0
 
 
+@pytest.mark.parametrize("scenario", ["trace", "constant_rate", "offline", "stages"])
+def test_steps_of_scenarios_without_a_model_are_dropped_with_the_reason(scenario):
+    """Before: every step that was not poisson went through the closed-loop cycle model, which read a trace replay's
+    arrival rate (level 7.5 req/s) as 8 users and predicted 4 x its throughput."""
+    service = BatchLatencyModel(alpha=0.01, beta=0.005)
+    step = rows([1, 2, 1, 3], level=7.5).assign(
+        run_id="r", scenario=scenario, replicas=1, max_batch_size=4, max_queue_delay_ms=5.0
+    )
+    predicted, dropped = analysis.predict_steps(step, service, 0.002, return_dropped=True)
+    assert predicted.empty and len(dropped) == 1
+    assert dropped["reason"].item().startswith(f"no model for {scenario} steps")
+    validation = analysis.validation_table(predicted)
+    assert validation.empty and {"metric", "measured", "predicted"} <= set(validation.columns)
+    assert validation.groupby(["workload", "metric"])["ape_pct"].mean().unstack().empty  # what notebook 09 shows
+
+
 def test_closed_loop_cycle_model_by_hand():
     service = BatchLatencyModel(alpha=0.01, beta=0.005)
     assert analysis.closed_loop_latency_s(3, service, 4, 0.0) == pytest.approx(0.035)  # one batch of 3
