@@ -104,6 +104,7 @@ def test_container_usage_reads_per_pod_series_of_a_run(tmp_path: Path) -> None:
     assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 2
     assert "each step's mean" in fig._suptitle.get_text()
     assert [list(line.get_ydata()) for line in fig.axes[0].lines] == [[0.5, 1.0], [0.9, 1.8]]  # the table's numbers
+    assert all(axis.get_xlim()[0] == 0 for axis in fig.axes)  # throughput from zero, not zoomed onto a plateau
     # a local run (no container series) gives an empty table with the same columns
     empty = monitoring.container_usage([SimpleNamespace(id="r2", path=tmp_path / "none")], table)
     assert empty.empty and {"pod", "cpu_cores", "memory_bytes"} <= set(empty.columns)

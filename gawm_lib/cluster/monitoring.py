@@ -306,11 +306,17 @@ def plot_container_usage(usage: pd.DataFrame):
         for axis in row:
             axis.set_xlabel("throughput [req/s]" if x == "throughput_rps" else "level")
             axis.grid(alpha=0.3)
-        row[0].set_ylim(bottom=0)
-        row[1].set_ylim(bottom=0)
-        row[0].legend(fontsize=7)
+            # from zero: a saturated replica's steps differ by a fraction of a req/s, which autoscaling would spread
+            # over the whole axis; a margin on the right keeps the last point whole
+            axis.set_xlim(0, 1.08 * (data[x].max() if data[x].max() > 0 else 1.0))
+        for axis, column, scale in ((row[0], "cpu_cores", 1.0), (row[1], "memory_bytes", 2**-20)):
+            top = data[column].max() * scale
+            axis.set_ylim(0, 1.1 * top if top > 0 else None)  # NaN (not recorded): matplotlib's own
+        row[0].legend(fontsize=7, loc="best")
         if row[2].lines:
-            row[2].legend(fontsize=7)
+            highest = data["p95_ms"].max()
+            row[2].set_ylim(0, 1.4 * highest if highest > 0 else None)  # room above the points for the legend
+            row[2].legend(fontsize=7, loc="upper left")
     windowed = "cpu_source" in usage and (usage["cpu_source"] == "container_cpu").any()
     fig.suptitle(
         "Container CPU and memory per replica (kubelet cAdvisor) next to latency\n"
