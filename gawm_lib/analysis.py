@@ -669,11 +669,7 @@ def predict_steps(
     ``utilisation``, ``reason``), are returned as a second frame with ``return_dropped=True`` (and kept as records
     in the result's ``attrs["dropped"]``): a validation says which steps it used and why the others were dropped."""
     rows, dropped = [], []
-    table = summary.summarise(requests)
-    judged = {}  # (run, workload, step) -> the step's verdict, as its run recorded it
-    if "verdict" in requests:
-        steps = requests[requests["phase"] == "step"].drop_duplicates(["run_id", "workload", "step"])
-        judged = dict(zip(zip(steps["run_id"], steps["workload"], steps["step"]), steps["verdict"].astype(str)))
+    table = _with_verdicts(summary.summarise(requests), requests)
     for _, step in table.iterrows():
         run_id, workload = step["run_id"], step["workload"]
         meta = requests[(requests["run_id"] == run_id) & (requests["workload"] == workload)].iloc[0]
@@ -684,7 +680,7 @@ def predict_steps(
             "scenario": meta["scenario"],
             "level": step["level"],
             "step": step["step"],
-            "verdict": judged.get((run_id, workload, step["step"]), verdicts.UNKNOWN),
+            "verdict": step["verdict"] if isinstance(step.get("verdict"), str) else verdicts.UNKNOWN,
             "replicas": replicas,
             "max_batch_size": big,
             "throughput": step["throughput_rps"],
@@ -813,13 +809,19 @@ def summarise_runs(requests: pd.DataFrame, slo_ms: float | None = None) -> pd.Da
         batch_size_mean=("batch_size", "mean"),
     )
     table = table.merge(first, on=["run_id", "workload"]).merge(server, on=["run_id", "workload", "step"], how="left")
-    if "verdict" in requests and len(table):  # each step's verdict, as its run recorded it
-        judged = requests[requests["phase"] == "step"].drop_duplicates(["run_id", "workload", "step"])
-        judged = judged[["run_id", "workload", "step", "verdict", "verdict_reasons"]].astype(
-            {"verdict": str, "verdict_reasons": str}
-        )
-        table = table.merge(judged, on=["run_id", "workload", "step"], how="left")
+    table = _with_verdicts(table, requests)
     return table.sort_values(["workload", "run_id", "step"], ignore_index=True)
+
+
+def _with_verdicts(table: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (one row per run, workload and step) with each step's ``verdict`` and ``verdict_reasons`` as its run
+    recorded them, where the request rows carry them (:func:`load_requests`); unchanged otherwise."""
+    if "verdict" not in requests or not len(table):
+        return table
+    keys = ["run_id", "workload", "step"]
+    judged = requests[requests["phase"] == "step"].drop_duplicates(keys)
+    columns = [c for c in ("verdict", "verdict_reasons") if c in judged]
+    return table.merge(judged[keys + columns].astype(dict.fromkeys(columns, str)), on=keys, how="left")
 
 
 def _without_scaling_settings(config: str) -> str:
