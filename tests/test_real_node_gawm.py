@@ -174,6 +174,39 @@ def test_an_image_that_cannot_be_pulled_fails_fast(real_node: RealNode, gawm_nam
     assert leftovers(real_node.api, gawm_namespace) == []
 
 
+def test_a_pod_that_appears_during_the_teardown_and_never_runs_goes_too(
+    real_node: RealNode, gawm_namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ReplicaSet not yet marked for deletion replaces the pod that the teardown deleted at once; the replacement
+    never runs either and must go within the teardown as well (CI saw one outlive it). Here the replacement is made by
+    hand, with the workload's labels, right after the teardown's first pass over the pods."""
+    from gawm_lib import cluster
+
+    image = "gawm.local/not-imported:1"
+    backend = backend_for(real_node, gawm_namespace, tmp_path, image=image)
+    first_pass = backend._remove_pods_that_never_ran
+    made = []
+
+    def then_a_replacement() -> None:
+        first_pass()
+        if not made:
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "late-replacement", "labels": cluster.selector_of("resnet50")},
+                "spec": {
+                    "containers": [{"name": "server", "image": image, "imagePullPolicy": "Never"}],
+                    "terminationGracePeriodSeconds": 30,
+                },
+            }
+            made.append(client.CoreV1Api(real_node.api).create_namespaced_pod(gawm_namespace, pod).metadata.name)
+
+    monkeypatch.setattr(backend, "_remove_pods_that_never_ran", then_a_replacement)
+    failure_of(backend)  # asserts that nothing is left within the teardown timeout
+    assert made == ["late-replacement"]
+    assert leftovers(real_node.api, gawm_namespace) == []
+
+
 def test_a_crash_loop_shows_the_servers_last_words(
     real_node: RealNode, gawm_namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

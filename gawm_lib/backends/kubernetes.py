@@ -168,7 +168,10 @@ class KubernetesBackend(Backend):
     def _remove_pods_that_never_ran(self) -> None:
         """Delete at once (no grace period) the pods whose containers never started (an image that could not be
         pulled, a pod never scheduled): there is nothing to stop in them, yet a kubelet that is backing off the pull
-        (1.20's did) takes up to a minute to notice their deletion. Where not allowed, they go the slow way."""
+        (1.20's did) takes up to a minute to notice their deletion. Where not allowed, they go the slow way.
+
+        Runs at each look of the teardown's wait: a ReplicaSet not yet marked for deletion replaces the pod deleted
+        here at once, and its replacement never runs either (seen in CI: it outlived the 60 s teardown)."""
         core = client.CoreV1Api(self.api)
         selector = ",".join(f"{k}={v}" for k, v in cluster.selector_of(self.workload.name).items())
         try:
@@ -196,13 +199,13 @@ class KubernetesBackend(Backend):
         refs, self._applied = self._applied, []
         self._save_logs()
         errors = cluster.delete_objects(self.api, refs)
-        self._remove_pods_that_never_ran()
         left = cluster.wait_gone(
             self.api,
             refs,
             self.namespace,
             cluster.selector_of(self.workload.name),
             timeout_s=self.backend.teardown_timeout_s,
+            each_poll=self._remove_pods_that_never_ran,
         )
         problems = errors + [f"still there after {self.backend.teardown_timeout_s:g} s: {x}" for x in left]
         for problem in problems:

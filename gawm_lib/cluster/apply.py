@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,12 +133,16 @@ def wait_gone(
     pod_selector: dict[str, str] | None = None,
     timeout_s: float = 120.0,
     poll_s: float = 0.5,
+    each_poll: Callable[[], None] | None = None,
 ) -> list[str]:
-    """Wait until ``refs`` and the pods matching ``pod_selector`` in ``namespace`` are gone; return what is left."""
+    """Wait until ``refs`` and the pods matching ``pod_selector`` in ``namespace`` are gone; return what is left.
+    ``each_poll`` runs before each look (to hurry along what appears while waiting)."""
     dyn = _dynamic(api_client)
     core = client.CoreV1Api(api_client)
     deadline = time.monotonic() + timeout_s
     while True:
+        if each_poll is not None:
+            each_poll()
         left = []
         for ref in refs:
             try:
