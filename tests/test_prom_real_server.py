@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from gawm_lib import experiment, prom, runs
+from gawm_lib.cluster.monitoring import process_usage
 from gawm_lib.config import ExperimentConfig
 from gawm_lib.server import LATENCY_BUCKETS_S
 from gawm_lib.synth.traces import resources_from_frame
@@ -81,8 +82,15 @@ def test_prometheus_agrees_with_the_raw_records(raw_dir):
         assert len(rows) >= 2 and set(rows["unit"]) == {unit} == {prom.CATALOGUE[name].unit}, name
         assert {(lab["workload"], lab["replica"]) for lab in map(json.loads, rows["labels"])} == {("distilbert", "0")}
         assert rows["value"].max() > low and (rows["value"] >= 0).all(), (name, rows["value"].describe())
+    # the step's mean CPU: one value per step, from the counter's increase over the step (what the usage table uses)
+    step_cpu = metrics[(metrics["query"] == "process_cpu_step") & (metrics["step"] >= 0)].dropna(subset=["value"])
+    assert sorted(step_cpu["step"]) == sorted(table["step"]) and (step_cpu["value"] > 0).all(), step_cpu
+    usage = process_usage([run], table.assign(run_id=run.id))
+    assert usage["cpu_cores"].tolist() == step_cpu.sort_values("step")["value"].tolist()
+    assert (usage["cpu_source"] == "process_cpu_step").all() and (usage["memory_bytes"] > 50 * 2**20).all()
     resources = resources_from_frame(metrics, run.id)
     assert resources["process_cpu"].max() > 0 and resources["process_resident_memory"].min() > 50 * 2**20
+    assert "process_cpu_step" not in resources  # one value per step, not a series
 
 
 def test_prometheus_dying_mid_run_keeps_every_request_record(raw_dir, monkeypatch):

@@ -269,6 +269,17 @@ _ENTRIES = [
         ("workload", "replica"),
     ),
     _Q(
+        "process_cpu_step",
+        "sum by ($by) (rate(process_cpu_seconds_total{$sel}[$range]))",
+        "cores",
+        "CPU used by each replica's server process over the whole range (a step): the counter's slope between its "
+        "first and last samples in it, one value per phase, where process_cpu's short rate window would mix in the "
+        "time before.",
+        "process",
+        None,
+        ("workload", "replica"),
+    ),
+    _Q(
         "process_resident_memory",
         "sum by ($by) (process_resident_memory_bytes{$sel})",
         "bytes",

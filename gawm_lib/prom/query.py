@@ -263,6 +263,7 @@ RUN_QUERIES = (
     "items_per_second",
     "gc_pause_ratio",
     "process_cpu",
+    "process_cpu_step",
     "process_resident_memory",
     "gpu_util_nvml",
     "gpu_memory_used_nvml",

@@ -188,7 +188,10 @@ def resources_from_frame(frame: pd.DataFrame, run_id: str, phase: str | None = "
     (gawm's measured steps; None: every row), a frame without steps as one step 0 of level NaN; one column per query."""
     if frame.empty:
         return pd.DataFrame(columns=["run_id", "workload", "step", "level", "t_s"])
-    frame = frame[~frame["query"].isin(_NOT_SERIES)].copy()
+    from gawm_lib.prom.catalogue import CATALOGUE
+
+    over_range = {name for name, query in CATALOGUE.items() if query.over_range}  # one value per phase, not a series
+    frame = frame[~frame["query"].isin(_NOT_SERIES | over_range)].copy()
     if phase is not None:
         frame = frame[frame["phase"] == phase]
     if "step" not in frame:
