@@ -93,14 +93,14 @@ def test_container_usage_reads_per_pod_series_of_a_run(tmp_path: Path) -> None:
     old = both[both["run_id"] == "r0"]
     assert (old["cpu_source"] == "container_cpu").all()
     assert old[(old["pod"] == "gawm-resnet50-a-2") & (old["step"] == 1)]["cpu_cores"].item() == pytest.approx(1.5)
-    assert "before the step-mean query" in monitoring.plot_container_usage(both)._suptitle.get_text()
+    assert "before the step-mean query" in monitoring.plot_usage(both)._suptitle.get_text()
     usage = monitoring.container_usage([run], table)
     assert len(usage) == 4 and set(usage["pod"]) == {"gawm-resnet50-a-1", "gawm-resnet50-a-2"}
     assert (usage["cpu_source"] == "container_cpu_step").all()
     first = usage[(usage["pod"] == "gawm-resnet50-a-2") & (usage["step"] == 1)].iloc[0]
     assert first["cpu_cores"] == 1.8 and first["memory_bytes"] == 310e6 + 2 and first["p95_ms"] == 400.0
     assert usage["throttled_ratio"].isna().all()  # not recorded: a column of NaN, not an error
-    fig = monitoring.plot_container_usage(usage)
+    fig = monitoring.plot_usage(usage)
     assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 2
     assert "each step's mean" in fig._suptitle.get_text()
     assert [list(line.get_ydata()) for line in fig.axes[0].lines] == [[0.5, 1.0], [0.9, 1.8]]  # the table's numbers
@@ -108,6 +108,57 @@ def test_container_usage_reads_per_pod_series_of_a_run(tmp_path: Path) -> None:
     # a local run (no container series) gives an empty table with the same columns
     empty = monitoring.container_usage([SimpleNamespace(id="r2", path=tmp_path / "none")], table)
     assert empty.empty and {"pod", "cpu_cores", "memory_bytes"} <= set(empty.columns)
+
+
+def test_process_usage_reads_each_replicas_server_process(tmp_path: Path) -> None:
+    """Local runs have no container series: the usage table then comes from the server processes' own counters, the
+    step mean (``process_cpu_step``) first, the mean of the windowed ``process_cpu`` for runs recorded before it."""
+    rows = []
+    for replica, cpu, rss in (("0", 0.6, 500e6), ("1", 0.8, 520e6)):
+        labels = json.dumps({"replica": replica, "workload": "resnet50"})
+        for step, level in ((0, 1.0), (1, 2.0)):
+            for t in range(3):
+                time = pd.Timestamp("2026-12-04T12:00:00Z") + pd.Timedelta(seconds=10 * step + t)
+                windowed = cpu * level * (0.5 if t == 0 else 1.0)  # the first point still sees the time before
+                rows.append(("process_cpu", windowed, "cores", labels, "step", step, level, time))
+                rows.append(("process_resident_memory", rss + t, "bytes", labels, "step", step, level, time))
+            end = pd.Timestamp("2026-12-04T12:00:00Z") + pd.Timedelta(seconds=10 * step + 3)
+            rows.append(("process_cpu_step", cpu * level, "cores", labels, "step", step, level, end))
+        warmup = pd.Timestamp("2026-12-04T11:59:00Z")
+        rows.append(("process_cpu", 9.0, "cores", labels, "warmup", -1, float("nan"), warmup))  # not a step: left out
+    columns = ["query", "value", "unit", "labels", "phase", "step", "level", "time"]
+    metrics = pd.DataFrame(rows, columns=columns).assign(workload="resnet50")
+    new, old = tmp_path / "new", tmp_path / "old"
+    for path, frame in ((new, metrics), (old, metrics[metrics["query"] != "process_cpu_step"])):
+        (path / "metrics").mkdir(parents=True)
+        frame.to_parquet(path / "metrics" / "metrics.parquet")
+    runs = [SimpleNamespace(id="r1", path=new), SimpleNamespace(id="r0", path=old)]
+    table = pd.DataFrame(
+        {
+            "run_id": ["r1", "r1"],
+            "workload": ["resnet50"] * 2,
+            "step": [0, 1],
+            "throughput_rps": [3.0, 5.5],
+            "p50_ms": [300.0, 330.0],
+            "p95_ms": [340.0, 420.0],
+        }
+    )
+    assert monitoring.container_usage(runs).empty  # no container series: the container table is empty
+    usage = monitoring.process_usage(runs, table)
+    assert len(usage) == 8 and set(usage["replica"]) == {"0", "1"} and "pod" not in usage
+    mine = usage[usage["run_id"] == "r1"]
+    assert (mine["cpu_source"] == "process_cpu_step").all()
+    one = mine[(mine["replica"] == "1") & (mine["step"] == 1)].iloc[0]
+    assert one["cpu_cores"] == 1.6 and one["memory_bytes"] == 520e6 + 2 and one["p95_ms"] == 420.0
+    before = usage[usage["run_id"] == "r0"]
+    assert (before["cpu_source"] == "process_cpu").all()
+    assert before[(before["replica"] == "1") & (before["step"] == 1)]["cpu_cores"].item() == pytest.approx(4 / 3)
+    fig = monitoring.plot_usage(mine)
+    assert "Server process CPU" in fig._suptitle.get_text() and "each step's mean" in fig._suptitle.get_text()
+    assert [line.get_label() for line in fig.axes[0].lines] == ["resnet50-0", "resnet50-1"]
+    assert [list(line.get_ydata()) for line in fig.axes[0].lines] == [[0.6, 1.2], [0.8, 1.6]]  # the table's numbers
+    assert "RSS" in fig.axes[1].get_ylabel()
+    assert "reads low" in monitoring.plot_usage(before)._suptitle.get_text()
 
 
 @pytest.mark.integration

@@ -218,37 +218,43 @@ USAGE = {
     "memory_bytes": (("container_memory_working_set", "max"),),
     "throttled_ratio": (("container_cpu_throttled_ratio_step", "mean"), ("container_cpu_throttled_ratio", "mean")),
 }
+#: The same from the server processes' own counters (prometheus_client's process collector), for runs without
+#: container metrics (local runs, external servers that export them): no throttling, the RSS for memory.
+PROCESS_USAGE = {
+    "cpu_cores": (("process_cpu_step", "mean"), ("process_cpu", "mean")),
+    "memory_bytes": (("process_resident_memory", "max"),),
+}
+#: The rate-window queries that stand in for a step mean (runs recorded before the ``*_step`` queries).
+WINDOWED_CPU = ("container_cpu", "process_cpu")
 USAGE_KEYS = ["run_id", "workload", "step", "level", "pod"]
+PROCESS_USAGE_KEYS = ["run_id", "workload", "step", "level", "replica"]
 
 
-def _usage_column(metrics: pd.DataFrame, column: str) -> pd.DataFrame | None:
+def _usage_column(metrics: pd.DataFrame, column: str, spec: dict = USAGE, keys: list[str] = USAGE_KEYS):
     """``column`` of the usage table from one run's step metrics: per key, the first of its queries that has
     points; with ``cpu_source`` (the query used) for the CPU column."""
     found = None
-    for query, how in USAGE[column]:
+    for query, how in spec[column]:
         part = metrics[metrics["query"] == query]
         if part.empty:
             continue
-        part = part.groupby(USAGE_KEYS, as_index=False)["value"].agg(how).rename(columns={"value": column})
+        part = part.groupby(keys, as_index=False)["value"].agg(how).rename(columns={"value": column})
         if column == "cpu_cores":
             part["cpu_source"] = query
         if found is None:
             found = part
         else:  # keys the preferred query lacks
-            have = found.set_index(USAGE_KEYS).index
-            found = pd.concat([found, part[~part.set_index(USAGE_KEYS).index.isin(have)]], ignore_index=True)
+            have = found.set_index(keys).index
+            found = pd.concat([found, part[~part.set_index(keys).index.isin(have)]], ignore_index=True)
     return found
 
 
-def container_usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (run, workload, step, pod) of the runs whose metrics hold container series (Kubernetes runs):
-    mean CPU use over the step [cores] (``cpu_source`` names the query it came from), largest memory working set
-    [bytes] and share of throttled CFS periods over the step, with the step's level, and its throughput and p50/p95
-    latency from ``table`` (``analysis.summarise_runs``) when given. Empty (with these columns) when no run has
-    container metrics, such as local runs."""
-    columns = [*USAGE_KEYS, "cpu_cores", "cpu_source", "memory_bytes", "throttled_ratio"]
-    queries = {query for choices in USAGE.values() for query, _ in choices}
-    parts: dict[str, list[pd.DataFrame]] = {column: [] for column in USAGE}
+def _usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None, spec: dict, label: str) -> pd.DataFrame:
+    """The usage table of ``spec`` (column -> queries), one row per (run, workload, step, ``label``)."""
+    keys = ["run_id", "workload", "step", "level", label]
+    columns = [*keys, "cpu_cores", "cpu_source", *(c for c in spec if c != "cpu_cores")]
+    queries = {query for choices in spec.values() for query, _ in choices}
+    parts: dict[str, list[pd.DataFrame]] = {column: [] for column in spec}
     for run in loaded_runs:
         path = run.path / "metrics" / "metrics.parquet"
         if not path.exists():
@@ -257,18 +263,20 @@ def container_usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None = Non
         metrics = metrics[metrics["query"].isin(queries) & (metrics["phase"] == "step")]
         if metrics.empty or "step" not in metrics:
             continue
-        metrics = metrics.assign(run_id=run.id, pod=[json.loads(labels).get("pod", "") for labels in metrics["labels"]])
-        for column in USAGE:
-            part = _usage_column(metrics, column)
+        metrics = metrics.assign(
+            run_id=run.id, **{label: [str(json.loads(labels).get(label, "")) for labels in metrics["labels"]]}
+        )
+        for column in spec:
+            part = _usage_column(metrics, column, spec, keys)
             if part is not None:
                 parts[column].append(part)
     frames = [pd.concat(found, ignore_index=True) for found in parts.values() if found]  # one per column, all runs
     if not frames:
-        text = ("run_id", "workload", "pod", "cpu_source")
+        text = ("run_id", "workload", label, "cpu_source")
         return pd.DataFrame({c: pd.Series(dtype="str" if c in text else "float64") for c in columns})
     usage = frames[0]
     for frame in frames[1:]:
-        usage = usage.merge(frame, on=USAGE_KEYS, how="outer")
+        usage = usage.merge(frame, on=keys, how="outer")
     for column in columns:
         if column not in usage:
             usage[column] = float("nan")
@@ -276,32 +284,52 @@ def container_usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None = Non
     if table is not None and len(table):
         latency = table[["run_id", "workload", "step", "throughput_rps", "p50_ms", "p95_ms"]]
         usage = usage.merge(latency, on=["run_id", "workload", "step"], how="left")
-    return usage.sort_values(["workload", "run_id", "pod", "step"], ignore_index=True)
+    return usage.sort_values(["workload", "run_id", label, "step"], ignore_index=True)
 
 
-def plot_container_usage(usage: pd.DataFrame):
-    """Container CPU [cores] and memory [MiB] of each replica (pod) against the step's throughput, next to the
-    step's p50 and p95 latency, one row of panels per workload; a dotted line marks full use of one core per thread
-    where the usage table says nothing about limits. Returns the figure (the usage table is its data)."""
+def container_usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (run, workload, step, pod) of the runs whose metrics hold container series (Kubernetes runs):
+    mean CPU use over the step [cores] (``cpu_source`` names the query it came from), largest memory working set
+    [bytes] and share of throttled CFS periods over the step, with the step's level, and its throughput and p50/p95
+    latency from ``table`` (``analysis.summarise_runs``) when given. Empty (with these columns) when no run has
+    container metrics, such as local runs: :func:`process_usage` serves those."""
+    return _usage(loaded_runs, table, USAGE, "pod")
+
+
+def process_usage(loaded_runs: Iterable[Any], table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """As :func:`container_usage`, from each replica's server process (``process_cpu_step``, falling back to the mean
+    of ``process_cpu`` for runs recorded before it; the largest RSS), one row per (run, workload, step, replica):
+    what local runs have. The process's own counters leave out its children and the container's other processes."""
+    return _usage(loaded_runs, table, PROCESS_USAGE, "replica")
+
+
+def plot_usage(usage: pd.DataFrame):
+    """CPU [cores] and memory [MiB] of each replica against the step's throughput, next to the step's p50 and p95
+    latency, one row of panels per workload, from :func:`container_usage` (a ``pod`` column: the container's, from
+    the kubelet's cAdvisor) or :func:`process_usage` (a ``replica`` column: the server process's own). Returns the
+    figure (the usage table is its data)."""
     import matplotlib.pyplot as plt
 
+    container = "pod" in usage
+    who = "pod" if container else "replica"
     workloads = sorted(usage["workload"].unique())
     fig, axes = plt.subplots(len(workloads), 3, figsize=(12, 3.2 * len(workloads)), squeeze=False)
     x = "throughput_rps" if "throughput_rps" in usage and usage["throughput_rps"].notna().any() else "level"
     for row, workload in zip(axes, workloads):
         data = usage[usage["workload"] == workload]
-        for (run_id, pod), series in data.groupby(["run_id", "pod"]):
-            series = series.sort_values(x)
-            label = pod if data["run_id"].nunique() == 1 else f"{run_id}: {pod}"
+        for (run_id, name), series in data.groupby(["run_id", who]):
+            series = series.sort_values("step")  # in the order of the load sweep: past saturation it bends back
+            name = name if container else f"{workload}-{name}"
+            label = name if data["run_id"].nunique() == 1 else f"{run_id}: {name}"
             row[0].plot(series[x], series["cpu_cores"], marker="o", label=label)
             row[1].plot(series[x], series["memory_bytes"] / 2**20, marker="o", label=label)
         if {"p50_ms", "p95_ms"} <= set(data):
-            steps = data.drop_duplicates(["run_id", "step"]).sort_values(x)
+            steps = data.drop_duplicates(["run_id", "step"]).sort_values("step")
             for run_id, series in steps.groupby("run_id"):
                 row[2].plot(series[x], series["p95_ms"], marker="o", label=f"p95 {run_id}")
                 row[2].plot(series[x], series["p50_ms"], marker="o", linestyle="--", label=f"p50 {run_id}")
-        row[0].set_ylabel(f"{workload}\ncontainer CPU [cores]")
-        row[1].set_ylabel("memory working set [MiB]")
+        row[0].set_ylabel(f"{workload}\n{'container' if container else 'server process'} CPU [cores]")
+        row[1].set_ylabel("memory working set [MiB]" if container else "resident memory (RSS) [MiB]")
         row[2].set_ylabel("latency [ms]")
         for axis in row:
             axis.set_xlabel("throughput [req/s]" if x == "throughput_rps" else "level")
@@ -317,12 +345,16 @@ def plot_container_usage(usage: pd.DataFrame):
             highest = data["p95_ms"].max()
             row[2].set_ylim(0, 1.4 * highest if highest > 0 else None)  # room above the points for the legend
             row[2].legend(fontsize=7, loc="upper left")
-    windowed = "cpu_source" in usage and (usage["cpu_source"] == "container_cpu").any()
+    windowed = "cpu_source" in usage and usage["cpu_source"].isin(WINDOWED_CPU).any()
     fig.suptitle(
-        "Container CPU and memory per replica (kubelet cAdvisor) next to latency\n"
+        (
+            "Container CPU and memory per replica (kubelet cAdvisor) next to latency\n"
+            if container
+            else "Server process CPU and memory per replica (the process's own counters) next to latency\n"
+        )
         + (
-            f"CPU: the mean over each step of a {WINDOW_S:g} s rate (runs recorded before the step-mean query), "
-            "so a step after idle time reads low"
+            "CPU: the mean over each step of a rate over a short window (runs recorded before the step-mean "
+            "query), so a step after idle time reads low"
             if windowed
             else "CPU: each step's mean (the usage counter's increase over the step)"
         )
