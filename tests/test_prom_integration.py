@@ -228,8 +228,12 @@ def test_phases_derived_energy_chunking_and_save(env, tmp_path):
     frame = query_phases(url, names, phases, params={"workload": "resnet50"})
     assert list(frame["phase"].unique()) == ["warmup", "steady"]
     per_phase = frame[frame["query"] == "energy_per_request_nvml"]
-    ends = [pd.Timestamp(end - timedelta(seconds=3)).ceil("s"), pd.Timestamp(end).ceil("s")]
-    assert per_phase["time"].tolist() == ends  # one point per phase, at its end
+    ends = [pd.Timestamp(end - timedelta(seconds=3)), pd.Timestamp(end)]
+    # one point per phase, at its exact end (to the millisecond), over its exact length: not whole seconds around it
+    assert [abs(t - e) < pd.Timedelta(milliseconds=1) for t, e in zip(per_phase["time"], ends)] == [True, True]
+    energy = frame[frame["query"] == "gpu_energy_nvml"]
+    print("gpu_energy_nvml per phase [J]:", energy["value"].tolist(), "at", POWER_W, "W")
+    assert energy["value"].tolist() == pytest.approx([POWER_W * 2, POWER_W * 3], rel=0.1)  # 2 s and 3 s phases
     assert per_phase["value"].tolist() == pytest.approx([POWER_W / OK_RATE] * 2, rel=0.35)
     assert json.loads(frame[frame["query"] == "gpu_power_nvml"]["labels"].iloc[0])["gpu"] == "0"
     # a range split into chunks of 2 points gives the same rows as one request

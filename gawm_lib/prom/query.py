@@ -156,8 +156,12 @@ def _run(
             t0, t1 = math.floor(ph.start.timestamp()), math.ceil(ph.end.timestamp())
             for q in queries:
                 if q.over_range:
-                    promql = q.render(window=window, range=max(1, t1 - t0), **params)
-                    spans = [(t1, t1)]
+                    # one instant query at the phase's exact end over its exact length (whole seconds would take
+                    # in up to 2 s from around it: idle time that read a 2 s step's CPU 35 % low); at least two
+                    # scrape intervals, so that a phase shorter than that (a warmup) still has two samples
+                    exact = (ph.end.timestamp() - ph.start.timestamp(), ph.end.timestamp())
+                    promql = q.render(window=window, range=max(exact[0], 2 * step_s, 0.001), **params)
+                    spans = [exact]
                 else:
                     promql = q.render(window=window, **params)
                     spans = _chunks(t0, t1, step_s, max_points)
@@ -167,14 +171,20 @@ def _run(
                     start = datetime.fromtimestamp(cs, UTC)
                     end = datetime.fromtimestamp(ce, UTC)
                     try:
-                        result = prom.custom_query_range(
-                            promql, start_time=start, end_time=end, step=step, params={"timeout": f"{timeout_s:g}s"}
-                        )
-                        rows = [
-                            (labels_json(r.get("metric", {})), float(ts), float(v))
-                            for r in result
-                            for ts, v in r.get("values", [])
-                        ]
+                        if q.over_range:
+                            result = prom.custom_query(
+                                promql, params={"time": f"{ce:.3f}", "timeout": f"{timeout_s:g}s"}
+                            )
+                            rows = [(labels_json(r.get("metric", {})), *map(float, r["value"])) for r in result]
+                        else:
+                            result = prom.custom_query_range(
+                                promql, start_time=start, end_time=end, step=step, params={"timeout": f"{timeout_s:g}s"}
+                            )
+                            rows = [
+                                (labels_json(r.get("metric", {})), float(ts), float(v))
+                                for r in result
+                                for ts, v in r.get("values", [])
+                            ]
                     except Exception as exc:
                         raise PrometheusQueryError(
                             url, q.name, promql, exc, f"phase {ph.name!r} {start.isoformat()}..{end.isoformat()}"
@@ -230,7 +240,8 @@ def query_phases(
     ``step_s`` defaults to the scrape interval (``scrape_interval_s``, else read from Prometheus's
     config); ``window`` (rate window) defaults to 4 scrape intervals (4 steps if only ``step_s``
     is given), so the first points of a phase still see the end of the previous one. Derived queries over a whole
-    range (``Query.over_range``, e.g. energy per request) give one point per phase, at its end. Ranges over
+    range (``Query.over_range``, e.g. energy per request) give one point per phase, at its exact end over its exact
+    length (at least two steps). Ranges over
     ``max_points`` points are split into chunks. A query with no series emits :class:`EmptyQueryWarning` (once
     per query, naming the phases). Raises :class:`PrometheusQueryError` if Prometheus is down,
     slower than ``timeout_s``, or answers an error; KeyError/ValueError for bad names or params.
