@@ -226,13 +226,11 @@ PROCESS_USAGE = {
 }
 #: The rate-window queries that stand in for a step mean (runs recorded before the ``*_step`` queries).
 WINDOWED_CPU = ("container_cpu", "process_cpu")
-USAGE_KEYS = ["run_id", "workload", "step", "level", "pod"]
-PROCESS_USAGE_KEYS = ["run_id", "workload", "step", "level", "replica"]
 
 
-def _usage_column(metrics: pd.DataFrame, column: str, spec: dict = USAGE, keys: list[str] = USAGE_KEYS):
-    """``column`` of the usage table from one run's step metrics: per key, the first of its queries that has
-    points; with ``cpu_source`` (the query used) for the CPU column."""
+def _usage_column(metrics: pd.DataFrame, column: str, spec: dict, keys: list[str]) -> pd.DataFrame | None:
+    """``column`` of the usage table of ``spec`` from one run's step metrics: per key, the first of its queries that
+    has points; with ``cpu_source`` (the query used) for the CPU column."""
     found = None
     for query, how in spec[column]:
         part = metrics[metrics["query"] == query]

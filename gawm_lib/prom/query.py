@@ -159,9 +159,8 @@ def _run(
                     # one instant query at the phase's exact end over its exact length (whole seconds would take
                     # in up to 2 s from around it: idle time that read a 2 s step's CPU 35 % low); at least two
                     # scrape intervals, so that a phase shorter than that (a warmup) still has two samples
-                    exact = (ph.end.timestamp() - ph.start.timestamp(), ph.end.timestamp())
-                    promql = q.render(window=window, range=max(exact[0], 2 * step_s, 0.001), **params)
-                    spans = [exact]
+                    spans = [(ph.start.timestamp(), ph.end.timestamp())]
+                    promql = q.render(window=window, range=max(spans[0][1] - spans[0][0], 2 * step_s), **params)
                 else:
                     promql = q.render(window=window, **params)
                     spans = _chunks(t0, t1, step_s, max_points)
