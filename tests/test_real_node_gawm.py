@@ -184,7 +184,7 @@ def test_a_pod_that_appears_during_the_teardown_and_never_runs_goes_too(
 
     image = "gawm.local/not-imported:1"
     backend = backend_for(real_node, gawm_namespace, tmp_path, image=image)
-    first_pass = backend._remove_pods_that_never_ran
+    first_pass = backend._remove_pods_with_nothing_running
     made = []
 
     def then_a_replacement() -> None:
@@ -201,7 +201,7 @@ def test_a_pod_that_appears_during_the_teardown_and_never_runs_goes_too(
             }
             made.append(client.CoreV1Api(real_node.api).create_namespaced_pod(gawm_namespace, pod).metadata.name)
 
-    monkeypatch.setattr(backend, "_remove_pods_that_never_ran", then_a_replacement)
+    monkeypatch.setattr(backend, "_remove_pods_with_nothing_running", then_a_replacement)
     failure_of(backend)  # asserts that nothing is left within the teardown timeout
     assert made == ["late-replacement"]
     assert leftovers(real_node.api, gawm_namespace) == []
